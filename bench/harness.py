@@ -1,0 +1,232 @@
+"""The real `mailrouter run` process and the mail stack, driven the way ops and customers would."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from tests.mailstack import MailStack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+database_url = "{database_url}"
+rules = "{root}/rules"
+templates = "{root}/templates"
+
+[daemon]
+idle = {idle}
+poll_interval = {poll_interval}
+send_interval = 1
+shutdown_timeout = 10
+
+[limits]
+acknowledgements_per_sender = 100000  # the corpus has few customers; the default (5) would stall it
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+retry_initial = 1
+retry_max = 5
+"""
+
+MAILBOX = """
+[mailboxes.{name}]
+address = "{address}"
+display_name = "{display_name}"
+prefix = "{prefix}"
+language = "{language}"
+[mailboxes.{name}.imap]
+host = "127.0.0.1"
+port = {imap_port}
+security = "none"
+user = "{address}"
+password_env = "{password_env}"
+"""
+
+# Rules route to all three departments, so all three must exist; only "it" receives bench mail.
+DEPARTMENTS = {
+    "it": ("IT Support", "IT", "en"),
+    "hr": ("HR", "HR", "no"),
+    "vaktmester": ("Vaktmester", "VM", "no"),
+}
+
+
+@dataclass
+class Daemon:
+    stack: MailStack
+    directory: Path
+    database_url: str
+    accounts: dict[str, tuple[str, str]]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "mailrouter.log"
+
+    def start(self) -> None:
+        self.log_path.write_bytes(b"")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailrouter", "--config", str(self.directory / "config.toml"), "run"],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.directory,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> float:
+        """Seconds from launch until every mailbox worker is watching its folder."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(" watching ") >= len(self.accounts):
+                return time.monotonic() - self.started_at
+            self._check_alive()
+            time.sleep(0.02)
+        raise RuntimeError(f"mailrouter did not start in {timeout}s:\n{self.log()[-3000:]}")
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"mailrouter exited {self.process.returncode}:\n{self.log()[-3000:]}")
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the high-water mark of the process's resident set, as the kernel counts it."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        assert match is not None
+        return int(match.group(1)) / 1024
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_done(self, incoming: int, sent: int, timeout: float) -> float:
+        """Seconds since launch until `incoming` messages are cases or follow-ups and `sent`
+        acknowledgements have been accepted by the relay."""
+        engine = create_engine(self.database_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                registered, delivered = progress(engine)
+                if registered >= incoming and delivered >= sent:
+                    return time.monotonic() - self.started_at
+                self._check_alive()
+                time.sleep(0.05)
+        finally:
+            engine.dispose()
+        registered, delivered = progress(create_engine(self.database_url))
+        raise RuntimeError(
+            f"timed out: {registered}/{incoming} registered, {delivered}/{sent} sent\n{self.log()[-3000:]}"
+        )
+
+
+def progress(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    try:
+        with engine.connect() as connection:
+            registered = connection.execute(
+                text("SELECT count(*) FROM message WHERE direction = 'in' AND case_id IS NOT NULL")
+            ).scalar_one()
+            delivered = connection.execute(
+                text("SELECT count(*) FROM outboxmessage WHERE state = 'sent'")
+            ).scalar_one()
+            return registered, delivered
+    except Exception:  # the daemon has not created the schema yet
+        return 0, 0
+
+
+def make_daemon(
+    stack: MailStack,
+    directory: Path,
+    database_url: str,
+    *,
+    idle: bool = True,
+    poll_interval: float = 30,
+) -> Daemon:
+    directory.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    prefixes = [f"bench-{name[:4]}" for name in DEPARTMENTS]
+    accounts = dict(zip(DEPARTMENTS, stack.new_accounts(*prefixes), strict=True))
+    parts = [
+        CONFIG.format(
+            database_url=database_url,
+            root=ROOT,
+            smtp_port=stack.smtp_port,
+            idle=str(idle).lower(),
+            poll_interval=poll_interval,
+        )
+    ]
+    for name, (display_name, prefix, language) in DEPARTMENTS.items():
+        address, password = accounts[name]
+        password_env = f"BENCH_{name.upper()}_PASSWORD"
+        env[password_env] = password
+        parts.append(
+            MAILBOX.format(
+                name=name,
+                address=address,
+                display_name=display_name,
+                prefix=prefix,
+                language=language,
+                imap_port=stack.imap_port,
+                password_env=password_env,
+            )
+        )
+    (directory / "config.toml").write_text("".join(parts))
+    return Daemon(stack, directory, database_url, accounts, env=env)
+
+
+def append_all(stack: MailStack, address: str, password: str, messages: list[bytes]) -> float:
+    """IMAP APPEND every message over one connection; returns the seconds it took."""
+    started = time.perf_counter()
+    with stack.imap(address, password) as conn:
+        for raw in messages:
+            typ, data = conn.append("INBOX", None, None, raw)
+            if typ != "OK":
+                raise RuntimeError(f"APPEND failed: {typ} {data!r}")
+    return time.perf_counter() - started
+
+
+def count_messages(stack: MailStack, address: str, password: str, folder: str = "INBOX") -> int:
+    with stack.imap(address, password) as conn:
+        typ, data = conn.status(folder, "(MESSAGES)")
+        if typ != "OK":
+            return 0
+        return int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))  # type: ignore[union-attr,arg-type]
+
+
+def wait_for_count(stack: MailStack, address: str, password: str, count: int, timeout: float) -> float:
+    """Seconds until the folder holds `count` messages (Postfix delivering what we handed it)."""
+    started = time.perf_counter()
+    while count_messages(stack, address, password) < count:
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"{address}: fewer than {count} messages after {timeout}s")
+        time.sleep(0.2)
+    return time.perf_counter() - started
+
+
+def imap_login(stack: MailStack, address: str, password: str) -> imaplib.IMAP4:
+    conn = imaplib.IMAP4(stack.host, stack.imap_port, timeout=stack.timeout)
+    conn.login(address, password)
+    return conn

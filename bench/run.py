@@ -1,0 +1,396 @@
+"""mailrouter benchmark: throughput, single-stage limits, latency, idle cost and memory, on the real stack.
+
+    .venv/bin/python bench/run.py            # everything, a few minutes
+    .venv/bin/python bench/run.py --quick    # a smaller version of everything, about a minute
+
+Needs the mail stack (scripts/mailstack start, with the same MAILSTACK_* variables) and, for the
+PostgreSQL run, a server at --postgres (skip it with --postgres "").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import idle, latency, limits, stages
+from bench.corpus import big_message, build, corpus
+from bench.harness import append_all, count_messages, make_daemon, wait_for_count
+from tests.mailstack import MailStack, stack_from_env
+
+TARGET_RATE = 200.0
+TARGET_RATIO = 0.7
+TARGET_P50, TARGET_P99 = 0.5, 2.0
+TARGET_IDLE_GROWTH = 2.0
+TARGET_RSS_MB = 200.0
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    memory = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
+    return {
+        "cpu": cpu,
+        "nproc": nproc,
+        "memory": memory,
+        "python": platform.python_version(),
+        "loadavg": load_average(),
+    }
+
+
+def load_average() -> str:
+    """Other work on the machine skews every number here: say how busy it was."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def throughput(
+    stack: MailStack, work: Path, database_url: str, count: int, *, with_limits: bool, label: str
+) -> dict[str, Any]:
+    say(f"\n== Throughput on {label}: {count} messages ==")
+    run = uuid.uuid4().hex[:8]
+    daemon = make_daemon(stack, work / f"daemon-{label}", database_url)
+    department, password = daemon.accounts["it"]
+    customers = stack.new_accounts(*["bench-cust"] * 4)
+    messages, replies = corpus(count, run=run, to=department, customers=[c[0] for c in customers])
+    size = sum(map(len, messages))
+    seconds = append_all(stack, department, password, messages)
+    say(
+        f"preloaded {count} messages ({size / count / 1024:.1f} KB average, {replies} replies) "
+        f"by IMAP APPEND in {seconds:.1f}s"
+    )
+    result: dict[str, Any] = {"messages": count, "replies": replies, "average_kb": size / count / 1024}
+
+    if with_limits:
+        result["limits"] = single_stage_limits(stack, work, department, password, count)
+    else:
+        rate = limits.commits(database_url, min(count, 1000))
+        result["commit_rate"] = rate
+        say(f"  commit rate on this database, one row per commit: {rate:.0f}/s")
+
+    daemon.start()
+    try:
+        ready = daemon.wait_ready()
+        done = daemon.wait_done(count, count - replies, timeout=max(180.0, count / 5))
+        rss = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+    elapsed = done - ready
+    result.update(
+        startup_s=ready,
+        elapsed_s=elapsed,
+        rate=count / elapsed,
+        rate_including_startup=count / done,
+        peak_rss_mb=rss,
+        acknowledgements=count - replies,
+    )
+    say(
+        f"daemon ready after {ready:.2f}s; all {count} registered and {count - replies} acknowledgements "
+        f"accepted by the relay {elapsed:.2f}s later"
+    )
+    say(
+        f"end-to-end: {result['rate']:.0f} messages/s ({result['rate_including_startup']:.0f}/s counting "
+        f"start-up); peak RSS {rss:.0f} MB"
+    )
+    # Let Postfix deliver the acknowledgements before anything else is measured.
+    wait_for_count(stack, customers[0][0], customers[0][1], 1, timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if sum(count_messages(stack, *c) for c in customers) >= count - replies:
+            break
+        time.sleep(0.5)
+
+    if with_limits:
+        say("\n-- time per stage (the daemon's stage functions, in this process, one at a time) --")
+        per = stages.run_stages(
+            stack,
+            daemon.directory / "config.toml",
+            work / f"stages-{run}.db",
+            department,
+            password,
+            messages,
+            send_sample=min(count, 500),
+        )
+        result["stages"] = per
+        total = 0.0
+        for name, value in per["per_message"].items():
+            if not name.startswith(" "):
+                total += value
+            say(f"  {name:<40} {value * 1000:7.2f} ms/message  ({1 / value if value else 0:7.0f}/s alone)")
+        say(
+            f"  {'sum (one message, all stages in turn)':<40} {total * 1000:7.2f} ms"
+            f"  → {1 / total:.0f}/s serial"
+        )
+        slowest = min(result["limits"].values())
+        result["ratio_to_slowest_limit"] = result["rate"] / slowest
+        say(
+            f"\nend-to-end / slowest single-stage limit ({slowest:.0f}/s): "
+            f"{result['ratio_to_slowest_limit']:.2f}"
+        )
+    return result
+
+
+def single_stage_limits(
+    stack: MailStack, work: Path, department: str, password: str, count: int
+) -> dict[str, float]:
+    say("\n-- single-stage limits, same messages --")
+    found: dict[str, float] = {}
+    found["IMAP fetch, imaplib (one UID FETCH 1:*)"], fetched = limits.imaplib_fetch(
+        stack, department, password
+    )
+    found["IMAP fetch, aioimaplib (batches of 50)"] = limits.aioimaplib_fetch(stack, department, password, 50)
+    found["parse, mail-parser parse_from_bytes"] = limits.mailparser_parse(fetched)
+    found["SQLite commit, one row per commit"] = limits.commits(
+        f"sqlite:///{work}/commits-{uuid.uuid4().hex[:6]}.db", count
+    )
+    sink, sink_password = stack.new_account("bench-sink")
+    letter, _ = build(
+        0, run="sink", to=sink, customers=["it@example.test"], rng=__import__("random").Random(1)
+    )
+    found["SMTP hand-off, aiosmtplib (one connection)"] = limits.smtp_handoff(
+        stack, "it@example.test", sink, [letter] * count
+    )
+    for name, rate in found.items():
+        say(f"  {name:<44} {rate:8.0f} messages/s")
+    wait_for_count(stack, sink, sink_password, count, timeout=180)  # let Postfix finish delivering
+    return found
+
+
+def latency_part(
+    stack: MailStack, work: Path, rate: float, seconds: float, poll_interval: float
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for mode, idle_on, poll in (
+        ("IDLE", True, 30),
+        (f"polling every {poll_interval:g} s", False, poll_interval),
+    ):
+        say(f"\n== Latency with {mode}: {rate:g} mails/s for {seconds:g}s ==")
+        daemon = make_daemon(
+            stack,
+            work / f"latency-{mode[:4]}",
+            f"sqlite:///{work}/latency-{mode[:4]}.db",
+            idle=idle_on,
+            poll_interval=poll,
+        )
+        customer = stack.new_account("bench-lat")
+        daemon.start()
+        try:
+            daemon.wait_ready()
+            values, sent = latency.measure(
+                stack, daemon.accounts["it"][0], customer, rate, seconds, uuid.uuid4().hex[:8]
+            )
+        finally:
+            daemon.stop()
+        row = {
+            "sent": sent,
+            "acknowledged": len(values),
+            "p50": latency.percentile(values, 0.5),
+            "p90": latency.percentile(values, 0.9),
+            "p99": latency.percentile(values, 0.99),
+            "max": max(values, default=float("nan")),
+        }
+        results[mode] = row
+        say(
+            f"  {len(values)}/{sent} acknowledged: p50 {row['p50'] * 1000:.0f} ms, "
+            f"p90 {row['p90'] * 1000:.0f} ms, "
+            f"p99 {row['p99'] * 1000:.0f} ms, max {row['max'] * 1000:.0f} ms"
+        )
+    return results
+
+
+def idle_part(stack: MailStack, sizes: list[int]) -> list[dict[str, Any]]:
+    say("\n== Idle cost: one poll cycle with nothing new (fetch worker's _drain) ==")
+    rows = []
+    for size in sizes:
+        address, password = stack.new_account("bench-idle")
+        written = idle.fill_maildir(stack, address, size)
+        row = idle.poll_cost(stack, address, password)
+        row["maildir_write_s"] = written
+        rows.append(row)
+        say(
+            f"  {row['messages']:>7} messages (written in {written:.1f}s, "
+            f"first SELECT {row['first_select_s']:.2f}s): "
+            f"poll {row['poll_median_ms']:.2f} ms median, {row['poll_p90_ms']:.2f} ms p90, "
+            f"{row['poll_commands']:.0f} command, {row['poll_bytes_out']:.0f} B out / "
+            f"{row['poll_bytes_in']:.0f} B in"
+            f"  | UID SEARCH ALL would be {row['naive_search_all_ms']:.1f} ms, "
+            f"{row['naive_search_all_bytes_in'] / 1024:.0f} KB"
+        )
+    return rows
+
+
+def memory_part(stack: MailStack, work: Path, megabytes: int) -> dict[str, float]:
+    say(f"\n== Memory: one {megabytes} MB message ==")
+    daemon = make_daemon(stack, work / "memory", f"sqlite:///{work}/memory.db")
+    department, password = daemon.accounts["it"]
+    customer = stack.new_account("bench-big")
+    raw = big_message(
+        run=uuid.uuid4().hex[:8], to=department, customer=customer[0], size=megabytes * 1024 * 1024
+    )
+    append_all(stack, department, password, [raw])
+    daemon.start()
+    try:
+        ready = daemon.wait_ready()
+        done = daemon.wait_done(1, 1, timeout=300)
+        rss = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+    say(
+        f"  {len(raw) / 1024 / 1024:.1f} MB message registered and acknowledged in {done - ready:.2f}s; "
+        f"peak RSS {rss:.0f} MB"
+    )
+    return {"message_mb": len(raw) / 1024 / 1024, "seconds": done - ready, "peak_rss_mb": rss}
+
+
+def postgres_database(server: str, name: str, create: bool) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        if create:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        else:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def summary(results: dict[str, Any]) -> None:
+    say("\n== Targets ==")
+    sqlite = results.get("throughput_sqlite")
+    if sqlite:
+        say(
+            f"  end-to-end ≥ {TARGET_RATE:.0f}/s on SQLite: {sqlite['rate']:.0f}/s — "
+            f"{verdict(sqlite['rate'] >= TARGET_RATE)}"
+        )
+        if "ratio_to_slowest_limit" in sqlite:
+            ratio = sqlite["ratio_to_slowest_limit"]
+            say(
+                f"  ≥ {TARGET_RATIO} × slowest single-stage limit: {ratio:.2f} — "
+                f"{verdict(ratio >= TARGET_RATIO)}"
+            )
+        say(
+            f"  peak RSS < {TARGET_RSS_MB:.0f} MB, throughput run: {sqlite['peak_rss_mb']:.0f} MB — "
+            f"{verdict(sqlite['peak_rss_mb'] < TARGET_RSS_MB)}"
+        )
+    postgres = results.get("throughput_postgres")
+    if postgres:
+        say(f"  (PostgreSQL end-to-end: {postgres['rate']:.0f}/s, peak RSS {postgres['peak_rss_mb']:.0f} MB)")
+    lat = results.get("latency", {}).get("IDLE")
+    if lat:
+        say(
+            f"  latency with IDLE p50 < {TARGET_P50}s: {lat['p50']:.3f}s — "
+            f"{verdict(lat['p50'] < TARGET_P50)}; "
+            f"p99 < {TARGET_P99}s: {lat['p99']:.3f}s — {verdict(lat['p99'] < TARGET_P99)}"
+        )
+    rows = results.get("idle")
+    if rows and len(rows) > 1:
+        growth = rows[-1]["poll_median_ms"] / rows[0]["poll_median_ms"]
+        bytes_growth = rows[-1]["poll_bytes_in"] / max(rows[0]["poll_bytes_in"], 1)
+        say(
+            f"  idle poll flat within {TARGET_IDLE_GROWTH:g}× "
+            f"from {rows[0]['messages']} to {rows[-1]['messages']}: "
+            f"time ×{growth:.2f}, bytes ×{bytes_growth:.2f} — "
+            f"{verdict(growth <= TARGET_IDLE_GROWTH and bytes_growth <= TARGET_IDLE_GROWTH)}"
+        )
+    memory = results.get("memory")
+    if memory:
+        say(
+            f"  peak RSS < {TARGET_RSS_MB:.0f} MB with a {memory['message_mb']:.0f} MB message: "
+            f"{memory['peak_rss_mb']:.0f} MB — {verdict(memory['peak_rss_mb'] < TARGET_RSS_MB)}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes throughout (about a minute)")
+    parser.add_argument("--messages", type=int, help="throughput run size (default 2000, quick 300)")
+    parser.add_argument("--latency-rate", type=float, default=5.0, help="mails per second (default 5)")
+    parser.add_argument("--latency-seconds", type=float, help="how long to send (default 60, quick 10)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, help="the polling daemon's poll_interval (default 1)"
+    )
+    parser.add_argument("--idle-sizes", help="comma-separated folder sizes (default 100,10000,100000)")
+    parser.add_argument(
+        "--big-mb", type=int, default=25, help="size of the memory run's message (default 25)"
+    )
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432",
+        help='PostgreSQL server URL without database; "" skips the PostgreSQL run',
+    )
+    parser.add_argument("--only", help="comma-separated parts: throughput,postgres,latency,idle,memory")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    count = args.messages or (300 if args.quick else 2000)
+    seconds = args.latency_seconds or (10.0 if args.quick else 60.0)
+    sizes = [
+        int(s)
+        for s in (args.idle_sizes or ("100,1000,10000" if args.quick else "100,10000,100000")).split(",")
+    ]
+    parts = set((args.only or "throughput,postgres,latency,idle,memory").split(","))
+    if not args.postgres:
+        parts.discard("postgres")
+
+    stack = stack_from_env()
+    stack.start()
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    say(f"mailrouter benchmark, {results['date']}: {results['machine']}")
+    with tempfile.TemporaryDirectory(prefix="mailrouter-bench-") as directory:
+        work = Path(directory)
+        if "throughput" in parts:
+            results["throughput_sqlite"] = throughput(
+                stack, work, f"sqlite:///{work}/throughput.db", count, with_limits=True, label="SQLite"
+            )
+        if "postgres" in parts:
+            name = f"mailrouter_bench_{uuid.uuid4().hex[:8]}"
+            postgres_database(args.postgres.replace("+psycopg", ""), name, create=True)
+            try:
+                results["throughput_postgres"] = throughput(
+                    stack, work, f"{args.postgres}/{name}", count, with_limits=False, label="PostgreSQL"
+                )
+            finally:
+                postgres_database(args.postgres.replace("+psycopg", ""), name, create=False)
+        if "latency" in parts:
+            results["latency"] = latency_part(stack, work, args.latency_rate, seconds, args.poll_interval)
+        if "idle" in parts:
+            results["idle"] = idle_part(stack, sizes)
+        if "memory" in parts:
+            results["memory"] = memory_part(stack, work, args.big_mb)
+    results["loadavg_at_end"] = load_average()
+    say(
+        f"\nload average at the end: {results['loadavg_at_end']} "
+        f"(at the start: {results['machine']['loadavg']})"
+    )
+    summary(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

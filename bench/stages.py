@@ -1,0 +1,188 @@
+"""Time per stage: the daemon's own stage functions, run in this process over the same messages.
+
+Production code is not touched: the stage functions are wrapped with timers where
+mailrouter.pipeline looks them up, and the outbox is drained by mailrouter's own Sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aioimaplib
+from sqlmodel import Session, col, func, select
+
+from mailrouter import casework, pipeline
+from mailrouter.config import load_config
+from mailrouter.daemon import load
+from mailrouter.db import create_schema, ensure_counters, make_engine
+from mailrouter.fetch import parse_fetch, parse_search
+from mailrouter.models import OutboxMessage, OutboxState
+from mailrouter.send import Sender
+from mailrouter.store import Origin
+from tests.mailstack import MailStack
+
+Timings = dict[str, float]
+
+
+def _timed(timings: Timings, key: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            timings[key] += time.perf_counter() - started
+
+    return wrapper
+
+
+async def _fetch_and_mark(
+    stack: MailStack, address: str, password: str, batch: int
+) -> tuple[float, float, int]:
+    """The fetch worker's IMAP traffic: UID SEARCH, UID FETCH in batches, one UID STORE per message."""
+    client = aioimaplib.IMAP4(host=stack.host, port=stack.imap_port, timeout=60)
+    await client.wait_hello_from_server()
+    await client.login(address, password)
+    await client.select("INBOX")
+    fetch_time = mark_time = 0.0
+    count = 0
+    started = time.perf_counter()
+    response = await client.uid_search("UID 1:*", charset=None)
+    uids = sorted(parse_search(response.lines))
+    fetch_time += time.perf_counter() - started
+    for start in range(0, len(uids), batch):
+        chunk = uids[start : start + batch]
+        started = time.perf_counter()
+        answer = await client.uid("fetch", ",".join(map(str, chunk)), "(UID BODY.PEEK[])")
+        count += len(parse_fetch(answer.lines))
+        fetch_time += time.perf_counter() - started
+        started = time.perf_counter()
+        for uid in chunk:
+            await client.uid("store", str(uid), "+FLAGS.SILENT", "(\\Seen $Registered)")
+        mark_time += time.perf_counter() - started
+    await client.logout()
+    return fetch_time, mark_time, count
+
+
+def run_stages(
+    stack: MailStack,
+    config_path: Path,
+    database: Path,
+    address: str,
+    password: str,
+    messages: list[bytes],
+    send_sample: int,
+) -> dict[str, Any]:
+    """Seconds per message for each stage, measured one stage at a time over the same mail."""
+    fetch_time, mark_time, fetched = asyncio.run(_fetch_and_mark(stack, address, password, 50))
+
+    loaded = load(load_config(config_path, resolve_secrets=False))
+    engine = make_engine(f"sqlite:///{database}")
+    create_schema(engine)
+    ensure_counters(engine, [m.prefix for m in loaded.config.mailboxes.values()], 1001)
+    intake = pipeline.Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
+
+    timings: Timings = defaultdict(float)
+    originals = {name: getattr(pipeline, name) for name in ("parse", "screen", "thread", "route")}
+    compose = casework.compose
+    render = intake.casework.templates.render
+    commit = pipeline.Session.commit
+    try:
+        pipeline.parse = _timed(timings, "parse", originals["parse"])
+        for name in ("screen", "thread", "route"):
+            setattr(pipeline, name, _timed(timings, "screen/thread/route", originals[name]))
+        casework.compose = _timed(timings, "compose ack", compose)
+        intake.casework.templates.render = _timed(timings, "compose ack", render)  # type: ignore[method-assign]
+        pipeline.Session.commit = _timed(timings, "commit", commit)  # type: ignore[method-assign]
+        started = time.perf_counter()
+        for uid, raw in enumerate(messages, start=1):
+            intake.process(raw, Origin("it", 1, uid))
+        total = time.perf_counter() - started
+    finally:
+        for name, function in originals.items():
+            setattr(pipeline, name, function)
+        casework.compose = compose
+        pipeline.Session.commit = commit  # type: ignore[method-assign]
+
+    sent_time, smtp_time, letters = _send(engine, loaded.config, send_sample)
+    engine.dispose()
+    n = len(messages)
+    store = total - timings["parse"] - timings["screen/thread/route"] - timings["compose ack"]
+    per_message = {
+        "fetch (IMAP FETCH, batches of 50)": fetch_time / max(fetched, 1),
+        "mark (one UID STORE per message)": mark_time / max(fetched, 1),
+        "parse (mail-parser → Inbound)": timings["parse"] / n,
+        "screen/thread/route": timings["screen/thread/route"] / n,
+        "compose ack (render + MIME)": timings["compose ack"] / n,
+        "store (ORM writes + commit)": store / n,
+        "  of which commit": timings["commit"] / n,
+        "send (SMTP hand-off, per ack)": smtp_time / max(letters, 1),
+        "send (rest: mark sent, thread hops, loop)": (sent_time - smtp_time) / max(letters, 1),
+    }
+    return {"per_message": per_message, "intake_total": total, "messages": n, "letters": letters}
+
+
+def _send(engine: Any, config: Any, sample: int) -> tuple[float, float, int]:
+    """Drain up to `sample` queued acknowledgements with mailrouter's Sender; returns
+    (seconds for deliver+record, seconds inside SMTP, letters sent)."""
+    with Session(engine) as session:
+        queued = session.exec(
+            select(OutboxMessage.id)
+            .where(OutboxMessage.state == OutboxState.QUEUED)
+            .order_by(col(OutboxMessage.id))
+        ).all()
+        if len(queued) > sample:  # keep the sample; the rest is marked failed so the sender skips it
+            for row in session.exec(select(OutboxMessage).where(col(OutboxMessage.id).in_(queued[sample:]))):
+                row.state = OutboxState.FAILED
+                session.add(row)
+            session.commit()
+    sender = Sender(engine, config.smtp, None)
+    smtp_time = 0.0
+
+    async def drain() -> float:
+        nonlocal smtp_time
+        connect = sender._connect
+        wrapped: set[int] = set()
+
+        async def timed_connect() -> Any:
+            smtp = await connect()
+            if id(smtp) in wrapped:  # the sender reuses its connection: wrap it once
+                return smtp
+            wrapped.add(id(smtp))
+            original = smtp.sendmail
+
+            async def sendmail(*args: Any, **kwargs: Any) -> Any:
+                nonlocal smtp_time
+                started = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    smtp_time += time.perf_counter() - started
+
+            smtp.sendmail = sendmail  # type: ignore[method-assign]
+            return smtp
+
+        sender._connect = timed_connect  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        started = time.perf_counter()
+        task = asyncio.create_task(sender.run(stop, 0.05))
+        while await asyncio.to_thread(_queued, engine):
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        return elapsed
+
+    elapsed = asyncio.run(drain())
+    return elapsed, smtp_time, min(sample, len(queued))
+
+
+def _queued(engine: Any) -> int:
+    with Session(engine) as session:
+        return session.exec(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.state == OutboxState.QUEUED)
+        ).one()

@@ -1,0 +1,124 @@
+"""What an agent's reply says: commands on its first lines, then the answer for the customer.
+
+Commands stand on their own lines at the very top (`#close`, `#assign agent2@…`); the first
+other line ends them. The quoted history that mail clients append is cut off, so the customer
+gets the answer, not the whole thread again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+_COMMAND_LINE = re.compile(r"^#([A-Za-z]+)\b[ \t]*(.*)$")
+_DURATION = re.compile(r"^(\d+)\s*(m|min|h|d|w)$", re.IGNORECASE)
+_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+# Where quoted history starts, in the clients and languages our agents use.
+_QUOTE_STARTS = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"^On .+ wrote:\s*$",
+        r"^Den .+ skrev .*:\s*$",
+        r"^\d{1,2}\. .+ skrev .*:\s*$",
+        r"^.*<[^<>\s]+@[^<>\s]+>\s*(skrev|wrote|schrieb)\s*:\s*$",
+        r"^Am .+ schrieb .*:\s*$",
+        r"^-{2,}\s*(Original Message|Opprinnelig melding|Ursprungligt meddelande"
+        r"|Oprindelig meddelelse)\s*-{2,}",
+        r"^_{10,}\s*$",
+    )
+]
+_OUTLOOK_FROM = re.compile(r"^\*?(From|Fra|Från):\*?\s", re.IGNORECASE)
+_OUTLOOK_SENT = re.compile(r"^\*?(Sent|Sendt|Skickat|Date|Dato|Datum):\*?\s", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    argument: str = ""
+
+    def __str__(self) -> str:
+        return f"#{self.name}{' ' + self.argument if self.argument else ''}"
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    commands: tuple[Command, ...]
+    answer: str  # for the customer (or the note's text): commands and quoted history removed
+    errors: tuple[str, ...]
+
+    @property
+    def is_note(self) -> bool:
+        return any(c.name == "note" for c in self.commands)
+
+
+def parse_duration(text: str) -> timedelta | None:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        return None
+    return timedelta(**{_UNITS[match[2].lower()]: int(match[1])})
+
+
+def read_agent_reply(text: str, assignable: frozenset[str]) -> AgentReply:
+    lines = text.replace("\r\n", "\n").split("\n")
+    commands: list[Command] = []
+    errors: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        if not line and not commands:
+            index += 1
+            continue
+        match = _COMMAND_LINE.match(line)
+        if match is None:
+            break
+        command = Command(match[1].lower(), match[2].strip())
+        problem = _check(command, assignable)
+        if problem:
+            errors.append(f"{command}: {problem}")
+        commands.append(command)
+        index += 1
+    answer = strip_quoted_history("\n".join(lines[index:]))
+    return AgentReply(tuple(commands), answer, tuple(errors))
+
+
+def _check(command: Command, assignable: frozenset[str]) -> str | None:
+    name, argument = command.name, command.argument
+    if name in ("close", "resolve", "pending"):
+        return f"takes no argument, got {argument!r}" if argument else None
+    if name == "note":
+        return None
+    if name == "assign":
+        if argument.lower() not in assignable:
+            return (
+                f"{argument!r} is neither an agent nor a group"
+                if argument
+                else "whom? e.g. #assign it-agents"
+            )
+        return None
+    if name == "priority":
+        return None if argument.lower() in PRIORITIES else f"priority must be one of {', '.join(PRIORITIES)}"
+    if name == "tag":
+        return None if re.fullmatch(r"[\w.-]+", argument) else "one tag, letters, digits, '-', '_' or '.'"
+    if name == "followup":
+        return None if parse_duration(argument) else "a duration like 30m, 4h, 2d or 1w"
+    known = "#note #close #resolve #pending #assign #priority #tag #followup"
+    return f"unknown command (known: {known})"
+
+
+def strip_quoted_history(text: str) -> str:
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if any(p.match(stripped) for p in _QUOTE_STARTS):
+            lines = lines[:index]
+            break
+        following = [n.strip() for n in lines[index + 1 : index + 4]]
+        if _OUTLOOK_FROM.match(stripped) and any(_OUTLOOK_SENT.match(n) for n in following):
+            lines = lines[:index]
+            break
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith(">")):
+        lines.pop()
+    return "\n".join(lines).strip()

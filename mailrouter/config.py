@@ -1,0 +1,263 @@
+"""config.toml: parsed once, validated completely, every error names the file and the key.
+
+Secrets never live in the file: each one names an environment variable or a file (for systemd
+credentials, `${CREDENTIALS_DIRECTORY}/name`), read once at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from mailrouter.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(_Strict):
+    """Where one password comes from: exactly one of an environment variable or a file."""
+
+    password_env: str | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        if (self.password_env is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password_env or password_file")
+        return self
+
+    def resolve(self, where: str) -> SecretStr:
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"{where}: environment variable {self.password_env} is not set")
+            return SecretStr(value)
+        assert self.password_file is not None
+        path = Path(os.path.expandvars(self.password_file))
+        try:
+            return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read password_file {path}: {exc.strerror}") from exc
+
+
+class ImapSettings(SecretSource):
+    host: str
+    port: int = Field(default=993, gt=0, lt=65536)
+    # "tls": implicit TLS (993); "starttls": upgrade a plain connection (143); "none": loopback only.
+    security: Literal["tls", "starttls", "none"] = "tls"
+    ca_file: str | None = None
+    # false turns certificate verification off (test servers only): logged as a WARNING at start.
+    tls_verify: bool = True
+    user: str
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class SmtpSettings(_Strict):
+    host: str
+    port: int = Field(default=587, gt=0, lt=65536)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: str | None = None
+    tls_verify: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    retry_initial: float = Field(default=30.0, gt=0)
+    retry_max: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _password_with_username(self) -> SmtpSettings:
+        sources = [s for s in (self.password_env, self.password_file) if s is not None]
+        if self.username is not None and len(sources) != 1:
+            raise ValueError("with username, set exactly one of password_env or password_file")
+        if self.username is None and sources:
+            raise ValueError("a password source needs a username")
+        return self
+
+    def credentials(self) -> SecretSource | None:
+        if self.username is None:
+            return None
+        return SecretSource(password_env=self.password_env, password_file=self.password_file)
+
+
+class MailboxSettings(_Strict):
+    """One department mailbox; its key in config.toml is the department's name."""
+
+    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    display_name: str
+    prefix: str = Field(pattern=r"^[A-Z][A-Z0-9]{0,9}$")
+    language: Literal["en", "sv", "no"] = "en"
+    folder: str = "INBOX"
+    after_processing: Literal["flag", "move"] = "flag"
+    processed_folder: str = "Processed"
+    quarantine_folder: str = "Quarantine"
+    acknowledge: bool = True
+    template: str = "ack"
+    group: str = ""  # the department's default group: notified of cases nobody is assigned to
+    imap: ImapSettings
+
+
+class DaemonSettings(_Strict):
+    poll_interval: float = Field(default=30.0, gt=0)
+    idle: bool = True
+    idle_timeout: float = Field(default=25 * 60, gt=0, le=29 * 60)
+    batch_size: int = Field(default=50, gt=0, le=1000)
+    case_number_start: int = Field(default=1001, gt=0)
+    send_interval: float = Field(default=5.0, gt=0)
+    shutdown_timeout: float = Field(default=20.0, gt=0)
+    schedule_interval: float = Field(default=60.0, gt=0)
+    # IMAP reconnects: capped exponential backoff with jitter between these bounds (seconds).
+    reconnect_initial: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=300.0, gt=0)
+    # Several instances (PostgreSQL): how often a mailbox worker checks that it still holds the
+    # mailbox's lock, and how long an outbox row claimed by one instance is kept from the others.
+    lock_check_interval: float = Field(default=5.0, gt=0)
+    outbox_lease: float = Field(default=300.0, gt=0)
+
+
+class AgentSettings(_Strict):
+    """Agents answer from their own mail clients; groups are what rules and #assign name."""
+
+    groups: dict[str, list[str]] = {}
+    reply_secret_env: str | None = None
+    reply_secret_file: str | None = None
+    trusted_authserv_ids: list[str] = []
+    reopen_days: float = Field(default=14.0, ge=0)
+
+    @model_validator(mode="after")
+    def _secret_with_groups(self) -> AgentSettings:
+        sources = [s for s in (self.reply_secret_env, self.reply_secret_file) if s is not None]
+        if self.groups and len(sources) != 1:
+            raise ValueError("with groups, set exactly one of reply_secret_env or reply_secret_file")
+        for name, members in self.groups.items():
+            for member in members:
+                if "@" not in member:
+                    raise ValueError(f"groups.{name}: {member!r} is not an email address")
+        return self
+
+    def secret_source(self) -> SecretSource | None:
+        if self.reply_secret_env is None and self.reply_secret_file is None:
+            return None
+        return SecretSource(password_env=self.reply_secret_env, password_file=self.reply_secret_file)
+
+
+class LimitsSettings(_Strict):
+    """What untrusted mail may cost us: answers per sender, and the size we read at all."""
+
+    acknowledgements_per_sender: int = Field(default=5, ge=0)
+    acknowledgement_window: float = Field(default=3600.0, gt=0)
+    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+
+
+class FileConfig(_Strict):
+    database_url: str = "sqlite:///var/mailrouter.db"
+    rules: str = "rules"
+    templates: str = "templates"
+    daemon: DaemonSettings = DaemonSettings()
+    limits: LimitsSettings = LimitsSettings()
+    smtp: SmtpSettings
+    agents: AgentSettings = AgentSettings()
+    mailboxes: dict[str, MailboxSettings]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FileConfig:
+        if not self.mailboxes:
+            raise ValueError("at least one [mailboxes.<department>] table is required")
+        seen: dict[str, str] = {}
+        for name, mailbox in self.mailboxes.items():
+            for value in (mailbox.prefix, mailbox.address.lower()):
+                if value in seen:
+                    raise ValueError(f"mailboxes.{name} and mailboxes.{seen[value]} share {value!r}")
+                seen[value] = name
+            if mailbox.group and mailbox.group not in self.agents.groups:
+                raise ValueError(f"mailboxes.{name}.group {mailbox.group!r} is not in agents.groups")
+        return self
+
+
+class Config:
+    """The validated configuration with paths made absolute and secrets resolved."""
+
+    def __init__(self, path: Path, data: FileConfig, secrets: dict[str, SecretStr]) -> None:
+        self.path = path
+        self.file = data
+        self.base_dir = path.parent
+        self._secrets = secrets
+
+    @property
+    def mailboxes(self) -> dict[str, MailboxSettings]:
+        return self.file.mailboxes
+
+    @property
+    def daemon(self) -> DaemonSettings:
+        return self.file.daemon
+
+    @property
+    def limits(self) -> LimitsSettings:
+        return self.file.limits
+
+    @property
+    def smtp(self) -> SmtpSettings:
+        return self.file.smtp
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.base_dir / self.file.rules
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.base_dir / self.file.templates
+
+    @property
+    def database_url(self) -> str:
+        """SQLite paths are taken relative to the config file, so the demo runs from anywhere."""
+        url = self.file.database_url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+            return prefix + str(self.base_dir / url[len(prefix) :])
+        return url
+
+    def secret(self, key: str) -> SecretStr | None:
+        return self._secrets.get(key)
+
+    def own_addresses(self) -> frozenset[str]:
+        return frozenset(m.address.lower() for m in self.mailboxes.values())
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        data = FileConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    secrets: dict[str, SecretStr] = {}
+    if resolve_secrets:
+        for name, mailbox in data.mailboxes.items():
+            secrets[f"imap.{name}"] = mailbox.imap.resolve(f"{path}: mailboxes.{name}.imap")
+        reply_secret = data.agents.secret_source()
+        if reply_secret is not None:
+            secrets["reply"] = reply_secret.resolve(f"{path}: agents")
+        smtp_credentials = data.smtp.credentials()
+        if smtp_credentials is not None:
+            secrets["smtp"] = smtp_credentials.resolve(f"{path}: smtp")
+    return Config(path, data, secrets)

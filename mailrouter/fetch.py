@@ -1,0 +1,405 @@
+"""fetch: one worker per department mailbox, from IMAP to the intake and back to mark the mail.
+
+Only UIDs above the stored checkpoint are asked for, so a poll costs the same however large the
+folder grows. A message is marked on the server (flagged or moved) only after its transaction
+has committed; the checkpoint, not the mark, is what decides whether a message is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aioimaplib
+from pydantic import SecretStr
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from mailrouter import store
+from mailrouter.config import DaemonSettings, MailboxSettings
+from mailrouter.imap import Connection, ConnectionLost, ImapError, connect
+from mailrouter.imap import ok as _ok
+from mailrouter.lease import LockLost, MailboxLock
+from mailrouter.pipeline import Intake, Outcome, OutcomeKind
+from mailrouter.store import Origin
+
+log = logging.getLogger(__name__)
+# aioimaplib reports every untagged response it does not use at INFO: noise in a daemon's journal.
+logging.getLogger("aioimaplib").setLevel(logging.WARNING)
+
+PROCESSED_KEYWORD = "$Registered"
+QUARANTINE_KEYWORD = "$Quarantined"
+MAX_ATTEMPTS = 3
+
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_PERMANENT_FLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
+_FETCH_UID = re.compile(rb"\bUID (\d+)")
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+@dataclass(frozen=True)
+class Selected:
+    uidvalidity: int
+    keywords_allowed: bool
+    read_only: bool = False
+
+
+def quote(mailbox: str) -> str:
+    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_search(lines: list[bytes]) -> list[int]:
+    """UIDs from a UID SEARCH answer. aioimaplib drops the SEARCH keyword of the untagged data
+    (keep accepting it) and puts the tagged status text last (never read it: it has numbers)."""
+    uids: list[int] = []
+    for line in lines[:-1]:
+        tokens = bytes(line).split()
+        if tokens[:1] == [b"SEARCH"]:
+            tokens = tokens[1:]
+        uids.extend(int(token) for token in tokens if token.isdigit())
+    return uids
+
+
+def parse_fetch(lines: list[bytes | bytearray]) -> list[tuple[int, bytes]]:
+    """(UID, message bytes) pairs from a UID FETCH (UID BODY.PEEK[]) answer, in server order."""
+    found: list[tuple[int, bytes]] = []
+    for index, line in enumerate(lines):
+        if isinstance(line, bytearray) or not _LITERAL.search(line) or b"FETCH" not in line:
+            continue
+        if index + 1 >= len(lines):
+            break
+        literal = bytes(lines[index + 1])
+        uid = _FETCH_UID.search(line)
+        if uid is None and index + 2 < len(lines):
+            uid = _FETCH_UID.search(bytes(lines[index + 2]))  # "UID n" after the literal
+        if uid is not None:
+            found.append((int(uid.group(1)), literal))
+    return found
+
+
+class MailboxWorker:
+    def __init__(
+        self,
+        name: str,
+        settings: MailboxSettings,
+        password: SecretStr,
+        intake: Intake,
+        daemon: DaemonSettings,
+        on_queued: Callable[[], None],
+        lock: MailboxLock | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.password = password
+        self.intake = intake
+        self.daemon = daemon
+        self.on_queued = on_queued
+        self.lock = lock or MailboxLock(intake.engine, name, daemon.lock_check_interval)
+        self.failures: dict[tuple[int, int], int] = {}
+        self._read_only_reported = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = self.daemon.reconnect_initial
+        try:
+            while not stop.is_set():
+                if not self.lock.held and not await self.lock.acquire(stop):
+                    return  # stopping while another instance owned the mailbox
+                try:
+                    await self._guarded_session(stop)
+                    delay = self.daemon.reconnect_initial
+                    continue
+                except LockLost as exc:
+                    log.error("mailbox=%s stopped fetching: %s; trying to take it again", self.name, exc)
+                    self.lock.release()
+                except OperationalError as exc:
+                    log.error(
+                        "mailbox=%s database problem, retrying in about %.1fs: %s", self.name, delay, exc.orig
+                    )
+                except (OSError, TimeoutError, aioimaplib.AioImapException, ImapError) as exc:
+                    log.warning(
+                        "mailbox=%s connection problem, reconnecting in about %.1fs: %s",
+                        self.name,
+                        delay,
+                        exc or type(exc).__name__,
+                    )
+                wait = random.uniform(delay / 2, delay)
+                delay = min(delay * 2, self.daemon.reconnect_max)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+        finally:
+            self.lock.dispose()
+
+    async def _guarded_session(self, stop: asyncio.Event) -> None:
+        """The IMAP session, for as long as this instance still holds the mailbox's lock."""
+        session = asyncio.ensure_future(self._session(stop))
+        watch = asyncio.ensure_future(self.lock.watch())
+        try:
+            await asyncio.wait({session, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                watch.result()  # raises LockLost
+            session.result()
+        finally:
+            watch.cancel()
+            if not session.done():
+                session.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await session
+
+    async def _select(self, conn: Connection) -> Selected:
+        folder = self.settings.folder
+        response = await conn.call(conn.client.select(quote(folder)))
+        if response.result != "OK":
+            text = b" ".join(bytes(line) for line in response.lines[-1:]).decode(errors="replace")
+            raise ImapError(f"cannot select folder {folder!r} (missing, renamed or not permitted?): {text}")
+        text = b"\n".join(bytes(line) for line in response.lines)
+        uidvalidity = _UIDVALIDITY.search(text)
+        if uidvalidity is None:
+            raise ImapError(f"SELECT {folder}: the server sent no UIDVALIDITY")
+        flags = _PERMANENT_FLAGS.search(text)
+        read_only = b"[READ-ONLY]" in text.upper()
+        return Selected(int(uidvalidity.group(1)), bool(flags and b"\\*" in flags.group(1)), read_only)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = await connect(self.settings.imap, self.password)
+        client = conn.client
+        try:
+            for folder in (self.settings.processed_folder, self.settings.quarantine_folder):
+                await conn.call(client.create(quote(folder)))  # NO when it exists already: fine
+            selected = await self._select(conn)
+            if selected.read_only and not self._read_only_reported:
+                self._read_only_reported = True
+                await asyncio.to_thread(self._record_read_only)
+            last_uid = await asyncio.to_thread(self._checkpoint, selected.uidvalidity)
+            idle = self.daemon.idle and client.has_capability("IDLE")
+            log.info(
+                "mailbox=%s watching %s uidvalidity=%s from uid=%s, %s%s",
+                self.name,
+                self.settings.folder,
+                selected.uidvalidity,
+                last_uid,
+                "waiting with IDLE" if idle else f"polling every {self.daemon.poll_interval:g}s",
+                " (read-only)" if selected.read_only else "",
+            )
+            while not stop.is_set():
+                last_uid, more = await self._drain(conn, selected, last_uid, stop)
+                if more or stop.is_set():
+                    continue
+                if idle:
+                    await self._idle(conn, stop)
+                else:
+                    await self._poll_wait(conn, stop)
+        finally:
+            await conn.logout()
+
+    def _record_read_only(self) -> None:
+        detail = (
+            f"folder {self.settings.folder} of mailbox {self.name} is read-only: messages are "
+            "registered but cannot be flagged or moved; the checkpoint keeps them from being "
+            "registered twice"
+        )
+        log.warning("mailbox=%s %s", self.name, detail)
+        with Session(self.intake.engine) as session:
+            store.record(session, "mailbox-read-only", detail, mailbox=self.name)
+            session.commit()
+
+    def _checkpoint(self, uidvalidity: int) -> int:
+        with Session(self.intake.engine) as session:
+            state = store.checkpoint(session, self.name)
+            if state is None:
+                return 0
+            if state.uidvalidity != uidvalidity:
+                detail = (
+                    f"UIDVALIDITY of {self.settings.folder} changed {state.uidvalidity} -> {uidvalidity}: "
+                    "reading the folder again; messages already registered are recognised by Message-ID"
+                )
+                log.warning("mailbox=%s %s", self.name, detail)
+                store.record(
+                    session,
+                    "uidvalidity-changed",
+                    detail,
+                    mailbox=self.name,
+                    old=state.uidvalidity,
+                    new=uidvalidity,
+                    last_uid=state.last_uid,
+                )
+                state.uidvalidity = uidvalidity
+                state.last_uid = 0
+                session.add(state)
+                session.commit()
+                return 0
+            return state.last_uid
+
+    async def _drain(
+        self, conn: Connection, selected: Selected, last_uid: int, stop: asyncio.Event
+    ) -> tuple[int, bool]:
+        """Register one batch of new messages; returns the new last UID and whether more wait."""
+        client = conn.client
+        # Dovecot looks for newly delivered mail after a UID SEARCH, not before it: without the
+        # NOOP a poll finds only what arrived before the previous poll, a whole interval late.
+        _ok(await conn.call(client.noop()), "NOOP")
+        response = _ok(
+            await conn.call(client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH"
+        )
+        uids = sorted(uid for uid in parse_search(response.lines) if uid > last_uid)
+        if not uids:
+            return last_uid, False
+        batch = uids[: self.daemon.batch_size]
+        answer = _ok(
+            await conn.call(client.uid("fetch", ",".join(map(str, batch)), "(UID BODY.PEEK[])")),
+            "UID FETCH",
+        )
+        messages = dict(parse_fetch(answer.lines))
+        for uid in batch:
+            if stop.is_set():
+                return last_uid, True
+            raw = messages.get(uid)
+            if raw is None:
+                log.info(
+                    "mailbox=%s uid=%s vanished before it could be fetched (deleted or moved by a person)",
+                    self.name,
+                    uid,
+                )
+                continue
+            origin = Origin(self.name, selected.uidvalidity, uid)
+            if not await self._process(conn, selected, origin, raw):
+                return last_uid, True
+            last_uid = uid
+        # Always SEARCH again before IDLE: mail that arrived while this batch was processed was
+        # announced (EXISTS) in the answer to a FETCH or STORE, and IDLE will not announce it again.
+        return last_uid, True
+
+    async def _process(self, conn: Connection, selected: Selected, origin: Origin, raw: bytes) -> bool:
+        """Register one message and mark it; False when it failed and will be tried again."""
+        key = (origin.uidvalidity, origin.uid)
+        try:
+            outcome = await asyncio.to_thread(self.intake.process, raw, origin)
+        except OperationalError:
+            raise  # the database, not the message: reconnect and try again later, never quarantine
+        except Exception as exc:  # one bad message must not stop the mailbox: count, then quarantine
+            attempts = self.failures.get(key, 0) + 1
+            self.failures[key] = attempts
+            log.exception(
+                "mailbox=%s uid=%s processing failed (attempt %s of %s)",
+                self.name,
+                origin.uid,
+                attempts,
+                MAX_ATTEMPTS,
+            )
+            if attempts < MAX_ATTEMPTS:
+                await asyncio.sleep(min(2.0**attempts, 30.0))
+                return False
+            quarantined = await self._quarantine(raw, origin, exc)
+            if quarantined is None:
+                return False
+            outcome = quarantined
+        self.failures.pop(key, None)
+        self._log(origin, outcome)
+        if outcome.queued_mail:
+            self.on_queued()
+        if not selected.read_only:
+            try:
+                await self._mark(conn, selected, origin.uid, outcome)
+            except ImapError as exc:
+                # Registered and checkpointed already: an unmarked message is only cosmetic.
+                log.warning(
+                    "mailbox=%s uid=%s registered but could not be marked "
+                    "(deleted or moved by a person?): %s",
+                    self.name,
+                    origin.uid,
+                    exc,
+                )
+        return True
+
+    async def _quarantine(self, raw: bytes, origin: Origin, error: Exception) -> Outcome | None:
+        """Set the message aside; None when even that failed (the database is away, say): then
+        the worker must live on and try again later, not die with the mailbox unwatched."""
+        try:
+            return await asyncio.to_thread(self.intake.quarantine, raw, origin, error)
+        except Exception:
+            log.exception("mailbox=%s uid=%s could not be quarantined; will try again", self.name, origin.uid)
+            await asyncio.sleep(30.0)
+            return None
+
+    def _log(self, origin: Origin, outcome: Outcome) -> None:
+        log.info(
+            "mailbox=%s uid=%s %s%s: %s",
+            self.name,
+            origin.uid,
+            outcome.kind.value,
+            f" case={outcome.case_number}" if outcome.case_number else "",
+            outcome.summary,
+        )
+
+    async def _mark(self, conn: Connection, selected: Selected, uid: int, outcome: Outcome) -> None:
+        quarantined = outcome.kind in (OutcomeKind.QUARANTINED, OutcomeKind.REFUSED)
+        if quarantined:
+            folder: str | None = self.settings.quarantine_folder
+        elif self.settings.after_processing == "move":
+            folder = self.settings.processed_folder
+        else:
+            folder = None
+        if folder is not None and await self._move(conn, uid, folder):
+            return
+        keyword = QUARANTINE_KEYWORD if quarantined else PROCESSED_KEYWORD
+        flags = f"(\\Seen {keyword})" if selected.keywords_allowed else "(\\Seen)"
+        _ok(await conn.call(conn.client.uid("store", str(uid), "+FLAGS.SILENT", flags)), "UID STORE")
+
+    async def _move(self, conn: Connection, uid: int, folder: str) -> bool:
+        """Move one message; False where the server cannot, so the caller flags it instead."""
+        client = conn.client
+        if client.has_capability("MOVE"):
+            response = await conn.call(client.uid("move", str(uid), quote(folder)))
+            if response.result == "OK":
+                return True
+            log.warning(
+                "mailbox=%s uid=%s cannot move to %s: %s",
+                self.name,
+                uid,
+                folder,
+                response.lines[-1:],
+            )
+            return False
+        if not client.has_capability("UIDPLUS"):
+            return False
+        if (await conn.call(client.uid("copy", str(uid), quote(folder)))).result != "OK":
+            return False
+        _ok(await conn.call(client.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")), "UID STORE")
+        _ok(await conn.call(client.uid("expunge", str(uid))), "UID EXPUNGE")
+        return True
+
+    async def _poll_wait(self, conn: Connection, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({stopping, conn.lost}, timeout=self.daemon.poll_interval)
+        finally:
+            stopping.cancel()
+        if conn.lost.done():
+            raise ConnectionLost("the IMAP server closed the connection while we waited to poll")
+
+    async def _idle(self, conn: Connection, stop: asyncio.Event) -> None:
+        """Wait for the server to announce new mail, re-issuing IDLE before its timeout.
+
+        aioimaplib ends the wait after idle_timeout (< the 30 minutes RFC 2177 lets servers drop
+        an idle client); the caller then looks for new mail and issues IDLE again. A connection
+        that dies meanwhile (server restart, network) ends the wait at once.
+        """
+        client = conn.client
+        idle = await conn.call(client.idle_start(timeout=self.daemon.idle_timeout))
+        push = asyncio.ensure_future(client.wait_server_push(timeout=self.daemon.idle_timeout + 10))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({push, stopping, conn.lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            push.cancel()
+            if not conn.lost.done():
+                if client.has_pending_idle():
+                    client.idle_done()
+                await asyncio.wait_for(conn.call(idle), timeout=10)
+        if conn.lost.done():
+            raise ConnectionLost("the IMAP server closed the connection during IDLE")

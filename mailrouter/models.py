@@ -1,0 +1,190 @@
+"""The tables. Only the storage layer (store, send, fetch checkpoints, CLI reports) touches them.
+
+Times are timezone-aware UTC everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# Python functions, not the builtins list and dict: pydantic inspects a default factory's signature
+# on every instantiation, and for a builtin that means parsing its text signature (~0.2 ms each;
+# an outgoing Message cost 0.55 ms to construct instead of 0.08 ms).
+def _empty_list() -> list:
+    return []
+
+
+def _empty_dict() -> dict:
+    return {}
+
+
+class CaseStatus(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class AuthorRole(StrEnum):
+    CUSTOMER = "customer"
+    AGENT = "agent"
+    PARTICIPANT = "participant"
+    EXTERNAL = "external"  # claims to be an agent without proof
+    SYSTEM = "system"
+
+
+class OutboxState(StrEnum):
+    QUEUED = "queued"
+    # The whole message is on the wire and only the relay's final answer is missing: a crash now
+    # must not send it again (see send.py).
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    # Accepted by the relay, then returned by a delivery status notification (a bounce).
+    BOUNCED = "bounced"
+
+
+class CaseCounter(SQLModel, table=True):
+    """The last number handed out per prefix; incremented inside the registering transaction."""
+
+    prefix: str = Field(primary_key=True)
+    last_number: int
+
+
+class Customer(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    address: str = Field(unique=True, index=True)
+    name: str = ""
+    organisation: str = Field(default="", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Case(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    number: str = Field(unique=True, index=True)
+    department: str = Field(index=True)
+    subject: str
+    status: str = Field(default=CaseStatus.NEW, index=True)
+    priority: str = "normal"
+    category: str = ""
+    group: str = ""
+    assignee: str = ""
+    tags: list[str] = Field(default_factory=_empty_list, sa_column=Column(JSON, nullable=False))
+    language: str = "en"
+    customer_id: int | None = Field(default=None, foreign_key="customer.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    follow_up_at: datetime | None = Field(default=None, index=True)  # set by #followup, for the scheduler
+    related_case_id: int | None = Field(
+        default=None, foreign_key="case.id"
+    )  # reopened too late: the old case
+
+
+class RawMessage(SQLModel, table=True):
+    """The bytes as received, content-addressed, so any message can be audited or re-processed."""
+
+    sha256: str = Field(primary_key=True)
+    size: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    """One incoming or outgoing message. Incoming mail that screening kept out of a case has no case."""
+
+    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    direction: str
+    author_role: str
+    mailbox: str = Field(index=True)
+    uidvalidity: int | None = None
+    uid: int | None = None
+    # "<mailbox>:<Message-ID or sha256>" for incoming mail: the same message is never registered twice.
+    dedupe_key: str | None = Field(default=None, unique=True)
+    message_id: str = Field(index=True)
+    in_reply_to: str = ""
+    references: list[str] = Field(default_factory=_empty_list, sa_column=Column(JSON, nullable=False))
+    from_addr: str = Field(default="", index=True)
+    from_name: str = ""
+    to_addrs: list[str] = Field(default_factory=_empty_list, sa_column=Column(JSON, nullable=False))
+    cc_addrs: list[str] = Field(default_factory=_empty_list, sa_column=Column(JSON, nullable=False))
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+    raw_sha256: str | None = Field(default=None, foreign_key="rawmessage.sha256")
+    sent_at: datetime | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Attachment(SQLModel, table=True):
+    """Metadata only: the content stays inside the raw message it came in."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+class Event(SQLModel, table=True):
+    """The audit trail: what happened and why, in words a person can read."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    mailbox: str = ""
+    kind: str = Field(index=True)
+    detail: str
+    data: dict = Field(default_factory=_empty_dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """Rendered mail waiting for the relay; written in the same transaction that caused it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    kind: str
+    mail_from: str
+    rcpt_to: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    message_id: str = Field(index=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    state: str = Field(default=OutboxState.QUEUED, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    last_error: str = ""
+    # Which instance holds the row and until when: a row claimed by a dead instance is due again
+    # once its lease has run out.
+    claimed_by: str = ""
+    claimed_until: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class MailboxState(SQLModel, table=True):
+    """The fetch checkpoint: only UIDs above last_uid under this UIDVALIDITY are new."""
+
+    mailbox: str = Field(primary_key=True)
+    uidvalidity: int = 0
+    last_uid: int = 0
+    last_poll_at: datetime | None = None

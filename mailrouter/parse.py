@@ -1,0 +1,391 @@
+"""parse: raw bytes → Inbound, a plain record of everything the later stages need.
+
+Real-world mail is broken in every way imaginable; parsing records defects and carries on.
+Only bytes that are not an email message at all raise ParseError.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.errors import MessageError, StartBoundaryNotFoundDefect
+from email.header import decode_header, make_header
+from email.message import Message as EmailMessage
+from email.utils import getaddresses
+from html.parser import HTMLParser
+
+import mailparser
+
+from mailrouter.errors import ParseError
+
+# mail-parser logs every unhandled MIME part at WARNING; that is noise for a daemon's journal.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+_QUOTED_MESSAGE_ID = re.compile(r"^[ \t>]*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_C1 = re.compile(r"[\x80-\x9f]")
+# "alice@example.com <bob@example.com>": an address used as a display name, unquoted. The
+# mailbox is the one in angle brackets; quoting the name keeps it from counting as a second one.
+_ADDRESS_AS_NAME = re.compile(r"(^|,)\s*([^\s<>\",;:@()]+@[^\s<>\",;:()]+)\s*<")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+_WORD_MARK = "QxEWq"
+_WORD_STAND_IN = re.compile(rf"{_WORD_MARK}(\d+){_WORD_MARK}")
+_LATIN1_LABELS = frozenset({"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "iso8859-1"})
+_UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+MAX_FILENAME = 200
+# Labels mail clients use for supersets of what they say (or for what Python calls otherwise).
+_CHARSET_ALIASES = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "iso-8859-8-i": "iso-8859-8",
+    "shift_jis": "cp932",
+    "x-sjis": "cp932",
+    "windows-874": "cp874",
+    "tis-620": "cp874",
+}
+_IDENTIFYING_HEADERS = ("from", "to", "subject", "date", "message-id", "received", "return-path")
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+@dataclass(frozen=True)
+class Address:
+    address: str
+    name: str = ""
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Inbound:
+    sha256: str
+    size: int
+    message_id: str
+    in_reply_to: str
+    references: tuple[str, ...]
+    sender: Address | None
+    reply_to: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    subject: str
+    text: str
+    html: str
+    headers: dict[str, tuple[str, ...]] = field(repr=False)
+    attachments: tuple[AttachmentInfo, ...] = ()
+    defects: tuple[str, ...] = ()
+    # Message-IDs found in returned-message parts (message/rfc822, text/rfc822-headers) or quoted
+    # in the text as "Message-ID: <...>". Only meaningful in a bounce: it names what bounced.
+    quoted_message_ids: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str:
+        """The first value of a header, decoded; "" when absent."""
+        values = self.headers.get(name.lower())
+        return values[0] if values else ""
+
+    @property
+    def thread_ids(self) -> tuple[str, ...]:
+        """Every Message-ID this message says it answers, nearest first."""
+        ids = [self.in_reply_to] if self.in_reply_to else []
+        ids.extend(reversed(self.references))
+        return tuple(dict.fromkeys(ids))
+
+
+def parse(raw: bytes) -> Inbound:
+    if raw.startswith(_OLE_MAGIC):
+        raise ParseError("an Outlook .msg file (OLE compound document), not an RFC 822 message")
+    try:
+        mail = _mailparser(raw)
+    except Exception as exc:  # mail-parser raises assorted errors on hopeless input
+        raise ParseError(f"mail-parser could not read the message: {exc}") from exc
+    message: EmailMessage = mail.message
+    if not any(message.get(name) is not None for name in _IDENTIFYING_HEADERS):
+        raise ParseError("no message headers found: not an RFC 822 message")
+
+    headers = _decoded_headers(message)
+    senders = _addresses(message, "from")
+    plain, html = _body_parts(message)
+    text = _body_text(plain, html)
+    message_id = _first_message_id(headers.get("message-id", ()))
+    return Inbound(
+        sha256=hashlib.sha256(raw).hexdigest(),
+        size=len(raw),
+        message_id=message_id,
+        in_reply_to=_first_message_id(headers.get("in-reply-to", ())),
+        references=tuple(_MESSAGE_ID.findall(" ".join(headers.get("references", ())))),
+        sender=senders[0] if senders else None,
+        reply_to=tuple(_addresses(message, "reply-to")),
+        to=tuple(_addresses(message, "to")),
+        cc=tuple(_addresses(message, "cc")),
+        subject=(headers.get("subject") or ("",))[0],
+        text=text,
+        html="\n".join(html).replace("\x00", ""),
+        headers=headers,
+        attachments=tuple(_attachment(item) for item in mail.attachments),
+        defects=tuple(sorted(mail.defects_categories)),
+        quoted_message_ids=_quoted_message_ids(message, text, message_id),
+    )
+
+
+def _mailparser(raw: bytes) -> mailparser.MailParser:
+    """NUL bytes are never legal in mail and make the stdlib's codec look-ups raise ValueError
+    (a charset name with a NUL in it): read the message again without them before calling it hopeless."""
+    try:
+        return mailparser.parse_from_bytes(raw)
+    except ValueError:
+        if b"\x00" not in raw:
+            raise
+        return mailparser.parse_from_bytes(raw.replace(b"\x00", b""))
+
+
+def single_line(value: str) -> str:
+    """Fold a header value taken from mail onto one line: CR/LF can never reach our headers."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def decode_bytes(data: bytes, charset: str | None, *, unlabelled: str = "utf-8") -> str:
+    """Text from bytes whose label may lie: windows-1252 sent as iso-8859-1, UTF-8 sent as ascii,
+    gb2312 that is really GBK, charsets nobody has heard of. Never raises; at worst it replaces."""
+    label = (charset or "").strip().strip('"').lower()
+    label = _CHARSET_ALIASES.get(label, label)
+    if label and label not in _LATIN1_LABELS:
+        try:
+            return data.decode(label)
+        except UnicodeError:
+            pass
+        except (LookupError, ValueError):  # no such codec, or a name no codec could have (NUL)
+            label = "unknown"
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if label in _LATIN1_LABELS or label == "unknown" or (not label and _mostly_not_utf8(data, unlabelled)):
+        # windows-1252 is latin-1 plus the printable characters (curly quotes, euro sign) that
+        # real latin-1 text never has in 0x80-0x9f.
+        return data.decode("cp1252", "replace")
+    return data.decode(label or "utf-8", "replace")
+
+
+def _mostly_not_utf8(data: bytes, unlabelled: str) -> bool:
+    """Unlabelled bytes that are not UTF-8: windows-1252 when hardly any of their 8-bit bytes
+    form UTF-8 sequences; UTF-8 with a few broken bytes otherwise."""
+    if unlabelled == "cp1252":
+        return True
+    valid = sum(len(m) for m in _UTF8_SEQUENCE.findall(data))
+    return valid < sum(1 for byte in data if byte >= 0x80) / 2
+
+
+def _repair_c1(text: str) -> str:
+    """C1 controls in decoded text are windows-1252 bytes that someone decoded as latin-1."""
+    return _C1.sub(lambda m: m.group(0).encode("latin-1").decode("cp1252", "replace"), text)
+
+
+def _raw_8bit(value: str) -> str:
+    """Raw 8-bit header bytes arrive as surrogate escapes: give them a charset."""
+    if any("\udc80" <= char <= "\udcff" for char in value):
+        return decode_bytes(value.encode("utf-8", "surrogateescape"), None, unlabelled="cp1252")
+    return value
+
+
+def _decode(value: object) -> str:
+    """A header value: raw 8-bit bytes given a charset, RFC 2047 words decoded, even broken ones."""
+    text = _raw_8bit(str(value))
+    try:
+        chunks = decode_header(text)
+    except (MessageError, UnicodeError, ValueError, binascii.Error):  # a broken base64 word, say
+        return _repair_c1(text)
+    try:
+        text = str(make_header(chunks))
+    except (MessageError, UnicodeError, LookupError, ValueError):  # a mangled charset name
+        text = "".join(
+            chunk if isinstance(chunk, str) else decode_bytes(chunk, charset) for chunk, charset in chunks
+        )
+    return _repair_c1(text)
+
+
+def _decoded_headers(message: EmailMessage) -> dict[str, tuple[str, ...]]:
+    headers: dict[str, list[str]] = {}
+    for name, value in message.raw_items():
+        headers.setdefault(name.lower(), []).append(single_line(_decode(value)))
+    return {name: tuple(values) for name, values in headers.items()}
+
+
+def _shield_encoded_words(value: str) -> tuple[str, Callable[[str], str]]:
+    """Stand in a plain atom for every encoded-word; returns the text and how to put them back."""
+    words: list[str] = []
+
+    def stand_in(match: re.Match[str]) -> str:
+        words.append(match.group(0))
+        return f"{_WORD_MARK}{len(words) - 1}{_WORD_MARK}"
+
+    def restore(text: str) -> str:
+        return _WORD_STAND_IN.sub(lambda match: words[int(match.group(1))], text)
+
+    return _ENCODED_WORD.sub(stand_in, value), restore
+
+
+def _addresses(message: EmailMessage, header: str) -> list[Address]:
+    """Addresses are split before RFC 2047 decoding, with every encoded-word shielded: neither
+    its decoded text nor a raw "=?utf-8?q?a:b@c?=" may ever read as an address, a group or a
+    second mailbox."""
+    found = []
+    for name, value in message.raw_items():
+        if name.lower() != header:
+            continue
+        shielded, restore = _shield_encoded_words(_raw_8bit(value))
+        for display, address in getaddresses([_ADDRESS_AS_NAME.sub(r'\1 "\2" <', shielded)]):
+            address = single_line(restore(address)).strip("<>").lower()
+            if "@" in address:
+                found.append(Address(address=address, name=single_line(_decode(restore(display)))))
+    return found
+
+
+def _first_message_id(values: tuple[str, ...]) -> str:
+    for value in values:
+        match = _MESSAGE_ID.search(value)
+        if match:
+            return match.group(0)
+    return ""
+
+
+def _attachment(item: dict) -> AttachmentInfo:
+    payload = item.get("payload") or ""
+    if item.get("binary"):
+        try:
+            content = base64.b64decode(payload)
+        except (binascii.Error, ValueError):
+            content = payload.encode("ascii", "replace")
+    else:
+        content = payload.encode("utf-8", "replace")
+    return AttachmentInfo(
+        filename=safe_filename(str(item.get("filename") or "")),
+        content_type=str(item.get("mail_content_type") or "application/octet-stream"),
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
+
+
+def safe_filename(name: str) -> str:
+    """An attachment's name as data: no directories, no control or shell-special characters, no
+    leading dots, bounded. It is never used as a path; this makes sure it could not be one."""
+    name = _repair_c1(_raw_8bit(name)).strip().strip("<>").replace("\\", "/").rsplit("/", 1)[-1]
+    name = " ".join(_UNSAFE_FILENAME.sub("_", name).split()).lstrip(". ")
+    if len(name) > MAX_FILENAME:
+        stem, dot, suffix = name.rpartition(".")
+        name = (stem[: MAX_FILENAME - len(suffix) - 1] + dot + suffix) if dot and len(suffix) < 10 else name
+        name = name[:MAX_FILENAME]
+    return name or "attachment"
+
+
+def _is_attachment(part: EmailMessage) -> bool:
+    """Shown as a file rather than inline: a named text part marked inline is still read as text."""
+    disposition = part.get_content_disposition()
+    return disposition == "attachment" or (disposition is None and bool(part.get_filename()))
+
+
+def _body_parts(message: EmailMessage) -> tuple[list[str], list[str]]:
+    """The text/plain and text/html parts a reader sees, nested messages included, decoded with
+    charset repair (mail-parser trusts a latin-1 label and keeps windows-1252 bytes as controls)."""
+    plain: list[str] = []
+    html: list[str] = []
+    for part in _with_boundary_recovered(message).walk():
+        if part.is_multipart() or _is_attachment(part):
+            continue
+        content_type = part.get_content_type()
+        if content_type not in ("text/plain", "text/html"):
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        text = _repair_c1(decode_bytes(payload, part.get_content_charset()))
+        (plain if content_type == "text/plain" else html).append(text)
+    return plain, html
+
+
+def _with_boundary_recovered(message: EmailMessage) -> EmailMessage:
+    """A multipart whose parts use another boundary than the header declares (spam tools do
+    this) parses as one opaque part; read it again with the boundary its first part line uses."""
+    if not any(isinstance(d, StartBoundaryNotFoundDefect) for d in message.defects):
+        return message
+    payload = message.get_payload()
+    found = re.search(r"^--(\S+?)\s*$", payload, re.MULTILINE) if isinstance(payload, str) else None
+    if found is None:
+        return message
+    head = f'Content-Type: {message.get_content_type()}; boundary="{found.group(1)}"\r\n\r\n'
+    return message_from_bytes((head + payload).encode("utf-8", "surrogateescape"))
+
+
+def _quoted_message_ids(message: EmailMessage, text: str, own: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for part in message.walk():
+        content_type = part.get_content_type()
+        if content_type == "message/rfc822" and part.is_multipart():
+            inner = part.get_payload(0)
+            found.extend(_MESSAGE_ID.findall(str(inner.get("message-id", ""))))
+        elif content_type == "text/rfc822-headers":
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                found.extend(_QUOTED_MESSAGE_ID.findall(payload.decode("ascii", "replace")))
+    found.extend(_QUOTED_MESSAGE_ID.findall(text))
+    return tuple(i for i in dict.fromkeys(found) if i != own)
+
+
+def _body_text(plain: list[str], html: list[str]) -> str:
+    text = "\n".join(part for part in plain if part.strip())
+    if not text and html:
+        text = html_to_text("\n".join(html))
+    return text.replace("\x00", "").strip()
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "table", "blockquote"})
+    _HIDDEN = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden_depth += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN and self._hidden_depth:
+            self._hidden_depth -= 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden_depth:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Readable text from HTML, for mail that has no text part. The HTML itself is never trusted."""
+    extractor = _TextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    lines = (" ".join(line.split()) for line in "".join(extractor.parts).splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

@@ -1,0 +1,361 @@
+"""route: TOML rules decide department, category, priority, group/assignee, tags and template.
+
+Rules are read from every *.toml file in the rules directory, in file-name order, each file's
+[[rule]] tables in order. Every condition of a rule must hold; a list means any of its values.
+The first matching rule decides, unless it says `continue = true`: then later matching rules
+apply too, overriding what they set again and adding tags.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mailrouter.config import MailboxSettings
+from mailrouter.errors import RuleError
+from mailrouter.parse import Address, Inbound
+
+Priority = Literal["low", "normal", "high", "urgent"]
+OneOrMany = str | list[str]
+
+
+def _as_list(value: OneOrMany | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class Conditions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    mailbox: OneOrMany | None = None
+    sender: OneOrMany | None = Field(default=None, alias="from")
+    from_domain: OneOrMany | None = None
+    to: OneOrMany | None = None
+    cc: OneOrMany | None = None
+    subject_contains: OneOrMany | None = None
+    subject_regex: OneOrMany | None = None
+    body_contains: OneOrMany | None = None
+    body_regex: OneOrMany | None = None
+    header: dict[str, OneOrMany] | None = None
+    header_regex: dict[str, OneOrMany] | None = None
+
+    @field_validator("subject_regex", "body_regex")
+    @classmethod
+    def _compiles(cls, value: OneOrMany | None) -> OneOrMany | None:
+        for pattern in _as_list(value):
+            _compile(pattern)
+        return value
+
+    @field_validator("header_regex")
+    @classmethod
+    def _header_compiles(cls, value: dict[str, OneOrMany] | None) -> dict[str, OneOrMany] | None:
+        for patterns in (value or {}).values():
+            for pattern in _as_list(patterns):
+                _compile(pattern)
+        return value
+
+
+class Actions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    department: str | None = None
+    category: str | None = None
+    priority: Priority | None = None
+    group: str | None = None
+    assignee: str | None = None
+    tags: list[str] = []
+    template: str | None = None
+    acknowledge: bool | None = None
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    when: Conditions = Conditions()
+    then: Actions = Actions()
+    continue_: bool = Field(default=False, alias="continue")
+    source: str = ""
+
+
+class _RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rule: list[Rule] = []
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+
+
+def load_rules(directory: Path, departments: frozenset[str]) -> tuple[Rule, ...]:
+    if not directory.is_dir():
+        raise RuleError(f"{directory}: rules directory not found")
+    rules: list[Rule] = []
+    names: dict[str, str] = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+            parsed = _RuleFile.model_validate(document)
+        except tomllib.TOMLDecodeError as exc:
+            raise RuleError(f"{path}: not valid TOML: {exc}") from exc
+        except ValidationError as exc:
+            raise RuleError(_describe(path, document, exc)) from None
+        for rule in parsed.rule:
+            where = f"{path}: rule {rule.name!r}"
+            if rule.name in names:
+                raise RuleError(f"{where}: the name is already used in {names[rule.name]}")
+            if rule.then.department is not None and rule.then.department not in departments:
+                known = ", ".join(sorted(departments))
+                raise RuleError(f"{where}: then.department {rule.then.department!r} is not one of: {known}")
+            names[rule.name] = str(path)
+            rules.append(rule.model_copy(update={"source": path.name}))
+    return tuple(rules)
+
+
+def _describe(path: Path, document: dict, error: ValidationError) -> str:
+    lines = [f"{path}: invalid rule file"]
+    for item in error.errors():
+        location = list(item["loc"])
+        if len(location) >= 2 and location[0] == "rule" and isinstance(location[1], int):
+            entry = document.get("rule", [])[location[1]]
+            name = entry.get("name", f"#{location[1] + 1}") if isinstance(entry, dict) else "?"
+            location = [f"rule {name!r}", *location[2:]]
+        key = ".".join(str(part) for part in location)
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    rule: str
+    source: str
+    matched: bool
+    reasons: tuple[str, ...]
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    department: str
+    category: str
+    priority: str
+    group: str
+    assignee: str
+    tags: tuple[str, ...]
+    template: str | None  # None: no acknowledgement
+    language: str
+    matched_rules: tuple[str, ...]
+    verdicts: tuple[RuleVerdict, ...]
+
+    @property
+    def explanation(self) -> str:
+        if not self.matched_rules:
+            return f"no rule matched: the mailbox's department {self.department} applies"
+        matched = [v for v in self.verdicts if v.matched]
+        return "; ".join(f"rule {v.rule!r} ({v.source}) matched: {', '.join(v.reasons)}" for v in matched)
+
+
+def _match_rule(rule: Rule, inbound: Inbound, mailbox: str) -> RuleVerdict:
+    """Check every condition, so that `rules explain` can say all of what held and what did not."""
+    when = rule.when
+    results: list[tuple[bool, str]] = []
+
+    def check(values: OneOrMany | None, label: str, test: object) -> None:
+        wanted = _as_list(values)
+        if not wanted:
+            return
+        hit = next((w for w in wanted if test(w)), None)  # type: ignore[operator]
+        results.append(
+            (
+                hit is not None,
+                f"{label} {hit!r}" if hit is not None else f"{label} none of {wanted}",
+            )
+        )
+
+    sender = inbound.sender.address if inbound.sender else ""
+    subject = inbound.subject.casefold()
+    body = inbound.text.casefold()
+    check(when.mailbox, "mailbox is", lambda w: w == mailbox)
+    check(when.sender, "from matches", lambda w: fnmatchcase(sender, w.lower()))
+    check(when.from_domain, "sender domain is", lambda w: _in_domain(sender, w.lower()))
+    check(when.to, "to matches", lambda w: _any_address(inbound.to, w))
+    check(when.cc, "cc matches", lambda w: _any_address(inbound.cc, w))
+    check(when.subject_contains, "subject contains", lambda w: w.casefold() in subject)
+    check(when.subject_regex, "subject matches", lambda w: _compile(w).search(inbound.subject))
+    check(when.body_contains, "body contains", lambda w: w.casefold() in body)
+    check(when.body_regex, "body matches", lambda w: _compile(w).search(inbound.text))
+    for name, wanted in (when.header or {}).items():
+        values = [v.casefold() for v in inbound.headers.get(name.lower(), ())]
+        check(
+            wanted,
+            f"header {name} contains",
+            lambda w, vs=values: any(w.casefold() in v for v in vs),
+        )
+    for name, wanted in (when.header_regex or {}).items():
+        values = inbound.headers.get(name.lower(), ())
+        check(
+            wanted,
+            f"header {name} matches",
+            lambda w, vs=values: any(_compile(w).search(v) for v in vs),
+        )
+
+    if not results:
+        return RuleVerdict(rule.name, rule.source, True, ("no conditions: matches every message",))
+    matched = all(ok for ok, _ in results)
+    reasons = tuple(reason for ok, reason in results if ok == matched)
+    return RuleVerdict(rule.name, rule.source, matched, reasons)
+
+
+def _in_domain(address: str, domain: str) -> bool:
+    host = address.rpartition("@")[2]
+    return host == domain or host.endswith("." + domain)
+
+
+def _any_address(addresses: tuple[Address, ...], pattern: str) -> bool:
+    return any(fnmatchcase(a.address, pattern.lower()) for a in addresses)
+
+
+def route(
+    inbound: Inbound, mailbox: str, mailboxes: dict[str, MailboxSettings], rules: tuple[Rule, ...]
+) -> Decision:
+    department = mailbox
+    fields: dict[str, str] = {"category": "", "priority": "normal", "group": "", "assignee": ""}
+    tags: list[str] = []
+    template: str | None = None
+    acknowledge: bool | None = None
+    matched: list[str] = []
+    verdicts: list[RuleVerdict] = []
+    stopped = False
+    for rule in rules:
+        if stopped:
+            verdicts.append(
+                RuleVerdict(rule.name, rule.source, False, ("an earlier rule decided",), skipped=True)
+            )
+            continue
+        verdict = _match_rule(rule, inbound, mailbox)
+        verdicts.append(verdict)
+        if not verdict.matched:
+            continue
+        matched.append(rule.name)
+        actions = rule.then
+        department = actions.department or department
+        for key in fields:
+            value = getattr(actions, key)
+            if value is not None:
+                fields[key] = value
+        tags.extend(t for t in actions.tags if t not in tags)
+        template = actions.template or template
+        acknowledge = actions.acknowledge if actions.acknowledge is not None else acknowledge
+        stopped = not rule.continue_
+
+    settings = mailboxes[department]
+    if acknowledge is None:
+        acknowledge = settings.acknowledge
+    return Decision(
+        department=department,
+        tags=tuple(tags),
+        template=(template or settings.template) if acknowledge else None,
+        language=detect_language(f"{inbound.subject}\n{inbound.text}", settings.language),
+        matched_rules=tuple(matched),
+        verdicts=tuple(verdicts),
+        **fields,
+    )
+
+
+_LANGUAGE_WORDS = {
+    "sv": {
+        "och",
+        "jag",
+        "inte",
+        "är",
+        "att",
+        "för",
+        "med",
+        "hej",
+        "tack",
+        "vänliga",
+        "hälsningar",
+        "fungerar",
+        "kan",
+        "har",
+        "min",
+        "mitt",
+        "vi",
+        "ni",
+        "skulle",
+        "någon",
+    },
+    "no": {
+        "og",
+        "jeg",
+        "ikke",
+        "er",
+        "å",
+        "for",
+        "med",
+        "hei",
+        "takk",
+        "vennlig",
+        "hilsen",
+        "fungerer",
+        "kan",
+        "har",
+        "min",
+        "mitt",
+        "vi",
+        "dere",
+        "skulle",
+        "noen",
+        "hilsener",
+    },
+    "en": {
+        "and",
+        "the",
+        "is",
+        "not",
+        "to",
+        "for",
+        "with",
+        "hello",
+        "hi",
+        "thanks",
+        "regards",
+        "please",
+        "my",
+        "it",
+        "can",
+        "have",
+        "we",
+        "you",
+        "would",
+        "does",
+    },
+}
+_LANGUAGE_LETTERS = {"sv": "äö", "no": "æø", "en": ""}
+
+
+def detect_language(text: str, default: str) -> str:
+    """A cheap guess among the languages we have templates for; the mailbox's language otherwise."""
+    sample = text[:2000].casefold()
+    words = re.findall(r"\w+", sample)
+    scores = {
+        language: sum(word in vocabulary for word in words)
+        + 3 * sum(sample.count(letter) for letter in _LANGUAGE_LETTERS[language])
+        for language, vocabulary in _LANGUAGE_WORDS.items()
+    }
+    best = max(scores, key=lambda language: scores[language])
+    if scores[best] < 2 or list(scores.values()).count(scores[best]) > 1:
+        return default
+    return best

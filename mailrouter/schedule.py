@@ -1,0 +1,66 @@
+"""schedule: periodic work, run by apscheduler. Jobs write outbox rows; they never talk SMTP.
+
+The first job: follow-up reminders set with #followup. Each due case is claimed with a
+compare-and-set on its follow-up time, so several instances never remind twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from mailrouter.casework import Casework
+from mailrouter.models import Case, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def send_due_reminders(engine: Engine, casework: Casework) -> int:
+    """Queue a reminder for every case whose follow-up time has come; returns how many."""
+    with Session(engine) as session:
+        due = session.exec(select(Case.id, Case.follow_up_at).where(col(Case.follow_up_at) <= utcnow())).all()
+    queued = 0
+    for case_id, follow_up_at in due:
+        with Session(engine) as session:
+            claimed = session.execute(
+                update(Case)
+                .where(col(Case.id) == case_id, col(Case.follow_up_at) == follow_up_at)
+                .values(follow_up_at=None)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                continue  # another instance took it, or an agent changed it meanwhile
+            case = session.get(Case, case_id)
+            assert case is not None
+            queued += casework.remind(session, case).queued
+            session.commit()
+            log.info("follow-up due case=%s", case.number)
+    return queued
+
+
+class Scheduler:
+    def __init__(
+        self, engine: Engine, casework: Casework, interval: float, on_queued: Callable[[], None]
+    ) -> None:
+        self.engine = engine
+        self.casework = casework
+        self.on_queued = on_queued
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.add_job(
+            self._follow_ups, "interval", seconds=interval, id="follow-ups", max_instances=1, coalesce=True
+        )
+
+    async def _follow_ups(self) -> None:
+        # A failure rolls its claim back and is logged by apscheduler; the next run tries again.
+        if await asyncio.to_thread(send_due_reminders, self.engine, self.casework):
+            self.on_queued()
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        self._scheduler.shutdown(wait=False)

@@ -1,0 +1,390 @@
+"""send: deliver what registration queued. Renders nothing; reuses one SMTP connection.
+
+Temporary failures (no connection, timeout, 4xx) are retried with capped exponential backoff and
+jitter; permanent ones (5xx) are recorded on the case with the server's answer.
+
+Never twice: a row is claimed (with a lease, `FOR UPDATE SKIP LOCKED` on PostgreSQL) before it is
+sent, so two instances never take the same one. The SMTP transaction is driven by hand so that
+the row becomes `sending` in the database *after* the whole message is on the wire but *before*
+the final "." that makes the relay accept it: a crash before that commit leaves the relay with
+an incomplete transaction it discards (the row is sent again later); a crash after it leaves a
+`sending` row that is recorded as delivered-but-unconfirmed and never sent again. Between the
+commit and the "." there is no await; still, the window in which a crash loses a message is the
+commit's round trip (durable on the server before we hear back) plus one write to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import aiosmtplib
+from pydantic import SecretStr
+from sqlalchemy import Engine, or_, update
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, col, select
+
+from mailrouter import store
+from mailrouter.config import SmtpSettings
+from mailrouter.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailrouter.imap import tls_context
+from mailrouter.models import OutboxMessage, OutboxState, utcnow
+
+log = logging.getLogger(__name__)
+
+BATCH = 20
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+IDLE_DISCONNECT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Letter:
+    """An outbox row as the sender needs it, detached from the database session."""
+
+    id: int
+    case_id: int | None
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    data: bytes
+    attempts: int
+
+
+def backoff(attempts: int, initial: float, maximum: float) -> float:
+    """Seconds before the next try: doubling from `initial`, capped, with full jitter in the top half."""
+    ceiling = min(maximum, initial * 2 ** max(attempts - 1, 0))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def classify(exc: Exception) -> TemporaryDeliveryError | PermanentDeliveryError:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        if all(code >= 500 for code in codes):
+            return PermanentDeliveryError(detail)
+        return TemporaryDeliveryError(detail)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(
+        exc, aiosmtplib.SMTPServerDisconnected
+    ):
+        detail = f"{exc.code} {exc.message}"
+        return PermanentDeliveryError(detail) if exc.code >= 500 else TemporaryDeliveryError(detail)
+    return TemporaryDeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+class Unclaimed(Exception):
+    """Another instance took the row over (our lease ran out): leave it to them."""
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """The DATA payload without its final ".": CRLF line endings, leading dots doubled."""
+    data = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", data))
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+class Sender:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: SmtpSettings,
+        password: SecretStr | None,
+        *,
+        instance: str = "mailrouter",
+        lease: float = 300.0,
+        exclusive: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.password = password
+        self.instance = instance
+        self.lease = lease
+        # SQLite: the only instance (flock), so claims left by a dead predecessor are void at start.
+        self.exclusive = exclusive
+        self.wake = asyncio.Event()
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._last_used = 0.0
+        self._dot_sent = False
+
+    async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
+        while not stop.is_set():
+            self.wake.clear()  # before looking: a wake-up while we send must not be lost
+            try:
+                letters = await self._round(stop)
+            except OperationalError as exc:
+                # The database is away: nothing can be claimed or recorded. Rows keep their state
+                # (a 'sending' one is resolved by _recover later), so waiting loses nothing.
+                # exc.orig: the driver's words, without the SQL and its parameters (customer data)
+                log.error("sender: database problem, retrying in %.1fs: %s", poll_interval, exc.orig)
+                letters = 0
+            if letters == BATCH and self._smtp is not None:
+                continue
+            await self._disconnect_if_idle()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+            await asyncio.wait(waiters, timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        await self._disconnect()
+
+    async def _round(self, stop: asyncio.Event) -> int:
+        """Claim a batch and send it; returns how many rows were claimed."""
+        await asyncio.to_thread(self._recover)
+        letters = await asyncio.to_thread(self._claim)
+        delivered = 0
+        for letter in letters:
+            if stop.is_set() or not await self._deliver(letter):
+                break
+            delivered += 1
+        if delivered < len(letters):
+            # the relay is away (or we are stopping): hand back the rest of the batch at once
+            await asyncio.to_thread(self._unclaim)
+        return len(letters)
+
+    # --- the outbox rows ---------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rows a dead instance left: interrupted final dots recorded as sent; on SQLite (the only
+        instance) also its claims, which need not wait for their lease to run out."""
+        now = utcnow()
+        with Session(self.engine) as session:
+            stale = or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now)
+            if self.exclusive:
+                stale = or_(stale, OutboxMessage.claimed_by != self.instance)
+            rows = session.exec(
+                select(OutboxMessage).where(OutboxMessage.state == OutboxState.SENDING).where(stale)
+            ).all()
+            for row in rows:
+                store.record(
+                    session,
+                    "mail-sent-unconfirmed",
+                    f"{row.kind} to {', '.join(row.rcpt_to)}: the relay had the whole message when "
+                    f"{row.claimed_by or 'the sender'} stopped before its answer; counted as sent, "
+                    "not sent again",
+                    case_id=row.case_id,
+                    outbox_id=row.id,
+                )
+                row.state = OutboxState.SENT
+                row.sent_at = row.sent_at or now
+                row.claimed_by, row.claimed_until = "", None
+                session.add(row)
+                log.warning("outbox=%s delivery unconfirmed (sender stopped mid-transaction)", row.id)
+            if self.exclusive:
+                session.execute(
+                    update(OutboxMessage)
+                    .where(col(OutboxMessage.state) == OutboxState.QUEUED)
+                    .where(col(OutboxMessage.claimed_by) != "")
+                    .values(claimed_by="", claimed_until=None)
+                )
+            session.commit()
+
+    def _claim(self) -> list[Letter]:
+        """Take up to BATCH due rows for this instance, for `lease` seconds."""
+        now = utcnow()
+        with Session(self.engine) as session:
+            statement = (
+                select(OutboxMessage)
+                .where(OutboxMessage.state == OutboxState.QUEUED)
+                .where(OutboxMessage.next_attempt_at <= now)
+                .where(
+                    or_(
+                        col(OutboxMessage.claimed_until).is_(None),
+                        col(OutboxMessage.claimed_until) < now,
+                    )
+                )
+                .order_by(col(OutboxMessage.id))
+                .limit(BATCH)
+            )
+            if self.engine.dialect.name == "postgresql":
+                statement = statement.with_for_update(skip_locked=True)
+            rows = session.exec(statement).all()
+            letters = []
+            for row in rows:
+                if row.id is None:
+                    continue
+                row.claimed_by = self.instance
+                row.claimed_until = now + timedelta(seconds=self.lease)
+                session.add(row)
+                letters.append(
+                    Letter(row.id, row.case_id, row.mail_from, tuple(row.rcpt_to), row.data, row.attempts)
+                )
+            session.commit()
+            return letters
+
+    def _unclaim(self) -> None:
+        """On shutdown: hand back what we claimed and did not send, so others need not wait."""
+        with Session(self.engine) as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(col(OutboxMessage.state) == OutboxState.QUEUED)
+                .where(col(OutboxMessage.claimed_by) == self.instance)
+                .values(claimed_by="", claimed_until=None)
+            )
+            session.commit()
+
+    def _mark_sending(self, letter: Letter) -> None:
+        """Compare-and-set queued -> sending, only while the claim is still ours."""
+        with Session(self.engine) as session:
+            result = session.execute(
+                update(OutboxMessage)
+                .where(col(OutboxMessage.id) == letter.id)
+                .where(col(OutboxMessage.state) == OutboxState.QUEUED)
+                .where(col(OutboxMessage.claimed_by) == self.instance)
+                .values(state=OutboxState.SENDING, claimed_until=utcnow() + timedelta(seconds=self.lease))
+            )
+            session.commit()
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Unclaimed(f"outbox={letter.id} was taken over by another instance")
+
+    # --- SMTP ------------------------------------------------------------------------------------
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self._smtp is not None and self._smtp.is_connected:
+            return self._smtp
+        s = self.settings
+        context = tls_context(s.ca_file, s.tls_verify) if s.security != "none" else None
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=context,
+        )
+        await smtp.connect()
+        if s.username is not None and self.password is not None:
+            await smtp.login(s.username, self.password.get_secret_value())
+        self._smtp = smtp
+        return smtp
+
+    async def _disconnect_if_idle(self) -> None:
+        # A relay drops idle sessions after a few minutes; close ours rather than find out later.
+        if asyncio.get_running_loop().time() - self._last_used > IDLE_DISCONNECT_SECONDS:
+            await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        if self._smtp is not None and self._smtp.is_connected:
+            try:
+                await self._smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                self._smtp.close()
+        self._smtp = None
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, letter: Letter) -> str:
+        """MAIL, RCPT, DATA and the message; then `sending` in the database; then the final dot."""
+        options = [] if letter.data.isascii() else ["BODY=8BITMIME"]
+        if not "".join((letter.mail_from, *letter.rcpt_to)).isascii():
+            options.append("SMTPUTF8")  # internationalised addresses (RFC 6531)
+        await smtp.mail(letter.mail_from, options=options)
+        refused: list[aiosmtplib.SMTPRecipientRefused] = []
+        for recipient in letter.rcpt_to:
+            try:
+                await smtp.rcpt(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append(exc)
+        if refused:
+            # Our mail has one recipient; with several, a partial delivery would be worse than none.
+            await smtp.rset()
+            raise aiosmtplib.SMTPRecipientsRefused(refused)
+        start = await smtp.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = smtp.protocol
+        assert protocol is not None
+        protocol.write(dot_stuffed(letter.data))
+        try:
+            # Deliberately synchronous: no await may come between this commit and the dot.
+            self._mark_sending(letter)
+        except BaseException:
+            smtp.close()  # without its final dot the relay discards the transaction
+            raise
+        protocol.write(b".\r\n")
+        self._dot_sent = True
+        reply = await protocol.read_response(timeout=self.settings.timeout)
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return f"{reply.code} {reply.message}"
+
+    async def _deliver(self, letter: Letter) -> bool:
+        """Hand one letter to the relay; False when the connection is gone and the batch should wait."""
+        self._dot_sent = False
+        try:
+            smtp = await self._connect()
+            reply = await self._transaction(smtp, letter)
+        except Unclaimed as exc:
+            log.info("%s; skipping it", exc)
+            return False
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            failure = classify(exc)
+            connection_lost = self._smtp is None or not self._smtp.is_connected
+            if isinstance(failure, TemporaryDeliveryError) and self._smtp is not None:
+                self._smtp.close()
+                self._smtp = None
+            # The relay had the whole message but we never heard its answer: it may have taken it.
+            unanswered = self._dot_sent and not isinstance(exc, aiosmtplib.SMTPResponseException)
+            await asyncio.to_thread(self._failed, letter, failure, unanswered)
+            return not connection_lost
+        self._last_used = asyncio.get_running_loop().time()
+        await asyncio.to_thread(self._sent, letter, reply)
+        return True
+
+    def _sent(self, letter: Letter, reply: str) -> None:
+        with Session(self.engine) as session:
+            row = session.get(OutboxMessage, letter.id)
+            assert row is not None
+            row.state = OutboxState.SENT
+            row.attempts += 1
+            row.sent_at = utcnow()
+            row.last_error = ""
+            row.claimed_by, row.claimed_until = "", None
+            session.add(row)
+            store.record(
+                session,
+                "mail-sent",
+                f"{row.kind} to {', '.join(row.rcpt_to)} accepted by the relay: {reply}",
+                case_id=row.case_id,
+                outbox_id=row.id,
+            )
+            session.commit()
+        log.info("sent outbox=%s to=%s", letter.id, ",".join(letter.rcpt_to))
+
+    def _failed(
+        self,
+        letter: Letter,
+        failure: TemporaryDeliveryError | PermanentDeliveryError,
+        unanswered: bool = False,
+    ) -> None:
+        with Session(self.engine) as session:
+            row = session.get(OutboxMessage, letter.id)
+            assert row is not None
+            if row.claimed_by != self.instance or row.state not in (OutboxState.QUEUED, OutboxState.SENDING):
+                return  # another instance has it now
+            row.attempts += 1
+            row.last_error = str(failure)
+            row.claimed_by, row.claimed_until = "", None
+            if unanswered:
+                # Never twice beats at least once for an automatic acknowledgement.
+                row.state = OutboxState.SENT
+                row.sent_at = utcnow()
+                detail = f"{row.kind} to {', '.join(row.rcpt_to)}: no answer to the final dot ({failure})"
+                store.record(session, "mail-sent-unconfirmed", detail, case_id=row.case_id, outbox_id=row.id)
+                log.warning("delivery unconfirmed outbox=%s: %s", letter.id, failure)
+            elif isinstance(failure, PermanentDeliveryError):
+                row.state = OutboxState.FAILED
+                detail = f"{row.kind} to {', '.join(row.rcpt_to)} refused for good: {failure}"
+                store.record(session, "delivery-failed", detail, case_id=row.case_id, outbox_id=row.id)
+                log.error("delivery failed outbox=%s: %s", letter.id, failure)
+            else:
+                row.state = OutboxState.QUEUED
+                delay = backoff(row.attempts, self.settings.retry_initial, self.settings.retry_max)
+                row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+                log.warning(
+                    "delivery deferred outbox=%s attempt=%s retry_in=%.1fs: %s",
+                    letter.id,
+                    row.attempts,
+                    delay,
+                    failure,
+                )
+            session.add(row)
+            session.commit()

@@ -1,0 +1,176 @@
+"""The core loop through the real mail stack: a customer mails, a case is born and acknowledged,
+replies thread back in, and a restart neither loses nor repeats anything."""
+
+from __future__ import annotations
+
+import time
+from email.message import EmailMessage
+
+import pytest
+
+from mailrouter.models import OutboxState
+from tests.e2e.conftest import send_mail as send
+
+pytestmark = pytest.mark.e2e
+
+
+def acknowledgements(stack, customer) -> list[EmailMessage]:
+    return stack.messages(customer.address, customer.password)
+
+
+def settle(daemon, seconds: float = 2.0) -> None:
+    """Give the daemon time to do anything more it (wrongly) would, before counting."""
+    time.sleep(seconds)
+    daemon.wait_idle()
+
+
+def test_new_mail_becomes_one_case_with_one_acknowledgement(daemon, customer, mailstack):
+    it = daemon.mailboxes["it"]
+    daemon.start()
+    send(mailstack, f"Kari <{customer.address}>", it.address, "Printer broken", "It jams.")
+
+    [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1)
+    settle(daemon)
+    [case] = daemon.cases()
+    assert case.number.startswith("IT-") and case.department == "it" and case.status == "new"
+    assert it.address in str(ack["From"]) and "IT Support" in str(ack["From"])
+    assert str(ack["Subject"]) == f"[{case.number}] Re: Printer broken"
+    assert ack["Auto-Submitted"] == "auto-replied"
+    assert case.number in ack.get_body(("plain",)).get_content()
+    assert len(acknowledgements(mailstack, customer)) == 1
+    [row] = daemon.outbox("acknowledgement")
+    assert row.state == OutboxState.SENT and row.message_id == ack["Message-ID"]
+    # flag mode: the message stays in INBOX, marked as registered
+    assert daemon.stop() == 0
+
+
+def test_replies_join_the_case_by_headers_or_by_tag_and_get_no_new_acknowledgement(
+    daemon, customer, mailstack
+):
+    it = daemon.mailboxes["it"]
+    daemon.start()
+    first = send(mailstack, f"Kari <{customer.address}>", it.address, "VPN is down", "Cannot connect.")
+    [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1)
+    [case] = daemon.cases()
+
+    # an ordinary reply: Re:, the tag, In-Reply-To and References
+    send(
+        mailstack,
+        customer.address,
+        it.address,
+        f"Re: {ack['Subject']}",
+        "Still down.",
+        In_Reply_To=ack["Message-ID"],
+        References=f"{first} {ack['Message-ID']}",
+    )
+    # the client dropped the tag from the subject but kept In-Reply-To
+    send(
+        mailstack,
+        customer.address,
+        it.address,
+        "Re: VPN",
+        "Any news?",
+        In_Reply_To=ack["Message-ID"],
+    )
+    # only the tag survives, under a Swedish reply prefix: no threading headers at all
+    send(mailstack, customer.address, it.address, f"SV: [{case.number}] VPN is down", "Hallå?")
+
+    daemon.wait_until(lambda: len(daemon.incoming(case.id)) == 4, "three replies to join the case")
+    settle(daemon)
+    assert [c.number for c in daemon.cases()] == [case.number]
+    assert len(acknowledgements(mailstack, customer)) == 1
+    assert len(daemon.outbox("acknowledgement")) == 1
+    assert daemon.stop() == 0
+
+
+def test_hr_rule_sets_priority_category_and_template(daemon, customer, mailstack):
+    hr = daemon.mailboxes["hr"]
+    daemon.start()
+    send(
+        mailstack,
+        f"Ola <{customer.address}>",
+        hr.address,
+        "Spørsmål om lønn",
+        "Hei, jeg har ikke fått lønn denne måneden. Kan dere sjekke?",
+    )
+    [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1)
+    [case] = daemon.cases()
+    assert case.number.startswith("HR-")
+    assert (case.priority, case.category, case.group) == ("high", "payroll", "hr-payroll")
+    assert case.tags == ["payroll"]
+    body = ack.get_body(("plain",)).get_content()
+    assert "Lønnsgruppen i HR" in body  # the rule's Norwegian payroll template, not the default
+    assert hr.address in str(ack["From"])
+    # hr is configured to move processed mail out of the INBOX
+    daemon.wait_until(
+        lambda: mailstack.messages(hr.address, hr.password, folder="Processed") != [], "the move"
+    )
+    assert mailstack.messages(hr.address, hr.password) == []
+    assert daemon.stop() == 0
+
+
+def test_restart_ingests_nothing_twice_and_sends_nothing_twice(daemon, customer, mailstack):
+    it, vm = daemon.mailboxes["it"], daemon.mailboxes["vaktmester"]
+    daemon.start()
+    send(mailstack, customer.address, it.address, "One", "first")
+    send(mailstack, customer.address, vm.address, "To", "andre")
+    mailstack.wait_for_messages(customer.address, customer.password, 2)
+    daemon.wait_idle()
+    assert daemon.stop() == 0
+
+    send(mailstack, customer.address, it.address, "Three", "arrived while stopped")
+    daemon.start()
+    mailstack.wait_for_messages(customer.address, customer.password, 3)
+    settle(daemon, 3)
+    assert daemon.stop() == 0
+    daemon.start()
+    settle(daemon, 3)
+
+    assert sorted(c.subject for c in daemon.cases()) == ["One", "Three", "To"]
+    assert len(acknowledgements(mailstack, customer)) == 3
+    assert [o.state for o in daemon.outbox("acknowledgement")] == [OutboxState.SENT] * 3
+    assert len(daemon.outbox("notification")) == 3
+    assert daemon.stop() == 0
+
+
+def test_nordic_letters_survive_into_the_case_and_the_acknowledgement(daemon, customer, mailstack):
+    vm = daemon.mailboxes["vaktmester"]
+    subject = "Vannlekkasje i kjelleren – æøå ÆØÅ äö ÄÖ"
+    body = "Hei! Det lekker fra røret ved sykkelbodene. Må fikses før helgen. Blåbærsyltetøy på gølvet."
+    daemon.start()
+    send(mailstack, f"Øystein Ærø <{customer.address}>", vm.address, subject, body)
+    [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1)
+    [raw] = mailstack.raw_messages(vm.address, vm.password)
+    assert b"=?utf-8?" in raw and "æ".encode() not in raw.split(b"\r\n\r\n")[0]  # RFC 2047 on the wire
+    [case] = daemon.cases()
+    assert case.subject == subject
+    assert case.priority == "urgent" and case.category == "water"  # body_regex rule on "lekker"
+    assert str(ack["Subject"]) == f"[{case.number}] Re: {subject}"
+    text = ack.get_body(("plain",)).get_content()
+    assert "Hei Øystein Ærø!" in text and subject in text  # the Norwegian template, names intact
+    show = daemon.cli("show", case.number)
+    [incoming] = daemon.incoming(case.id)
+    assert incoming.text == body and show.returncode == 0
+    assert daemon.stop() == 0
+
+
+def test_without_idle_the_worker_polls_and_still_sees_new_mail(mailstack, customer, tmp_path):
+    from tests.e2e.conftest import DEPARTMENTS, make_daemon
+
+    database = f"sqlite:///{tmp_path}/polling.db"
+    daemon = make_daemon(
+        mailstack, tmp_path / "polling", database, tuple(DEPARTMENTS), daemon={"idle": False}
+    )
+    try:
+        daemon.start()
+        daemon.wait_until(lambda: "watching INBOX" in daemon.log(), "the worker to start")
+        time.sleep(1.5)  # at least one empty poll first: new mail must be seen by a later poll
+        for n in range(3):
+            send(mailstack, customer.address, daemon.mailboxes["it"].address, f"Polled {n}", "body")
+            time.sleep(0.7)
+        mailstack.wait_for_messages(customer.address, customer.password, 3)
+        assert sorted(c.subject for c in daemon.cases()) == ["Polled 0", "Polled 1", "Polled 2"]
+        assert "polling every 1s" in daemon.log()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()

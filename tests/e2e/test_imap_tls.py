@@ -1,0 +1,71 @@
+"""IMAP over TLS against the real Dovecot: implicit TLS on the IMAPS port, STARTTLS on the plain
+port (mailrouter.imap.starttls, since aioimaplib has none), verification on by default."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from pydantic import SecretStr
+
+from mailrouter.config import ImapSettings
+from mailrouter.imap import connect
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def account(mailstack):
+    return mailstack.new_account("tls")
+
+
+def settings(mailstack, address: str, security: str, **extra) -> ImapSettings:
+    port = mailstack.imaps_port if security == "tls" else mailstack.imap_port
+    return ImapSettings(
+        host="127.0.0.1",
+        port=port,
+        security=security,
+        user=address,
+        password_env="UNUSED",
+        timeout=10,
+        **extra,
+    )
+
+
+async def logged_in_over_tls(mailstack, address: str, password: str, security: str, **extra) -> None:
+    conn = await connect(settings(mailstack, address, security, **extra), SecretStr(password))
+    try:
+        transport = conn.client.protocol.transport
+        assert transport.get_extra_info("ssl_object") is not None, "the session is not encrypted"
+        assert (await conn.client.select("INBOX")).result == "OK"
+        if security == "starttls":
+            # CAPABILITY was read again after the upgrade: STARTTLS is no longer offered
+            assert not conn.client.has_capability("STARTTLS")
+    finally:
+        await conn.logout()
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_tls_with_the_stack_ca_logs_in(mailstack, account, security):
+    await logged_in_over_tls(mailstack, *account, security, ca_file=str(mailstack.ca_file))
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_verification_fails_without_the_ca(mailstack, account, security):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await connect(settings(mailstack, account[0], security), SecretStr(account[1]))
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_tls_verify_false_is_the_explicit_opt_out(mailstack, account, security):
+    await logged_in_over_tls(mailstack, *account, security, tls_verify=False)
+
+
+async def test_wrong_password_is_refused_over_starttls(mailstack, account):
+    from mailrouter.imap import ImapError
+
+    with pytest.raises(ImapError, match="LOGIN"):
+        await connect(
+            settings(mailstack, account[0], "starttls", ca_file=str(mailstack.ca_file)),
+            SecretStr("not-the-password"),
+        )

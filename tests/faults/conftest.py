@@ -1,0 +1,159 @@
+"""Fault injection on the real stack: the e2e harness (tests/e2e/conftest.py) with fast timings."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import smtplib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Account, Daemon, installation  # noqa: F401  (the fixture)
+from tests.mailstack import MailStack
+from tests.messages import make_mail, new_message_id
+
+# Seconds where production waits minutes, so faults heal within a test's patience.
+FAST_DAEMON: dict[str, object] = {
+    "poll_interval": 0.5,
+    "send_interval": 0.5,
+    "shutdown_timeout": 5,
+    "reconnect_initial": 0.2,
+    "reconnect_max": 1,
+    "lock_check_interval": 0.5,
+    "outbox_lease": 4,
+}
+FAST_SMTP: dict[str, object] = {"retry_initial": 0.3, "retry_max": 1, "timeout": 5}
+FAST_IMAP: dict[str, object] = {"timeout": 5}
+# The fault tests send hundreds of mails from a few customers and count one acknowledgement per
+# case; the per-sender acknowledgement limit (a defence against mail floods) must not interfere.
+FLOOD_LIMITS: dict[str, object] = {"acknowledgements_per_sender": 100_000}
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    """Random, but repeatable: the seed is printed, and FAULT_SEED replays it."""
+    seed = int(os.environ.get("FAULT_SEED") or time.time_ns() % 1_000_000)
+    print(f"FAULT_SEED={seed}")
+    return random.Random(seed)
+
+
+def customer_mail(customer: Account, to: Account, subject: str) -> tuple[str, bytes]:
+    message_id = new_message_id()
+    raw = make_mail(
+        sender=f"Kunde <{customer.address}>",
+        to=to.address,
+        subject=subject,
+        body=f"{subject}: the printer is broken again.",
+        message_id=message_id,
+    )
+    return message_id, raw
+
+
+def preload(stack: MailStack, mailbox: Account, raws: list[bytes]) -> None:
+    """Put messages straight into a mailbox over one IMAP connection (much faster than SMTP)."""
+    with stack.imap(mailbox.address, mailbox.password) as conn:
+        for raw in raws:
+            typ, data = conn.append("INBOX", None, None, raw)
+            assert typ == "OK", data
+
+
+@dataclass
+class MailStream:
+    """A customer mailing the departments steadily over SMTP, from a background thread."""
+
+    stack: MailStack
+    customer: Account
+    mailboxes: list[Account]
+    interval: float
+    sent: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def __enter__(self) -> MailStream:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            with smtplib.SMTP(self.stack.host, self.stack.smtp_port, timeout=30) as smtp:
+                n = 0
+                while not self._stop.is_set():
+                    to = self.mailboxes[n % len(self.mailboxes)]
+                    message_id, raw = customer_mail(self.customer, to, f"Stream {n}")
+                    smtp.sendmail(self.customer.address, [to.address], raw)
+                    self.sent.append(message_id)
+                    n += 1
+                    self._stop.wait(self.interval)
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+
+
+def restart_imap(stack: MailStack, down: float = 1.0) -> None:
+    """Restart Dovecot the way a real server restart looks to a client: every session ends.
+
+    scripts/mailstack stop-imap stops the master, but here its logged-in imap processes live on
+    and keep serving (seen on this machine), so end those too: by pid, only this stack's
+    (their title names the stack's IMAP port).
+    """
+    stack.stop_imap()
+    title = f"dovecot-mailstack-{stack.imap_port}/imap".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes().split(b"\0")[0].strip() == title:
+                os.kill(int(entry.name), signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            continue
+    time.sleep(down)
+    stack.start_imap()
+
+
+def registered_message_ids(daemon: Daemon) -> set[str]:
+    from sqlmodel import select
+
+    from mailrouter.models import Direction, Message
+
+    rows = daemon._select(select(Message.message_id).where(Message.direction == Direction.IN))
+    return set(rows)
+
+
+def acknowledgements(stack: MailStack, customers: list[Account]) -> list:
+    return [ack for c in customers for ack in stack.messages(c.address, c.password)]
+
+
+def assert_acknowledged_exactly_once(stack: MailStack, daemon: Daemon, customers: list[Account]) -> None:
+    """Every case has exactly one acknowledgement in its customer's inbox, and nothing else came."""
+    cases = daemon.cases()
+    deadline = time.monotonic() + 60
+    while len(acknowledgements(stack, customers)) < len(cases) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # anything more (wrongly) on its way arrives now
+    acks = acknowledgements(stack, customers)
+    tags = Counter(str(a["Subject"]).split("]")[0].lstrip("[") for a in acks)
+    doubled = {tag: n for tag, n in tags.items() if n > 1}
+    assert not doubled, f"acknowledged more than once: {doubled}"
+    missing = {c.number for c in cases} - set(tags)
+    assert not missing, f"{len(missing)} case(s) without an acknowledgement: {sorted(missing)[:10]}"
+    assert len(acks) == len(cases), f"{len(acks)} acknowledgements for {len(cases)} cases"
+
+
+@pytest.fixture
+def customers(mailstack: MailStack) -> Iterator[list[Account]]:
+    yield [Account(*a) for a in mailstack.new_accounts("customer", "customer")]

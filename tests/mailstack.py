@@ -1,0 +1,256 @@
+"""Drive the development mail stack (scripts/mailstack) from tests: stdlib only.
+
+A `MailStack` names one stack (state directory and ports); its methods run the script with the
+matching environment, send mail over SMTP and read mailboxes over IMAP like a mail client would.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import os
+import smtplib
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Literal
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "mailstack"
+DOMAIN = "example.test"
+
+Tls = Literal["none", "starttls", "implicit"]
+
+
+class MailStackError(RuntimeError):
+    """scripts/mailstack failed; the message carries its output."""
+
+
+@dataclass(frozen=True)
+class MailStack:
+    dir: Path
+    smtp_port: int = 2525
+    imap_port: int = 1143
+    imaps_port: int = 1993
+    lmtp_port: int = 2424
+    host: str = "127.0.0.1"
+    timeout: float = 30.0  # per SMTP/IMAP socket operation
+
+    @property
+    def ca_file(self) -> Path:
+        """The stack's self-signed certificate (SAN 127.0.0.1 and localhost): trust it for TLS."""
+        return self.dir / "tls" / "cert.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def env(self) -> dict[str, str]:
+        """The variables scripts/mailstack reads; also what a daemon under test needs."""
+        return {
+            "MAILSTACK_DIR": str(self.dir),
+            "MAILSTACK_SMTP_PORT": str(self.smtp_port),
+            "MAILSTACK_IMAP_PORT": str(self.imap_port),
+            "MAILSTACK_IMAPS_PORT": str(self.imaps_port),
+            "MAILSTACK_LMTP_PORT": str(self.lmtp_port),
+        }
+
+    # --- the script -----------------------------------------------------------------------------
+
+    def _run(self, *args: str) -> str:
+        # Generous timeout: the first start on a fresh machine installs Debian packages.
+        proc = subprocess.run(
+            [str(SCRIPT), *args],
+            env={**os.environ, **self.env()},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0:
+            raise MailStackError(
+                f"scripts/mailstack {' '.join(args)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
+            )
+        return proc.stdout
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def start_smtp(self) -> None:
+        self._run("start-smtp")
+
+    def stop_smtp(self) -> None:
+        self._run("stop-smtp")
+
+    def start_imap(self) -> None:
+        self._run("start-imap")
+
+    def stop_imap(self) -> None:
+        """Stops Dovecot (IMAP and LMTP): Postfix keeps mail for it queued until start_imap()."""
+        self._run("stop-imap")
+
+    def add_user(self, address: str, password: str) -> None:
+        """Add or replace an account; returns once Dovecot serves it (up to about a second)."""
+        self._run("adduser", address, password)
+
+    def new_account(self, prefix: str) -> tuple[str, str]:
+        """A fresh account such as it-7f3a09c1@example.test, for one test's isolation."""
+        return self.new_accounts(prefix)[0]
+
+    def new_accounts(self, *prefixes: str) -> list[tuple[str, str]]:
+        """Several fresh accounts for the price of one adduser wait."""
+        accounts = [
+            (f"{prefix}-{uuid.uuid4().hex[:8]}@{DOMAIN}", f"pw-{uuid.uuid4().hex[:12]}")
+            for prefix in prefixes
+        ]
+        self._run("adduser", *(field for account in accounts for field in account))
+        return accounts
+
+    # --- SMTP -----------------------------------------------------------------------------------
+
+    def send(
+        self,
+        msg: EmailMessage | bytes,
+        sender: str,
+        recipients: str | Sequence[str],
+    ) -> dict[str, tuple[int, bytes]]:
+        """Submit over SMTP; returns the recipients the server refused (smtplib's convention)."""
+        to = [recipients] if isinstance(recipients, str) else list(recipients)
+        with smtplib.SMTP(self.host, self.smtp_port, timeout=self.timeout) as smtp:
+            if isinstance(msg, bytes):
+                # 8-bit headers (raw UTF-8) are only legal under SMTPUTF8.
+                options = ["SMTPUTF8", "BODY=8BITMIME"] if not msg.isascii() else []
+                return smtp.sendmail(sender, to, msg, mail_options=options)
+            return smtp.send_message(msg, from_addr=sender, to_addrs=to)
+
+    # --- IMAP -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def imap(self, address: str, password: str, tls: Tls = "none") -> Iterator[imaplib.IMAP4]:
+        """A logged-in IMAP connection; logged out at the end."""
+        conn: imaplib.IMAP4
+        if tls == "implicit":
+            conn = imaplib.IMAP4_SSL(
+                self.host, self.imaps_port, ssl_context=self.ssl_context(), timeout=self.timeout
+            )
+        else:
+            conn = imaplib.IMAP4(self.host, self.imap_port, timeout=self.timeout)
+            if tls == "starttls":
+                conn.starttls(ssl_context=self.ssl_context())
+        try:
+            conn.login(address, password)
+            yield conn
+        finally:
+            with suppress(imaplib.IMAP4.error, OSError):
+                conn.logout()
+
+    def raw_messages(self, address: str, password: str, folder: str = "INBOX") -> list[bytes]:
+        """Every message in the folder, oldest first, without setting \\Seen."""
+        with self.imap(address, password) as conn:
+            return _fetch_all(conn, folder)
+
+    def messages(self, address: str, password: str, folder: str = "INBOX") -> list[EmailMessage]:
+        return [_parse(raw) for raw in self.raw_messages(address, password, folder)]
+
+    def wait_for_messages(
+        self,
+        address: str,
+        password: str,
+        count: int,
+        folder: str = "INBOX",
+        timeout: float = 15.0,
+    ) -> list[EmailMessage]:
+        """Poll until the folder holds at least `count` messages (it may not exist yet)."""
+        deadline = time.monotonic() + timeout
+        seen: list[bytes] = []
+        problem = ""
+        with self.imap(address, password) as conn:
+            while True:
+                try:
+                    seen = _fetch_all(conn, folder)
+                    problem = ""
+                except _FolderMissing as exc:
+                    problem = f" ({exc})"
+                if len(seen) >= count:
+                    return [_parse(raw) for raw in seen]
+                if time.monotonic() >= deadline:
+                    subjects = [_parse(raw)["Subject"] for raw in seen]
+                    raise AssertionError(
+                        f"{address} {folder}: expected at least {count} message(s) within "
+                        f"{timeout}s, saw {len(seen)}{problem}; subjects: {subjects}"
+                    )
+                time.sleep(0.1)
+
+    def append(
+        self,
+        address: str,
+        password: str,
+        raw: bytes,
+        folder: str = "INBOX",
+        flags: str | None = None,
+    ) -> None:
+        """Put a message straight into a mailbox (IMAP APPEND), creating the folder if needed."""
+        mailbox = _quote(folder)
+        with self.imap(address, password) as conn:
+            typ, data = conn.append(mailbox, flags, None, raw)
+            if typ != "OK" and b"TRYCREATE" in b" ".join(d for d in data if isinstance(d, bytes)):
+                _ok(conn.create(mailbox), f"CREATE {folder}")
+                typ, data = conn.append(mailbox, flags, None, raw)
+            _ok((typ, data), f"APPEND to {folder}")
+
+
+def stack_from_env() -> MailStack:
+    """The stack scripts/mailstack would use with the current environment (same defaults)."""
+    env = os.environ
+    return MailStack(
+        dir=Path(env.get("MAILSTACK_DIR") or REPO / ".mailstack").resolve(),
+        smtp_port=int(env.get("MAILSTACK_SMTP_PORT", "2525")),
+        imap_port=int(env.get("MAILSTACK_IMAP_PORT", "1143")),
+        imaps_port=int(env.get("MAILSTACK_IMAPS_PORT", "1993")),
+        lmtp_port=int(env.get("MAILSTACK_LMTP_PORT", "2424")),
+    )
+
+
+class _FolderMissing(Exception):
+    pass
+
+
+def _quote(folder: str) -> str:
+    # imaplib sends mailbox names verbatim; IMAP needs a quoted string for spaces and specials.
+    if not folder.isascii():
+        raise ValueError(f"non-ASCII folder names need modified UTF-7, not supported: {folder!r}")
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ok(response: tuple[str, list[object]], what: str) -> list[object]:
+    typ, data = response
+    if typ != "OK":
+        raise AssertionError(f"IMAP {what} failed: {typ} {data!r}")
+    return data
+
+
+def _fetch_all(conn: imaplib.IMAP4, folder: str) -> list[bytes]:
+    typ, data = conn.select(_quote(folder), readonly=True)
+    if typ != "OK":
+        raise _FolderMissing(f"cannot select {folder}: {data!r}")
+    uids = _ok(conn.uid("SEARCH", "ALL"), "UID SEARCH")[0]
+    assert isinstance(uids, bytes)
+    if not uids.strip():
+        return []
+    fetched = _ok(conn.uid("FETCH", "1:*", "(BODY.PEEK[])"), "UID FETCH")
+    # imaplib yields (b'1 (UID 7 BODY[] {123}', b'<message>') pairs with b')' between them.
+    return [part[1] for part in fetched if isinstance(part, tuple)]
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg

@@ -1,0 +1,73 @@
+"""Unit-test fixtures: a small two-department configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailrouter.config import MailboxSettings, load_config
+from mailrouter.daemon import load, open_database
+from mailrouter.pipeline import Intake
+
+CONFIG = """
+database_url = "sqlite:///{db}"
+rules = "rules"
+templates = "{templates}"
+[smtp]
+host = "127.0.0.1"
+port = 2525
+security = "none"
+[agents]
+reply_secret_env = "TEST_REPLY_SECRET"
+reopen_days = 7
+[agents.groups]
+it-agents = ["agent1@example.test", "agent2@example.test"]
+hr-agents = ["agent2@example.test"]
+[mailboxes.it]
+address = "it-support@example.test"
+display_name = "IT Support"
+prefix = "IT"
+group = "it-agents"
+[mailboxes.it.imap]
+host = "127.0.0.1"
+port = 1143
+security = "none"
+user = "it-support@example.test"
+password_env = "TEST_IT_PASSWORD"
+[mailboxes.hr]
+address = "hr@example.test"
+display_name = "HR"
+prefix = "HR"
+language = "no"
+[mailboxes.hr.imap]
+host = "127.0.0.1"
+user = "hr@example.test"
+password_file = "{secret}"
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path, monkeypatch, request):
+    """A config with two departments, the repository's templates and an empty rules directory."""
+    from pathlib import Path
+
+    root = Path(request.config.rootpath)
+    (tmp_path / "rules").mkdir()
+    secret = tmp_path / "hr-secret"
+    secret.write_text("hr-password\n")
+    monkeypatch.setenv("TEST_IT_PASSWORD", "it-password")
+    monkeypatch.setenv("TEST_REPLY_SECRET", "unit-test-reply-secret")
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(db=tmp_path / "db.sqlite", templates=root / "templates", secret=secret))
+    return path
+
+
+@pytest.fixture
+def mailboxes(config_file) -> dict[str, MailboxSettings]:
+    return load_config(config_file).mailboxes
+
+
+@pytest.fixture
+def intake(config_file):
+    """The real intake on a fresh SQLite database: no IMAP, no SMTP."""
+    loaded = load(load_config(config_file))
+    return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)

@@ -1,0 +1,195 @@
+"""Agents answering from their mail clients, through the real intake on SQLite (no IMAP/SMTP)."""
+
+import email
+from datetime import timedelta
+from email.policy import default
+
+from sqlmodel import Session, select
+
+from mailrouter.models import Case, Event, OutboxMessage, utcnow
+from mailrouter.pipeline import OutcomeKind
+from mailrouter.store import Origin
+from tests.messages import make_mail
+
+CUSTOMER = "Kari Nordmann <kari@kunde.example>"
+uid = iter(range(1, 1000))
+
+
+def deliver(intake, **mail):
+    mail.setdefault("message_id", f"<m{next(uid)}@x.example>")
+    return intake.process(make_mail(**mail), Origin("it", 1, next(uid)))
+
+
+def outbox(intake, kind=None):
+    with Session(intake.engine) as session:
+        rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    return [email.message_from_bytes(r.data, policy=default) for r in rows if kind in (None, r.kind)]
+
+
+def events(intake, kind):
+    with Session(intake.engine) as session:
+        return [e.detail for e in session.exec(select(Event).where(Event.kind == kind)).all()]
+
+
+def case(intake):
+    with Session(intake.engine) as session:
+        return session.exec(select(Case)).one()
+
+
+def new_case(intake):
+    deliver(intake, sender=CUSTOMER, subject="Skrivaren virker ikke", message_id="<first@kunde.example>")
+    [notification] = outbox(intake, "notification")
+    return notification
+
+
+def agent_reply(intake, notification, body, sender="Agent One <agent1@example.test>"):
+    return deliver(
+        intake,
+        sender=sender,
+        to=str(notification["Reply-To"]),
+        body=body,
+        subject=f"Re: {notification['Subject']}",
+        headers={"In-Reply-To": notification["Message-ID"]},
+    )
+
+
+def test_a_new_case_notifies_the_department_group_with_a_signed_reply_to(intake):
+    notification = new_case(intake)
+    assert notification["To"] == "agent1@example.test, agent2@example.test"
+    assert notification["Subject"] == "[IT-1001] New case: Skrivaren virker ikke"
+    assert notification["Reply-To"].addresses[0].addr_spec.startswith("it-support+it-1001.")
+    assert notification["Auto-Submitted"] == "auto-generated"
+    text = notification.get_body(("plain",)).get_content()
+    assert "Kari Nordmann <kari@kunde.example>, kunde.example" in text
+    assert "the printer does not work" in text
+    [original] = [p for p in notification.iter_attachments() if p.get_content_type() == "message/rfc822"]
+    assert original.get_content()["Message-ID"] == "<first@kunde.example>"
+
+
+def test_agent_answer_is_relayed_from_the_department_never_from_the_agent(intake):
+    notification = new_case(intake)
+    outcome = agent_reply(intake, notification, "Hei Kari, prøv igjen nå.\n\nOn Tue, X wrote:\n> old")
+    assert outcome.kind == OutcomeKind.FOLLOW_UP and outcome.queued_mail == 1
+    [answer] = outbox(intake, "agent-reply")
+    assert answer["From"] == "IT Support <it-support@example.test>"
+    assert answer["To"] == "kari@kunde.example"
+    assert answer["Subject"] == "[IT-1001] Re: Skrivaren virker ikke"
+    assert answer["In-Reply-To"] == "<first@kunde.example>"
+    assert answer["Auto-Submitted"] is None
+    raw = answer.as_string()
+    assert "agent1" not in raw
+    assert answer.get_body(("plain",)).get_content().strip() == "Hei Kari, prøv igjen nå."
+    c = case(intake)
+    assert c.first_response_at is not None and c.status == "open"
+
+
+def test_note_is_recorded_and_never_sent(intake):
+    notification = new_case(intake)
+    agent_reply(intake, notification, "#note\nRinger kunden i morgen.")
+    assert outbox(intake, "agent-reply") == []
+    assert events(intake, "note") == ["Ringer kunden i morgen."]
+    assert case(intake).first_response_at is None
+
+
+def test_commands_change_the_case_and_are_not_sent(intake):
+    notification = new_case(intake)
+    agent_reply(
+        intake, notification, "#priority urgent\n#tag printer\n#followup 2d\n#pending\nTry now, please."
+    )
+    c = case(intake)
+    assert (c.priority, c.tags, c.status) == ("urgent", ["printer"], "pending")
+    assert timedelta(days=1, hours=23) < c.follow_up_at - utcnow() <= timedelta(days=2)
+    [answer] = outbox(intake, "agent-reply")
+    assert "#" not in answer.get_body(("plain",)).get_content()
+
+
+def test_close_then_customer_reply_reopens(intake):
+    notification = new_case(intake)
+    agent_reply(intake, notification, "#close")
+    assert case(intake).status == "closed" and case(intake).resolved_at is not None
+    deliver(
+        intake, sender=CUSTOMER, subject="Re: [IT-1001] Skrivaren virker ikke", body="Den virker ikke igjen!"
+    )
+    c = case(intake)
+    assert c.status == "open" and c.resolved_at is None
+    assert any("reopened" in e for e in events(intake, "status-changed"))
+
+
+def test_customer_reply_after_the_reopen_window_opens_a_linked_case(intake):
+    notification = new_case(intake)
+    agent_reply(intake, notification, "#resolve")
+    with Session(intake.engine) as session:
+        old = session.exec(select(Case)).one()
+        old.resolved_at = utcnow() - timedelta(days=8)  # the window is 7 days in this config
+        session.add(old)
+        session.commit()
+    outcome = deliver(intake, sender=CUSTOMER, subject="Re: [IT-1001] Skrivaren virker ikke", body="Igjen.")
+    assert outcome.kind == OutcomeKind.NEW_CASE and outcome.case_number == "IT-1002"
+    with Session(intake.engine) as session:
+        cases = session.exec(select(Case).order_by(Case.id)).all()
+    assert cases[0].status == "resolved" and cases[1].related_case_id == cases[0].id
+    assert "a reply to IT-1001" in events(intake, "linked")[0]
+
+
+def test_assign_notifies_the_new_assignee(intake):
+    notification = new_case(intake)
+    agent_reply(intake, notification, "#assign agent2@example.test")
+    assert case(intake).assignee == "agent2@example.test"
+    notifications = outbox(intake, "notification")
+    assert notifications[-1]["To"] == "agent2@example.test"
+    assert "Assigned to you by agent1@example.test" in notifications[-1]["Subject"]
+
+
+def test_bad_command_gets_the_agent_an_explanation_and_nothing_happens(intake):
+    notification = new_case(intake)
+    agent_reply(intake, notification, "#priority asap\n#close\nHi Kari")
+    [error] = outbox(intake, "command-error")
+    assert error["To"] == "agent1@example.test"
+    assert "priority must be one of" in error.get_body(("plain",)).get_content()
+    assert outbox(intake, "agent-reply") == []
+    assert case(intake).status == "new"
+
+
+def test_forged_agent_is_neither_relayed_nor_obeyed_and_is_flagged(intake):
+    new_case(intake)
+    outcome = deliver(
+        intake,
+        sender="Agent One <agent1@example.test>",
+        subject="Re: [IT-1001] Skrivaren virker ikke",
+        body="#close\nHa ha.",
+    )
+    assert outcome.kind == OutcomeKind.FOLLOW_UP and outcome.queued_mail == 0
+    assert case(intake).status == "new"
+    assert outbox(intake, "agent-reply") == []
+    [warning] = events(intake, "security-warning")
+    assert "claims agent agent1@example.test" in warning
+
+
+def test_tampered_signed_address_is_rejected(intake):
+    notification = new_case(intake)
+    reply_to = str(notification["Reply-To"].addresses[0].addr_spec)
+    local, _, domain = reply_to.partition("@")
+    tampered = f"{local[:-1]}{'a' if local[-1] != 'a' else 'b'}@{domain}"
+    deliver(intake, sender="agent1@example.test", to=tampered, subject="Re: [IT-1001] x", body="#close")
+    assert case(intake).status == "new"
+    warnings = events(intake, "security-warning")
+    assert any("wrong MAC" in w for w in warnings) and any("claims agent" in w for w in warnings)
+    # without the tag, it opens no case either: kept, flagged, unanswered
+    outcome = deliver(
+        intake, sender="agent1@example.test", to=tampered, subject="Re: something", body="#close"
+    )
+    assert outcome.kind == OutcomeKind.SCREENED and "tampered" in outcome.summary
+    assert len(outbox(intake, "acknowledgement")) == 1
+
+
+def test_customer_follow_up_notifies_the_group_and_colleague_joins_as_participant(intake):
+    new_case(intake)
+    deliver(
+        intake,
+        sender="Per <per@kunde.example>",
+        subject="Re: [IT-1001] Skrivaren virker ikke",
+        body="Same here",
+    )
+    notifications = outbox(intake, "notification")
+    assert len(notifications) == 2 and "Reply from per@kunde.example" in notifications[-1]["Subject"]
+    assert any("written by the participant" in e for e in events(intake, "threaded"))

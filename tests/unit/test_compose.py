@@ -1,0 +1,67 @@
+"""compose: what we send must decode to exactly what we meant, in any client."""
+
+import random
+from email import message_from_bytes
+from email.policy import default
+
+from mailrouter.compose import compose, tagged_subject
+from mailrouter.templates import Rendered
+
+WORDS = [
+    "æøå",
+    "ÆØÅ",
+    "äö",
+    "ÄÖ",
+    "Vannlekkasje",
+    "i",
+    "kjelleren",
+    "–",
+    "skrivaren",
+    "fungerar",
+    "Re:",
+    "🙂",
+]
+
+
+def reply(subject: str, name: str = "IT Support", html: str | None = None):
+    return compose(
+        case_number="IT-1042",
+        from_address="it-support@example.test",
+        from_name=name,
+        to=("kari@kunde.example",),
+        subject=tagged_subject("IT-1042", subject),
+        in_reply_to="<m1@kunde.example>",
+        references=("<m0@kunde.example>",),
+        body=Rendered("Hei Øystein!\n", html),
+        auto_submitted="auto-replied",
+    )
+
+
+def test_nordic_subjects_survive_encoding_exactly():
+    rng = random.Random(7)
+    for _ in range(500):
+        subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 25)))
+        out = reply(subject)
+        parsed = message_from_bytes(out.data, policy=default)
+        assert parsed["Subject"] == out.subject, subject
+
+
+def test_headers_threading_and_automatic_markers():
+    out = reply("SV: Skrivaren", name="Vaktmester – Bygg Ø", html="<p>Hei</p>")
+    parsed = message_from_bytes(out.data, policy=default)
+    assert parsed["Subject"] == "[IT-1042] Re: Skrivaren"
+    assert parsed["From"].addresses[0].display_name == "Vaktmester – Bygg Ø"
+    assert parsed["In-Reply-To"] == "<m1@kunde.example>"
+    assert parsed["References"] == "<m0@kunde.example> <m1@kunde.example>"
+    assert parsed["Message-ID"] == out.message_id and out.message_id.endswith("@example.test>")
+    assert parsed["Auto-Submitted"] == "auto-replied" and parsed["X-Loop"] == "it-support@example.test"
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Hei Øystein!\n"
+    assert b"\r\n" in out.data and b"\n\n" not in out.data.replace(b"\r\n", b"")
+
+
+def test_no_header_can_be_injected_through_the_subject_or_name():
+    out = reply("hei\r\nBcc: victim@evil.example", name="x\r\nBcc: victim@evil.example")
+    parsed = message_from_bytes(out.data, policy=default)
+    assert parsed["Bcc"] is None
+    assert "Bcc" not in [k for k in parsed]

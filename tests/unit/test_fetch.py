@@ -1,0 +1,34 @@
+"""The IMAP answer parsers, on the shapes aioimaplib really hands over (seen against Dovecot)."""
+
+from mailrouter.fetch import parse_fetch, parse_search, quote
+
+
+def test_parse_search_as_aioimaplib_delivers_it():
+    assert parse_search([b"4 5 17", b"Search completed (0.001 + 0.000 secs)."]) == [4, 5, 17]
+    assert parse_search([b"", b"Search completed (0.001 + 0.000 secs)."]) == []
+    assert parse_search([b"SEARCH 2 3", b"done"]) == [2, 3]
+
+
+def test_parse_fetch_pairs_uids_with_literals():
+    lines = [
+        b"1 FETCH (UID 7 BODY[] {5}",
+        bytearray(b"hello"),
+        b")",
+        b"2 FETCH (BODY[] {3}",
+        bytearray(b"abc"),
+        b" UID 9)",
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    assert parse_fetch(lines) == [(7, b"hello"), (9, b"abc")]
+
+
+def test_parse_fetch_ignores_a_literal_line_that_is_part_of_a_message():
+    body = bytearray(b"Subject: 1 FETCH (UID 3 BODY[] {2}\r\n\r\nx")
+    lines = [b"1 FETCH (UID 7 BODY[] {%d}" % len(body), body, b")", b"Fetch completed."]
+    assert parse_fetch(lines) == [(7, bytes(body))]
+
+
+def test_quote_mailbox_names():
+    assert quote("INBOX") == '"INBOX"'
+    assert quote('Saker "ferdig"') == r'"Saker \"ferdig\""'
+    assert quote("a\\b") == r'"a\\b"'

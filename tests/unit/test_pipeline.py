@@ -1,0 +1,114 @@
+"""The whole intake against a real SQLite database: no IMAP, no SMTP."""
+
+import email
+from email.policy import default
+
+import pytest
+from sqlmodel import Session, select
+
+from mailrouter.models import Case, Event, Message, OutboxMessage, RawMessage
+from mailrouter.pipeline import OutcomeKind
+from mailrouter.store import Origin, checkpoint
+from tests.messages import make_mail
+
+
+def rows(intake, model):
+    with Session(intake.engine) as session:
+        return session.exec(select(model)).all()
+
+
+def acknowledgements(intake):
+    return [o for o in rows(intake, OutboxMessage) if o.kind == "acknowledgement"]
+
+
+def test_new_case_is_registered_and_acknowledged_in_one_transaction(intake):
+    outcome = intake.process(make_mail(subject="Skrivaren är trasig – åäö"), Origin("it", 7, 1))
+    assert outcome.kind == OutcomeKind.NEW_CASE and outcome.case_number == "IT-1001"
+    [case] = rows(intake, Case)
+    assert case.subject == "Skrivaren är trasig – åäö"
+    [ack] = acknowledgements(intake)
+    sent = email.message_from_bytes(ack.data, policy=default)
+    assert sent["Subject"] == "[IT-1001] Re: Skrivaren är trasig – åäö"
+    assert sent["From"] == "IT Support <it-support@example.test>"
+    assert sent["To"] == "kari@kunde.example"
+    assert sent["In-Reply-To"] == "<m1@kunde.example>"
+    assert sent["Auto-Submitted"] == "auto-replied"
+    assert sent["Message-ID"] == ack.message_id
+    assert "IT-1001" in sent.get_body(("plain",)).get_content()
+    assert ack.rcpt_to == ["kari@kunde.example"] and ack.mail_from == "it-support@example.test"
+    kinds = [e.kind for e in rows(intake, Event)]
+    assert kinds == ["case-created", "routed", "acknowledgement-queued", "notified"]
+    assert len(rows(intake, RawMessage)) == 1
+    with Session(intake.engine) as session:
+        state = checkpoint(session, "it")
+        assert state is not None and (state.uidvalidity, state.last_uid) == (7, 1)
+
+
+def test_reply_to_the_acknowledgement_joins_the_case_without_a_new_acknowledgement(intake):
+    intake.process(make_mail(), Origin("it", 7, 1))
+    [ack] = acknowledgements(intake)
+    reply = make_mail(
+        subject="Re: printer",
+        message_id="<m2@kunde.example>",
+        headers={"In-Reply-To": ack.message_id},
+    )
+    outcome = intake.process(reply, Origin("it", 7, 2))
+    assert outcome.kind == OutcomeKind.FOLLOW_UP and outcome.case_number == "IT-1001"
+    assert len(rows(intake, Case)) == 1 and len(acknowledgements(intake)) == 1
+
+
+def test_the_same_message_is_never_registered_twice(intake):
+    raw = make_mail()
+    intake.process(raw, Origin("it", 7, 1))
+    again = intake.process(raw, Origin("it", 8, 1))  # e.g. after a UIDVALIDITY change
+    assert again.kind == OutcomeKind.DUPLICATE
+    assert len(rows(intake, Case)) == 1
+    assert [m.direction for m in rows(intake, Message)] == ["in", "out", "out"]  # + ack, notification
+
+
+def test_message_without_message_id_is_deduplicated_by_content(intake):
+    raw = make_mail(message_id=None)
+    intake.process(raw, Origin("it", 7, 1))
+    assert intake.process(raw, Origin("it", 7, 5)).kind == OutcomeKind.DUPLICATE
+
+
+def test_case_numbers_follow_the_department_prefix(intake):
+    numbers = [
+        intake.process(make_mail(message_id=f"<n{i}@x>"), Origin("it", 1, i)).case_number for i in range(1, 4)
+    ]
+    hr = intake.process(make_mail(message_id="<h@x>", to="hr@example.test"), Origin("hr", 1, 1)).case_number
+    assert numbers == ["IT-1001", "IT-1002", "IT-1003"] and hr == "HR-1001"
+
+
+def test_auto_reply_is_kept_but_opens_no_case(intake):
+    outcome = intake.process(make_mail(headers={"Auto-Submitted": "auto-replied"}), Origin("it", 1, 1))
+    assert outcome.kind == OutcomeKind.SCREENED
+    [message] = rows(intake, Message)
+    assert message.case_id is None and message.raw_sha256
+    [event] = rows(intake, Event)
+    assert event.kind == "screened" and "Auto-Submitted" in event.detail
+
+
+def test_non_email_is_refused_kept_and_recorded(intake):
+    outcome = intake.process(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\0\0", Origin("it", 1, 3))
+    assert outcome.kind == OutcomeKind.REFUSED
+    [event] = rows(intake, Event)
+    assert event.kind == "refused" and "Outlook" in event.detail
+    assert len(rows(intake, RawMessage)) == 1
+    with Session(intake.engine) as session:
+        assert checkpoint(session, "it").last_uid == 3
+
+
+def test_a_failure_inside_the_transaction_leaves_nothing(intake, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("mailrouter.casework.compose", broken)
+    with pytest.raises(RuntimeError):
+        intake.process(make_mail(), Origin("it", 1, 1))
+    for model in (Case, Message, Event, OutboxMessage, RawMessage):
+        assert rows(intake, model) == []
+    with Session(intake.engine) as session:
+        assert checkpoint(session, "it") is None
+    monkeypatch.undo()
+    assert intake.process(make_mail(), Origin("it", 1, 1)).case_number == "IT-1001"  # number not burnt

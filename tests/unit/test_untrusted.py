@@ -1,0 +1,204 @@
+"""Untrusted mail through the real Intake and SQLite: bounces, auto-replies, floods, oversized and
+poison messages, header injection. No IMAP, no SMTP: the e2e tests prove the same on the wire."""
+
+import email
+from email.policy import default
+
+import pytest
+from sqlmodel import Session, select
+
+from mailrouter.cli import main
+from mailrouter.config import load_config
+from mailrouter.daemon import load, open_database
+from mailrouter.models import Case, Event, Message, OutboxMessage, OutboxState, RawMessage
+from mailrouter.pipeline import Intake, OutcomeKind
+from mailrouter.review import ReviewError, retry, screened, set_aside
+from mailrouter.store import Origin
+from tests.messages import make_dsn, make_mail
+
+
+def make_intake(config_file, extra: str = "") -> Intake:
+    if extra:
+        config_file.write_text(config_file.read_text() + extra)
+    loaded = load(load_config(config_file))
+    return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
+
+
+@pytest.fixture
+def intake(config_file):
+    return make_intake(config_file)
+
+
+def rows(intake, model, *where):
+    with Session(intake.engine) as session:
+        return session.exec(select(model).where(*where)).all()
+
+
+def acknowledgements(intake):
+    return rows(intake, OutboxMessage, OutboxMessage.kind == "acknowledgement")
+
+
+def events(intake, kind):
+    return rows(intake, Event, Event.kind == kind)
+
+
+def acknowledged(intake, uid=1):
+    intake.process(make_mail(message_id=f"<c{uid}@kunde.example>"), Origin("it", 1, uid))
+    return acknowledgements(intake)[-1]
+
+
+@pytest.mark.parametrize("headers_only", [False, True])
+def test_bounce_of_our_acknowledgement_marks_it_and_opens_nothing(intake, headers_only):
+    ack = acknowledged(intake)
+    outcome = intake.process(make_dsn(ack.data, headers_only=headers_only), Origin("it", 1, 2))
+    assert outcome.kind == OutcomeKind.BOUNCED and outcome.case_number == "IT-1001"
+    [case] = rows(intake, Case)
+    [row] = acknowledgements(intake)
+    assert row.state == OutboxState.BOUNCED and "5.1.1" in row.last_error
+    [bounce] = rows(intake, Message, Message.uid == 2)
+    assert bounce.case_id == case.id and bounce.author_role == "system"
+    [event] = events(intake, "bounced")
+    assert event.case_id == case.id and "5.1.1" in event.detail
+
+
+def test_bounce_of_mail_we_never_sent_is_screened(intake):
+    outcome = intake.process(make_dsn(make_mail(message_id="<stranger@x>")), Origin("it", 1, 1))
+    assert outcome.kind == OutcomeKind.SCREENED
+    assert rows(intake, Case) == [] and acknowledgements(intake) == []
+    [item] = screened(intake.engine)
+    assert item.verdict == "bounce" and "MAILER-DAEMON" in item.reason.upper()
+
+
+def test_out_of_office_to_an_acknowledgement_joins_the_case_unanswered(intake):
+    ack = acknowledged(intake)
+    ooo = make_mail(
+        subject="Out of Office: [IT-1001] Re: Printer on floor 3 is broken",
+        message_id="<ooo@kunde.example>",
+        body="I am away until Monday.",
+        headers={"In-Reply-To": ack.message_id, "Auto-Submitted": "auto-replied"},
+    )
+    outcome = intake.process(ooo, Origin("it", 1, 2))
+    assert outcome.kind == OutcomeKind.FOLLOW_UP and outcome.case_number == "IT-1001"
+    assert len(rows(intake, Case)) == 1 and len(acknowledgements(intake)) == 1
+    [event] = events(intake, "screened")
+    assert "never reopens" in event.detail and event.data["verdict"] == "auto-reply"
+
+
+def test_flood_from_one_sender_opens_every_case_but_answers_at_most_the_limit(config_file):
+    intake = make_intake(config_file, "\n[limits]\nacknowledgements_per_sender = 3\n")
+    for uid in range(1, 11):
+        intake.process(make_mail(message_id=f"<f{uid}@kunde.example>"), Origin("it", 1, uid))
+    assert len(rows(intake, Case)) == 10
+    assert len(acknowledgements(intake)) == 3
+    limited = [e for e in events(intake, "not-acknowledged") if e.data.get("rate_limited")]
+    assert len(limited) == 7 and "rate limit" in limited[0].detail
+    # another sender is not affected
+    other = make_mail(sender="Ola <ola@kunde.example>", message_id="<o@kunde.example>")
+    intake.process(other, Origin("it", 1, 11))
+    assert len(acknowledgements(intake)) == 4
+
+
+def test_default_limit_is_five_an_hour(intake):
+    limits = intake.config.limits
+    assert (limits.acknowledgements_per_sender, limits.acknowledgement_window) == (5, 3600)
+
+
+def test_oversized_mail_is_refused_unread_with_headers_and_size_recorded(config_file):
+    intake = make_intake(config_file, "\n[limits]\nmax_message_size = 2000\n")
+    raw = make_mail(subject="Huge", body="x" * 5000)
+    outcome = intake.process(raw, Origin("it", 1, 4))
+    assert outcome.kind == OutcomeKind.REFUSED and "max_message_size" in outcome.summary
+    assert rows(intake, Case) == [] and rows(intake, RawMessage) == []
+    [event] = events(intake, "refused")
+    assert event.data["size"] == len(raw) and "Subject: Huge" in event.data["headers"]
+    [entry] = set_aside(intake.engine)
+    assert not entry.raw_kept
+    with pytest.raises(ReviewError, match="not kept"):
+        retry(intake, entry.event_id)
+
+
+def test_header_injection_from_incoming_mail_never_reaches_outgoing_mail(intake):
+    raw = (
+        b"From: =?utf-8?q?Kari=0D=0ABcc:_victim@evil.example?= <kari@kunde.example>\r\n"
+        b"To: it-support@example.test\r\nMessage-ID: <inj@kunde.example>\r\n"
+        b"Subject: =?utf-8?q?Printer=0D=0ABcc:_victim@evil.example=0D=0A=0D=0Abody?=\r\n\r\nhello\r\n"
+    )
+    intake.process(raw, Origin("it", 1, 1))
+    for row in rows(intake, OutboxMessage):  # the notification to agents carries the subject too
+        head = row.data.split(b"\r\n\r\n", 1)[0]
+        assert not any(line.lower().startswith(b"bcc") for line in head.split(b"\r\n"))
+    [ack] = acknowledgements(intake)
+    sent = email.message_from_bytes(ack.data, policy=default)
+    assert sent["Bcc"] is None and ack.rcpt_to == ["kari@kunde.example"]
+    assert sent["Subject"] == "[IT-1001] Re: Printer Bcc: victim@evil.example body"
+    head = ack.data.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.lower().startswith(b"bcc") for line in head.split(b"\r\n"))
+
+
+def test_poison_message_is_quarantined_and_retried_after_the_fix(intake, monkeypatch):
+    raw = make_mail(message_id="<poison@kunde.example>")
+    intake.quarantine(raw, Origin("it", 3, 9), RuntimeError("template exploded"))
+    [entry] = set_aside(intake.engine)
+    assert entry.kind == "quarantined" and "template exploded" in entry.reason and entry.raw_kept
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("still broken")
+
+    monkeypatch.setattr("mailrouter.casework.compose", broken)
+    assert retry(intake, entry.event_id).kind == OutcomeKind.QUARANTINED
+    assert [e.event_id for e in set_aside(intake.engine)] == [entry.event_id]  # still listed
+    monkeypatch.undo()
+
+    outcome = retry(intake, entry.event_id)
+    assert outcome.kind == OutcomeKind.NEW_CASE and outcome.case_number == "IT-1001"
+    assert set_aside(intake.engine) == []
+    [released] = events(intake, "quarantine-released")
+    assert released.data["quarantine_event"] == entry.event_id and released.data["case"] == "IT-1001"
+    [message] = rows(intake, Message, Message.direction == "in")
+    assert (message.uidvalidity, message.uid) == (3, 9)
+    with pytest.raises(ReviewError, match="already released"):
+        retry(intake, entry.event_id)
+
+
+def test_cli_lists_screened_and_quarantined_mail_and_retries(intake, config_file, capsys):
+    intake.process(make_mail(headers={"Auto-Submitted": "auto-replied"}), Origin("it", 1, 1))
+    intake.process(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\0\0", Origin("it", 1, 2))
+    intake.quarantine(make_mail(message_id="<q@kunde.example>"), Origin("it", 1, 3), ValueError("boom"))
+    config = ["--config", str(config_file)]
+
+    assert main([*config, "screened"]) == 0
+    out = capsys.readouterr().out
+    assert "auto-reply" in out and "Auto-Submitted: auto-replied" in out
+
+    assert main([*config, "quarantine", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "refused" in out and "Outlook" in out and "quarantined" in out and "ValueError: boom" in out
+
+    assert main([*config, "quarantine", "retry", "--all"]) == 1  # the .msg file is refused again
+    out = capsys.readouterr().out
+    assert "new-case IT-1001" in out and "refused" in out
+    assert main([*config, "quarantine", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "Outlook" in out and "ValueError" not in out
+
+
+def test_the_limit_is_a_sliding_window(config_file):
+    from datetime import timedelta
+
+    from mailrouter.models import utcnow
+
+    intake = make_intake(config_file, "\n[limits]\nacknowledgements_per_sender = 2\n")
+    for uid in (1, 2, 3):
+        intake.process(make_mail(message_id=f"<w{uid}@kunde.example>"), Origin("it", 1, uid))
+    assert len(acknowledgements(intake)) == 2
+    with Session(intake.engine) as session:  # an hour and a bit later, for the first one
+        first = session.exec(
+            select(OutboxMessage).where(OutboxMessage.kind == "acknowledgement").order_by(OutboxMessage.id)
+        ).first()
+        first.created_at = utcnow() - timedelta(seconds=3700)
+        session.add(first)
+        session.commit()
+    intake.process(make_mail(message_id="<w4@kunde.example>"), Origin("it", 1, 4))
+    assert len(acknowledgements(intake)) == 3  # the first one left the window
+    intake.process(make_mail(message_id="<w5@kunde.example>"), Origin("it", 1, 5))
+    assert len(acknowledgements(intake)) == 3
