@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mailrouter.models import OutboxState
-from tests.e2e.conftest import ROOT, make_daemon
+from tests.e2e.conftest import ROOT, Account, make_daemon
 from tests.e2e.test_core_loop import send, settle
 
 pytestmark = pytest.mark.e2e
@@ -138,9 +138,12 @@ def test_a_poison_message_is_quarantined_while_the_mail_behind_it_flows(mailstac
     it = daemon.mailboxes["it"]
     try:
         daemon.start()
+        # Two senders: Postfix may deliver two mails in either order, and a customer already
+        # known by name would make the nameless mail harmless.
+        kari = Account(*mailstack.new_account("kari"))
         send(mailstack, customer.address, it.address, "No name here", "I have no display name.")
-        send(mailstack, f"Kari Nordmann <{customer.address}>", it.address, "Named", "I do.")
-        [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1, timeout=30)
+        send(mailstack, f"Kari Nordmann <{kari.address}>", it.address, "Named", "I do.")
+        [ack] = mailstack.wait_for_messages(kari.address, kari.password, 1, timeout=30)
         assert "Hi Kari" in ack.get_body(("plain",)).get_content()
         [quarantined] = mailstack.wait_for_messages(it.address, it.password, 1, folder="Quarantine")
         assert quarantined["Subject"] == "No name here"
@@ -155,9 +158,9 @@ def test_a_poison_message_is_quarantined_while_the_mail_behind_it_flows(mailstac
         retried = daemon.cli("quarantine", "retry", "--all")
         assert retried.returncode == 0, retried.stderr
         assert "new-case" in retried.stdout
-        acks = mailstack.wait_for_messages(customer.address, customer.password, 2)
+        [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1)
         assert sorted(c.subject for c in daemon.cases()) == ["Named", "No name here"]
-        assert any("Re: No name here" in str(m["Subject"]) for m in acks)
+        assert "Re: No name here" in str(ack["Subject"])
         assert "(nothing in quarantine)" in daemon.cli("quarantine", "list").stdout
         assert daemon.stop() == 0
     finally:
