@@ -6,10 +6,11 @@ the outbox, every change is an event naming who did it and why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, func, or_, select
 
 from mailrouter import store
 from mailrouter.agents import AgentDirectory
@@ -87,20 +88,23 @@ class Casework:
         self, session: Session, case: Case, inbound: Inbound, raw: bytes, why: str, exclude: str = ""
     ) -> Done:
         """Tell whoever has the case about a message: the case, the customer, the original attached."""
-        customer = session.get(Customer, case.customer_id) if case.customer_id else None
-        context = {
-            "message": inbound,
-            "why": why,
-            "other_cases": self._other_cases(session, case),
-            "organisation_open_cases": self._organisation_open_cases(session, case, customer),
-        }
+
+        def context() -> dict[str, object]:
+            customer = session.get(Customer, case.customer_id) if case.customer_id else None
+            return {
+                "message": inbound,
+                "why": why,
+                "other_cases": self._other_cases(session, case),
+                "organisation_open_cases": self._organisation_open_cases(session, case, customer),
+            }
+
         return self._mail_agents(
             session, case, "notification", "notify", why, context, exclude=exclude, attach=raw
         )
 
     def remind(self, session: Session, case: Case) -> Done:
         """The follow-up an agent asked for with #followup is due: tell whoever has the case."""
-        return self._mail_agents(session, case, "reminder", "remind", "Follow-up due", {})
+        return self._mail_agents(session, case, "reminder", "remind", "Follow-up due", dict)
 
     def _mail_agents(
         self,
@@ -109,13 +113,14 @@ class Casework:
         kind: str,
         template: str,
         why: str,
-        context: dict[str, object],
+        context: Callable[[], dict[str, object]],
         *,
         exclude: str = "",
         attach: bytes | None = None,
     ) -> Done:
         """Mail the assignee, or else the case's group, or else the department's group, with the
-        signed Reply-To that lets them answer and command from their mail client."""
+        signed Reply-To that lets them answer and command from their mail client. The context is
+        looked up only when someone is to be told: it costs queries on every new case."""
         if self.agents.signer is None:
             return Done("no agents configured")
         department = self._department(case)
@@ -130,7 +135,7 @@ class Casework:
             case.department,
             template,
             (department.language,),
-            {"case": case, "customer": customer, "department": department, **context},
+            {"case": case, "customer": customer, "department": department, **context()},
         )
         outgoing = compose(
             case_number=case.number,
@@ -169,7 +174,7 @@ class Casework:
             .where(Customer.organisation == customer.organisation, Case.id != case.id)
             .where(col(Case.status).not_in([CaseStatus.RESOLVED, CaseStatus.CLOSED]))
         )
-        return len(session.exec(statement).all())
+        return session.exec(select(func.count()).select_from(statement.subquery())).one()
 
     def agent_reply(self, session: Session, case: Case, inbound: Inbound, raw: bytes) -> Done:
         """Obey the commands, then relay the answer or record the note. Any bad command: neither."""

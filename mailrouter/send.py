@@ -37,6 +37,7 @@ from mailrouter.models import OutboxMessage, OutboxState, utcnow
 log = logging.getLogger(__name__)
 
 BATCH = 20
+OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 IDLE_DISCONNECT_SECONDS = 60.0
@@ -48,6 +49,7 @@ class Letter:
 
     id: int
     case_id: int | None
+    kind: str
     mail_from: str
     rcpt_to: tuple[str, ...]
     data: bytes
@@ -132,12 +134,19 @@ class Sender:
         """Claim a batch and send it; returns how many rows were claimed."""
         await asyncio.to_thread(self._recover)
         letters = await asyncio.to_thread(self._claim)
-        delivered = 0
-        for letter in letters:
-            if stop.is_set() or not await self._deliver(letter):
-                break
-            delivered += 1
-        if delivered < len(letters):
+        accepted: list[tuple[Letter, str]] = []
+        handled = 0
+        try:
+            for letter in letters:
+                if stop.is_set() or not await self._deliver(letter, accepted):
+                    break
+                handled += 1
+        finally:
+            # One commit for the batch: until it, an accepted row is `sending`, which a restart
+            # already counts as sent (never sent again), so the delay risks no duplicate.
+            if accepted:
+                await asyncio.to_thread(self._sent, accepted)
+        if handled < len(letters):
             # the relay is away (or we are stopping): hand back the rest of the batch at once
             await asyncio.to_thread(self._unclaim)
         return len(letters)
@@ -206,8 +215,9 @@ class Sender:
                 row.claimed_by = self.instance
                 row.claimed_until = now + timedelta(seconds=self.lease)
                 session.add(row)
+                rcpt_to = tuple(row.rcpt_to)
                 letters.append(
-                    Letter(row.id, row.case_id, row.mail_from, tuple(row.rcpt_to), row.data, row.attempts)
+                    Letter(row.id, row.case_id, row.kind, row.mail_from, rcpt_to, row.data, row.attempts)
                 )
             session.commit()
             return letters
@@ -224,17 +234,17 @@ class Sender:
             session.commit()
 
     def _mark_sending(self, letter: Letter) -> None:
-        """Compare-and-set queued -> sending, only while the claim is still ours."""
-        with Session(self.engine) as session:
-            result = session.execute(
-                update(OutboxMessage)
-                .where(col(OutboxMessage.id) == letter.id)
-                .where(col(OutboxMessage.state) == OutboxState.QUEUED)
-                .where(col(OutboxMessage.claimed_by) == self.instance)
+        """Compare-and-set queued -> sending, only while the claim is still ours. A Core statement
+        on a bare connection: this commit is on the event loop, between the message and its dot."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.id == letter.id)
+                .where(OUTBOX.c.state == OutboxState.QUEUED)
+                .where(OUTBOX.c.claimed_by == self.instance)
                 .values(state=OutboxState.SENDING, claimed_until=utcnow() + timedelta(seconds=self.lease))
             )
-            session.commit()
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise Unclaimed(f"outbox={letter.id} was taken over by another instance")
 
     # --- SMTP ------------------------------------------------------------------------------------
@@ -306,8 +316,9 @@ class Sender:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
         return f"{reply.code} {reply.message}"
 
-    async def _deliver(self, letter: Letter) -> bool:
-        """Hand one letter to the relay; False when the connection is gone and the batch should wait."""
+    async def _deliver(self, letter: Letter, accepted: list[tuple[Letter, str]]) -> bool:
+        """Hand one letter to the relay, adding it and the relay's answer to `accepted`; False
+        when the connection is gone and the batch should wait."""
         self._dot_sent = False
         try:
             smtp = await self._connect()
@@ -326,28 +337,34 @@ class Sender:
             await asyncio.to_thread(self._failed, letter, failure, unanswered)
             return not connection_lost
         self._last_used = asyncio.get_running_loop().time()
-        await asyncio.to_thread(self._sent, letter, reply)
+        accepted.append((letter, reply))
+        log.info("sent outbox=%s to=%s", letter.id, ",".join(letter.rcpt_to))
         return True
 
-    def _sent(self, letter: Letter, reply: str) -> None:
+    def _sent(self, accepted: list[tuple[Letter, str]]) -> None:
+        now = utcnow()
         with Session(self.engine) as session:
-            row = session.get(OutboxMessage, letter.id)
-            assert row is not None
-            row.state = OutboxState.SENT
-            row.attempts += 1
-            row.sent_at = utcnow()
-            row.last_error = ""
-            row.claimed_by, row.claimed_until = "", None
-            session.add(row)
-            store.record(
-                session,
-                "mail-sent",
-                f"{row.kind} to {', '.join(row.rcpt_to)} accepted by the relay: {reply}",
-                case_id=row.case_id,
-                outbox_id=row.id,
-            )
+            for letter, reply in accepted:
+                session.execute(
+                    update(OUTBOX)
+                    .where(OUTBOX.c.id == letter.id)
+                    .values(
+                        state=OutboxState.SENT,
+                        attempts=OUTBOX.c.attempts + 1,
+                        sent_at=now,
+                        last_error="",
+                        claimed_by="",
+                        claimed_until=None,
+                    )
+                )
+                store.record(
+                    session,
+                    "mail-sent",
+                    f"{letter.kind} to {', '.join(letter.rcpt_to)} accepted by the relay: {reply}",
+                    case_id=letter.case_id,
+                    outbox_id=letter.id,
+                )
             session.commit()
-        log.info("sent outbox=%s to=%s", letter.id, ",".join(letter.rcpt_to))
 
     def _failed(
         self,
