@@ -108,7 +108,7 @@ class Intake:
         key = store.dedupe_key(origin.mailbox, inbound)
         earlier = store.already_registered(session, key)
         if earlier is not None:
-            return Outcome(OutcomeKind.DUPLICATE, None, f"already registered as message {earlier.id} ({key})")
+            return Outcome(OutcomeKind.DUPLICATE, None, f"already registered as message {earlier} ({key})")
         store.keep_raw(session, raw, inbound.sha256)
         verdict = screen(inbound, self.own_addresses)
         if verdict.kind == Kind.BOUNCE:
@@ -140,12 +140,12 @@ class Intake:
         self, session: Session, origin: Origin, inbound: Inbound, why: str, verdict: str = "rejected"
     ) -> Outcome:
         """Kept and findable, but no case and no answer."""
-        message = store.add_incoming(session, origin, inbound, None, AuthorRole.CUSTOMER)
+        message_id = store.add_incoming(session, origin, inbound, None, AuthorRole.CUSTOMER)
         store.record(
             session,
             "screened",
             f"no case opened: {why}",
-            message_id=message.id,
+            message_id=message_id,
             mailbox=origin.mailbox,
             verdict=verdict,
         )
@@ -170,9 +170,9 @@ class Intake:
         match: ThreadMatch,
         case: Case,
     ) -> Outcome:
-        message = store.add_incoming(session, origin, inbound, case.id, match.author_role)
+        message_id = store.add_incoming(session, origin, inbound, case.id, match.author_role)
         store.record(
-            session, "threaded", match.reason, case_id=case.id, message_id=message.id, mailbox=origin.mailbox
+            session, "threaded", match.reason, case_id=case.id, message_id=message_id, mailbox=origin.mailbox
         )
         if verdict.kind != Kind.NORMAL:
             store.record(
@@ -181,7 +181,7 @@ class Intake:
                 f"{verdict.kind.value}: {verdict.explanation}"
                 + ("" if verdict.may_reopen else "; never acknowledged, never reopens the case"),
                 case_id=case.id,
-                message_id=message.id,
+                message_id=message_id,
                 mailbox=origin.mailbox,
                 verdict=verdict.kind.value,
             )
@@ -231,13 +231,13 @@ class Intake:
         )
         session.add(case)
         session.flush()
-        message = store.add_incoming(session, origin, inbound, case.id, AuthorRole.CUSTOMER)
+        message_id = store.add_incoming(session, origin, inbound, case.id, AuthorRole.CUSTOMER)
         store.record(
             session,
             "case-created",
             f"{case.number} opened in {decision.department} from mail to {origin.mailbox}",
             case_id=case.id,
-            message_id=message.id,
+            message_id=message_id,
             mailbox=origin.mailbox,
         )
         if earlier_case is not None:
@@ -301,7 +301,7 @@ class Intake:
             return None
         case = session.get(Case, rows[0].case_id)
         assert case is not None
-        message = store.add_incoming(session, origin, inbound, case.id, AuthorRole.SYSTEM)
+        message_id = store.add_incoming(session, origin, inbound, case.id, AuthorRole.SYSTEM)
         status = _DSN_STATUS.search(inbound.text)
         why = " ".join(status.group(0).split()) if status else verdict.explanation
         for row in rows:
@@ -313,7 +313,7 @@ class Intake:
                 "bounced",
                 f"{row.kind} to {', '.join(row.rcpt_to)} bounced: {why}",
                 case_id=row.case_id,
-                message_id=message.id,
+                message_id=message_id,
                 mailbox=origin.mailbox,
                 outbox_id=row.id,
                 message_id_header=row.message_id,

@@ -31,6 +31,14 @@ from mailrouter.models import (
 from mailrouter.parse import Address, Inbound
 from mailrouter.thread import CaseRef
 
+# Append-only rows are written with Core inserts: building and flushing an ORM object for each
+# cost more than all the rest of a message's registration (bench/RESULTS.md).
+MESSAGE = Message.__table__  # type: ignore[attr-defined]
+ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
+RAW_MESSAGE = RawMessage.__table__  # type: ignore[attr-defined]
+OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
+EVENT = Event.__table__  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -74,14 +82,14 @@ def dedupe_key(mailbox: str, inbound: Inbound) -> str:
     return f"{mailbox}:{inbound.message_id or 'sha256:' + inbound.sha256}"
 
 
-def already_registered(session: Session, key: str) -> Message | None:
-    return session.exec(select(Message).where(Message.dedupe_key == key)).first()
+def already_registered(session: Session, key: str) -> int | None:
+    """The id of the message registered under this key, if any."""
+    return session.exec(select(Message.id).where(Message.dedupe_key == key)).first()
 
 
 def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
-    if session.get(RawMessage, sha256) is None:
-        session.add(RawMessage(sha256=sha256, size=len(raw), data=raw))
-        session.flush()  # messages refer to it; without relationships the flush order is not implied
+    if session.exec(select(RawMessage.sha256).where(RawMessage.sha256 == sha256)).first() is None:
+        session.execute(insert(RAW_MESSAGE), {"sha256": sha256, "size": len(raw), "data": raw})
 
 
 def customer_for(session: Session, sender: Address) -> Customer:
@@ -97,70 +105,77 @@ def customer_for(session: Session, sender: Address) -> Customer:
 
 def add_incoming(
     session: Session, origin: Origin, inbound: Inbound, case_id: int | None, role: AuthorRole
-) -> Message:
-    message = Message(
-        case_id=case_id,
-        direction=Direction.IN,
-        author_role=role,
-        mailbox=origin.mailbox,
-        uidvalidity=origin.uidvalidity,
-        uid=origin.uid,
-        dedupe_key=dedupe_key(origin.mailbox, inbound),
-        message_id=inbound.message_id,
-        in_reply_to=inbound.in_reply_to,
-        references=list(inbound.references),
-        from_addr=inbound.sender.address if inbound.sender else "",
-        from_name=inbound.sender.name if inbound.sender else "",
-        to_addrs=[a.address for a in inbound.to],
-        cc_addrs=[a.address for a in inbound.cc],
-        subject=inbound.subject,
-        text=inbound.text,
-        html=inbound.html,
-        raw_sha256=inbound.sha256,
-    )
-    session.add(message)
-    session.flush()
-    assert message.id is not None
-    for item in inbound.attachments:
-        session.add(
-            Attachment(
-                message_id=message.id,
-                filename=item.filename,
-                content_type=item.content_type,
-                size=item.size,
-                sha256=item.sha256,
-            )
+) -> int:
+    """Record an incoming message and its attachments; returns the message's id."""
+    message_id: int = session.execute(
+        insert(MESSAGE).returning(MESSAGE.c.id),
+        {
+            "case_id": case_id,
+            "direction": Direction.IN,
+            "author_role": role,
+            "mailbox": origin.mailbox,
+            "uidvalidity": origin.uidvalidity,
+            "uid": origin.uid,
+            "dedupe_key": dedupe_key(origin.mailbox, inbound),
+            "message_id": inbound.message_id,
+            "in_reply_to": inbound.in_reply_to,
+            "references": list(inbound.references),
+            "from_addr": inbound.sender.address if inbound.sender else "",
+            "from_name": inbound.sender.name if inbound.sender else "",
+            "to_addrs": [a.address for a in inbound.to],
+            "cc_addrs": [a.address for a in inbound.cc],
+            "subject": inbound.subject,
+            "text": inbound.text,
+            "html": inbound.html,
+            "raw_sha256": inbound.sha256,
+        },
+    ).scalar_one()
+    if inbound.attachments:
+        session.execute(
+            insert(ATTACHMENT),
+            [
+                {
+                    "message_id": message_id,
+                    "filename": item.filename,
+                    "content_type": item.content_type,
+                    "size": item.size,
+                    "sha256": item.sha256,
+                }
+                for item in inbound.attachments
+            ],
         )
-    return message
+    return message_id
 
 
-def queue_outgoing(
-    session: Session, case: Case, outgoing: Outgoing, kind: str, role: AuthorRole
-) -> OutboxMessage:
+def queue_outgoing(session: Session, case: Case, outgoing: Outgoing, kind: str, role: AuthorRole) -> None:
     """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID."""
-    session.add(
-        Message(
-            case_id=case.id,
-            direction=Direction.OUT,
-            author_role=role,
-            mailbox=case.department,
-            message_id=outgoing.message_id,
-            from_addr=outgoing.mail_from,
-            to_addrs=list(outgoing.rcpt_to),
-            subject=outgoing.subject,
-            text=outgoing.text,
-        )
+    session.execute(
+        insert(MESSAGE),
+        {
+            "case_id": case.id,
+            "direction": Direction.OUT,
+            "author_role": role,
+            "mailbox": case.department,
+            "message_id": outgoing.message_id,
+            "from_addr": outgoing.mail_from,
+            "to_addrs": list(outgoing.rcpt_to),
+            "cc_addrs": [],
+            "references": [],
+            "subject": outgoing.subject,
+            "text": outgoing.text,
+        },
     )
-    row = OutboxMessage(
-        case_id=case.id,
-        kind=kind,
-        mail_from=outgoing.mail_from,
-        rcpt_to=list(outgoing.rcpt_to),
-        message_id=outgoing.message_id,
-        data=outgoing.data,
+    session.execute(
+        insert(OUTBOX),
+        {
+            "case_id": case.id,
+            "kind": kind,
+            "mail_from": outgoing.mail_from,
+            "rcpt_to": list(outgoing.rcpt_to),
+            "message_id": outgoing.message_id,
+            "data": outgoing.data,
+        },
     )
-    session.add(row)
-    return row
 
 
 def outbox_by_message_ids(session: Session, message_ids: Sequence[str]) -> list[OutboxMessage]:
@@ -201,10 +216,8 @@ def record(
     mailbox: str = "",
     **data: Any,
 ) -> None:
-    # A Core insert: an event is append-only and never read back in the same transaction, and
-    # building and flushing an ORM object for each cost more than the rest of a message's writes.
     session.execute(
-        insert(Event.__table__),  # type: ignore[attr-defined]
+        insert(EVENT),
         {
             "case_id": case_id,
             "message_id": message_id,
