@@ -10,13 +10,16 @@ import base64
 import binascii
 import hashlib
 import logging
+import quopri
 import re
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.errors import MessageError, StartBoundaryNotFoundDefect
 from email.header import decode_header, make_header
 from email.message import Message as EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from html.parser import HTMLParser
 
@@ -56,6 +59,16 @@ _CHARSET_ALIASES = {
 }
 _IDENTIFYING_HEADERS = ("from", "to", "subject", "date", "message-id", "received", "return-path")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# The stdlib parser under mail-parser needs ~8× a message's size in memory (one str, a str per
+# line, joined payloads). Above this size attachment bodies are measured from the raw bytes and
+# cut out before it reads the message.
+SLIM_ABOVE = 2 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_EOL = re.compile(rb"\r\n|\r|\n")
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+_BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 
 @dataclass(frozen=True)
@@ -110,13 +123,12 @@ class Inbound:
         return tuple(dict.fromkeys(ids))
 
 
-def parse(raw: bytes) -> Inbound:
+def parse(raw: bytes, *, slim_above: int = SLIM_ABOVE) -> Inbound:
+    """The Inbound of raw; messages above slim_above bytes are read without their attachment
+    bodies (same result, a fraction of the memory) whenever their MIME structure allows."""
     if raw.startswith(_OLE_MAGIC):
         raise ParseError("an Outlook .msg file (OLE compound document), not an RFC 822 message")
-    try:
-        mail = _mailparser(raw)
-    except Exception as exc:  # mail-parser raises assorted errors on hopeless input
-        raise ParseError(f"mail-parser could not read the message: {exc}") from exc
+    mail, attachments = (_read_slim(raw) if len(raw) > slim_above else None) or _read(raw)
     message: EmailMessage = mail.message
     if not any(message.get(name) is not None for name in _IDENTIFYING_HEADERS):
         raise ParseError("no message headers found: not an RFC 822 message")
@@ -140,10 +152,40 @@ def parse(raw: bytes) -> Inbound:
         text=text,
         html="\n".join(html).replace("\x00", ""),
         headers=headers,
-        attachments=tuple(_attachment(item) for item in mail.attachments),
+        attachments=attachments,
         defects=tuple(sorted(mail.defects_categories)),
         quoted_message_ids=_quoted_message_ids(message, text, message_id),
     )
+
+
+def _read(raw: bytes) -> tuple[mailparser.MailParser, tuple[AttachmentInfo, ...]]:
+    try:
+        mail = _mailparser(raw)
+    except Exception as exc:  # mail-parser raises assorted errors on hopeless input
+        raise ParseError(f"mail-parser could not read the message: {exc}") from exc
+    return mail, tuple(_attachment(item, _attachment_content(item)) for item in mail.attachments)
+
+
+def _read_slim(raw: bytes) -> tuple[mailparser.MailParser, tuple[AttachmentInfo, ...]] | None:
+    """mail-parser over raw with its attachment bodies cut out, their sizes and hashes taken from
+    the raw bytes. None when nothing could be cut, or when the cut bodies did not come back as one
+    attachment each (mail-parser judged a part otherwise than _cuttable): the full reading decides."""
+    try:
+        skeleton = _Skeleton(raw)
+        if not skeleton.measured:
+            return None
+        mail = mailparser.parse_from_bytes(skeleton.assemble())
+        unseen = dict(skeleton.measured)
+        attachments = []
+        for item in mail.attachments:
+            content = _attachment_content(item)
+            measured = unseen.pop(content, None)
+            if measured is None and content in skeleton.measured:
+                return None
+            attachments.append(_attachment(item, content, measured))
+    except Exception:  # whatever trips the slim reading, the full reading decides
+        return None
+    return None if unseen else (mail, tuple(attachments))
 
 
 def _mailparser(raw: bytes) -> mailparser.MailParser:
@@ -267,20 +309,24 @@ def _first_message_id(values: tuple[str, ...]) -> str:
     return ""
 
 
-def _attachment(item: dict) -> AttachmentInfo:
+def _attachment_content(item: dict) -> bytes:
     payload = item.get("payload") or ""
     if item.get("binary"):
         try:
-            content = base64.b64decode(payload)
+            return base64.b64decode(payload)
         except (binascii.Error, ValueError):
-            content = payload.encode("ascii", "replace")
-    else:
-        content = payload.encode("utf-8", "replace")
+            return payload.encode("ascii", "replace")
+    return payload.encode("utf-8", "replace")
+
+
+def _attachment(item: dict, content: bytes, measured: tuple[int, str] | None = None) -> AttachmentInfo:
+    """`measured` (size, sha256) stands in for the content of a body cut out before parsing."""
+    size, sha256 = measured or (len(content), hashlib.sha256(content).hexdigest())
     return AttachmentInfo(
         filename=safe_filename(str(item.get("filename") or "")),
         content_type=str(item.get("mail_content_type") or "application/octet-stream"),
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
+        size=size,
+        sha256=sha256,
     )
 
 
@@ -300,6 +346,170 @@ def _is_attachment(part: EmailMessage) -> bool:
     """Shown as a file rather than inline: a named text part marked inline is still read as text."""
     disposition = part.get_content_disposition()
     return disposition == "attachment" or (disposition is None and bool(part.get_filename()))
+
+
+def _cuttable(part: EmailMessage) -> bool:
+    """A leaf whose body only its attachment record reads: a file by mail-parser's rules (a name,
+    a Content-ID, "attachment"), never text a reader sees or a bounce quotes."""
+    content_type = part.get_content_type()
+    if content_type in ("text/plain", "text/html"):
+        return _is_attachment(part)
+    if content_type == "text/rfc822-headers":
+        return False
+    return (
+        bool(part.get_filename() or part.get("content-id")) or part.get_content_disposition() == "attachment"
+    )
+
+
+class _Skeleton:
+    """A message's raw bytes with its attachments' bodies cut out, each replaced by a marker that
+    decodes to itself, and the size and sha256 each body decodes to (`measured`, by marker).
+
+    It finds the MIME structure as the stdlib feedparser will (the same boundary lines and header
+    blocks; the newline before a boundary line belongs to the boundary), so the skeleton parses to
+    the same tree with only those bodies changed. Whatever it does not understand it leaves
+    whole: cutting less only costs memory."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.token = secrets.token_hex(16)
+        self.cuts: list[tuple[int, int, bytes]] = []
+        self.measured: dict[bytes, tuple[int, str]] = {}
+        found = self._headers(0, len(raw), "text/plain")
+        if found is not None:
+            self._entity(*found, len(raw), in_multipart=False)
+
+    def assemble(self) -> bytes:
+        pieces = []
+        kept = 0
+        for start, stop, placeholder in self.cuts:
+            pieces += [self.raw[kept:start], placeholder]
+            kept = stop
+        pieces.append(self.raw[kept:])
+        return b"".join(pieces)
+
+    def _headers(self, start: int, end: int, default_type: str) -> tuple[EmailMessage, int] | None:
+        """The headers of the entity in raw[start:end], parsed alone, and where its body starts;
+        None unless a blank line ends them and the full parse could read nothing else in them."""
+        blank = _EOL.match(self.raw, start, end) or _BLANK_LINE.search(self.raw, start, end)
+        if blank is None:
+            return None
+        headers = BytesHeaderParser().parsebytes(self.raw[start : blank.end()])
+        headers.set_default_type(default_type)
+        if headers.defects or headers.get_payload():
+            return None
+        return headers, blank.end()
+
+    def _entity(self, headers: EmailMessage, body: int, end: int, *, in_multipart: bool) -> None:
+        """A message or body part whose body is raw[body:end]. Only a part of a multipart is cut:
+        its payload's end is known (the newline before the next boundary line)."""
+        maintype = headers.get_content_maintype()
+        if maintype in ("multipart", "message"):
+            # mail-parser hashes an attached container whole, flattened with everything inside.
+            if headers.get("content-disposition") is not None:
+                return
+            if maintype == "multipart":
+                self._multipart(headers, body, end)
+            elif headers.get_content_type() != "message/delivery-status":
+                inner = self._headers(body, end, "text/plain")
+                if inner is not None:
+                    self._entity(*inner, end, in_multipart=False)
+        elif in_multipart and _cuttable(headers):
+            self._cut(headers, body, end - (2 if self.raw.startswith(b"\r\n", end - 2) else 1))
+
+    def _multipart(self, headers: EmailMessage, start: int, end: int) -> None:
+        """The parts between a multipart's boundary lines in raw[start:end]. A multipart that does
+        not start with a separator and end with a close delimiter is left whole."""
+        boundary = headers.get_boundary()
+        if boundary is None:
+            return
+        try:
+            delimiter = b"--" + boundary.encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:
+            return
+        lines = list(self._boundary_lines(delimiter, start, end))
+        if not lines or lines[0][2]:
+            return
+        parts = []
+        index = 0
+        while not lines[index][2]:
+            # The feedparser reads no part between adjacent boundary lines, whatever their kind.
+            while index + 1 < len(lines) and lines[index + 1][0] == lines[index][1]:
+                index += 1
+            if index + 1 == len(lines):
+                return
+            parts.append((lines[index][1], lines[index + 1][0]))
+            index += 1
+        default_type = "message/rfc822" if headers.get_content_type() == "multipart/digest" else "text/plain"
+        for part_start, part_end in parts:
+            found = self._headers(part_start, part_end, default_type)
+            if found is not None:
+                self._entity(*found, part_end, in_multipart=True)
+
+    def _boundary_lines(self, delimiter: bytes, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        """(start, end, is the close delimiter) of each line in raw[start:end] the feedparser takes
+        for a boundary: the delimiter at the start of a line, then only "--", blanks, a line end."""
+        at = self.raw.find(delimiter, start, end)
+        while at != -1:
+            if at == start or self.raw[at - 1] in b"\r\n":
+                tail = _BOUNDARY_TAIL.match(self.raw, at + len(delimiter), end)
+                if tail is not None:
+                    yield at, tail.end(), tail.group(1) is not None
+            at = self.raw.find(delimiter, at + 1, end)
+
+    def _cut(self, headers: EmailMessage, start: int, stop: int) -> None:
+        """Measure the payload raw[start:stop] as mail-parser's attachment record would decode it,
+        and cut it out. Bodies whose decoding cannot be followed a chunk at a time stay."""
+        encoding = str(headers.get("content-transfer-encoding", ""))
+        if stop <= start or not encoding.isascii() or encoding.lower() in _UUENCODE:
+            return
+        marker = f"{self.token}-{len(self.cuts)}".encode()
+        pieces: Iterable[bytes | memoryview]
+        if encoding.strip().lower() == "base64":  # mail-parser's test; it then b64decodes the text
+            pieces, placeholder = _base64_pieces(self.raw, start, stop), base64.b64encode(marker)
+        elif encoding.lower() == "quoted-printable":  # get_payload(decode=True)'s test, unstripped
+            pieces, placeholder = _quoted_printable_pieces(self.raw, start, stop), marker
+        else:
+            pieces, placeholder = (memoryview(self.raw)[start:stop],), marker
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for piece in pieces:
+                digest.update(piece)
+                size += len(piece)
+        except ValueError:  # not plain base64: the full parse reads it
+            return
+        self.cuts.append((start, stop, placeholder))
+        self.measured[marker] = (size, digest.hexdigest())
+
+
+def _base64_pieces(raw: bytes, start: int, stop: int) -> Iterator[bytes]:
+    """b64decode(raw[start:stop]) a chunk at a time, in whole 4-character groups. ValueError
+    unless the text is only the alphabet and whitespace with its padding at the very end, where
+    the pieces are exactly what decoding the whole gives (b64decode's leniency is not followed)."""
+    carry = b""
+    for at in range(start, stop, _CHUNK):
+        text = carry + raw[at : min(at + _CHUNK, stop)].translate(None, b" \t\r\n")
+        last = at + _CHUNK >= stop
+        data = text.rstrip(b"=") if last else text
+        if data.translate(None, _BASE64_ALPHABET):
+            raise ValueError("not plain base64")
+        if last and len(text) - len(data) != (0, -1, 2, 1)[len(data) % 4]:
+            raise ValueError("base64 padding does not fit")
+        whole = len(text) if last else len(text) - len(text) % 4
+        text, carry = text[:whole], text[whole:]
+        yield binascii.a2b_base64(text)
+
+
+def _quoted_printable_pieces(raw: bytes, start: int, stop: int) -> Iterator[bytes]:
+    """quopri.decodestring(raw[start:stop]) a chunk of whole lines at a time: it carries nothing
+    from one line to the next."""
+    at = start
+    while at < stop:
+        newline = raw.find(b"\n", at + _CHUNK, stop)
+        end = stop if newline == -1 else newline + 1
+        yield quopri.decodestring(raw[at:end])
+        at = end
 
 
 def _body_parts(message: EmailMessage) -> tuple[list[str], list[str]]:

@@ -3,12 +3,16 @@ replies thread back in, and a restart neither loses nor repeats anything."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 import time
 from email.message import EmailMessage
 
 import pytest
+from sqlmodel import Session, select
 
-from mailrouter.models import OutboxState
+from mailrouter.models import Attachment, OutboxState, RawMessage
+from mailrouter.parse import SLIM_ABOVE, _read_slim
 from tests.e2e.conftest import send_mail as send
 
 pytestmark = pytest.mark.e2e
@@ -174,3 +178,31 @@ def test_without_idle_the_worker_polls_and_still_sees_new_mail(mailstack, custom
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+def test_a_big_attachment_is_recorded_as_sent(daemon, customer, mailstack):
+    """Mail above parse's SLIM_ABOVE is read with its attachment bodies cut out; the record still
+    names, measures and hashes the file as sent, and the raw message is kept whole."""
+    scan = random.Random(3).randbytes(SLIM_ABOVE * 3 // 2)
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = customer.address, daemon.mailboxes["it"].address, "Skannet"
+    mail.set_content("Se vedlagt skann.")
+    mail.add_attachment(scan, maintype="application", subtype="pdf", filename="skann.pdf")
+    daemon.start()
+    mailstack.send(mail, customer.address, [daemon.mailboxes["it"].address])
+
+    mailstack.wait_for_messages(customer.address, customer.password, 1)
+    [case] = daemon.cases()
+    [message] = daemon.incoming(case.id)
+    assert message.text == "Se vedlagt skann."
+    engine = daemon.engine()
+    try:
+        with Session(engine) as session:
+            [attachment] = session.exec(select(Attachment).where(Attachment.message_id == message.id)).all()
+            raw = session.get(RawMessage, message.raw_sha256)
+    finally:
+        engine.dispose()
+    assert (attachment.filename, attachment.content_type) == ("skann.pdf", "application/pdf")
+    assert (attachment.size, attachment.sha256) == (len(scan), hashlib.sha256(scan).hexdigest())
+    assert raw is not None and raw.size > SLIM_ABOVE and hashlib.sha256(raw.data).hexdigest() == raw.sha256
+    assert _read_slim(raw.data) is not None  # as the stack delivers it, not left to the full reading
