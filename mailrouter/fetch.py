@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -254,10 +255,9 @@ class MailboxWorker:
             "UID FETCH",
         )
         messages = dict(parse_fetch(answer.lines))
+        arrivals: list[tuple[Origin, bytes]] = []
         for uid in batch:
-            if stop.is_set():
-                return last_uid, True
-            raw = messages.get(uid)
+            raw = messages.pop(uid, None)
             if raw is None:
                 log.info(
                     "mailbox=%s uid=%s vanished before it could be fetched (deleted or moved by a person)",
@@ -265,55 +265,103 @@ class MailboxWorker:
                     uid,
                 )
                 continue
-            origin = Origin(self.name, selected.uidvalidity, uid)
-            if not await self._process(conn, selected, origin, raw):
+            arrivals.append((Origin(self.name, selected.uidvalidity, uid), raw))
+        halt = threading.Event()
+        try:
+            registered, failure = await asyncio.to_thread(
+                self._register_all, arrivals, stop, halt, asyncio.get_running_loop()
+            )
+        finally:
+            halt.set()  # cancelled (lock lost, shutdown): the thread stops after the message in hand
+        if registered:
+            last_uid = registered[-1][0].uid
+            await self._mark_all(conn, selected, registered)
+        if failure is not None:
+            origin, raw, exc = failure
+            if isinstance(exc, OperationalError):
+                raise exc  # the database, not the message: reconnect and try again later
+            outcome = await self._failed(raw, origin, exc)
+            if outcome is None:
                 return last_uid, True
-            last_uid = uid
+            self._log(origin, outcome)
+            last_uid = origin.uid
+            await self._mark_all(conn, selected, [(origin, outcome)])
         # Always SEARCH again before IDLE: mail that arrived while this batch was processed was
         # announced (EXISTS) in the answer to a FETCH or STORE, and IDLE will not announce it again.
         return last_uid, True
 
-    async def _process(self, conn: Connection, selected: Selected, origin: Origin, raw: bytes) -> bool:
-        """Register one message and mark it; False when it failed and will be tried again."""
-        key = (origin.uidvalidity, origin.uid)
-        try:
-            outcome = await asyncio.to_thread(self.intake.process, raw, origin)
-        except OperationalError:
-            raise  # the database, not the message: reconnect and try again later, never quarantine
-        except Exception as exc:  # one bad message must not stop the mailbox: count, then quarantine
-            attempts = self.failures.get(key, 0) + 1
-            self.failures[key] = attempts
-            log.exception(
-                "mailbox=%s uid=%s processing failed (attempt %s of %s)",
-                self.name,
-                origin.uid,
-                attempts,
-                MAX_ATTEMPTS,
-            )
-            if attempts < MAX_ATTEMPTS:
-                await asyncio.sleep(min(2.0**attempts, 30.0))
-                return False
-            quarantined = await self._quarantine(raw, origin, exc)
-            if quarantined is None:
-                return False
-            outcome = quarantined
-        self.failures.pop(key, None)
-        self._log(origin, outcome)
-        if outcome.queued_mail:
-            self.on_queued()
-        if not selected.read_only:
+    def _register_all(
+        self,
+        arrivals: list[tuple[Origin, bytes]],
+        stop: asyncio.Event,
+        halt: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[list[tuple[Origin, Outcome]], tuple[Origin, bytes, Exception] | None]:
+        """Register a fetched batch back to back, each message in its own transaction, in one
+        worker thread: a hop back to the event loop between messages left the intake idle while
+        the loop served the sender. Stops at the first failure, which it returns."""
+        registered: list[tuple[Origin, Outcome]] = []
+        for origin, raw in arrivals:
+            if stop.is_set() or halt.is_set():
+                break
             try:
-                await self._mark(conn, selected, origin.uid, outcome)
+                outcome = self.intake.process(raw, origin)
+            except Exception as exc:  # judged by the caller: retry, quarantine, or reconnect
+                return registered, (origin, raw, exc)
+            self.failures.pop((origin.uidvalidity, origin.uid), None)
+            self._log(origin, outcome)
+            if outcome.queued_mail:
+                loop.call_soon_threadsafe(self.on_queued)
+            registered.append((origin, outcome))
+        return registered, None
+
+    async def _failed(self, raw: bytes, origin: Origin, exc: Exception) -> Outcome | None:
+        """One bad message must not stop the mailbox: count the failure, wait a little and let the
+        next round try again; after MAX_ATTEMPTS quarantine it. None while it stays to be retried."""
+        key = (origin.uidvalidity, origin.uid)
+        attempts = self.failures.get(key, 0) + 1
+        self.failures[key] = attempts
+        log.error(
+            "mailbox=%s uid=%s processing failed (attempt %s of %s)",
+            self.name,
+            origin.uid,
+            attempts,
+            MAX_ATTEMPTS,
+            exc_info=exc,
+        )
+        if attempts < MAX_ATTEMPTS:
+            await asyncio.sleep(min(2.0**attempts, 30.0))
+            return None
+        quarantined = await self._quarantine(raw, origin, exc)
+        if quarantined is not None:
+            self.failures.pop(key, None)
+        return quarantined
+
+    async def _mark_all(
+        self, conn: Connection, selected: Selected, registered: list[tuple[Origin, Outcome]]
+    ) -> None:
+        """Flag or move registered messages, one command per destination. Registered and
+        checkpointed already, so a message that cannot be marked is only a cosmetic problem."""
+        if selected.read_only:
+            return
+        quarantined: list[int] = []
+        processed: list[int] = []
+        for origin, outcome in registered:
+            aside = outcome.kind in (OutcomeKind.QUARANTINED, OutcomeKind.REFUSED)
+            (quarantined if aside else processed).append(origin.uid)
+        for uids, aside in ((processed, False), (quarantined, True)):
+            if not uids:
+                continue
+            try:
+                await self._mark(conn, selected, ",".join(map(str, uids)), quarantined=aside)
             except ImapError as exc:
-                # Registered and checkpointed already: an unmarked message is only cosmetic.
                 log.warning(
                     "mailbox=%s uid=%s registered but could not be marked "
                     "(deleted or moved by a person?): %s",
                     self.name,
-                    origin.uid,
+                    ",".join(map(str, uids)),
                     exc,
                 )
-        return True
 
     async def _quarantine(self, raw: bytes, origin: Origin, error: Exception) -> Outcome | None:
         """Set the message aside; None when even that failed (the database is away, say): then
@@ -335,41 +383,40 @@ class MailboxWorker:
             outcome.summary,
         )
 
-    async def _mark(self, conn: Connection, selected: Selected, uid: int, outcome: Outcome) -> None:
-        quarantined = outcome.kind in (OutcomeKind.QUARANTINED, OutcomeKind.REFUSED)
+    async def _mark(self, conn: Connection, selected: Selected, uids: str, *, quarantined: bool) -> None:
         if quarantined:
             folder: str | None = self.settings.quarantine_folder
         elif self.settings.after_processing == "move":
             folder = self.settings.processed_folder
         else:
             folder = None
-        if folder is not None and await self._move(conn, uid, folder):
+        if folder is not None and await self._move(conn, uids, folder):
             return
         keyword = QUARANTINE_KEYWORD if quarantined else PROCESSED_KEYWORD
         flags = f"(\\Seen {keyword})" if selected.keywords_allowed else "(\\Seen)"
-        _ok(await conn.call(conn.client.uid("store", str(uid), "+FLAGS.SILENT", flags)), "UID STORE")
+        _ok(await conn.call(conn.client.uid("store", uids, "+FLAGS.SILENT", flags)), "UID STORE")
 
-    async def _move(self, conn: Connection, uid: int, folder: str) -> bool:
-        """Move one message; False where the server cannot, so the caller flags it instead."""
+    async def _move(self, conn: Connection, uids: str, folder: str) -> bool:
+        """Move messages (a UID set); False where the server cannot, so the caller flags them instead."""
         client = conn.client
         if client.has_capability("MOVE"):
-            response = await conn.call(client.uid("move", str(uid), quote(folder)))
+            response = await conn.call(client.uid("move", uids, quote(folder)))
             if response.result == "OK":
                 return True
             log.warning(
                 "mailbox=%s uid=%s cannot move to %s: %s",
                 self.name,
-                uid,
+                uids,
                 folder,
                 response.lines[-1:],
             )
             return False
         if not client.has_capability("UIDPLUS"):
             return False
-        if (await conn.call(client.uid("copy", str(uid), quote(folder)))).result != "OK":
+        if (await conn.call(client.uid("copy", uids, quote(folder)))).result != "OK":
             return False
-        _ok(await conn.call(client.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")), "UID STORE")
-        _ok(await conn.call(client.uid("expunge", str(uid))), "UID EXPUNGE")
+        _ok(await conn.call(client.uid("store", uids, "+FLAGS.SILENT", "(\\Deleted)")), "UID STORE")
+        _ok(await conn.call(client.uid("expunge", uids)), "UID EXPUNGE")
         return True
 
     async def _poll_wait(self, conn: Connection, stop: asyncio.Event) -> None:
