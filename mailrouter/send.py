@@ -348,6 +348,7 @@ class Sender:
                 session.execute(
                     update(OUTBOX)
                     .where(OUTBOX.c.id == letter.id)
+                    .where(OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
                     .values(
                         state=OutboxState.SENT,
                         attempts=OUTBOX.c.attempts + 1,

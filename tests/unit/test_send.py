@@ -1,8 +1,13 @@
-"""The sender's pure parts: the DATA payload it writes by hand, and its backoff."""
+"""The sender's pure parts (the DATA payload it writes by hand, its backoff) and its bookkeeping."""
 
 import random
 
-from mailrouter.send import backoff, dot_stuffed
+from sqlmodel import Session, select
+
+from mailrouter.config import SmtpSettings
+from mailrouter.db import create_schema, make_engine
+from mailrouter.models import Event, OutboxMessage, OutboxState
+from mailrouter.send import Letter, Sender, backoff, dot_stuffed
 
 
 def test_dot_stuffing_and_line_endings():
@@ -18,3 +23,42 @@ def test_backoff_doubles_with_jitter_and_is_capped():
         delays = [backoff(attempts, 30, 900) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1  # jitter: instances that failed together do not retry together
+
+
+def _sending_row(engine, message_id: str) -> Letter:
+    with Session(engine) as session:
+        row = OutboxMessage(
+            kind="acknowledgement",
+            mail_from="it-support@example.test",
+            rcpt_to=["kari@kunde.example"],
+            message_id=message_id,
+            data=b"Subject: x\r\n\r\nx\r\n",
+            state=OutboxState.SENDING,
+            claimed_by="mailrouter",
+        )
+        session.add(row)
+        session.commit()
+        assert row.id is not None
+        return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+
+
+def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+    create_schema(engine)
+    sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None)
+    plain = _sending_row(engine, "<a@mailrouter>")
+    bounced = _sending_row(engine, "<b@mailrouter>")
+    with Session(engine) as session:  # the bounce's intake got there before the batch was recorded
+        row = session.get(OutboxMessage, bounced.id)
+        row.state = OutboxState.BOUNCED
+        session.add(row)
+        session.commit()
+
+    sender._sent([(plain, "250 2.0.0 Ok: queued as A"), (bounced, "250 2.0.0 Ok: queued as B")])
+
+    with Session(engine) as session:
+        states = {r.id: (r.state, r.attempts, r.claimed_by) for r in session.exec(select(OutboxMessage))}
+        sent_events = session.exec(select(Event).where(Event.kind == "mail-sent")).all()
+    assert states[plain.id] == (OutboxState.SENT, 1, "")
+    assert states[bounced.id][0] == OutboxState.BOUNCED
+    assert sorted(e.data["outbox_id"] for e in sent_events) == [plain.id, bounced.id]  # both were accepted
