@@ -103,12 +103,10 @@ class Daemon:
             raise RuntimeError(f"mailrouter exited {self.process.returncode}:\n{self.log()[-3000:]}")
 
     def peak_rss_mb(self) -> float:
-        """VmHWM: the high-water mark of the process's resident set, as the kernel counts it."""
+        """VmHWM, the high-water mark of the resident set as the kernel counts it, of the daemon
+        and its child processes (the parse workers) added up: an upper bound of their joint peak."""
         assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        assert match is not None
-        return int(match.group(1)) / 1024
+        return sum(_peak_rss_kb(pid) for pid in _process_tree(self.process.pid)) / 1024
 
     def stop(self) -> None:
         if self.process is None:
@@ -142,6 +140,28 @@ class Daemon:
         raise RuntimeError(
             f"timed out: {registered}/{incoming} registered, {delivered}/{sent} sent\n{self.log()[-3000:]}"
         )
+
+
+def _process_tree(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
+def _peak_rss_kb(pid: int) -> int:
+    match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert match is not None
+    return int(match.group(1))
 
 
 def progress(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]

@@ -114,7 +114,7 @@ def throughput(
     )
     say(
         f"end-to-end: {result['rate']:.0f} messages/s ({result['rate_including_startup']:.0f}/s counting "
-        f"start-up); peak RSS {rss:.0f} MB"
+        f"start-up); peak RSS {rss:.0f} MB (daemon and parse workers)"
     )
     # Let Postfix deliver the acknowledgements before anything else is measured.
     wait_for_count(stack, customers[0][0], customers[0][1], 1, timeout=60)
@@ -261,7 +261,7 @@ def memory_part(stack: MailStack, work: Path, megabytes: int) -> dict[str, float
         daemon.stop()
     say(
         f"  {len(raw) / 1024 / 1024:.1f} MB message registered and acknowledged in {done - ready:.2f}s; "
-        f"peak RSS {rss:.0f} MB"
+        f"peak RSS {rss:.0f} MB (daemon and parse workers)"
     )
     return {"message_mb": len(raw) / 1024 / 1024, "seconds": done - ready, "peak_rss_mb": rss}
 

@@ -108,6 +108,9 @@ class DaemonSettings(_Strict):
     idle: bool = True
     idle_timeout: float = Field(default=25 * 60, gt=0, le=29 * 60)
     batch_size: int = Field(default=50, gt=0, le=1000)
+    # Worker processes that parse a fetched batch ahead of its registration; 0 parses in the
+    # daemon's own process (a machine with one core gains nothing from them).
+    parse_workers: int = Field(default=1, ge=0, le=16)
     case_number_start: int = Field(default=1001, gt=0)
     send_interval: float = Field(default=5.0, gt=0)
     shutdown_timeout: float = Field(default=20.0, gt=0)

@@ -23,6 +23,7 @@ from mailrouter.config import Config
 from mailrouter.db import create_schema, ensure_counters, make_engine
 from mailrouter.fetch import MailboxWorker
 from mailrouter.lease import InstanceLock
+from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
@@ -114,9 +115,17 @@ async def serve(loaded: Loaded) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    parsers = ParsePool(config.daemon.parse_workers)
+    parsers.start()
     workers = [
         MailboxWorker(
-            name, mailbox, _required(config, f"imap.{name}"), intake, config.daemon, sender.wake.set
+            name,
+            mailbox,
+            _required(config, f"imap.{name}"),
+            intake,
+            config.daemon,
+            sender.wake.set,
+            parsers=parsers,
         )
         for name, mailbox in config.mailboxes.items()
     ]
@@ -142,6 +151,7 @@ async def serve(loaded: Loaded) -> None:
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker %s had failed", task.get_name(), exc_info=task.exception())
+    parsers.shutdown()
     engine.dispose()
     log.info("stopped")
 

@@ -26,6 +26,7 @@ from mailrouter.config import DaemonSettings, MailboxSettings
 from mailrouter.imap import Connection, ConnectionLost, ImapError, connect
 from mailrouter.imap import ok as _ok
 from mailrouter.lease import LockLost, MailboxLock
+from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake, Outcome, OutcomeKind
 from mailrouter.store import Origin
 
@@ -93,8 +94,10 @@ class MailboxWorker:
         daemon: DaemonSettings,
         on_queued: Callable[[], None],
         lock: MailboxLock | None = None,
+        parsers: ParsePool | None = None,
     ) -> None:
         self.name = name
+        self.parsers = parsers or ParsePool(0)
         self.settings = settings
         self.password = password
         self.intake = intake
@@ -255,6 +258,7 @@ class MailboxWorker:
             "UID FETCH",
         )
         messages = dict(parse_fetch(answer.lines))
+        del answer  # aioimaplib's copy of the batch: a big message would otherwise be held twice
         arrivals: list[tuple[Origin, bytes]] = []
         for uid in batch:
             raw = messages.pop(uid, None)
@@ -301,11 +305,12 @@ class MailboxWorker:
         worker thread: a hop back to the event loop between messages left the intake idle while
         the loop served the sender. Stops at the first failure, which it returns."""
         registered: list[tuple[Origin, Outcome]] = []
-        for origin, raw in arrivals:
+        parses = [self.parsers.submit(raw) for _, raw in arrivals]
+        for (origin, raw), parsing in zip(arrivals, parses, strict=True):
             if stop.is_set() or halt.is_set():
                 break
             try:
-                outcome = self.intake.process(raw, origin)
+                outcome = self.intake.process(raw, origin, self.parsers.result(parsing))
             except Exception as exc:  # judged by the caller: retry, quarantine, or reconnect
                 return registered, (origin, raw, exc)
             self.failures.pop((origin.uidvalidity, origin.uid), None)

@@ -74,12 +74,15 @@ class Intake:
         self.own_addresses = config.own_addresses()
         self.tag_pattern = case_tag_pattern(m.prefix for m in config.mailboxes.values())
 
-    def process(self, raw: bytes, origin: Origin) -> Outcome:
-        """Register one message; commits once. Raises only for failures worth retrying."""
+    def process(self, raw: bytes, origin: Origin, parsed: Inbound | ParseError | None = None) -> Outcome:
+        """Register one message; commits once. Raises only for failures worth retrying.
+        `parsed`: what parse(raw) gave elsewhere (a worker process), so it is not parsed again."""
         if len(raw) > self.config.limits.max_message_size:
             return self._refuse_oversized(raw, origin)
+        if isinstance(parsed, ParseError):
+            return self._refuse(raw, origin, parsed)
         try:
-            inbound = parse(raw)
+            inbound = parsed or parse(raw)
         except ParseError as exc:
             return self._refuse(raw, origin, exc)
         for attempt in range(1, RACE_ATTEMPTS + 1):
