@@ -19,7 +19,10 @@ import aioimaplib
 
 from bench.corpus import small_message
 from mailrouter.config import DaemonSettings
+from mailrouter.db import make_engine
 from mailrouter.fetch import MailboxWorker, Selected
+from mailrouter.imap import Connection
+from mailrouter.lease import MailboxLock
 from tests.mailstack import MailStack
 
 
@@ -78,14 +81,17 @@ async def _poll_cost(stack: MailStack, address: str, password: str, polls: int) 
     uids = [int(t) for line in last.lines[:-1] for t in bytes(line).split() if t.isdigit()]
     last_uid = max(uids, default=0)
 
-    worker = MailboxWorker("bench", None, None, None, DaemonSettings(), lambda: None)  # type: ignore[arg-type]
+    # Only _drain is used: it needs no intake (nothing is new) and no mailbox lock.
+    lock = MailboxLock(make_engine("sqlite://"), "bench", 60)
+    worker = MailboxWorker("bench", None, None, None, DaemonSettings(), lambda: None, lock)  # type: ignore[arg-type]
     selected = Selected(1, True)
     stop = asyncio.Event()
     counted = _Counted(client)
+    conn = Connection(client, asyncio.get_running_loop().create_future())
     times = []
     for _ in range(polls):
         began = time.perf_counter()
-        new_last, more = await worker._drain(client, selected, last_uid, stop)
+        new_last, more = await worker._drain(conn, selected, last_uid, stop)
         times.append(time.perf_counter() - began)
         assert new_last == last_uid and not more
     per_poll_read, per_poll_written = counted.read / polls, counted.written / polls
