@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aioimaplib
 from pydantic import SecretStr
@@ -41,7 +42,14 @@ MAX_ATTEMPTS = 3
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _PERMANENT_FLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
+_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+class Arrival(NamedTuple):
+    origin: Origin
+    raw: bytes  # the message; only its header when it is over the size limit
+    oversized: int | None = None  # then: the size the server reported
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,20 @@ def parse_search(lines: list[bytes]) -> list[int]:
             tokens = tokens[1:]
         uids.extend(int(token) for token in tokens if token.isdigit())
     return uids
+
+
+def parse_sizes(lines: list[bytes | bytearray]) -> dict[int, int]:
+    """{UID: size} from a UID FETCH (UID RFC822.SIZE) answer."""
+    sizes = {}
+    for line in lines:
+        uid, size = _FETCH_UID.search(line), _FETCH_SIZE.search(line)
+        if uid is not None and size is not None and b"FETCH" in line:
+            sizes[int(uid.group(1))] = int(size.group(1))
+    return sizes
+
+
+def _uid_set(uids: list[int]) -> str:
+    return ",".join(map(str, uids))
 
 
 def parse_fetch(lines: list[bytes | bytearray]) -> list[tuple[int, bytes]]:
@@ -253,13 +275,23 @@ class MailboxWorker:
         if not uids:
             return last_uid, False
         batch = uids[: self.daemon.batch_size]
-        answer = _ok(
-            await conn.call(client.uid("fetch", ",".join(map(str, batch)), "(UID BODY.PEEK[])")),
-            "UID FETCH",
-        )
-        messages = dict(parse_fetch(answer.lines))
+        # Sizes first: a message over the limit is never downloaded, only its header.
+        answer = _ok(await conn.call(client.uid("fetch", _uid_set(batch), "(UID RFC822.SIZE)")), "UID FETCH")
+        sizes = parse_sizes(answer.lines)
+        limit = self.intake.config.limits.max_message_size
+        oversized = {uid for uid in batch if sizes.get(uid, 0) > limit}
+        messages: dict[int, bytes] = {}
+        for uids_wanted, item in (
+            ([uid for uid in batch if uid not in oversized], "BODY.PEEK[]"),
+            (sorted(oversized), "BODY.PEEK[HEADER]"),
+        ):
+            if uids_wanted:
+                answer = _ok(
+                    await conn.call(client.uid("fetch", _uid_set(uids_wanted), f"(UID {item})")), "UID FETCH"
+                )
+                messages.update(parse_fetch(answer.lines))
         del answer  # aioimaplib's copy of the batch: a big message would otherwise be held twice
-        arrivals: list[tuple[Origin, bytes]] = []
+        arrivals: list[Arrival] = []
         for uid in batch:
             raw = messages.pop(uid, None)
             if raw is None:
@@ -269,7 +301,8 @@ class MailboxWorker:
                     uid,
                 )
                 continue
-            arrivals.append((Origin(self.name, selected.uidvalidity, uid), raw))
+            origin = Origin(self.name, selected.uidvalidity, uid)
+            arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
         halt = threading.Event()
         try:
             registered, failure = await asyncio.to_thread(
@@ -296,7 +329,7 @@ class MailboxWorker:
 
     def _register_all(
         self,
-        arrivals: list[tuple[Origin, bytes]],
+        arrivals: list[Arrival],
         stop: asyncio.Event,
         halt: threading.Event,
         loop: asyncio.AbstractEventLoop,
@@ -305,12 +338,15 @@ class MailboxWorker:
         worker thread: a hop back to the event loop between messages left the intake idle while
         the loop served the sender. Stops at the first failure, which it returns."""
         registered: list[tuple[Origin, Outcome]] = []
-        parses = [self.parsers.submit(raw) for _, raw in arrivals]
-        for (origin, raw), parsing in zip(arrivals, parses, strict=True):
+        parses = [None if a.oversized else self.parsers.submit(a.raw) for a in arrivals]
+        for (origin, raw, oversized), parsing in zip(arrivals, parses, strict=True):
             if stop.is_set() or halt.is_set():
                 break
             try:
-                outcome = self.intake.process(raw, origin, self.parsers.result(parsing))
+                if oversized is not None:
+                    outcome = self.intake.refuse_oversized(raw, oversized, origin)
+                else:
+                    outcome = self.intake.process(raw, origin, self.parsers.result(parsing))
             except Exception as exc:  # judged by the caller: retry, quarantine, or reconnect
                 return registered, (origin, raw, exc)
             self.failures.pop((origin.uidvalidity, origin.uid), None)

@@ -78,7 +78,7 @@ class Intake:
         """Register one message; commits once. Raises only for failures worth retrying.
         `parsed`: what parse(raw) gave elsewhere (a worker process), so it is not parsed again."""
         if len(raw) > self.config.limits.max_message_size:
-            return self._refuse_oversized(raw, origin)
+            return self.refuse_oversized(raw[:OVERSIZED_HEADER_BYTES], len(raw), origin)
         if isinstance(parsed, ParseError):
             return self._refuse(raw, origin, parsed)
         try:
@@ -323,22 +323,16 @@ class Intake:
             )
         return Outcome(OutcomeKind.BOUNCED, case.number, f"bounce of {rows[0].message_id}: {why}")
 
-    def _refuse_oversized(self, raw: bytes, origin: Origin) -> Outcome:
-        """Too large to read. The bytes stay on the IMAP server (moved to the quarantine folder), not
-        in our database: a size limit that still stored the bytes would protect nothing. The
-        headers, size and hash are recorded so a person can find it and decide."""
+    def refuse_oversized(self, start: bytes, size: int, origin: Origin) -> Outcome:
+        """Too large to read: `start` is the message's beginning (the fetch worker downloads only
+        its header), `size` its size. The bytes stay on the IMAP server (moved to the quarantine
+        folder), not in our database: a size limit that still stored the bytes would protect
+        nothing. The headers and size are recorded so a person can find it and decide."""
         limit = self.config.limits.max_message_size
-        reason = f"{len(raw)} bytes, more than max_message_size ({limit} bytes); not read"
-        head = raw[:OVERSIZED_HEADER_BYTES].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-        self._set_aside(
-            raw,
-            origin,
-            "refused",
-            reason,
-            keep_raw=False,
-            size=len(raw),
-            headers=head.decode("utf-8", "replace"),
-        )
+        reason = f"{size} bytes, more than max_message_size ({limit} bytes); not read"
+        head = start[:OVERSIZED_HEADER_BYTES].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        headers = head.decode("utf-8", "replace")
+        self._set_aside(head, origin, "refused", reason, keep_raw=False, size=size, headers=headers)
         return Outcome(OutcomeKind.REFUSED, None, reason)
 
     def _refuse(self, raw: bytes, origin: Origin, error: ParseError) -> Outcome:
@@ -356,8 +350,8 @@ class Intake:
         self, raw: bytes, origin: Origin, kind: str, reason: str, *, keep_raw: bool = True, **data: object
     ) -> None:
         with Session(self.engine) as session:
-            sha256 = hashlib.sha256(raw).hexdigest()
-            if keep_raw:
+            sha256 = hashlib.sha256(raw).hexdigest() if keep_raw else None
+            if sha256 is not None:
                 store.keep_raw(session, raw, sha256)
             store.record(
                 session,
@@ -366,7 +360,7 @@ class Intake:
                 mailbox=origin.mailbox,
                 uid=origin.uid,
                 uidvalidity=origin.uidvalidity,
-                raw_sha256=sha256 if keep_raw else None,
+                raw_sha256=sha256,
                 sha256=sha256,
                 reason=reason,
                 **data,

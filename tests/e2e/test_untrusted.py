@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,45 @@ def test_oversized_mail_is_refused_unread_and_moved_aside(mailstack, tmp_path, c
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+def test_mail_over_the_size_limit_is_never_downloaded(mailstack, tmp_path, customer):
+    """Only its size and header cross the wire: a 40 MB message leaves the daemon's memory as it was."""
+    daemon = make_daemon(
+        mailstack,
+        tmp_path / "d",
+        f"sqlite:///{tmp_path}/d.db",
+        ("it",),
+        rules=no_rules(tmp_path),
+        limits={"max_message_size": 1024 * 1024},
+    )
+    it = daemon.mailboxes["it"]
+    try:
+        daemon.start()
+        send(mailstack, customer.address, it.address, "Before", "small")
+        mailstack.wait_for_messages(customer.address, customer.password, 1)
+        before = peak_rss_mb(daemon.process.pid)
+        scan = "A" * 76 + "\r\n"
+        body = scan * (40 * 1024 * 1024 // len(scan))
+        huge = (
+            f"From: {customer.address}\r\nTo: {it.address}\r\nSubject: Scan of the whole archive\r\n"
+            f"Message-ID: <archive@kunde.example>\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Transfer-Encoding: base64\r\n\r\n{body}"
+        ).encode()
+        mailstack.append(it.address, it.password, huge)
+        daemon.wait_until(lambda: daemon.events("refused"), "the refusal", timeout=60)
+        [refused] = daemon.events("refused")
+        assert f"{len(huge)} bytes" in refused.detail
+        assert "Subject: Scan of the whole archive" in refused.data["headers"]
+        assert refused.data["size"] == len(huge) and refused.data["raw_sha256"] is None
+        [aside] = mailstack.raw_messages(it.address, it.password, folder="Quarantine")
+        assert aside == huge  # untouched on the server, for a person to deal with
+        assert peak_rss_mb(daemon.process.pid) - before < 20  # reading it would have cost > 80 MB
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024

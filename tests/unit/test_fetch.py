@@ -1,6 +1,6 @@
 """The IMAP answer parsers, on the shapes aioimaplib really hands over (seen against Dovecot)."""
 
-from mailrouter.fetch import parse_fetch, parse_search, quote
+from mailrouter.fetch import parse_fetch, parse_search, parse_sizes, quote
 
 
 def test_parse_search_as_aioimaplib_delivers_it():
@@ -32,3 +32,12 @@ def test_quote_mailbox_names():
     assert quote("INBOX") == '"INBOX"'
     assert quote('Saker "ferdig"') == r'"Saker \"ferdig\""'
     assert quote("a\\b") == r'"a\\b"'
+
+
+def test_parse_sizes_reads_rfc822_size_in_any_order():
+    lines = [
+        b"1 FETCH (UID 7 RFC822.SIZE 1200)",
+        b"2 FETCH (RFC822.SIZE 52428801 UID 9)",
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    assert parse_sizes(lines) == {7: 1200, 9: 52428801}
