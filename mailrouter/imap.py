@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -110,6 +111,7 @@ async def connect(settings: ImapSettings, password: SecretStr) -> Connection:
     )
     connection = Connection(client, lost)
     await connection.call(client.wait_hello_from_server())
+    _keep_alive(client)
     if settings.security == "starttls":
         assert context is not None
         await connection.call(starttls(client, context, settings.host))
@@ -118,3 +120,19 @@ async def connect(settings: ImapSettings, password: SecretStr) -> Connection:
         f"LOGIN as {settings.user}",
     )
     return connection
+
+
+# A server that vanishes without a word (a NAT or firewall forgetting the session, a host that
+# lost power) would leave an IDLE waiting for idle_timeout, up to 29 minutes of mail unseen.
+# TCP keepalive notices within about two minutes (60 s idle, then 3 probes 20 s apart).
+_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 20), ("TCP_KEEPCNT", 3))
+
+
+def _keep_alive(client: aioimaplib.IMAP4) -> None:
+    sock = client.protocol.transport.get_extra_info("socket") if client.protocol.transport else None
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE:
+        if hasattr(socket, name):  # Linux names; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

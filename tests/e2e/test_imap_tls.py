@@ -3,6 +3,7 @@ port (mailrouter.imap.starttls, since aioimaplib has none), verification on by d
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import pytest
@@ -69,3 +70,17 @@ async def test_wrong_password_is_refused_over_starttls(mailstack, account):
             settings(mailstack, account[0], "starttls", ca_file=str(mailstack.ca_file)),
             SecretStr("not-the-password"),
         )
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls", "none"])
+async def test_a_silently_dead_server_is_noticed_by_tcp_keepalive(mailstack, account, security):
+    conn = await connect(
+        settings(mailstack, account[0], security, ca_file=str(mailstack.ca_file)), SecretStr(account[1])
+    )
+    try:
+        sock = conn.client.protocol.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    finally:
+        await conn.logout()
