@@ -168,15 +168,19 @@ def test_a_poison_message_is_quarantined_while_the_mail_behind_it_flows(mailstac
         daemon.kill()
 
 
-def test_oversized_mail_is_refused_unread_and_moved_aside(mailstack, tmp_path, customer):
-    daemon = make_daemon(
+def it_with_size_limit(mailstack, tmp_path, max_message_size: int):
+    return make_daemon(
         mailstack,
         tmp_path / "d",
         f"sqlite:///{tmp_path}/d.db",
         ("it",),
         rules=no_rules(tmp_path),
-        limits={"max_message_size": 20000},
+        limits={"max_message_size": max_message_size},
     )
+
+
+def test_oversized_mail_is_refused_unread_and_moved_aside(mailstack, tmp_path, customer):
+    daemon = it_with_size_limit(mailstack, tmp_path, 20000)
     it = daemon.mailboxes["it"]
     try:
         daemon.start()
@@ -198,14 +202,7 @@ def test_oversized_mail_is_refused_unread_and_moved_aside(mailstack, tmp_path, c
 
 def test_mail_over_the_size_limit_is_never_downloaded(mailstack, tmp_path, customer):
     """Only its size and header cross the wire: a 40 MB message leaves the daemon's memory as it was."""
-    daemon = make_daemon(
-        mailstack,
-        tmp_path / "d",
-        f"sqlite:///{tmp_path}/d.db",
-        ("it",),
-        rules=no_rules(tmp_path),
-        limits={"max_message_size": 1024 * 1024},
-    )
+    daemon = it_with_size_limit(mailstack, tmp_path, 1024 * 1024)
     it = daemon.mailboxes["it"]
     try:
         daemon.start()
