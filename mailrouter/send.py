@@ -342,6 +342,7 @@ class Sender:
         return True
 
     def _sent(self, accepted: list[tuple[Letter, str]]) -> None:
+        """Record a batch's accepted letters as sent, with the relay's answer, in one commit."""
         now = utcnow()
         with Session(self.engine) as session:
             for letter, reply in accepted:
