@@ -91,11 +91,12 @@ def ensure_counters(engine: Engine, prefixes: list[str], start: int) -> None:
 
 def next_case_number(session: Session, prefix: str) -> str:
     """The next number for the prefix, unique and never reused: it rolls back with its case."""
-    statement = (
-        update(CaseCounter)
-        .where(CaseCounter.prefix == prefix)  # type: ignore[arg-type]
-        .values(last_number=CaseCounter.last_number + 1)
-        .returning(CaseCounter.last_number)
+    counter = CaseCounter.__table__  # type: ignore[attr-defined]
+    statement = (  # Core, not the ORM's bulk UPDATE: that evaluates the WHERE against the session
+        update(counter)
+        .where(counter.c.prefix == prefix)
+        .values(last_number=counter.c.last_number + 1)
+        .returning(counter.c.last_number)
     )
     number = session.execute(statement).scalar_one()
     return f"{prefix}-{number}"

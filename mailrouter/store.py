@@ -84,7 +84,7 @@ def dedupe_key(mailbox: str, inbound: Inbound) -> str:
 
 def already_registered(session: Session, key: str) -> int | None:
     """The id of the message registered under this key, if any."""
-    return session.exec(select(Message.id).where(Message.dedupe_key == key)).first()
+    return session.execute(select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == key)).scalar()
 
 
 def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
