@@ -11,6 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event, inspect, text, update
 from sqlmodel import Session, create_engine, select
 
@@ -71,7 +72,16 @@ def create_schema(engine: Engine) -> None:
             if "alembic_version" not in tables and "case" in tables:
                 # made by create_all() before migrations existed: that schema is the baseline
                 command.stamp(config, BASELINE_REVISION)
-            command.upgrade(config, "head")
+                tables.add("alembic_version")
+            current = (
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if "alembic_version" in tables
+                else None
+            )
+            # Only when there is something to do: alembic's log lines on every `mailrouter cases`
+            # would bury what the command prints.
+            if current != ScriptDirectory.from_config(config).get_current_head():
+                command.upgrade(config, "head")
             connection.commit()
         finally:
             if postgres:
