@@ -338,7 +338,7 @@ class MailboxWorker:
         worker thread: a hop back to the event loop between messages left the intake idle while
         the loop served the sender. Stops at the first failure, which it returns."""
         registered: list[tuple[Origin, Outcome]] = []
-        parses = [None if a.oversized else self.parsers.submit(a.raw) for a in arrivals]
+        parses = [None if a.oversized is not None else self.parsers.submit(a.raw) for a in arrivals]
         for (origin, raw, oversized), parsing in zip(arrivals, parses, strict=True):
             if stop.is_set() or halt.is_set():
                 break
@@ -390,17 +390,17 @@ class MailboxWorker:
         for origin, outcome in registered:
             aside = outcome.kind in (OutcomeKind.QUARANTINED, OutcomeKind.REFUSED)
             (quarantined if aside else processed).append(origin.uid)
-        for uids, aside in ((processed, False), (quarantined, True)):
+        for uids, aside in ((_uid_set(processed), False), (_uid_set(quarantined), True)):
             if not uids:
                 continue
             try:
-                await self._mark(conn, selected, ",".join(map(str, uids)), quarantined=aside)
+                await self._mark(conn, selected, uids, quarantined=aside)
             except ImapError as exc:
                 log.warning(
                     "mailbox=%s uid=%s registered but could not be marked "
                     "(deleted or moved by a person?): %s",
                     self.name,
-                    ",".join(map(str, uids)),
+                    uids,
                     exc,
                 )
 

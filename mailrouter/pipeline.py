@@ -361,7 +361,6 @@ class Intake:
                 uid=origin.uid,
                 uidvalidity=origin.uidvalidity,
                 raw_sha256=sha256,
-                sha256=sha256,
                 reason=reason,
                 **data,
             )

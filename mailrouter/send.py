@@ -37,7 +37,6 @@ from mailrouter.models import OutboxMessage, OutboxState, utcnow
 log = logging.getLogger(__name__)
 
 BATCH = 20
-OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 IDLE_DISCONNECT_SECONDS = 60.0
@@ -238,10 +237,10 @@ class Sender:
         on a bare connection: this commit is on the event loop, between the message and its dot."""
         with self.engine.begin() as connection:
             result = connection.execute(
-                update(OUTBOX)
-                .where(OUTBOX.c.id == letter.id)
-                .where(OUTBOX.c.state == OutboxState.QUEUED)
-                .where(OUTBOX.c.claimed_by == self.instance)
+                update(store.OUTBOX)
+                .where(store.OUTBOX.c.id == letter.id)
+                .where(store.OUTBOX.c.state == OutboxState.QUEUED)
+                .where(store.OUTBOX.c.claimed_by == self.instance)
                 .values(state=OutboxState.SENDING, claimed_until=utcnow() + timedelta(seconds=self.lease))
             )
         if result.rowcount != 1:
@@ -347,12 +346,12 @@ class Sender:
         with Session(self.engine) as session:
             for letter, reply in accepted:
                 session.execute(
-                    update(OUTBOX)
-                    .where(OUTBOX.c.id == letter.id)
-                    .where(OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
+                    update(store.OUTBOX)
+                    .where(store.OUTBOX.c.id == letter.id)
+                    .where(store.OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
                     .values(
                         state=OutboxState.SENT,
-                        attempts=OUTBOX.c.attempts + 1,
+                        attempts=store.OUTBOX.c.attempts + 1,
                         sent_at=now,
                         last_error="",
                         claimed_by="",

@@ -88,7 +88,7 @@ def already_registered(session: Session, key: str) -> int | None:
 
 
 def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
-    if session.exec(select(RawMessage.sha256).where(RawMessage.sha256 == sha256)).first() is None:
+    if session.execute(select(RAW_MESSAGE.c.sha256).where(RAW_MESSAGE.c.sha256 == sha256)).first() is None:
         session.execute(insert(RAW_MESSAGE), {"sha256": sha256, "size": len(raw), "data": raw})
 
 
