@@ -6,16 +6,120 @@ the daemon and every command upgrade the database to the newest revision before 
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+import weakref
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event, inspect, text, update
+from sqlalchemy import Connection, Engine, bindparam, event, inspect, text, update
 from sqlmodel import Session, create_engine, select
 
 from mailrouter.models import CaseCounter
+
+BUSY_TIMEOUT_SECONDS = 30
+
+
+class WriteTurns:
+    """The SQLite write lock, taken in turn by the writers of one process.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ms… between attempts; a writer that commits and
+    begins again at once (the intake, message after message) takes the lock in the gap each time,
+    and the other (the sender's `sending` mark, on the event loop) can wait for seconds. Here a
+    writer waits for the one ahead of it to commit, then goes: first come, first served.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._queue: deque[threading.Lock] = deque()
+        self._taken = False
+        self._reserved = threading.local()
+
+    def take(self, timeout: float) -> bool:
+        if getattr(self._reserved, "turn", False):
+            self._reserved.turn = False
+            return True
+        with self._mutex:
+            if not self._taken:
+                self._taken = True
+                return True
+            turn = threading.Lock()
+            turn.acquire()
+            self._queue.append(turn)
+        if turn.acquire(timeout=timeout):
+            return True  # handed over by give()
+        with self._mutex:
+            if turn in self._queue:
+                self._queue.remove(turn)
+                return False
+        return True  # handed over just as the wait ran out
+
+    def give(self) -> None:
+        with self._mutex:
+            if self._queue:
+                self._queue.popleft().release()  # straight to the next writer: still taken
+            else:
+                self._taken = False
+
+    async def reserve(self) -> None:
+        """Wait for a turn off the event loop; this thread's next transaction then begins at once.
+        Pair with `forgo`, which gives the turn back if that transaction never began."""
+        if not await asyncio.to_thread(self.take, BUSY_TIMEOUT_SECONDS):
+            raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+        self._reserved.turn = True
+
+    def forgo(self) -> None:
+        if getattr(self._reserved, "turn", False):
+            self._reserved.turn = False
+            self.give()
+
+
+_turns: weakref.WeakKeyDictionary[Engine, WriteTurns] = weakref.WeakKeyDictionary()
+
+
+def write_turns(engine: Engine) -> WriteTurns | None:
+    """The turns of this SQLite engine's writers; None for a database with row locks."""
+    return _turns.get(engine)
+
+
+class _TurnTakingConnection(sqlite3.Connection):
+    """A connection that holds the process's write turn from BEGIN to COMMIT or ROLLBACK."""
+
+    turns: WriteTurns
+    holding = False
+
+    def take_turn(self) -> None:
+        if not self.turns.take(BUSY_TIMEOUT_SECONDS):
+            raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+        self.holding = True
+
+    def give_turn(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.turns.give()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.give_turn()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.give_turn()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.give_turn()
 
 
 def make_engine(url: str) -> Engine:
@@ -24,7 +128,18 @@ def make_engine(url: str) -> Engine:
     database = url.removeprefix("sqlite:///")
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    # One class per engine: its writers take turns with each other, not with another database's.
+    turns = WriteTurns()
+    connection_class = type("Connection", (_TurnTakingConnection,), {"turns": turns})
+    engine = create_engine(
+        url,
+        connect_args={
+            "check_same_thread": False,
+            "timeout": BUSY_TIMEOUT_SECONDS,
+            "factory": connection_class,
+        },
+    )
+    _turns[engine] = turns
 
     @event.listens_for(engine, "connect")
     def _tune(dbapi_connection: Any, _record: Any) -> None:
@@ -34,14 +149,20 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(connection: Any) -> None:
         # Take the write lock up front: a deferred transaction that reads, then writes, can fail
         # with SQLITE_BUSY at once instead of waiting for the other worker's commit.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        dbapi_connection = connection.connection.dbapi_connection
+        dbapi_connection.take_turn()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi_connection.give_turn()
+            raise
 
     return engine
 
@@ -99,14 +220,17 @@ def ensure_counters(engine: Engine, prefixes: list[str], start: int) -> None:
         session.commit()
 
 
+_COUNTER = CaseCounter.__table__  # type: ignore[attr-defined]
+# Core, not the ORM's bulk UPDATE (that evaluates the WHERE against the session); built once.
+_NEXT_NUMBER = (
+    update(_COUNTER)
+    .where(_COUNTER.c.prefix == bindparam("for_prefix"))
+    .values(last_number=_COUNTER.c.last_number + 1)
+    .returning(_COUNTER.c.last_number)
+)
+
+
 def next_case_number(session: Session, prefix: str) -> str:
     """The next number for the prefix, unique and never reused: it rolls back with its case."""
-    counter = CaseCounter.__table__  # type: ignore[attr-defined]
-    statement = (  # Core, not the ORM's bulk UPDATE: that evaluates the WHERE against the session
-        update(counter)
-        .where(counter.c.prefix == prefix)
-        .values(last_number=counter.c.last_number + 1)
-        .returning(counter.c.last_number)
-    )
-    number = session.execute(statement).scalar_one()
+    number = session.execute(_NEXT_NUMBER, {"for_prefix": prefix}).scalar_one()
     return f"{prefix}-{number}"

@@ -23,7 +23,7 @@ from mailrouter.casework import Casework
 from mailrouter.config import Config
 from mailrouter.db import next_case_number
 from mailrouter.errors import ParseError
-from mailrouter.models import AuthorRole, Case, CaseStatus, OutboxState, utcnow
+from mailrouter.models import AuthorRole, Case, CaseStatus, Customer, OutboxState, utcnow
 from mailrouter.parse import Inbound, parse
 from mailrouter.route import Decision, Rule, route
 from mailrouter.screen import Kind, Verdict, screen
@@ -277,22 +277,23 @@ class Intake:
             store.record(session, "not-acknowledged", f"screening: {verdict.explanation}", case_id=case.id)
         elif customer is None:
             store.record(session, "not-acknowledged", "the message has no sender address", case_id=case.id)
-        elif (limited := self._over_acknowledgement_limit(session, customer.address)) is not None:
+        elif (limited := self._over_acknowledgement_limit(session, customer)) is not None:
             store.record(session, "not-acknowledged", limited, case_id=case.id, rate_limited=True)
         else:
             queued += self.casework.acknowledge(session, case, inbound, decision.template).queued
         queued += self.casework.notify(session, case, inbound, raw, "New case").queued
         return Outcome(OutcomeKind.NEW_CASE, case.number, decision.explanation, queued)
 
-    def _over_acknowledgement_limit(self, session: Session, address: str) -> str | None:
+    def _over_acknowledgement_limit(self, session: Session, customer: Customer) -> str | None:
         """Why this sender gets no more acknowledgements for now, or None while under the limit."""
         limits = self.config.limits
         since = utcnow() - timedelta(seconds=limits.acknowledgement_window)
-        sent = store.acknowledgements_to(session, address, since)
+        assert customer.id is not None  # flushed by customer_for
+        sent = store.acknowledgements_to(session, customer.id, since, limits.acknowledgements_per_sender)
         if sent < limits.acknowledgements_per_sender:
             return None
         return (
-            f"rate limit: {address} already had {sent} acknowledgement(s) in the last "
+            f"rate limit: {customer.address} already had {sent} acknowledgement(s) in the last "
             f"{limits.acknowledgement_window:.0f}s (at most {limits.acknowledgements_per_sender})"
         )
 

@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 
 from mailrouter import store
 from mailrouter.config import SmtpSettings
+from mailrouter.db import write_turns
 from mailrouter.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailrouter.imap import tls_context
 from mailrouter.models import OutboxMessage, OutboxState, utcnow
@@ -302,12 +303,18 @@ class Sender:
         protocol = smtp.protocol
         assert protocol is not None
         protocol.write(dot_stuffed(letter.data))
+        turns = write_turns(self.engine)
         try:
+            if turns is not None:
+                await turns.reserve()  # SQLite: the intake's commit is awaited here, not below
             # Deliberately synchronous: no await may come between this commit and the dot.
             self._mark_sending(letter)
         except BaseException:
             smtp.close()  # without its final dot the relay discards the transaction
             raise
+        finally:
+            if turns is not None:
+                turns.forgo()
         protocol.write(b".\r\n")
         self._dot_sent = True
         reply = await protocol.read_response(timeout=self.settings.timeout)

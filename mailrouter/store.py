@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import bindparam, case, func, insert, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from mailrouter.compose import Outgoing
@@ -38,6 +40,46 @@ ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
 RAW_MESSAGE = RawMessage.__table__  # type: ignore[attr-defined]
 OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
+CASE = Case.__table__  # type: ignore[attr-defined]
+MAILBOX_STATE = MailboxState.__table__  # type: ignore[attr-defined]
+
+# The statements every message runs are built once, with bound parameters: composing a statement
+# costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md).
+_INSERT_MESSAGE = insert(MESSAGE)
+_INSERT_MESSAGE_RETURNING_ID = insert(MESSAGE).returning(MESSAGE.c.id)
+_INSERT_ATTACHMENT = insert(ATTACHMENT)
+_INSERT_OUTBOX = insert(OUTBOX)
+_INSERT_EVENT = insert(EVENT)
+_REGISTERED = select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key"))
+_KEEP_RAW = {
+    dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
+    for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+_CUSTOMER_BY_ADDRESS = select(Customer).where(col(Customer.address) == bindparam("address"))
+_CASES_BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.case_id).where(
+    MESSAGE.c.message_id.in_(bindparam("message_ids", expanding=True)), MESSAGE.c.case_id.is_not(None)
+)
+_ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
+    select(OUTBOX.c.id)
+    .join(CASE, CASE.c.id == OUTBOX.c.case_id)
+    .where(
+        CASE.c.customer_id == bindparam("customer_id"),
+        OUTBOX.c.kind == "acknowledgement",
+        OUTBOX.c.created_at >= bindparam("since"),
+    )
+    .limit(bindparam("at_most"))
+    .subquery()
+)
+_ADVANCE_CHECKPOINT = (  # same UIDVALIDITY: the UID only ever grows
+    update(MAILBOX_STATE)
+    .where(MAILBOX_STATE.c.mailbox == bindparam("box"), MAILBOX_STATE.c.uidvalidity == bindparam("validity"))
+    .values(
+        last_uid=case(
+            (MAILBOX_STATE.c.last_uid < bindparam("uid"), bindparam("uid")), else_=MAILBOX_STATE.c.last_uid
+        ),
+        last_poll_at=bindparam("now"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -66,11 +108,7 @@ class SqlCaseLookup:
 
     def case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
         """The case of the nearest message named: message_ids are ordered nearest first."""
-        rows = self.session.exec(
-            select(Message.message_id, Message.case_id).where(
-                col(Message.message_id).in_(message_ids), col(Message.case_id).is_not(None)
-            )
-        ).all()
+        rows = self.session.execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
         by_id = {message_id: case_id for message_id, case_id in rows}
         for message_id in message_ids:
             if message_id in by_id:
@@ -84,16 +122,17 @@ def dedupe_key(mailbox: str, inbound: Inbound) -> str:
 
 def already_registered(session: Session, key: str) -> int | None:
     """The id of the message registered under this key, if any."""
-    return session.execute(select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == key)).scalar()
+    return session.execute(_REGISTERED, {"key": key}).scalar()
 
 
 def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
-    if session.execute(select(RAW_MESSAGE.c.sha256).where(RAW_MESSAGE.c.sha256 == sha256)).first() is None:
-        session.execute(insert(RAW_MESSAGE), {"sha256": sha256, "size": len(raw), "data": raw})
+    """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
+    statement = _KEEP_RAW[session.get_bind().dialect.name]
+    session.execute(statement, {"sha256": sha256, "size": len(raw), "data": raw})
 
 
 def customer_for(session: Session, sender: Address) -> Customer:
-    customer = session.exec(select(Customer).where(Customer.address == sender.address)).first()
+    customer = session.execute(_CUSTOMER_BY_ADDRESS, {"address": sender.address}).scalars().first()
     if customer is None:
         customer = Customer(address=sender.address, name=sender.name, organisation=sender.domain)
         session.add(customer)
@@ -108,7 +147,7 @@ def add_incoming(
 ) -> int:
     """Record an incoming message and its attachments; returns the message's id."""
     message_id: int = session.execute(
-        insert(MESSAGE).returning(MESSAGE.c.id),
+        _INSERT_MESSAGE_RETURNING_ID,
         {
             "case_id": case_id,
             "direction": Direction.IN,
@@ -132,7 +171,7 @@ def add_incoming(
     ).scalar_one()
     if inbound.attachments:
         session.execute(
-            insert(ATTACHMENT),
+            _INSERT_ATTACHMENT,
             [
                 {
                     "message_id": message_id,
@@ -150,7 +189,7 @@ def add_incoming(
 def queue_outgoing(session: Session, case: Case, outgoing: Outgoing, kind: str, role: AuthorRole) -> None:
     """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID."""
     session.execute(
-        insert(MESSAGE),
+        _INSERT_MESSAGE,
         {
             "case_id": case.id,
             "direction": Direction.OUT,
@@ -166,7 +205,7 @@ def queue_outgoing(session: Session, case: Case, outgoing: Outgoing, kind: str, 
         },
     )
     session.execute(
-        insert(OUTBOX),
+        _INSERT_OUTBOX,
         {
             "case_id": case.id,
             "kind": kind,
@@ -191,19 +230,11 @@ def outbox_by_message_ids(session: Session, message_ids: Sequence[str]) -> list[
     )
 
 
-def acknowledgements_to(session: Session, address: str, since: datetime) -> int:
-    """Acknowledgements queued since then for cases whose customer is this address."""
-    return session.exec(
-        select(func.count())
-        .select_from(OutboxMessage)
-        .join(Case, col(Case.id) == OutboxMessage.case_id)
-        .join(Customer, col(Customer.id) == Case.customer_id)
-        .where(
-            Customer.address == address,
-            OutboxMessage.kind == "acknowledgement",
-            OutboxMessage.created_at >= since,
-        )
-    ).one()
+def acknowledgements_to(session: Session, customer_id: int, since: datetime, at_most: int) -> int:
+    """Acknowledgements queued since then for this customer's cases, counted up to `at_most`: a
+    sender over its limit costs no more to check than one under it."""
+    params = {"customer_id": customer_id, "since": since, "at_most": at_most}
+    return session.execute(_ACKNOWLEDGEMENTS_SINCE, params).scalar_one()
 
 
 def record(
@@ -217,7 +248,7 @@ def record(
     **data: Any,
 ) -> None:
     session.execute(
-        insert(EVENT),
+        _INSERT_EVENT,
         {
             "case_id": case_id,
             "message_id": message_id,
@@ -231,6 +262,9 @@ def record(
 
 
 def advance_checkpoint(session: Session, origin: Origin) -> None:
+    params = {"box": origin.mailbox, "validity": origin.uidvalidity, "uid": origin.uid, "now": utcnow()}
+    if session.execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:  # type: ignore[attr-defined]
+        return  # the usual case; a first message or a new UIDVALIDITY goes on below
     state = session.get(MailboxState, origin.mailbox)
     if state is None or state.uidvalidity != origin.uidvalidity:
         state = state or MailboxState(mailbox=origin.mailbox)

@@ -112,3 +112,21 @@ def test_a_failure_inside_the_transaction_leaves_nothing(intake, monkeypatch):
         assert checkpoint(session, "it") is None
     monkeypatch.undo()
     assert intake.process(make_mail(), Origin("it", 1, 1)).case_number == "IT-1001"  # number not burnt
+
+
+def test_the_checkpoint_only_moves_forward_and_restarts_with_a_new_uidvalidity(intake):
+    for uid in (5, 3):  # a retried lower UID must not move the checkpoint back
+        intake.process(make_mail(message_id=f"<c{uid}@x>"), Origin("it", 7, uid))
+    with Session(intake.engine) as session:
+        assert (checkpoint(session, "it").uidvalidity, checkpoint(session, "it").last_uid) == (7, 5)
+    intake.process(make_mail(message_id="<new-validity@x>"), Origin("it", 8, 2))
+    with Session(intake.engine) as session:  # the folder was recreated: its UIDs start over
+        assert (checkpoint(session, "it").uidvalidity, checkpoint(session, "it").last_uid) == (8, 2)
+
+
+def test_the_same_bytes_in_two_mailboxes_are_registered_twice_and_kept_once(intake):
+    raw = make_mail(to="it-support@example.test, hr@example.test")
+    first = intake.process(raw, Origin("it", 1, 1))
+    second = intake.process(raw, Origin("hr", 1, 1))
+    assert first.kind == second.kind == OutcomeKind.NEW_CASE
+    assert len(rows(intake, Message)) >= 2 and len(rows(intake, RawMessage)) == 1

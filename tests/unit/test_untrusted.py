@@ -2,6 +2,7 @@
 poison messages, header injection. No IMAP, no SMTP: the e2e tests prove the same on the wire."""
 
 import email
+from datetime import timedelta
 from email.policy import default
 
 import pytest
@@ -10,10 +11,10 @@ from sqlmodel import Session, select
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
-from mailrouter.models import Case, Event, Message, OutboxMessage, OutboxState, RawMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, OutboxState, RawMessage, utcnow
 from mailrouter.pipeline import Intake, OutcomeKind
 from mailrouter.review import ReviewError, retry, screened, set_aside
-from mailrouter.store import Origin
+from mailrouter.store import Origin, acknowledgements_to
 from tests.messages import make_dsn, make_mail
 
 
@@ -96,6 +97,13 @@ def test_flood_from_one_sender_opens_every_case_but_answers_at_most_the_limit(co
     other = make_mail(sender="Ola <ola@kunde.example>", message_id="<o@kunde.example>")
     intake.process(other, Origin("it", 1, 11))
     assert len(acknowledgements(intake)) == 4
+    # the check counts no further than the limit, however many the sender has had
+    with Session(intake.engine) as session:
+        kari = session.exec(select(Customer).where(Customer.address == "kari@kunde.example")).one()
+        since = utcnow() - timedelta(hours=1)
+        assert acknowledgements_to(session, kari.id, since, at_most=2) == 2
+        assert acknowledgements_to(session, kari.id, since, at_most=100) == 3
+        assert acknowledgements_to(session, kari.id, utcnow() + timedelta(seconds=1), at_most=100) == 0
 
 
 def test_default_limit_is_five_an_hour(intake):

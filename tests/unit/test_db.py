@@ -1,0 +1,108 @@
+"""SQLite writers of one process take turns: none starves while another commits back to back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from sqlalchemy import text
+
+from mailrouter.db import WriteTurns, make_engine, write_turns
+
+
+def _table(engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE IF NOT EXISTS t (writer TEXT)"))
+
+
+def test_a_writer_gets_the_next_turn_while_another_commits_back_to_back(tmp_path):
+    """The intake commits message after message; the sender's one write must not wait them out.
+    SQLite's busy handler alone (sleep, retry) lost that race for seconds at a time."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    _table(engine)
+    stop = threading.Event()
+    commits: list[float] = []
+
+    def busy_writer() -> None:
+        while not stop.is_set():
+            with engine.begin() as connection:
+                connection.execute(text("INSERT INTO t VALUES ('busy')"))
+                time.sleep(0.005)  # the work of one message, inside its transaction
+            commits.append(time.monotonic())
+
+    thread = threading.Thread(target=busy_writer)
+    thread.start()
+    try:
+        while len(commits) < 3:
+            time.sleep(0.001)
+        asked = time.monotonic()
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES ('other')"))
+        waited_through = sum(1 for at in commits if at > asked)
+    finally:
+        stop.set()
+        thread.join()
+    assert waited_through <= 2, f"the other writer waited through {waited_through} commits"
+    engine.dispose()
+
+
+def test_turns_go_in_the_order_they_were_asked_for():
+    turns = WriteTurns()
+    assert turns.take(1)
+    order: list[int] = []
+
+    def writer(number: int) -> None:
+        assert turns.take(5)
+        order.append(number)
+        turns.give()
+
+    threads = []
+    for number in range(4):
+        threads.append(threading.Thread(target=writer, args=(number,)))
+        threads[-1].start()
+        while len(turns._queue) <= number:  # queued before the next one asks
+            time.sleep(0.001)
+    turns.give()
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2, 3]
+
+
+def test_a_wait_that_runs_out_leaves_the_queue():
+    turns = WriteTurns()
+    assert turns.take(1)
+    assert not turns.take(0.05)
+    turns.give()
+    assert turns.take(0)  # free again: the one who gave up is not handed a turn it no longer wants
+
+
+def test_a_turn_reserved_off_the_event_loop_is_used_by_the_next_transaction_of_that_thread(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    _table(engine)
+    turns = write_turns(engine)
+    assert turns is not None
+
+    async def reserve_then_write() -> None:
+        await turns.reserve()
+        with engine.begin() as connection:  # begins without waiting: the turn is ours
+            connection.execute(text("INSERT INTO t VALUES ('sender')"))
+        turns.forgo()  # used already: nothing to give back
+
+    asyncio.run(reserve_then_write())
+    assert turns.take(0)  # given back by the commit
+    turns.give()
+
+    async def reserve_and_forgo() -> None:
+        await turns.reserve()
+        turns.forgo()
+
+    asyncio.run(reserve_and_forgo())
+    assert turns.take(0)  # a reservation never used is given back by forgo
+    turns.give()
+    engine.dispose()
+
+
+def test_postgresql_has_no_turns():
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert write_turns(engine) is None
