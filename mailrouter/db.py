@@ -232,5 +232,5 @@ _NEXT_NUMBER = (
 
 def next_case_number(session: Session, prefix: str) -> str:
     """The next number for the prefix, unique and never reused: it rolls back with its case."""
-    number = session.execute(_NEXT_NUMBER, {"for_prefix": prefix}).scalar_one()
+    number = session.connection().execute(_NEXT_NUMBER, {"for_prefix": prefix}).scalar_one()
     return f"{prefix}-{number}"

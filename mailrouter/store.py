@@ -44,7 +44,9 @@ CASE = Case.__table__  # type: ignore[attr-defined]
 MAILBOX_STATE = MailboxState.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
-# costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md).
+# costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
+# connection, in its transaction: Session.execute would add ORM bookkeeping that Core rows don't
+# need, and doubles the cost of a statement.
 _INSERT_MESSAGE = insert(MESSAGE)
 _INSERT_MESSAGE_RETURNING_ID = insert(MESSAGE).returning(MESSAGE.c.id)
 _INSERT_ATTACHMENT = insert(ATTACHMENT)
@@ -108,7 +110,9 @@ class SqlCaseLookup:
 
     def case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
         """The case of the nearest message named: message_ids are ordered nearest first."""
-        rows = self.session.execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        rows = (
+            self.session.connection().execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        )
         by_id = {message_id: case_id for message_id, case_id in rows}
         for message_id in message_ids:
             if message_id in by_id:
@@ -122,13 +126,13 @@ def dedupe_key(mailbox: str, inbound: Inbound) -> str:
 
 def already_registered(session: Session, key: str) -> int | None:
     """The id of the message registered under this key, if any."""
-    return session.execute(_REGISTERED, {"key": key}).scalar()
+    return session.connection().execute(_REGISTERED, {"key": key}).scalar()
 
 
 def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
     """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
     statement = _KEEP_RAW[session.get_bind().dialect.name]
-    session.execute(statement, {"sha256": sha256, "size": len(raw), "data": raw})
+    session.connection().execute(statement, {"sha256": sha256, "size": len(raw), "data": raw})
 
 
 def customer_for(session: Session, sender: Address) -> Customer:
@@ -146,31 +150,35 @@ def add_incoming(
     session: Session, origin: Origin, inbound: Inbound, case_id: int | None, role: AuthorRole
 ) -> int:
     """Record an incoming message and its attachments; returns the message's id."""
-    message_id: int = session.execute(
-        _INSERT_MESSAGE_RETURNING_ID,
-        {
-            "case_id": case_id,
-            "direction": Direction.IN,
-            "author_role": role,
-            "mailbox": origin.mailbox,
-            "uidvalidity": origin.uidvalidity,
-            "uid": origin.uid,
-            "dedupe_key": dedupe_key(origin.mailbox, inbound),
-            "message_id": inbound.message_id,
-            "in_reply_to": inbound.in_reply_to,
-            "references": list(inbound.references),
-            "from_addr": inbound.sender.address if inbound.sender else "",
-            "from_name": inbound.sender.name if inbound.sender else "",
-            "to_addrs": [a.address for a in inbound.to],
-            "cc_addrs": [a.address for a in inbound.cc],
-            "subject": inbound.subject,
-            "text": inbound.text,
-            "html": inbound.html,
-            "raw_sha256": inbound.sha256,
-        },
-    ).scalar_one()
+    message_id: int = (
+        session.connection()
+        .execute(
+            _INSERT_MESSAGE_RETURNING_ID,
+            {
+                "case_id": case_id,
+                "direction": Direction.IN,
+                "author_role": role,
+                "mailbox": origin.mailbox,
+                "uidvalidity": origin.uidvalidity,
+                "uid": origin.uid,
+                "dedupe_key": dedupe_key(origin.mailbox, inbound),
+                "message_id": inbound.message_id,
+                "in_reply_to": inbound.in_reply_to,
+                "references": list(inbound.references),
+                "from_addr": inbound.sender.address if inbound.sender else "",
+                "from_name": inbound.sender.name if inbound.sender else "",
+                "to_addrs": [a.address for a in inbound.to],
+                "cc_addrs": [a.address for a in inbound.cc],
+                "subject": inbound.subject,
+                "text": inbound.text,
+                "html": inbound.html,
+                "raw_sha256": inbound.sha256,
+            },
+        )
+        .scalar_one()
+    )
     if inbound.attachments:
-        session.execute(
+        session.connection().execute(
             _INSERT_ATTACHMENT,
             [
                 {
@@ -188,7 +196,7 @@ def add_incoming(
 
 def queue_outgoing(session: Session, case: Case, outgoing: Outgoing, kind: str, role: AuthorRole) -> None:
     """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID."""
-    session.execute(
+    session.connection().execute(
         _INSERT_MESSAGE,
         {
             "case_id": case.id,
@@ -204,7 +212,7 @@ def queue_outgoing(session: Session, case: Case, outgoing: Outgoing, kind: str, 
             "text": outgoing.text,
         },
     )
-    session.execute(
+    session.connection().execute(
         _INSERT_OUTBOX,
         {
             "case_id": case.id,
@@ -234,7 +242,7 @@ def acknowledgements_to(session: Session, customer_id: int, since: datetime, at_
     """Acknowledgements queued since then for this customer's cases, counted up to `at_most`: a
     sender over its limit costs no more to check than one under it."""
     params = {"customer_id": customer_id, "since": since, "at_most": at_most}
-    return session.execute(_ACKNOWLEDGEMENTS_SINCE, params).scalar_one()
+    return session.connection().execute(_ACKNOWLEDGEMENTS_SINCE, params).scalar_one()
 
 
 def record(
@@ -247,7 +255,7 @@ def record(
     mailbox: str = "",
     **data: Any,
 ) -> None:
-    session.execute(
+    session.connection().execute(
         _INSERT_EVENT,
         {
             "case_id": case_id,
@@ -263,7 +271,7 @@ def record(
 
 def advance_checkpoint(session: Session, origin: Origin) -> None:
     params = {"box": origin.mailbox, "validity": origin.uidvalidity, "uid": origin.uid, "now": utcnow()}
-    if session.execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:  # type: ignore[attr-defined]
+    if session.connection().execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:  # type: ignore[attr-defined]
         return  # the usual case; a first message or a new UIDVALIDITY goes on below
     state = session.get(MailboxState, origin.mailbox)
     if state is None or state.uidvalidity != origin.uidvalidity:
