@@ -15,7 +15,7 @@ from email.message import Message
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import compat32
+from email.policy import Compat32, compat32
 from email.utils import formataddr, formatdate, make_msgid
 
 from mailrouter.parse import single_line
@@ -25,11 +25,31 @@ from mailrouter.thread import strip_reply_prefixes
 
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP  # readable in any client's "view source", unlike base64
-_WIRE = compat32.clone(linesep="\r\n")
+_LINE = 78  # RFC 5322's recommended line length, compat32's folding width
+
+
+def _fits_one_line(name: str, value: str) -> bool:
+    """True when folding would give back `name: value` unchanged (checked against compat32)."""
+    return value.isascii() and "\r" not in value and "\n" not in value and len(name) + 2 + len(value) <= _LINE
+
+
+class _Wire(Compat32):
+    """compat32 with CRLF, minus the folding of headers that need none: folding every header
+    through email.header cost more than all the rest of composing an acknowledgement."""
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if _fits_one_line(name, value):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_WIRE = _Wire(linesep="\r\n")
 
 
 def encode_header(name: str, value: str) -> str:
     """An unstructured header value (Subject, say) as RFC 2047 encoded-words where needed."""
+    if _fits_one_line(name, value):
+        return value
     return Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode(linesep="\r\n")
 
 

@@ -2,6 +2,7 @@
 
 import random
 from email import message_from_bytes
+from email.generator import Generator
 from email.policy import default
 
 from mailrouter.compose import compose, tagged_subject
@@ -65,3 +66,38 @@ def test_no_header_can_be_injected_through_the_subject_or_name():
     parsed = message_from_bytes(out.data, policy=default)
     assert parsed["Bcc"] is None
     assert "Bcc" not in [k for k in parsed]
+
+
+def test_headers_that_fit_one_line_are_written_as_compat32_would_fold_them(monkeypatch):
+    """The short cut past email.header's folding changes no byte of what we send."""
+    import mailrouter.compose as module
+
+    monkeypatch.setattr(module, "make_msgid", lambda idstring, domain: f"<fixed.{idstring}@{domain}>")
+    monkeypatch.setattr(module, "formatdate", lambda **kwargs: "Tue, 24 Nov 2026 10:00:00 GMT")
+    monkeypatch.setattr(Generator, "_make_boundary", classmethod(lambda cls, text=None: "BOUNDARY"))
+    rng = random.Random(7)
+    ascii_words = ["Printer", "on", "floor", "3", "is", "broken", "=?utf-8?q?x?=", "a  b", "\tc", "VPN"]
+    cases = []
+    for _ in range(300):
+        words = rng.choice([ascii_words, WORDS + ascii_words])
+        subject = " ".join(rng.choice(words) for _ in range(rng.randint(0, 14)))
+        name = rng.choice(["IT Support", "Vaktmester Østlandet", "HR, Oslo", "x" * 70])
+        references = tuple(f"<ref{i}.{rng.random()}@kunde.example>" for i in range(rng.randint(0, 4)))
+        cases.append((subject, name, references))
+
+    def composed(subject: str, name: str, references: tuple[str, ...]) -> bytes:
+        return compose(
+            case_number="IT-1042",
+            from_address="it-support@example.test",
+            from_name=name,
+            to=("kari@kunde.example",),
+            subject=tagged_subject("IT-1042", subject),
+            in_reply_to="<m1@kunde.example>",
+            references=references,
+            body=Rendered("Hei!\n", "<p>Hei!</p>"),
+            auto_submitted="auto-replied",
+        ).data
+
+    fast = [composed(*case) for case in cases]
+    monkeypatch.setattr(module, "_fits_one_line", lambda name, value: False)
+    assert fast == [composed(*case) for case in cases]
