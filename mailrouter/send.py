@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import aiosmtplib
 from pydantic import SecretStr
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, bindparam, or_, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
@@ -38,6 +38,27 @@ from mailrouter.models import OutboxMessage, OutboxState, utcnow
 log = logging.getLogger(__name__)
 
 BATCH = 20
+# Per letter, so built once (composing a statement costs more than running it).
+_MARK_SENDING = (  # compare-and-set, only while the claim is still ours
+    update(store.OUTBOX)
+    .where(store.OUTBOX.c.id == bindparam("row"))
+    .where(store.OUTBOX.c.state == OutboxState.QUEUED)
+    .where(store.OUTBOX.c.claimed_by == bindparam("instance"))
+    .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
+)
+_MARK_SENT = (
+    update(store.OUTBOX)
+    .where(store.OUTBOX.c.id == bindparam("row"))
+    .where(store.OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
+    .values(
+        state=OutboxState.SENT,
+        attempts=store.OUTBOX.c.attempts + 1,
+        sent_at=bindparam("now"),
+        last_error="",
+        claimed_by="",
+        claimed_until=None,
+    )
+)
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 IDLE_DISCONNECT_SECONDS = 60.0
@@ -236,13 +257,10 @@ class Sender:
     def _mark_sending(self, letter: Letter) -> None:
         """Compare-and-set queued -> sending, only while the claim is still ours. A Core statement
         on a bare connection: this commit is on the event loop, between the message and its dot."""
+        lease_until = utcnow() + timedelta(seconds=self.lease)
         with self.engine.begin() as connection:
             result = connection.execute(
-                update(store.OUTBOX)
-                .where(store.OUTBOX.c.id == letter.id)
-                .where(store.OUTBOX.c.state == OutboxState.QUEUED)
-                .where(store.OUTBOX.c.claimed_by == self.instance)
-                .values(state=OutboxState.SENDING, claimed_until=utcnow() + timedelta(seconds=self.lease))
+                _MARK_SENDING, {"row": letter.id, "instance": self.instance, "lease_until": lease_until}
             )
         if result.rowcount != 1:
             raise Unclaimed(f"outbox={letter.id} was taken over by another instance")
@@ -352,19 +370,7 @@ class Sender:
         now = utcnow()
         with Session(self.engine) as session:
             for letter, reply in accepted:
-                session.execute(
-                    update(store.OUTBOX)
-                    .where(store.OUTBOX.c.id == letter.id)
-                    .where(store.OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
-                    .values(
-                        state=OutboxState.SENT,
-                        attempts=store.OUTBOX.c.attempts + 1,
-                        sent_at=now,
-                        last_error="",
-                        claimed_by="",
-                        claimed_until=None,
-                    )
-                )
+                session.connection().execute(_MARK_SENT, {"row": letter.id, "now": now})
                 store.record(
                     session,
                     "mail-sent",
