@@ -24,7 +24,12 @@ WORDS = [
 ]
 
 
-def reply(subject: str, name: str = "IT Support", html: str | None = None):
+def reply(
+    subject: str,
+    name: str = "IT Support",
+    html: str | None = None,
+    references: tuple[str, ...] = ("<m0@kunde.example>",),
+):
     return compose(
         case_number="IT-1042",
         from_address="it-support@example.test",
@@ -32,7 +37,7 @@ def reply(subject: str, name: str = "IT Support", html: str | None = None):
         to=("kari@kunde.example",),
         subject=tagged_subject("IT-1042", subject),
         in_reply_to="<m1@kunde.example>",
-        references=("<m0@kunde.example>",),
+        references=references,
         body=Rendered("Hei Øystein!\n", html),
         auto_submitted="auto-replied",
     )
@@ -86,17 +91,7 @@ def test_headers_that_fit_one_line_are_written_as_compat32_would_fold_them(monke
         cases.append((subject, name, references))
 
     def composed(subject: str, name: str, references: tuple[str, ...]) -> bytes:
-        return compose(
-            case_number="IT-1042",
-            from_address="it-support@example.test",
-            from_name=name,
-            to=("kari@kunde.example",),
-            subject=tagged_subject("IT-1042", subject),
-            in_reply_to="<m1@kunde.example>",
-            references=references,
-            body=Rendered("Hei!\n", "<p>Hei!</p>"),
-            auto_submitted="auto-replied",
-        ).data
+        return reply(subject, name, "<p>Hei!</p>", references).data
 
     fast = [composed(*case) for case in cases]
     monkeypatch.setattr(module, "_fits_one_line", lambda name, value: False)
