@@ -69,9 +69,20 @@ class WriteTurns:
     async def reserve(self) -> None:
         """Wait for a turn off the event loop; this thread's next transaction then begins at once.
         Pair with `forgo`, which gives the turn back if that transaction never began."""
-        if not await asyncio.to_thread(self.take, BUSY_TIMEOUT_SECONDS):
+        taking = asyncio.ensure_future(asyncio.to_thread(self.take, BUSY_TIMEOUT_SECONDS))
+        try:
+            taken = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The wait goes on in its thread; a turn it gets later is nobody's: give it back.
+            taking.add_done_callback(self._give_unwanted)
+            raise
+        if not taken:
             raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
         self._reserved.turn = True
+
+    def _give_unwanted(self, taking: asyncio.Future[bool]) -> None:
+        if not taking.cancelled() and taking.exception() is None and taking.result():
+            self.give()
 
     def forgo(self) -> None:
         if getattr(self._reserved, "turn", False):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -106,3 +107,26 @@ def test_a_turn_reserved_off_the_event_loop_is_used_by_the_next_transaction_of_t
 def test_postgresql_has_no_turns():
     engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert write_turns(engine) is None
+
+
+def test_a_reservation_cancelled_while_waiting_does_not_keep_the_turn():
+    """The sender cancelled at shutdown while waiting for its turn: the turn it gets later is
+    given back, or every writer of the process would wait forever."""
+    turns = WriteTurns()
+    assert turns.take(1)
+
+    async def cancel_while_waiting() -> None:
+        waiting = asyncio.create_task(turns.reserve())
+        while not turns._queue:
+            await asyncio.sleep(0.001)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        turns.give()  # the holder commits: the turn goes to the cancelled waiter's thread ...
+        for _ in range(500):
+            await asyncio.sleep(0.002)
+            if not turns._taken:
+                return  # ... which gives it straight back
+
+    asyncio.run(cancel_while_waiting())
+    assert turns.take(0)
