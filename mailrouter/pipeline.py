@@ -78,7 +78,7 @@ class Intake:
         """Register one message; commits once. Raises only for failures worth retrying.
         `parsed`: what parse(raw) gave elsewhere (a worker process), so it is not parsed again."""
         if len(raw) > self.config.limits.max_message_size:
-            return self.refuse_oversized(raw[:OVERSIZED_HEADER_BYTES], len(raw), origin)
+            return self.refuse_oversized(raw, len(raw), origin)
         if isinstance(parsed, ParseError):
             return self._refuse(raw, origin, parsed)
         try:
