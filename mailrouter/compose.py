@@ -7,6 +7,7 @@ EmailMessage headers drops the space between two adjacent encoded-words, which t
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.charset import QP, Charset
@@ -28,9 +29,27 @@ _UTF8.body_encoding = QP  # readable in any client's "view source", unlike base6
 _LINE = 78  # RFC 5322's recommended line length, compat32's folding width
 
 
+_FOLD = "\r\n "
+_ENCODED_WORD = 75  # RFC 2047's longest encoded-word
+_Q_PREFIX, _Q_SUFFIX = "=?utf-8?q?", "?="
+_Q_LITERAL = frozenset(string.ascii_letters + string.digits + "!*+-/")
+
+
 def _fits_one_line(name: str, value: str) -> bool:
-    """True when folding would give back `name: value` unchanged (checked against compat32)."""
     return value.isascii() and "\r" not in value and "\n" not in value and len(name) + 2 + len(value) <= _LINE
+
+
+def _needs_no_folding(name: str, value: str) -> bool:
+    """True when compat32's folding would give back `name: value` unchanged (checked against it):
+    one line that fits, or lines we folded already (encode_header's) that each fit."""
+    if _fits_one_line(name, value):
+        return True
+    first, *rest = value.split(_FOLD)
+    return (
+        bool(rest)
+        and _fits_one_line(name, first)
+        and all(line and _fits_one_line("", line) and not line[0].isspace() for line in rest)
+    )
 
 
 class _Wire(Compat32):
@@ -38,7 +57,7 @@ class _Wire(Compat32):
     through email.header cost more than all the rest of composing an acknowledgement."""
 
     def fold_binary(self, name: str, value: str) -> bytes:
-        if _fits_one_line(name, value):
+        if _needs_no_folding(name, value):
             return f"{name}: {value}{self.linesep}".encode("ascii")
         return super().fold_binary(name, value)
 
@@ -50,7 +69,34 @@ def encode_header(name: str, value: str) -> str:
     """An unstructured header value (Subject, say) as RFC 2047 encoded-words where needed."""
     if _fits_one_line(name, value):
         return value
-    return Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode(linesep="\r\n")
+    if value.isascii():
+        return Header(value, "us-ascii", header_name=name).encode(linesep="\r\n")
+    return _q_encoded_words(value, first_line=_LINE - 2 - len(name) - 2)
+
+
+def _q_encoded_words(value: str, first_line: int) -> str:
+    """Folded Q encoded-words, split between characters. email.header does the same in time
+    quadratic in the length (it measures the encoding again for every character it adds),
+    which made it a tenth of the time to register a message with a Nordic subject."""
+    words: list[str] = []
+    room = min(first_line, _ENCODED_WORD) - len(_Q_PREFIX) - len(_Q_SUFFIX)
+    word: list[str] = []
+    used = 0
+    for char in value:
+        if char in _Q_LITERAL:
+            encoded = char
+        elif char == " ":
+            encoded = "_"
+        else:
+            encoded = "".join(f"={byte:02X}" for byte in char.encode(errors="replace"))
+        if word and used + len(encoded) > room:
+            words.append(_Q_PREFIX + "".join(word) + _Q_SUFFIX)
+            word, used = [], 0
+            room = _ENCODED_WORD - len(_Q_PREFIX) - len(_Q_SUFFIX)
+        word.append(encoded)
+        used += len(encoded)
+    words.append(_Q_PREFIX + "".join(word) + _Q_SUFFIX)
+    return _FOLD.join(words)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """compose: what we send must decode to exactly what we meant, in any client."""
 
 import random
+import re
 from email import message_from_bytes
 from email.generator import Generator
 from email.policy import default
@@ -50,6 +51,9 @@ def test_nordic_subjects_survive_encoding_exactly():
         out = reply(subject)
         parsed = message_from_bytes(out.data, policy=default)
         assert parsed["Subject"] == out.subject, subject
+        lines = re.search(rb"\r\nSubject: (.*?)\r\n(?![ \t])", out.data, re.DOTALL).group(1).split(b"\r\n ")
+        assert len(b"Subject: " + lines[0]) <= 78 and all(len(b" " + line) <= 78 for line in lines)
+        assert all(len(word) <= 75 for line in lines for word in line.split())
 
 
 def test_headers_threading_and_automatic_markers():
@@ -73,7 +77,7 @@ def test_no_header_can_be_injected_through_the_subject_or_name():
     assert "Bcc" not in [k for k in parsed]
 
 
-def test_headers_that_fit_one_line_are_written_as_compat32_would_fold_them(monkeypatch):
+def test_headers_that_need_no_folding_are_written_as_compat32_would_fold_them(monkeypatch):
     """The short cut past email.header's folding changes no byte of what we send."""
     import mailrouter.compose as module
 
@@ -94,5 +98,5 @@ def test_headers_that_fit_one_line_are_written_as_compat32_would_fold_them(monke
         return reply(subject, name, "<p>Hei!</p>", references).data
 
     fast = [composed(*case) for case in cases]
-    monkeypatch.setattr(module, "_fits_one_line", lambda name, value: False)
+    monkeypatch.setattr(module, "_needs_no_folding", lambda name, value: False)
     assert fast == [composed(*case) for case in cases]
