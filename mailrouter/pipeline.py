@@ -232,8 +232,7 @@ class Intake:
             status=CaseStatus.NEW,
             related_case_id=earlier_case.id if earlier_case else None,
         )
-        session.add(case)
-        session.flush()
+        store.add_case(session, case)
         message_id = store.add_incoming(session, origin, inbound, case.id, AuthorRole.CUSTOMER)
         store.record(
             session,

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, insert, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
 from mailrouter.compose import Outgoing
@@ -41,12 +42,14 @@ RAW_MESSAGE = RawMessage.__table__  # type: ignore[attr-defined]
 OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
 CASE = Case.__table__  # type: ignore[attr-defined]
+CUSTOMER = Customer.__table__  # type: ignore[attr-defined]
 MAILBOX_STATE = MailboxState.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
 # connection, in its transaction: Session.execute would add ORM bookkeeping that Core rows don't
 # need, and doubles the cost of a statement.
+_INSERT_CASE_RETURNING_ID = insert(CASE).returning(CASE.c.id)
 _INSERT_MESSAGE = insert(MESSAGE)
 _INSERT_MESSAGE_RETURNING_ID = insert(MESSAGE).returning(MESSAGE.c.id)
 _INSERT_ATTACHMENT = insert(ATTACHMENT)
@@ -58,8 +61,16 @@ _KEEP_RAW = {
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 _CUSTOMER_BY_ADDRESS = select(Customer).where(col(Customer.address) == bindparam("address"))
-_CASES_BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.case_id).where(
-    MESSAGE.c.message_id.in_(bindparam("message_ids", expanding=True)), MESSAGE.c.case_id.is_not(None)
+# What threading needs of a case, with its customer's address, in one statement.
+_CASE_REF = (CASE.c.id, CASE.c.number, CASE.c.department, CASE.c.status, CUSTOMER.c.address)
+_CASE_WITH_CUSTOMER = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
+_CASE_BY_NUMBER = (
+    select(*_CASE_REF).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.number == bindparam("number"))
+)
+_CASES_BY_MESSAGE_IDS = (
+    select(MESSAGE.c.message_id, *_CASE_REF)
+    .select_from(MESSAGE.join(_CASE_WITH_CUSTOMER, CASE.c.id == MESSAGE.c.case_id))
+    .where(MESSAGE.c.message_id.in_(bindparam("message_ids", expanding=True)))
 )
 _ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
     select(OUTBOX.c.id)
@@ -95,29 +106,24 @@ class Origin:
 
 class SqlCaseLookup:
     def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def _ref(self, case: Case | None) -> CaseRef | None:
-        if case is None or case.id is None:
-            return None
-        customer = self.session.get(Customer, case.customer_id) if case.customer_id else None
-        return CaseRef(
-            case.id, case.number, case.department, case.status, customer.address if customer else ""
-        )
+        self.connection = session.connection()
 
     def case_by_number(self, number: str) -> CaseRef | None:
-        return self._ref(self.session.exec(select(Case).where(Case.number == number)).first())
+        row = self.connection.execute(_CASE_BY_NUMBER, {"number": number}).first()
+        return _case_ref(*row) if row else None
 
     def case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
         """The case of the nearest message named: message_ids are ordered nearest first."""
-        rows = (
-            self.session.connection().execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
-        )
-        by_id = {message_id: case_id for message_id, case_id in rows}
+        rows = self.connection.execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        by_id = {message_id: case for message_id, *case in rows}
         for message_id in message_ids:
             if message_id in by_id:
-                return self._ref(self.session.get(Case, by_id[message_id]))
+                return _case_ref(*by_id[message_id])
         return None
+
+
+def _case_ref(case_id: int, number: str, department: str, status: str, customer: str | None) -> CaseRef:
+    return CaseRef(case_id, number, department, status, customer or "")
 
 
 def dedupe_key(mailbox: str, inbound: Inbound) -> str:
@@ -144,6 +150,15 @@ def customer_for(session: Session, sender: Address) -> Customer:
     elif sender.name and not customer.name:
         customer.name = sender.name
     return customer
+
+
+def add_case(session: Session, case: Case) -> None:
+    """Insert a new case and give it its id. A Core insert, then the object joins the session as if
+    loaded: the ORM's flush of one object cost more than the rest of the case's statements."""
+    values = {column.key: getattr(case, column.key) for column in CASE.columns if column.key != "id"}
+    case.id = session.connection().execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
+    make_transient_to_detached(case)
+    session.add(case)
 
 
 def add_incoming(
