@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -75,6 +75,9 @@ class Customer(SQLModel, table=True):
 
 
 class Case(SQLModel, table=True):
+    # A sender's recent cases, for the acknowledgement rate limit, without reading their history.
+    __table_args__ = (Index("ix_case_customer_id_created_at", "customer_id", "created_at"),)
+
     id: int | None = Field(default=None, primary_key=True)
     number: str = Field(unique=True, index=True)
     department: str = Field(index=True)

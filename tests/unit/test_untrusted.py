@@ -8,6 +8,7 @@ from email.policy import default
 import pytest
 from sqlmodel import Session, select
 
+from mailrouter import store
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
@@ -104,6 +105,16 @@ def test_flood_from_one_sender_opens_every_case_but_answers_at_most_the_limit(co
         assert acknowledgements_to(session, kari.id, since, at_most=2) == 2
         assert acknowledgements_to(session, kari.id, since, at_most=100) == 3
         assert acknowledgements_to(session, kari.id, utcnow() + timedelta(seconds=1), at_most=100) == 0
+
+
+def test_the_limit_looks_only_at_the_senders_recent_cases(intake):
+    """A frequent sender's history (years of cases) must not be read for each new case of theirs."""
+    statement = store._ACKNOWLEDGEMENTS_SINCE.compile(dialect=intake.engine.dialect)
+    unbound = (None,) * len(statement.positiontup)  # the plan does not depend on the values
+    with intake.engine.connect() as connection:
+        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound).all()
+    details = " | ".join(row[-1] for row in plan)
+    assert "INDEX ix_case_customer_id_created_at (customer_id=? AND created_at>?)" in details, details
 
 
 def test_default_limit_is_five_an_hour(intake):
