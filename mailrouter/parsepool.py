@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -32,6 +33,11 @@ class ParsePool:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._guard = threading.Lock()
+        # Which pool each parse went to: a pool's death reaches every mailbox's parses, and a late
+        # report of it must not drop the replacement another mailbox has started meanwhile.
+        self._pool_of: weakref.WeakKeyDictionary[Future[Inbound], ProcessPoolExecutor] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def start(self) -> None:
         """Start the workers now rather than with the first mail: each takes a second to start."""
@@ -55,10 +61,12 @@ class ParsePool:
             if self._pool is None:
                 self._pool = self._new_pool()
             try:
-                return self._pool.submit(parse, raw)
+                future = self._pool.submit(parse, raw)
             except BrokenProcessPool:
                 self._pool = None
                 return None
+            self._pool_of[future] = self._pool
+            return future
 
     def result(self, future: Future[Inbound] | None) -> Inbound | ParseError | None:
         if future is None:
@@ -70,7 +78,8 @@ class ParsePool:
         except BrokenProcessPool as exc:
             log.warning("parser process died (%s); parsing in process until a new one starts", exc)
             with self._guard:
-                self._pool = None
+                if self._pool_of.get(future) is self._pool:
+                    self._pool = None
             return None
 
     def shutdown(self) -> None:

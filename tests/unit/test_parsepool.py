@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from mailrouter.errors import ParseError
@@ -29,6 +31,26 @@ def test_the_parse_pool_gives_what_parsing_in_process_gives_and_survives_a_dead_
         assert parsers.result(parsers.submit(mail)) == parse(mail)  # a new worker took over
     finally:
         parsers.shutdown()
+
+
+def test_a_late_report_of_a_dead_pool_leaves_its_replacement_running():
+    """Mailboxes share the pool: the first to hear of its death starts a new one, and another,
+    hearing of the same death later, must not drop the new pool (its worker would linger)."""
+    parsers = ParsePool(1)
+    dead = ProcessPoolExecutor(1)  # the pool whose worker died
+    late = Future()
+    late.set_exception(BrokenProcessPool("a worker died"))
+    parsers._pool_of[late] = dead
+    parsers.start()  # the replacement, started by the mailbox that heard first
+    replacement = parsers._pool
+    try:
+        assert parsers.result(late) is None  # this message is parsed in process
+        assert parsers._pool is replacement
+        mail = make_mail()
+        assert parsers.result(parsers.submit(mail)) == parse(mail)
+    finally:
+        parsers.shutdown()
+        dead.shutdown()
 
 
 def test_without_parse_workers_the_intake_parses():
