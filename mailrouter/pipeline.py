@@ -291,9 +291,10 @@ class Intake:
         sent = store.acknowledgements_to(session, customer.id, since, limits.acknowledgements_per_sender)
         if sent < limits.acknowledgements_per_sender:
             return None
+        # The count stops at the limit, so it tells no more than that the limit is reached.
         return (
-            f"rate limit: {customer.address} already had {sent} acknowledgement(s) in the last "
-            f"{limits.acknowledgement_window:.0f}s (at most {limits.acknowledgements_per_sender})"
+            f"rate limit: {customer.address} has had the most acknowledgements allowed "
+            f"({limits.acknowledgements_per_sender}) in the last {limits.acknowledgement_window:.0f}s"
         )
 
     def _bounce(self, session: Session, origin: Origin, inbound: Inbound, verdict: Verdict) -> Outcome | None:
