@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.mailstack import MailStack
+from tests.mailstack import DISCARD_DOMAIN, MailStack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,6 @@ security = "none"
 user = "{address}"
 password_env = "{password_env}"
 """
-
-DISCARD_DOMAIN = "discard.test"  # scripts/mailstack accepts mail to it, and drops it
 
 # Rules route to all three departments, so all three must exist; only "it" receives bench mail.
 DEPARTMENTS = {

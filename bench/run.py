@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import idle, latency, limits, stages
 from bench.corpus import big_message, build, corpus
-from bench.harness import DISCARD_DOMAIN, append_all, count_messages, make_daemon, passed_on, wait_for_count
-from tests.mailstack import MailStack, stack_from_env
+from bench.harness import append_all, count_messages, make_daemon, passed_on, wait_for_count
+from tests.mailstack import DISCARD_DOMAIN, MailStack, stack_from_env
 
 TARGET_RATE = 200.0
 TARGET_RATIO = 0.7

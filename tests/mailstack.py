@@ -25,6 +25,7 @@ from typing import Literal
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "mailstack"
 DOMAIN = "example.test"
+DISCARD_DOMAIN = "discard.test"  # accepted, queued and dropped (scripts/mailstack)
 
 Tls = Literal["none", "starttls", "implicit"]
 
