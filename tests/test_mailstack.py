@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mailstack import MailStack, Tls
+from tests.mailstack import DISCARD_DOMAIN, MailStack, Tls
 
 pytestmark = pytest.mark.e2e
 
@@ -112,6 +113,18 @@ def test_other_domains_are_refused_at_once(mailstack: MailStack) -> None:
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
         mailstack.send(mail(sender, outside, "Ut?"), sender, outside)
     assert refused.value.recipients[outside][0] == 550
+
+
+def test_the_discard_domain_is_accepted_and_passed_on(mailstack: MailStack) -> None:
+    """The benchmark's customers live there: the relay takes their mail and drops it."""
+    sender, customer = "it-support@example.test", f"kunde-{uuid.uuid4().hex[:8]}@{DISCARD_DOMAIN}"
+    assert mailstack.send(mail(sender, customer, "Takk"), sender, customer) == {}
+    log = mailstack.dir / "log" / "postfix.log"
+    deadline = time.monotonic() + 20
+    while f"to=<{customer}>" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [line] = [line for line in log.read_text(errors="replace").splitlines() if f"to=<{customer}>" in line]
+    assert "status=sent (passed on to the outside world)" in line
 
 
 def test_folders_can_be_created_and_messages_moved(mailstack: MailStack) -> None:
