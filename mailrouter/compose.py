@@ -7,16 +7,17 @@ EmailMessage headers drops the space between two adjacent encoded-words, which t
 
 from __future__ import annotations
 
+import random
+import re
 import string
+import sys
 from dataclasses import dataclass
-from email import message_from_bytes
 from email.charset import QP, Charset
 from email.header import Header
 from email.message import Message
-from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import Compat32, compat32
+from email.policy import Compat32
 from email.utils import formataddr, formatdate, make_msgid
 
 from mailrouter.parse import single_line
@@ -27,6 +28,10 @@ from mailrouter.thread import strip_reply_prefixes
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP  # readable in any client's "view source", unlike base64
 _LINE = 78  # RFC 5322's recommended line length, compat32's folding width
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+_ORIGINAL_HEADERS = (
+    b'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="original.eml"\r\n'
+)
 
 
 _FOLD = "\r\n "
@@ -131,12 +136,12 @@ def compose(
     """A message about a case, from the department's address: never from an agent's own."""
     message: Message = MIMEText(body.text, "plain", _UTF8)
     if body.html is not None:
-        message = MIMEMultipart("alternative", _subparts=[message, MIMEText(body.html, "html", _UTF8)])
-    if attach_original is not None:
-        original = MIMEBase("message", "rfc822")
-        original.set_payload([message_from_bytes(attach_original, policy=compat32)])
-        original["Content-Disposition"] = 'attachment; filename="original.eml"'
-        message = MIMEMultipart("mixed", _subparts=[message, original])
+        html = MIMEText(body.html, "html", _UTF8)
+        message = MIMEMultipart("alternative", _subparts=[message, html], boundary=_boundary())
+    original = _original_part(attach_original) if attach_original is not None else None
+    if original is not None:
+        mixed = _boundary(avoiding=original)
+        message = MIMEMultipart("mixed", _subparts=[message], boundary=mixed)
     message_id = make_msgid(idstring=case_number, domain=from_address.rpartition("@")[2])
     message["From"] = formataddr((single_line(from_name), from_address), charset="utf-8")
     message["To"] = ", ".join(to)
@@ -160,5 +165,34 @@ def compose(
         message_id=message_id,
         subject=single_line(subject),
         text=body.text,
-        data=message.as_bytes(policy=_WIRE),
+        data=message.as_bytes(policy=_WIRE) if original is None else _last_part(message, mixed, original),
     )
+
+
+def _boundary(avoiding: bytes = b"") -> str:
+    """A MIME boundary like email's own, chosen here: email's generator compiles a regular
+    expression for each message to search its text for the one it picks. Our quoted-printable
+    text cannot hold one ("=" is written "=3D"); an attached original is searched."""
+    while True:
+        boundary = f"==============={random.randrange(sys.maxsize):019d}=="
+        if boundary.encode() not in avoiding:
+            return boundary
+
+
+def _original_part(raw: bytes) -> bytes:
+    """The mail we were sent as a message/rfc822 part, byte for byte but for CRLF line ends:
+    parsed and written out again by email, it cost more than the rest of a notification, and
+    could come out changed."""
+    content = _LINE_ENDS.sub(b"\r\n", raw)
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    encoding = b"" if content.isascii() else b"Content-Transfer-Encoding: 8bit\r\n"
+    return _ORIGINAL_HEADERS + encoding + b"\r\n" + content
+
+
+def _last_part(mixed: Message, boundary: str, part: bytes) -> bytes:
+    """The bytes of a multipart/mixed message with `part` added after its other parts."""
+    data = mixed.as_bytes(policy=_WIRE)
+    closing = f"--{boundary}--\r\n".encode()
+    assert data.endswith(closing), "compat32 ends a multipart with its closing boundary"
+    return data[: -len(closing)] + f"--{boundary}\r\n".encode() + part + b"\r\n" + closing

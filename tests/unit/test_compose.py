@@ -3,7 +3,6 @@
 import random
 import re
 from email import message_from_bytes
-from email.generator import Generator
 from email.policy import default
 
 from mailrouter.compose import compose, tagged_subject
@@ -83,7 +82,7 @@ def test_headers_that_need_no_folding_are_written_as_compat32_would_fold_them(mo
 
     monkeypatch.setattr(module, "make_msgid", lambda idstring, domain: f"<fixed.{idstring}@{domain}>")
     monkeypatch.setattr(module, "formatdate", lambda **kwargs: "Tue, 24 Nov 2026 10:00:00 GMT")
-    monkeypatch.setattr(Generator, "_make_boundary", classmethod(lambda cls, text=None: "BOUNDARY"))
+    monkeypatch.setattr(module, "_boundary", lambda avoiding=b"": "BOUNDARY")
     rng = random.Random(7)
     ascii_words = ["Printer", "on", "floor", "3", "is", "broken", "=?utf-8?q?x?=", "a  b", "\tc", "VPN"]
     cases = []
@@ -100,3 +99,56 @@ def test_headers_that_need_no_folding_are_written_as_compat32_would_fold_them(mo
     fast = [composed(*case) for case in cases]
     monkeypatch.setattr(module, "_needs_no_folding", lambda name, value: False)
     assert fast == [composed(*case) for case in cases]
+
+
+ORIGINAL = (
+    "From: Kari <kari@kunde.example>\n"
+    "To: it-support@example.test\n"
+    "Subject: Skrivaren   virker ikke\n"
+    f"References: {' '.join(f'<ref{i}@kunde.example>' for i in range(12))}\n"
+    "Message-ID: <orig@kunde.example>\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "\n"
+    "Hei, skrivaren på kontoret virker ikke.\n"
+    "--===============0000000000000000001==\n"
+).encode()
+
+
+def notification(original: bytes) -> bytes:
+    return compose(
+        case_number="IT-1042",
+        from_address="it-support@example.test",
+        from_name="IT Support",
+        to=("agent1@example.test",),
+        subject="[IT-1042] New case: Skrivaren",
+        body=Rendered("New case\n", "<p>New case</p>"),
+        attach_original=original,
+    ).data
+
+
+def test_the_original_is_attached_byte_for_byte_with_crlf_line_ends():
+    data = notification(ORIGINAL)
+    sent = message_from_bytes(data, policy=default)
+    boundary = sent.get_boundary()
+    expected = (
+        b'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="original.eml"\r\n'
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + ORIGINAL.replace(b"\n", b"\r\n")
+    )
+    assert data.endswith(f"--{boundary}\r\n".encode() + expected + f"\r\n--{boundary}--\r\n".encode())
+    [body, original] = sent.iter_parts()
+    assert body.get_content_type() == "multipart/alternative"
+    assert body.get_body(("plain",)).get_content().strip() == "New case"
+    attached = original.get_content()
+    assert attached["Message-ID"] == "<orig@kunde.example>"
+    assert (
+        attached.get_content().replace("\r\n", "\n")
+        == "Hei, skrivaren på kontoret virker ikke.\n--===============0000000000000000001==\n"
+    )
+
+
+def test_the_boundary_is_never_a_line_of_the_original(monkeypatch):
+    tokens = iter([1, 1, 2])  # the first choice is a line of ORIGINAL; so is the second
+    monkeypatch.setattr(random, "randrange", lambda stop: next(tokens))
+    sent = message_from_bytes(notification(ORIGINAL), policy=default)
+    assert sent.get_boundary() == "===============0000000000000000002=="
+    assert [p.get_content_type() for p in sent.iter_parts()] == ["multipart/alternative", "message/rfc822"]
