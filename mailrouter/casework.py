@@ -6,10 +6,11 @@ the outbox, every change is an event naming who did it and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import Row, bindparam, exists
 from sqlmodel import Session, col, func, or_, select
 
 from mailrouter import store
@@ -19,9 +20,38 @@ from mailrouter.compose import compose, tagged_subject
 from mailrouter.config import Config, MailboxSettings
 from mailrouter.models import AuthorRole, Case, CaseStatus, Customer, Direction, Message, utcnow
 from mailrouter.parse import Inbound
+from mailrouter.store import CASE, CUSTOMER
 from mailrouter.templates import Rendered, Templates
 
 RECENT = timedelta(days=90)
+# An agent needs to know that the customer's organisation has many open cases, not how many:
+# the count stops here, so that a backlog from one organisation (a whole company's staff after
+# an outage) costs each notification no more than a few cases would.
+ORGANISATION_CASES_COUNTED = 50
+# The notification's look-ups, built once (composing a statement costs more than running it).
+_OTHER_CASES = (
+    select(CASE.c.number, CASE.c.status, CASE.c.subject)
+    .where(CASE.c.customer_id == bindparam("customer_id"), CASE.c.id != bindparam("case_id"))
+    .where(or_(CASE.c.status != CaseStatus.CLOSED, CASE.c.created_at > bindparam("recent")))
+    .order_by(CASE.c.id.desc())
+    .limit(10)
+)
+# From the open cases, not from the organisation's customers: those have every case they ever
+# opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
+_ORGANISATION_OPEN_CASES = select(func.count()).select_from(
+    select(CASE.c.id)
+    .where(
+        or_(*(CASE.c.status == status for status in (CaseStatus.NEW, CaseStatus.OPEN, CaseStatus.PENDING)))
+    )
+    .where(CASE.c.id != bindparam("case_id"))
+    .where(
+        exists().where(
+            CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("organisation")
+        )
+    )
+    .limit(ORGANISATION_CASES_COUNTED)
+    .subquery()
+)
 COMMAND_HELP = (
     "Commands stand on their own lines at the top of your reply:\n"
     "  #note              internal: recorded on the case, never sent to the customer\n"
@@ -95,7 +125,8 @@ class Casework:
                 "message": inbound,
                 "why": why,
                 "other_cases": self._other_cases(session, case),
-                "organisation_open_cases": self._organisation_open_cases(session, case, customer),
+                "organisation_open_cases": (count := self._organisation_open_cases(session, case, customer)),
+                "organisation_open_cases_or_more": count == ORGANISATION_CASES_COUNTED,
             }
 
         return self._mail_agents(
@@ -152,29 +183,19 @@ class Casework:
         store.record(session, "notified", f"{why}: {kind} to {', '.join(recipients)}", case_id=case.id)
         return Done(f"{kind} to {', '.join(recipients)}", 1)
 
-    def _other_cases(self, session: Session, case: Case) -> list[Case]:
+    def _other_cases(self, session: Session, case: Case) -> Sequence[Row]:
         """The customer's other open cases, and their recent closed ones."""
         if case.customer_id is None:
             return []
-        statement = (
-            select(Case)
-            .where(Case.customer_id == case.customer_id, Case.id != case.id)
-            .where(or_(col(Case.status) != CaseStatus.CLOSED, col(Case.created_at) > utcnow() - RECENT))
-            .order_by(col(Case.id).desc())
-            .limit(10)
-        )
-        return list(session.exec(statement).all())
+        params = {"customer_id": case.customer_id, "case_id": case.id, "recent": utcnow() - RECENT}
+        return session.connection().execute(_OTHER_CASES, params).all()
 
     def _organisation_open_cases(self, session: Session, case: Case, customer: Customer | None) -> int:
+        """Counted up to ORGANISATION_CASES_COUNTED."""
         if customer is None or not customer.organisation:
             return 0
-        statement = (
-            select(Case.id)
-            .join(Customer, col(Case.customer_id) == col(Customer.id))
-            .where(Customer.organisation == customer.organisation, Case.id != case.id)
-            .where(col(Case.status).not_in([CaseStatus.RESOLVED, CaseStatus.CLOSED]))
-        )
-        return session.exec(select(func.count()).select_from(statement.subquery())).one()
+        params = {"case_id": case.id, "organisation": customer.organisation}
+        return session.connection().execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
 
     def agent_reply(self, session: Session, case: Case, inbound: Inbound, raw: bytes) -> Done:
         """Obey the commands, then relay the answer or record the note. Any bad command: neither."""

@@ -65,6 +65,7 @@ def _sample_context(loaded: Loaded, department: str) -> dict[str, object]:
         "why": "New case",
         "other_cases": [case],
         "organisation_open_cases": 2,
+        "organisation_open_cases_or_more": False,
     }
 
 

@@ -6,6 +6,7 @@ from email.policy import default
 
 from sqlmodel import Session, select
 
+from mailrouter.casework import _ORGANISATION_OPEN_CASES
 from mailrouter.models import Case, Event, OutboxMessage, utcnow
 from mailrouter.pipeline import OutcomeKind
 from mailrouter.store import Origin
@@ -193,3 +194,39 @@ def test_customer_follow_up_notifies_the_group_and_colleague_joins_as_participan
     notifications = outbox(intake, "notification")
     assert len(notifications) == 2 and "Reply from per@kunde.example" in notifications[-1]["Subject"]
     assert any("written by the participant" in e for e in events(intake, "threaded"))
+
+
+def notification_text(intake, number):
+    [notification] = [n for n in outbox(intake, "notification") if n["Subject"].startswith(f"[{number}]")]
+    return notification.get_body(("plain",)).get_content()
+
+
+def test_the_notification_shows_the_customers_cases_and_counts_the_organisations_open_ones(intake):
+    deliver(intake, sender=CUSTOMER, subject="Skrivaren virker ikke")
+    deliver(intake, sender="Ola <ola@kunde.example>", subject="VPN")
+    deliver(intake, sender="Per <per@annen.example>", subject="Annen organisasjon")
+    deliver(intake, sender=CUSTOMER, subject="Skjermen flimrer")
+    text = notification_text(intake, "IT-1004")
+    assert (
+        "Kari Nordmann <kari@kunde.example>, kunde.example (2 other open cases from this organisation)"
+        in text
+    )
+    assert "  - IT-1001  new  Skrivaren virker ikke" in text
+    assert "IT-1002" not in text  # Ola's case: the organisation's, not the customer's
+
+
+def test_the_organisations_open_cases_are_counted_to_fifty(intake):
+    for n in range(52):
+        deliver(intake, sender=f"Ansatt {n} <ansatt{n}@kunde.example>", subject=f"Sak {n}")
+    assert "(50+ other open cases from this organisation)" in notification_text(intake, "IT-1052")
+    assert "(49 other open cases from this organisation)" in notification_text(intake, "IT-1050")
+
+
+def test_the_organisations_open_cases_are_found_from_the_open_cases(intake):
+    """Not from the organisation's customers: they have every case they ever opened."""
+    statement = _ORGANISATION_OPEN_CASES.compile(dialect=intake.engine.dialect)
+    unbound = (None,) * len(statement.positiontup)
+    with intake.engine.connect() as connection:
+        plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound)]
+    assert any("USING INDEX ix_case_status" in step for step in plan), plan
+    assert not any("ix_customer_organisation" in step for step in plan), plan
