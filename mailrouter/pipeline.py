@@ -287,7 +287,7 @@ class Intake:
         """Why this sender gets no more acknowledgements for now, or None while under the limit."""
         limits = self.config.limits
         since = utcnow() - timedelta(seconds=limits.acknowledgement_window)
-        assert customer.id is not None  # flushed by customer_for
+        assert customer.id is not None  # inserted by customer_for
         sent = store.acknowledgements_to(session, customer.id, since, limits.acknowledgements_per_sender)
         if sent < limits.acknowledgements_per_sender:
             return None

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, case, func, insert, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from mailrouter.compose import Outgoing
@@ -33,6 +34,8 @@ from mailrouter.models import (
 )
 from mailrouter.parse import Address, Inbound
 from mailrouter.thread import CaseRef
+
+_Loaded = TypeVar("_Loaded", Case, Customer)
 
 # Append-only rows are written with Core inserts: building and flushing an ORM object for each
 # cost more than all the rest of a message's registration (bench/RESULTS.md).
@@ -60,7 +63,8 @@ _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
-_CUSTOMER_BY_ADDRESS = select(Customer).where(col(Customer.address) == bindparam("address"))
+_CUSTOMER_BY_ADDRESS = select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address"))
+_INSERT_CUSTOMER_RETURNING_ID = insert(CUSTOMER).returning(CUSTOMER.c.id)
 # What threading needs of a case, with its customer's address, in one statement.
 _CASE_REF = (CASE.c.id, CASE.c.number, CASE.c.department, CASE.c.status, CUSTOMER.c.address)
 _CASE_WITH_CUSTOMER = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
@@ -146,23 +150,40 @@ def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
 
 
 def customer_for(session: Session, sender: Address) -> Customer:
-    customer = session.execute(_CUSTOMER_BY_ADDRESS, {"address": sender.address}).scalars().first()
-    if customer is None:
+    """The sender's customer record, made at their first mail; a name they give later fills an
+    empty one. Read or inserted by Core and put in the session as loaded, like add_case: the
+    acknowledgement and the notification then find it there without a query of their own."""
+    row = session.connection().execute(_CUSTOMER_BY_ADDRESS, {"address": sender.address}).first()
+    if row is not None and (known := session.identity_map.get(identity_key(Customer, row.id))) is not None:
+        customer = known
+    elif row is not None:
+        customer = _as_loaded(session, Customer(**row._mapping))
+    else:
         customer = Customer(address=sender.address, name=sender.name, organisation=sender.domain)
-        session.add(customer)
-        session.flush()
-    elif sender.name and not customer.name:
+        values = {
+            column.key: getattr(customer, column.key) for column in CUSTOMER.columns if column.key != "id"
+        }
+        customer.id = session.connection().execute(_INSERT_CUSTOMER_RETURNING_ID, values).scalar_one()
+        return _as_loaded(session, customer)
+    if sender.name and not customer.name:
         customer.name = sender.name
     return customer
 
 
+def _as_loaded(session: Session, instance: _Loaded) -> _Loaded:
+    """In the session as if the ORM had loaded it: the ORM's own load or flush of one object
+    cost more than the rest of its statements."""
+    make_transient_to_detached(instance)
+    session.add(instance)
+    return instance
+
+
 def add_case(session: Session, case: Case) -> None:
-    """Insert a new case and give it its id. A Core insert, then the object joins the session as if
-    loaded: the ORM's flush of one object cost more than the rest of the case's statements."""
+    """Insert a new case and give it its id: a Core insert, then the object is put in the session
+    as loaded."""
     values = {column.key: getattr(case, column.key) for column in CASE.columns if column.key != "id"}
     case.id = session.connection().execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
-    make_transient_to_detached(case)
-    session.add(case)
+    _as_loaded(session, case)
 
 
 def add_incoming(

@@ -4,9 +4,10 @@ import email
 from email.policy import default
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import Session, select
 
-from mailrouter.models import Case, Event, Message, OutboxMessage, RawMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage
 from mailrouter.pipeline import OutcomeKind
 from mailrouter.store import Origin, checkpoint
 from tests.messages import make_mail
@@ -42,6 +43,37 @@ def test_new_case_is_registered_and_acknowledged_in_one_transaction(intake):
     with Session(intake.engine) as session:
         state = checkpoint(session, "it")
         assert state is not None and (state.uidvalidity, state.last_uid) == (7, 1)
+
+
+def test_a_sender_is_one_customer_whose_name_is_learnt_once(intake):
+    intake.process(make_mail(sender="kari@kunde.example", message_id="<c1@k>"), Origin("it", 7, 1))
+    intake.process(
+        make_mail(sender="Kari Nordmann <kari@kunde.example>", message_id="<c2@k>"), Origin("it", 7, 2)
+    )
+    intake.process(make_mail(sender="K. N. <KARI@kunde.example>", message_id="<c3@k>"), Origin("it", 7, 3))
+    intake.process(
+        make_mail(sender="Ola <ola@styret.kunde.example>", message_id="<c4@k>"), Origin("it", 7, 4)
+    )
+    kari, ola = sorted(rows(intake, Customer), key=lambda c: c.address)
+    assert (kari.address, kari.name, kari.organisation) == (
+        "kari@kunde.example",
+        "Kari Nordmann",
+        "kunde.example",
+    )
+    assert (ola.name, ola.organisation) == ("Ola", "styret.kunde.example")
+    assert kari.created_at is not None
+    cases = sorted(rows(intake, Case), key=lambda c: c.number)
+    assert [c.customer_id for c in cases] == [kari.id, kari.id, kari.id, ola.id]
+
+
+def test_a_new_case_reads_its_customer_once(intake):
+    """The acknowledgement finds the customer in the session, not by a query of its own."""
+    intake.process(make_mail(message_id="<r1@k>"), Origin("it", 7, 1))
+    statements = []
+    event.listen(intake.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    intake.process(make_mail(message_id="<r2@k>"), Origin("it", 7, 2))
+    assert len([s for s in statements if s.startswith("SELECT customer.")]) == 1
+    assert len(acknowledgements(intake)) == 2
 
 
 def test_reply_to_the_acknowledgement_joins_the_case_without_a_new_acknowledgement(intake):
