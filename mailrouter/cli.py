@@ -141,7 +141,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
         return 1
     verdict = screen(inbound, config.own_addresses())
-    decision = route(inbound, mailbox, config.mailboxes, loaded.rules)
+    decision = route(inbound, mailbox, config.mailboxes, loaded.rules, explain=True)
     sender = inbound.sender.address if inbound.sender else "(no sender)"
     print(f"message:   {inbound.subject!r} from {sender}, as received by mailbox {mailbox!r}")
     print(f"screening: {verdict.kind.value} — {verdict.explanation}")

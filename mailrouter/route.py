@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -167,50 +168,88 @@ class Decision:
         return "; ".join(f"rule {v.rule!r} ({v.source}) matched: {', '.join(v.reasons)}" for v in matched)
 
 
-def _match_rule(rule: Rule, inbound: Inbound, mailbox: str) -> RuleVerdict:
-    """Check every condition, so that `rules explain` can say all of what held and what did not."""
-    when = rule.when
-    results: list[tuple[bool, str]] = []
+@dataclass(frozen=True)
+class _Mail:
+    """What conditions look at, read from the message once for all the rules."""
 
-    def check(values: OneOrMany | None, label: str, test: object) -> None:
-        wanted = _as_list(values)
-        if not wanted:
-            return
-        hit = next((w for w in wanted if test(w)), None)  # type: ignore[operator]
-        results.append(
-            (
-                hit is not None,
-                f"{label} {hit!r}" if hit is not None else f"{label} none of {wanted}",
-            )
+    mailbox: str
+    sender: str
+    subject: str
+    subject_folded: str
+    body: str
+    body_folded: str
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    headers: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, inbound: Inbound, mailbox: str) -> _Mail:
+        return cls(
+            mailbox=mailbox,
+            sender=inbound.sender.address if inbound.sender else "",
+            subject=inbound.subject,
+            subject_folded=inbound.subject.casefold(),
+            body=inbound.text,
+            body_folded=inbound.text.casefold(),
+            to=inbound.to,
+            cc=inbound.cc,
+            headers=inbound.headers,
         )
 
-    sender = inbound.sender.address if inbound.sender else ""
-    subject = inbound.subject.casefold()
-    body = inbound.text.casefold()
-    check(when.mailbox, "mailbox is", lambda w: w == mailbox)
-    check(when.sender, "from matches", lambda w: fnmatchcase(sender, w.lower()))
-    check(when.from_domain, "sender domain is", lambda w: _in_domain(sender, w.lower()))
-    check(when.to, "to matches", lambda w: _any_address(inbound.to, w))
-    check(when.cc, "cc matches", lambda w: _any_address(inbound.cc, w))
-    check(when.subject_contains, "subject contains", lambda w: w.casefold() in subject)
-    check(when.subject_regex, "subject matches", lambda w: _compile(w).search(inbound.subject))
-    check(when.body_contains, "body contains", lambda w: w.casefold() in body)
-    check(when.body_regex, "body matches", lambda w: _compile(w).search(inbound.text))
+
+def _conditions(when: Conditions, mail: _Mail) -> Iterator[tuple[str, list[str], Callable[[str], object]]]:
+    """The conditions a rule sets, in order: a label, the values (any may hold), the test of one."""
+    if when.mailbox is not None:
+        yield "mailbox is", _as_list(when.mailbox), lambda w: w == mail.mailbox
+    if when.sender is not None:
+        yield "from matches", _as_list(when.sender), lambda w: fnmatchcase(mail.sender, w.lower())
+    if when.from_domain is not None:
+        yield "sender domain is", _as_list(when.from_domain), lambda w: _in_domain(mail.sender, w.lower())
+    if when.to is not None:
+        yield "to matches", _as_list(when.to), lambda w: _any_address(mail.to, w)
+    if when.cc is not None:
+        yield "cc matches", _as_list(when.cc), lambda w: _any_address(mail.cc, w)
+    if when.subject_contains is not None:
+        yield (
+            "subject contains",
+            _as_list(when.subject_contains),
+            lambda w: w.casefold() in mail.subject_folded,
+        )
+    if when.subject_regex is not None:
+        yield "subject matches", _as_list(when.subject_regex), lambda w: _compile(w).search(mail.subject)
+    if when.body_contains is not None:
+        yield "body contains", _as_list(when.body_contains), lambda w: w.casefold() in mail.body_folded
+    if when.body_regex is not None:
+        yield "body matches", _as_list(when.body_regex), lambda w: _compile(w).search(mail.body)
     for name, wanted in (when.header or {}).items():
-        values = [v.casefold() for v in inbound.headers.get(name.lower(), ())]
-        check(
-            wanted,
+        folded = [v.casefold() for v in mail.headers.get(name.lower(), ())]
+        yield (
             f"header {name} contains",
-            lambda w, vs=values: any(w.casefold() in v for v in vs),
+            _as_list(wanted),
+            lambda w, vs=folded: any(w.casefold() in v for v in vs),
         )
     for name, wanted in (when.header_regex or {}).items():
-        values = inbound.headers.get(name.lower(), ())
-        check(
-            wanted,
+        values = mail.headers.get(name.lower(), ())
+        yield (
             f"header {name} matches",
+            _as_list(wanted),
             lambda w, vs=values: any(_compile(w).search(v) for v in vs),
         )
 
+
+def _match_rule(rule: Rule, mail: _Mail, *, explain: bool) -> RuleVerdict:
+    """With explain, every condition is checked, so that `rules explain` can say all of what held
+    and what did not; otherwise the first condition that fails decides."""
+    results: list[tuple[bool, str]] = []
+    for label, wanted, holds in _conditions(rule.when, mail):
+        if not wanted:  # an empty list sets no condition
+            continue
+        hit = next((w for w in wanted if holds(w)), None)
+        results.append(
+            (hit is not None, f"{label} {hit!r}" if hit is not None else f"{label} none of {wanted}")
+        )
+        if hit is None and not explain:
+            break
     if not results:
         return RuleVerdict(rule.name, rule.source, True, ("no conditions: matches every message",))
     matched = all(ok for ok, _ in results)
@@ -228,8 +267,17 @@ def _any_address(addresses: tuple[Address, ...], pattern: str) -> bool:
 
 
 def route(
-    inbound: Inbound, mailbox: str, mailboxes: dict[str, MailboxSettings], rules: tuple[Rule, ...]
+    inbound: Inbound,
+    mailbox: str,
+    mailboxes: dict[str, MailboxSettings],
+    rules: tuple[Rule, ...],
+    *,
+    explain: bool = False,
 ) -> Decision:
+    """explain: every condition of every rule is checked and reported, as `rules explain` shows
+    them; without it a rule's verdict stops at its first failed condition, which is all the
+    routing itself needs (a rule that does not match says why, but not every why)."""
+    mail = _Mail.of(inbound, mailbox)
     department = mailbox
     fields: dict[str, str] = {"category": "", "priority": "normal", "group": "", "assignee": ""}
     tags: list[str] = []
@@ -244,7 +292,7 @@ def route(
                 RuleVerdict(rule.name, rule.source, False, ("an earlier rule decided",), skipped=True)
             )
             continue
-        verdict = _match_rule(rule, inbound, mailbox)
+        verdict = _match_rule(rule, mail, explain=explain)
         verdicts.append(verdict)
         if not verdict.matched:
             continue

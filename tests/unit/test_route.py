@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from mailrouter.errors import RuleError
@@ -81,6 +83,7 @@ def test_no_match_uses_the_mailbox_department(tmp_path, mailboxes):
         ('when.cc = "boss@kunde.example"', {"headers": {"Cc": "Boss <boss@kunde.example>"}}, True),
         ("when.subject_regex = '^printer\\b'", {}, True),
         ('when.body_contains = "DOES NOT WORK"', {}, True),
+        ("when.subject_contains = []", {}, True),  # an empty list sets no condition
         ("when.body_regex = 'toner'", {}, False),
         ('when.header = { X-Priority = "1" }', {"headers": {"X-Priority": "1 (Highest)"}}, True),
         (
@@ -94,6 +97,75 @@ def test_conditions(tmp_path, mailboxes, when, mail, matches):
     rules = rules_from(tmp_path, f'[[rule]]\nname = "r"\n{when}\nthen.category = "hit"\n')
     decision = route(parse(make_mail(**mail)), "it", mailboxes, rules)
     assert (decision.category == "hit") is matches
+
+
+FACILITIES = """
+[[rule]]
+name = "water"
+when.mailbox = "vaktmester"
+when.body_regex = 'lekk|leak'
+then.priority = "urgent"
+"""
+
+
+def test_explain_reports_every_failed_condition_and_routing_stops_at_the_first(tmp_path, mailboxes):
+    rules = rules_from(tmp_path, FACILITIES)
+    inbound = parse(make_mail(body="Skjermen er svart"))
+    explained = route(inbound, "it", mailboxes, rules, explain=True)
+    routed = route(inbound, "it", mailboxes, rules)
+    assert explained.verdicts[0].reasons == (
+        "mailbox is none of ['vaktmester']",
+        "body matches none of ['lekk|leak']",
+    )
+    assert routed.verdicts[0].reasons == ("mailbox is none of ['vaktmester']",)
+
+
+EVERY_CONDITION = """
+[[rule]]
+name = "board"
+when.from_domain = "board.example"
+when.header = { X-Priority = "1" }
+then.tags = ["vip"]
+continue = true
+
+[[rule]]
+name = "printers"
+when.mailbox = "it"
+when.to = "it-*@example.test"
+when.subject_regex = 'printer|skrivar'
+when.body_contains = ["toner", "paper"]
+then.category = "printing"
+
+[[rule]]
+name = "outlook"
+when.cc = "boss@kunde.example"
+when.header_regex = { X-Mailer = '^Outlook' }
+then.category = "mail-client"
+"""
+
+
+@pytest.mark.parametrize("mailbox", ["it", "hr"])
+@pytest.mark.parametrize("subject", ["Printer jam", "Skrivaren", "Lønn"])
+@pytest.mark.parametrize("body", ["Out of toner", "Nothing to say"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"sender": "Ceo <ceo@board.example>", "headers": {"X-Priority": "1"}},
+        {"sender": "Ceo <ceo@board.example>"},
+        {"headers": {"Cc": "boss@kunde.example", "X-Mailer": "Outlook 16"}},
+        {"headers": {"Cc": "boss@kunde.example", "X-Mailer": "Thunderbird"}},
+    ],
+)
+def test_routing_decides_as_explain_does(tmp_path, mailboxes, mailbox, subject, body, extra):
+    rules = rules_from(tmp_path, EVERY_CONDITION)
+    inbound = parse(make_mail(subject=subject, body=body, **extra))
+    routed = route(inbound, mailbox, mailboxes, rules)
+    explained = route(inbound, mailbox, mailboxes, rules, explain=True)
+    assert routed == replace(explained, verdicts=routed.verdicts)
+    assert [(v.rule, v.matched, v.skipped) for v in routed.verdicts] == [
+        (v.rule, v.matched, v.skipped) for v in explained.verdicts
+    ]
 
 
 def test_rule_can_move_a_message_to_another_department_and_skip_the_acknowledgement(tmp_path, mailboxes):
