@@ -5,6 +5,7 @@ from __future__ import annotations
 import imaplib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ MAILBOX = """
 address = "{address}"
 display_name = "{display_name}"
 prefix = "{prefix}"
-language = "{language}"
+language = "{language}"{group}
 [mailboxes.{name}.imap]
 host = "127.0.0.1"
 port = {imap_port}
@@ -61,6 +62,14 @@ DEPARTMENTS = {
     "hr": ("HR", "HR", "no"),
     "vaktmester": ("Vaktmester", "VM", "no"),
 }
+# With agents, one group of them has every department and every group the rules name, so each new
+# case and each customer reply notifies them, as in production.
+AGENT_GROUPS = ("desk", "it-access", "hr-payroll", "vaktmester-vakt")
+AGENTS = """
+[agents]
+reply_secret_env = "BENCH_REPLY_SECRET"
+[agents.groups]
+"""
 
 
 @dataclass
@@ -119,6 +128,10 @@ class Daemon:
             self.process.wait()
         self.process = None
 
+    def cpu(self) -> dict[str, float]:
+        assert self.process is not None
+        return cpu_by_group(self.process.pid)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -164,6 +177,67 @@ def _peak_rss_kb(pid: int) -> int:
     return int(match.group(1))
 
 
+# Where each part of the machine's CPU time goes, by the executable of the process.
+CPU_GROUPS = (
+    ("Postfix", "/usr/lib/postfix/"),
+    ("Postfix", "/usr/sbin/post"),
+    ("Dovecot", "/usr/lib/dovecot/"),
+    ("Dovecot", "/usr/sbin/dovecot"),
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, every core added up."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS
+
+
+class Span:
+    """A stretch of work: its wall time and the busy CPU time of the whole machine meanwhile,
+    which counts the servers' share of the work (Postfix, Dovecot) too."""
+
+    wall = cpu = 0.0
+
+    def __enter__(self) -> Span:
+        self._started, self._busy = time.perf_counter(), machine_cpu()[0]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._started
+        self.cpu = machine_cpu()[0] - self._busy
+
+
+def cpu_by_group(daemon_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the daemon, its parse workers, Postfix and Dovecot. A process's own
+    time and that of its children it has reaped: Postfix's and Dovecot's short-lived helpers
+    end up in their masters', so what they used is kept when they exit."""
+    workers = set(_process_tree(daemon_pid)) - {daemon_pid}
+    groups = {"daemon": 0.0, "parse workers": 0.0, "Postfix": 0.0, "Dovecot": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            executable = os.readlink(entry / "exe") if pid != daemon_pid and pid not in workers else ""
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        own, children = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        if pid == daemon_pid:
+            group = "daemon"  # without its reaped children: the parse workers are counted alive
+            children = 0
+        elif pid in workers:
+            group = "parse workers"
+        else:
+            group = next((name for name, prefix in CPU_GROUPS if executable.startswith(prefix)), "")
+            if not group:
+                continue
+        groups[group] += (own + children) / CLOCK_TICKS
+    return groups
+
+
 def progress(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     try:
         with engine.connect() as connection:
@@ -185,7 +259,9 @@ def make_daemon(
     *,
     idle: bool = True,
     poll_interval: float = 30,
+    agents: tuple[str, ...] = (),
 ) -> Daemon:
+    """A configured daemon, not yet started; `agents`: addresses to notify of every case."""
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     prefixes = [f"bench-{name[:4]}" for name in DEPARTMENTS]
@@ -199,6 +275,10 @@ def make_daemon(
             poll_interval=poll_interval,
         )
     ]
+    if agents:
+        env["BENCH_REPLY_SECRET"] = secrets.token_hex(32)
+        members = ", ".join(f'"{agent}"' for agent in agents)
+        parts.append(AGENTS + "".join(f"{group} = [{members}]\n" for group in AGENT_GROUPS))
     for name, (display_name, prefix, language) in DEPARTMENTS.items():
         address, password = accounts[name]
         password_env = f"BENCH_{name.upper()}_PASSWORD"
@@ -210,6 +290,7 @@ def make_daemon(
                 display_name=display_name,
                 prefix=prefix,
                 language=language,
+                group=f'\ngroup = "{AGENT_GROUPS[0]}"' if agents else "",
                 imap_port=stack.imap_port,
                 password_env=password_env,
             )

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import idle, latency, limits, stages
 from bench.corpus import big_message, build, corpus
-from bench.harness import append_all, count_messages, make_daemon, passed_on, wait_for_count
+from bench.harness import append_all, count_messages, machine_cpu, make_daemon, passed_on
 from tests.mailstack import DISCARD_DOMAIN, MailStack, stack_from_env
 
 TARGET_RATE = 200.0
@@ -33,6 +36,7 @@ TARGET_RATIO = 0.7
 TARGET_P50, TARGET_P99 = 0.5, 2.0
 TARGET_IDLE_GROWTH = 2.0
 TARGET_RSS_MB = 200.0
+SMTP_LIMIT = "SMTP hand-off, aiosmtplib (one connection)"
 
 
 def say(text: str = "") -> None:
@@ -77,10 +81,12 @@ def throughput(
     with_limits: bool,
     label: str,
     deliver_locally: bool = False,
+    with_agents: bool = False,
 ) -> dict[str, Any]:
     say(f"\n== Throughput on {label}: {count} messages ==")
     run = uuid.uuid4().hex[:8]
-    daemon = make_daemon(stack, work / f"daemon-{label}", database_url)
+    agents = tuple(f"agent-{run}-{n}@{DISCARD_DOMAIN}" for n in (1, 2)) if with_agents else ()
+    daemon = make_daemon(stack, work / f"daemon-{label}", database_url, agents=agents)
     department, password = daemon.accounts["it"]
     # A backlog comes from many people: about four messages each (three new, one reply).
     senders = range(max(1, count // 4))
@@ -99,16 +105,22 @@ def throughput(
     result: dict[str, Any] = {"messages": count, "replies": replies, "average_kb": size / count / 1024}
 
     if with_limits:
-        result["limits"] = single_stage_limits(stack, work, department, password, count)
+        result["limits"], result["limits_together"] = single_stage_limits(
+            stack, work, department, password, count, letters_per_message=(count - replies) / count
+        )
     else:
-        rate = limits.commits(database_url, min(count, 1000))
+        rate = limits.commits(database_url, min(count, 1000)).rate
         result["commit_rate"] = rate
         say(f"  commit rate on this database, one row per commit: {rate:.0f}/s")
 
+    # Each new case is acknowledged; with agents, each new case and each reply notifies them too.
+    letters = count - replies + (count if agents else 0)
     daemon.start()
     try:
         ready = daemon.wait_ready()
-        done = daemon.wait_done(count, count - replies, timeout=max(180.0, count / 5))
+        machine_before, groups_before = machine_cpu(), daemon.cpu()
+        done = daemon.wait_done(count, letters, timeout=max(180.0, count / 5))
+        machine_after, groups_after = machine_cpu(), daemon.cpu()
         rss = daemon.peak_rss_mb()
     finally:
         daemon.stop()
@@ -120,14 +132,22 @@ def throughput(
         rate_including_startup=count / done,
         peak_rss_mb=rss,
         acknowledgements=count - replies,
+        notifications=count if agents else 0,
     )
+    notified = f" and {count} notifications to {len(agents)} agents" if agents else ""
     say(
-        f"daemon ready after {ready:.2f}s; all {count} registered and {count - replies} acknowledgements "
-        f"accepted by the relay {elapsed:.2f}s later"
+        f"daemon ready after {ready:.2f}s; all {count} registered and {count - replies} acknowledgements"
+        f"{notified} accepted by the relay {elapsed:.2f}s later"
     )
     say(
         f"end-to-end: {result['rate']:.0f} messages/s ({result['rate_including_startup']:.0f}/s counting "
         f"start-up); peak RSS {rss:.0f} MB (daemon and parse workers)"
+    )
+    result["cpu"] = cpu_report(
+        count,
+        machine_after[0] - machine_before[0],
+        machine_after[1] - machine_before[1],
+        {name: groups_after[name] - groups_before[name] for name in groups_after},
     )
     # Let Postfix finish with the acknowledgements before anything else is measured.
     deadline = time.monotonic() + 120
@@ -136,7 +156,7 @@ def throughput(
             done_with = sum(count_messages(stack, *account) for account in accounts)
         else:
             done_with = passed_on(stack, f"kunde-{run}-")
-        if done_with >= count - replies:
+        if done_with >= count - replies and passed_on(stack, f"agent-{run}-") >= count * len(agents):
             break
         time.sleep(0.5)
 
@@ -161,13 +181,30 @@ def throughput(
             f"  {'sum (one message, all stages in turn)':<40} {total * 1000:7.2f} ms"
             f"  → {1 / total:.0f}/s serial"
         )
-        slowest = min(result["limits"].values())
+        slowest = min(limit["rate"] for limit in result["limits"].values())
         result["ratio_to_slowest_limit"] = result["rate"] / slowest
         say(
             f"\nend-to-end / slowest single-stage limit ({slowest:.0f}/s): "
-            f"{result['ratio_to_slowest_limit']:.2f}"
+            f"{result['ratio_to_slowest_limit']:.2f}; / the four together "
+            f"({result['limits_together']:.0f}/s): {result['rate'] / result['limits_together']:.2f}"
         )
     return result
+
+
+def cpu_report(count: int, busy: float, total: float, groups: dict[str, float]) -> dict[str, float]:
+    """Where the machine's CPU time went while the daemon worked, per message. `busy` and
+    `total`: the machine's busy and all CPU seconds, every core added up."""
+    cores = os.cpu_count() or 1
+    per_message = {name: seconds / count for name, seconds in groups.items()}
+    per_message["the rest (kernel, the benchmark, …)"] = max(busy - sum(groups.values()), 0.0) / count
+    shown = ", ".join(f"{name} {seconds * 1000:.2f}" for name, seconds in per_message.items())
+    say(f"CPU per message, ms: {shown}")
+    wall = total / cores
+    say(
+        f"  machine {busy / wall * 100:.0f}% busy of {cores * 100}%; the daemon "
+        f"{groups['daemon'] / wall * 100:.0f}% of one core (its Python runs on one at a time)"
+    )
+    return {**per_message, "machine_busy_share": busy / total}
 
 
 def _subaddress(address: str, detail: int) -> str:
@@ -176,10 +213,13 @@ def _subaddress(address: str, detail: int) -> str:
 
 
 def single_stage_limits(
-    stack: MailStack, work: Path, department: str, password: str, count: int
-) -> dict[str, float]:
-    say("\n-- single-stage limits, same messages --")
-    found: dict[str, float] = {}
+    stack: MailStack, work: Path, department: str, password: str, count: int, letters_per_message: float
+) -> tuple[dict[str, dict[str, float]], float]:
+    """Each limit's rate and CPU time per message; and, from those, the most messages per second
+    the machine could take through mailrouter's own path (aioimaplib, mail-parser, a commit and
+    the acknowledgements) if nothing but those libraries and servers did any work."""
+    say("\n-- single-stage limits, same messages (CPU: the whole machine's busy time per message) --")
+    found: dict[str, limits.Limit] = {}
     found["IMAP fetch, imaplib (one UID FETCH 1:*)"], fetched = limits.imaplib_fetch(
         stack, department, password
     )
@@ -188,16 +228,29 @@ def single_stage_limits(
     found["SQLite commit, one row per commit"] = limits.commits(
         f"sqlite:///{work}/commits-{uuid.uuid4().hex[:6]}.db", count
     )
-    sink, sink_password = stack.new_account("bench-sink")
-    letter, _ = build(
-        0, run="sink", to=sink, customers=["it@example.test"], rng=__import__("random").Random(1)
+    # To the discard domain, as the acknowledgements go: the relay's work is the same.
+    sink = f"sink-{uuid.uuid4().hex[:8]}@{DISCARD_DOMAIN}"
+    letter, _ = build(0, run="sink", to=sink, customers=["it@example.test"], rng=random.Random(1))
+    found[SMTP_LIMIT] = limits.smtp_handoff(stack, "it@example.test", sink, [letter] * count)
+    for name, limit in found.items():
+        say(f"  {name:<44} {limit.rate:8.0f} messages/s  {limit.cpu * 1000:6.2f} ms CPU")
+    path = {
+        "IMAP fetch, aioimaplib (batches of 50)": 1.0,
+        "parse, mail-parser parse_from_bytes": 1.0,
+        "SQLite commit, one row per commit": 1.0,
+        SMTP_LIMIT: letters_per_message,
+    }
+    cpu = sum(found[name].cpu * share for name, share in path.items())
+    cores = os.cpu_count() or 1
+    together = cores / cpu
+    say(
+        f"  aioimaplib + mail-parser + a commit + {letters_per_message:.2f} letters: {cpu * 1000:.2f} ms "
+        f"CPU per message, so at most {together:.0f} messages/s on {cores} cores"
     )
-    found["SMTP hand-off, aiosmtplib (one connection)"] = limits.smtp_handoff(
-        stack, "it@example.test", sink, [letter] * count
-    )
-    for name, rate in found.items():
-        say(f"  {name:<44} {rate:8.0f} messages/s")
-    wait_for_count(stack, sink, sink_password, count, timeout=180)  # let Postfix finish delivering
+    deadline = time.monotonic() + 180  # let Postfix finish with them
+    while passed_on(stack, sink.partition("@")[0]) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {name: asdict(limit) for name, limit in found.items()}, together
     return found
 
 
@@ -369,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         help="throughput runs: deliver the acknowledgements into local mailboxes (Dovecot on the same "
         "cores) instead of letting the relay drop them",
     )
+    parser.add_argument(
+        "--agents",
+        action="store_true",
+        help="throughput runs: two agents in every group, notified of each new case and each reply "
+        "with the original attached, as in production",
+    )
     parser.add_argument("--only", help="comma-separated parts: throughput,postgres,latency,idle,memory")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -398,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                 with_limits=True,
                 label="SQLite",
                 deliver_locally=args.deliver_locally,
+                with_agents=args.agents,
             )
         if "postgres" in parts:
             name = f"mailrouter_bench_{uuid.uuid4().hex[:8]}"
@@ -411,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                     with_limits=False,
                     label="PostgreSQL",
                     deliver_locally=args.deliver_locally,
+                    with_agents=args.agents,
                 )
             finally:
                 postgres_database(args.postgres.replace("+psycopg", ""), name, create=False)
