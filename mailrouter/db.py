@@ -167,10 +167,11 @@ def make_engine(url: str) -> Engine:
     def _begin_immediate(connection: Any) -> None:
         # Take the write lock up front: a deferred transaction that reads, then writes, can fail
         # with SQLITE_BUSY at once instead of waiting for the other worker's commit.
+        # On the driver's connection: SQLAlchemy's execution machinery cost more than the BEGIN.
         dbapi_connection = connection.connection.dbapi_connection
         dbapi_connection.take_turn()
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            dbapi_connection.execute("BEGIN IMMEDIATE")
         except BaseException:
             dbapi_connection.give_turn()
             raise
