@@ -1,12 +1,14 @@
 """The sender's pure parts (the DATA payload it writes by hand, its backoff) and its bookkeeping."""
 
+import asyncio
 import random
+from datetime import timedelta
 
 from sqlmodel import Session, select
 
 from mailrouter.config import SmtpSettings
 from mailrouter.db import create_schema, make_engine
-from mailrouter.models import Event, OutboxMessage, OutboxState
+from mailrouter.models import Event, OutboxMessage, OutboxState, utcnow
 from mailrouter.send import Letter, Sender, backoff, dot_stuffed
 
 
@@ -62,3 +64,58 @@ def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first
     assert states[plain.id] == (OutboxState.SENT, 1, "")
     assert states[bounced.id][0] == OutboxState.BOUNCED
     assert sorted(e.data["outbox_id"] for e in sent_events) == [plain.id, bounced.id]  # both were accepted
+
+
+def _queued_row(engine, message_id: str, **fields) -> int:
+    with Session(engine) as session:
+        row = OutboxMessage(
+            kind="acknowledgement",
+            mail_from="it-support@example.test",
+            rcpt_to=["kari@kunde.example"],
+            message_id=message_id,
+            data=b"Subject: x\r\n\r\nx\r\n",
+            **fields,
+        )
+        session.add(row)
+        session.commit()
+        assert row.id is not None
+        return row.id
+
+
+def test_a_claim_takes_the_due_rows_in_order_and_leaves_those_claimed_by_another(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+    create_schema(engine)
+    sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, instance="a", lease=60)
+    first = _queued_row(engine, "<1@mailrouter>")
+    taken = _queued_row(
+        engine, "<2@mailrouter>", claimed_by="b", claimed_until=utcnow() + timedelta(minutes=1)
+    )
+    later = _queued_row(engine, "<3@mailrouter>", next_attempt_at=utcnow() + timedelta(minutes=1))
+    expired = _queued_row(engine, "<4@mailrouter>", claimed_by="b", claimed_until=utcnow())
+
+    letters = sender._claim()
+
+    assert [(letter.id, letter.rcpt_to, letter.data) for letter in letters] == [
+        (first, ("kari@kunde.example",), b"Subject: x\r\n\r\nx\r\n"),
+        (expired, ("kari@kunde.example",), b"Subject: x\r\n\r\nx\r\n"),
+    ]
+    with Session(engine) as session:
+        claims = {r.id: (r.claimed_by, r.claimed_until) for r in session.exec(select(OutboxMessage))}
+    assert [claims[row][0] for row in (first, taken, later, expired)] == ["a", "b", "", "a"]
+    assert claims[first][1] > utcnow() + timedelta(seconds=50)
+    assert sender._claim() == []  # ours now, for the lease
+
+
+async def test_rows_left_behind_are_looked_for_once_per_half_lease(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+    create_schema(engine)
+    sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, lease=0.4)
+    looked = []
+    sender._recover = lambda: looked.append(utcnow())  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    await sender._round(stop)
+    await sender._round(stop)
+    assert len(looked) == 1
+    await asyncio.sleep(0.25)
+    await sender._round(stop)
+    assert len(looked) == 2
