@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, case, func, insert, update
+from sqlalchemy import bindparam, case, event, func, insert, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import SessionTransaction, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
@@ -58,6 +59,7 @@ _INSERT_MESSAGE_RETURNING_ID = insert(MESSAGE).returning(MESSAGE.c.id)
 _INSERT_ATTACHMENT = insert(ATTACHMENT)
 _INSERT_OUTBOX = insert(OUTBOX)
 _INSERT_EVENT = insert(EVENT)
+_EVENTS = "mailrouter.events"  # a session's events not yet written (Session.info)
 _REGISTERED = select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key"))
 _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
@@ -295,8 +297,12 @@ def record(
     mailbox: str = "",
     **data: Any,
 ) -> None:
-    session.connection().execute(
-        _INSERT_EVENT,
+    """An event of the session's transaction: written with the transaction's other events, in one
+    statement as it commits, and gone with it if it rolls back. A message records several;
+    nothing reads them before the commit."""
+    if not session.in_transaction():
+        session.connection()  # begun now, so that its end, however it comes, clears the events
+    session.info.setdefault(_EVENTS, []).append(
         {
             "case_id": case_id,
             "message_id": message_id,
@@ -305,8 +311,20 @@ def record(
             "detail": detail,
             "data": data,
             "created_at": utcnow(),
-        },
+        }
     )
+
+
+@event.listens_for(OrmSession, "before_commit")
+def _write_events(session: Session) -> None:
+    if events := session.info.pop(_EVENTS, None):
+        session.connection().execute(_INSERT_EVENT, events)
+
+
+@event.listens_for(OrmSession, "after_transaction_end")
+def _forget_events(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the session's own transaction, not a savepoint
+        session.info.pop(_EVENTS, None)
 
 
 def advance_checkpoint(session: Session, origin: Origin) -> None:

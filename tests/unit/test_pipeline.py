@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import Session, select
 
+from mailrouter import store
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage
 from mailrouter.pipeline import OutcomeKind
 from mailrouter.store import Origin, checkpoint
@@ -74,6 +75,27 @@ def test_a_new_case_reads_its_customer_once(intake):
     intake.process(make_mail(message_id="<r2@k>"), Origin("it", 7, 2))
     assert len([s for s in statements if s.startswith("SELECT customer.")]) == 1
     assert len(acknowledgements(intake)) == 2
+
+
+def test_a_messages_events_are_written_in_one_statement_as_it_commits(intake):
+    statements = []
+    event.listen(intake.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    intake.process(make_mail(message_id="<e1@k>"), Origin("it", 7, 1))
+    inserts = [s for s in statements if s.startswith("INSERT INTO event")]
+    assert len(inserts) == 1
+    kinds = [e.kind for e in sorted(rows(intake, Event), key=lambda e: e.id)]
+    assert kinds == ["case-created", "routed", "acknowledgement-queued", "notified"]
+
+
+def test_the_events_of_a_transaction_that_rolls_back_are_never_written(intake):
+    with Session(intake.engine) as session:
+        store.record(session, "case-created", "IT-1001 opened")
+        session.rollback()
+        store.record(session, "routed", "written")
+        session.commit()
+    with Session(intake.engine) as session:
+        store.record(session, "case-created", "left without a commit")
+    assert [e.detail for e in rows(intake, Event)] == ["written"]
 
 
 def test_reply_to_the_acknowledgement_joins_the_case_without_a_new_acknowledgement(intake):
