@@ -338,7 +338,7 @@ class MailboxWorker:
         worker thread: a hop back to the event loop between messages left the intake idle while
         the loop served the sender. Stops at the first failure, which it returns."""
         registered: list[tuple[Origin, Outcome]] = []
-        parses = [None if a.oversized is not None else self.parsers.submit(a.raw) for a in arrivals]
+        parses = self.parsers.submit([None if a.oversized is not None else a.raw for a in arrivals])
         for (origin, raw, oversized), parsing in zip(arrivals, parses, strict=True):
             if stop.is_set() or halt.is_set():
                 break

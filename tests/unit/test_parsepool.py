@@ -9,9 +9,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from mailrouter import parsepool
 from mailrouter.errors import ParseError
 from mailrouter.parse import parse
-from mailrouter.parsepool import LARGEST_SENT_TO_WORKER, ParsePool
+from mailrouter.parsepool import CHUNK, LARGEST_SENT_TO_WORKER, ParsePool, Parsing
 from tests.messages import make_mail
 
 
@@ -20,17 +21,49 @@ def test_the_parse_pool_gives_what_parsing_in_process_gives_and_survives_a_dead_
     parsers = ParsePool(1)
     parsers.start()
     try:
-        assert parsers.result(parsers.submit(mail)) == parse(mail)
-        refused = parsers.result(parsers.submit(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1 an Outlook .msg"))
+        assert parse_one(parsers, mail) == parse(mail)
+        refused = parse_one(parsers, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1 an Outlook .msg")
         assert isinstance(refused, ParseError)  # a verdict on the message, handed back as data
 
         [worker] = parsers._pool._processes.values()  # type: ignore[union-attr]
         os.kill(worker.pid, signal.SIGKILL)
         worker.join(5)
-        assert parsers.result(parsers.submit(mail)) is None  # the intake parses this one itself
-        assert parsers.result(parsers.submit(mail)) == parse(mail)  # a new worker took over
+        assert parse_one(parsers, mail) is None  # the intake parses this one itself
+        assert parse_one(parsers, mail) == parse(mail)  # a new worker took over
     finally:
         parsers.shutdown()
+
+
+def parse_one(parsers, raw):
+    [parsing] = parsers.submit([raw])
+    return parsers.result(parsing)
+
+
+def test_a_batch_goes_to_the_workers_in_tasks_of_a_few_and_comes_back_in_order():
+    mails = [make_mail(subject=f"Sak {n}", message_id=f"<m{n}@kunde.example>") for n in range(CHUNK * 2 + 3)]
+    batch = [*mails[:5], None, *mails[5:], make_mail(body="x" * (LARGEST_SENT_TO_WORKER + 1))]
+    parsers = ParsePool(1)
+    try:
+        parsings = parsers.submit(batch)
+        results = [parsers.result(parsing) for parsing in parsings]
+    finally:
+        parsers.shutdown()
+    assert results == [*map(parse, mails[:5]), None, *map(parse, mails[5:]), None]
+    assert parsings[5] is None and parsings[-1] is None  # none to send; too big to send
+    assert len({id(parsing.task) for parsing in parsings if parsing}) == 3  # 19 messages, 8 a task
+
+
+def test_a_message_that_breaks_the_parser_is_handed_back_to_the_intake_alone(monkeypatch):
+    """The rest of its task is parsed; that one the intake parses again, and fails on itself."""
+
+    def fragile(raw):
+        if b"boom" in raw:
+            raise RuntimeError("a bug in the parser")
+        return parse(raw)
+
+    monkeypatch.setattr(parsepool, "parse", fragile)
+    mails = [make_mail(subject="boom"), make_mail(subject="fine")]
+    assert parsepool._parse_all(mails) == [None, parse(mails[1])]
 
 
 def test_a_late_report_of_a_dead_pool_leaves_its_replacement_running():
@@ -44,10 +77,10 @@ def test_a_late_report_of_a_dead_pool_leaves_its_replacement_running():
     parsers.start()  # the replacement, started by the mailbox that heard first
     replacement = parsers._pool
     try:
-        assert parsers.result(late) is None  # this message is parsed in process
+        assert parsers.result(Parsing(late, 0)) is None  # this message is parsed in process
         assert parsers._pool is replacement
         mail = make_mail()
-        assert parsers.result(parsers.submit(mail)) == parse(mail)
+        assert parse_one(parsers, mail) == parse(mail)
     finally:
         parsers.shutdown()
         dead.shutdown()
@@ -56,7 +89,7 @@ def test_a_late_report_of_a_dead_pool_leaves_its_replacement_running():
 def test_without_parse_workers_the_intake_parses():
     parsers = ParsePool(0)
     parsers.start()
-    assert parsers.submit(make_mail()) is None and parsers.result(None) is None
+    assert parsers.submit([make_mail()]) == [None] and parsers.result(None) is None
 
 
 def test_a_worker_ends_when_the_daemon_is_killed(tmp_path):
@@ -65,7 +98,8 @@ def test_a_worker_ends_when_the_daemon_is_killed(tmp_path):
         "from mailrouter.parsepool import ParsePool\n"
         "pool = ParsePool(1)\n"
         "pool.start()\n"
-        "print(pool.submit(b'From: a@b.example\\r\\n\\r\\nx').result().sender.address, flush=True)\n"
+        "[parsing] = pool.submit([b'From: a@b.example\\r\\n\\r\\nx'])\n"
+        "print(pool.result(parsing).sender.address, flush=True)\n"
         "[worker] = pool._pool._processes.values()\n"
         "print(worker.pid, flush=True)\n"
         "time.sleep(60)\n"
@@ -98,6 +132,6 @@ def _alive(pid: int) -> bool:
 def test_big_mail_is_parsed_in_process():
     parsers = ParsePool(1)
     try:
-        assert parsers.submit(make_mail(body="x" * (LARGEST_SENT_TO_WORKER + 1))) is None
+        assert parsers.submit([make_mail(body="x" * (LARGEST_SENT_TO_WORKER + 1))]) == [None]
     finally:
         parsers.shutdown()
