@@ -218,6 +218,7 @@ class Intake:
         department = self.config.mailboxes[decision.department]
         sender = inbound.sender
         customer = store.customer_for(session, sender) if sender else None
+        now = utcnow()  # given, not left to the defaults: pydantic inspects a default factory each time
         case = Case(
             number=next_case_number(session, department.prefix),
             department=decision.department,
@@ -231,6 +232,8 @@ class Intake:
             customer_id=customer.id if customer else None,
             status=CaseStatus.NEW,
             related_case_id=earlier_case.id if earlier_case else None,
+            created_at=now,
+            updated_at=now,
         )
         store.add_case(session, case)
         message_id = store.add_incoming(session, origin, inbound, case.id, AuthorRole.CUSTOMER)

@@ -161,7 +161,9 @@ def customer_for(session: Session, sender: Address) -> Customer:
     elif row is not None:
         customer = _as_loaded(session, Customer(**row._mapping))
     else:
-        customer = Customer(address=sender.address, name=sender.name, organisation=sender.domain)
+        customer = Customer(
+            address=sender.address, name=sender.name, organisation=sender.domain, created_at=utcnow()
+        )
         values = {
             column.key: getattr(customer, column.key) for column in CUSTOMER.columns if column.key != "id"
         }

@@ -77,6 +77,14 @@ def test_a_new_case_reads_its_customer_once(intake):
     assert len(acknowledgements(intake)) == 2
 
 
+def test_a_new_case_was_last_updated_when_it_was_created(intake):
+    intake.process(make_mail(message_id="<t1@k>"), Origin("it", 7, 1))
+    [case] = rows(intake, Case)
+    [customer] = rows(intake, Customer)
+    assert case.created_at == case.updated_at
+    assert customer.created_at <= case.created_at
+
+
 def test_a_messages_events_are_written_in_one_statement_as_it_commits(intake):
     statements = []
     event.listen(intake.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
