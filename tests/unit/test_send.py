@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import re
 from datetime import timedelta
 
 from sqlmodel import Session, select
@@ -16,6 +17,21 @@ def test_dot_stuffing_and_line_endings():
     assert dot_stuffed(b"a\n.b\r\n..c\rd") == b"a\r\n..b\r\n...c\r\nd\r\n"
     assert dot_stuffed(b".\r\n") == b"..\r\n"  # a lone dot line must not end the message early
     assert dot_stuffed(b"x\r\n") == b"x\r\n"
+    assert dot_stuffed(b"\r\r\n\n\r.") == b"\r\n\r\n\r\n\r\n..\r\n"
+
+
+def test_dot_stuffing_is_the_rfc_5321_transparency_procedure_on_any_bytes():
+    """Against its definition, written with regular expressions: every CR, LF or CRLF becomes
+    CRLF; a dot that begins a line gets another (RFC 5321 4.5.2); the payload ends its line."""
+
+    def by_definition(data: bytes) -> bytes:
+        data = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r\n|\r|\n", b"\r\n", data))
+        return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+    rng = random.Random(11)
+    for _ in range(20000):
+        data = bytes(rng.choice(b"\r\n.a") for _ in range(rng.randrange(0, 14)))
+        assert dot_stuffed(data) == by_definition(data), data
 
 
 def test_backoff_doubles_with_jitter_and_is_capped():
