@@ -8,7 +8,6 @@ EmailMessage headers drops the space between two adjacent encoded-words, which t
 from __future__ import annotations
 
 import random
-import re
 import string
 import sys
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from mailrouter.thread import strip_reply_prefixes
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP  # readable in any client's "view source", unlike base64
 _LINE = 78  # RFC 5322's recommended line length, compat32's folding width
-_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _ORIGINAL_HEADERS = (
     b'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="original.eml"\r\n'
 )
@@ -183,11 +181,17 @@ def _original_part(raw: bytes) -> bytes:
     """The mail we were sent as a message/rfc822 part, byte for byte but for CRLF line ends:
     parsed and written out again by email, it cost more than the rest of a notification, and
     could come out changed."""
-    content = _LINE_ENDS.sub(b"\r\n", raw)
+    content = with_crlf(raw)
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
     encoding = b"" if content.isascii() else b"Content-Transfer-Encoding: 8bit\r\n"
     return _ORIGINAL_HEADERS + encoding + b"\r\n" + content
+
+
+def with_crlf(data: bytes) -> bytes:
+    """Every CR, LF and CRLF as CRLF. bytes.replace: a regular expression took 0.2 ms for a
+    16 KB message, substituting line by line."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 def _last_part(mixed: Message, boundary: str, part: bytes) -> bytes:
