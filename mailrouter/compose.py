@@ -3,6 +3,11 @@
 Headers are encoded with email.header.Header, not EmailMessage: CPython's folding of
 EmailMessage headers drops the space between two adjacent encoded-words, which turned
 "äö ÄÖ" into "äöÄÖ" in about one in ten Nordic subjects we tried.
+
+The MIME structure is written here, byte for byte what email.mime's objects and compat32's
+generator wrote (the tests compare the two), with email's own quoted-printable and header
+folding: building and flattening those objects took more than half of an acknowledgement's
+composing, two thirds with an HTML part.
 """
 
 from __future__ import annotations
@@ -13,9 +18,6 @@ import sys
 from dataclasses import dataclass
 from email.charset import QP, Charset
 from email.header import Header
-from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import formataddr, formatdate, make_msgid
 
@@ -132,39 +134,64 @@ def compose(
     attach_original: bytes | None = None,
 ) -> Outgoing:
     """A message about a case, from the department's address: never from an agent's own."""
-    message: Message = MIMEText(body.text, "plain", _UTF8)
+    headers, content = _text_part(body.text, "plain")
     if body.html is not None:
-        html = MIMEText(body.html, "html", _UTF8)
-        message = MIMEMultipart("alternative", _subparts=[message, html], boundary=_boundary())
-    original = _original_part(attach_original) if attach_original is not None else None
-    if original is not None:
-        mixed = _boundary(avoiding=original)
-        message = MIMEMultipart("mixed", _subparts=[message], boundary=mixed)
+        html = _text_part(body.html, "html")
+        headers, content = _multipart("alternative", _boundary(), [_entity(headers, content), _entity(*html)])
+    if attach_original is not None:
+        original = _original_part(attach_original)
+        headers, content = _multipart(
+            "mixed", _boundary(avoiding=original), [_entity(headers, content), original]
+        )
     message_id = make_msgid(idstring=case_number, domain=from_address.rpartition("@")[2])
-    message["From"] = formataddr((single_line(from_name), from_address), charset="utf-8")
-    message["To"] = ", ".join(to)
+    headers.append(("From", formataddr((single_line(from_name), from_address), charset="utf-8")))
+    headers.append(("To", ", ".join(to)))
     if reply_to:
-        message["Reply-To"] = formataddr((single_line(from_name), reply_to), charset="utf-8")
-    message["Subject"] = encode_header("Subject", single_line(subject))
-    message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = message_id
+        headers.append(("Reply-To", formataddr((single_line(from_name), reply_to), charset="utf-8")))
+    headers.append(("Subject", encode_header("Subject", single_line(subject))))
+    headers.append(("Date", formatdate(localtime=False, usegmt=True)))
+    headers.append(("Message-ID", message_id))
     if in_reply_to:
-        message["In-Reply-To"] = in_reply_to
-        message["References"] = " ".join(dict.fromkeys([*references, in_reply_to]))
+        headers.append(("In-Reply-To", in_reply_to))
+        headers.append(("References", " ".join(dict.fromkeys([*references, in_reply_to]))))
     if auto_submitted:
         # RFC 3834: mark it automatic; ask Exchange not to send out-of-office replies to it.
-        message["Auto-Submitted"] = auto_submitted
-        message["X-Auto-Response-Suppress"] = "All"
-    message[LOOP_HEADER] = from_address
-    message["X-Mailrouter-Case"] = case_number
+        headers.append(("Auto-Submitted", auto_submitted))
+        headers.append(("X-Auto-Response-Suppress", "All"))
+    headers.append((LOOP_HEADER, from_address))
+    headers.append(("X-Mailrouter-Case", case_number))
     return Outgoing(
         mail_from=from_address,
         rcpt_to=to,
         message_id=message_id,
         subject=single_line(subject),
         text=body.text,
-        data=message.as_bytes(policy=_WIRE) if original is None else _last_part(message, mixed, original),
+        data=_entity(headers, content),
     )
+
+
+Headers = list[tuple[str, str]]
+
+
+def _text_part(text: str, subtype: str) -> tuple[Headers, bytes]:
+    """A text part as email.mime.text.MIMEText writes it in UTF-8 with quoted-printable."""
+    headers = [
+        ("Content-Type", f'text/{subtype}; charset="utf-8"'),
+        ("MIME-Version", "1.0"),
+        ("Content-Transfer-Encoding", "quoted-printable"),
+    ]
+    return headers, _UTF8.body_encode(text).replace("\n", "\r\n").encode("ascii")
+
+
+def _multipart(subtype: str, boundary: str, parts: list[bytes]) -> tuple[Headers, bytes]:
+    headers = [("Content-Type", f'multipart/{subtype}; boundary="{boundary}"'), ("MIME-Version", "1.0")]
+    delimiter = f"--{boundary}\r\n".encode()
+    return headers, b"".join(delimiter + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+
+
+def _entity(headers: Headers, content: bytes) -> bytes:
+    """Headers, folded where they need it, a blank line, and the content."""
+    return b"".join(_WIRE.fold_binary(name, value) for name, value in headers) + b"\r\n" + content
 
 
 def _boundary(avoiding: bytes = b"") -> str:
@@ -192,11 +219,3 @@ def with_crlf(data: bytes) -> bytes:
     """Every CR, LF and CRLF as CRLF. bytes.replace: a regular expression took 0.2 ms for a
     16 KB message, substituting line by line."""
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-
-
-def _last_part(mixed: Message, boundary: str, part: bytes) -> bytes:
-    """The bytes of a multipart/mixed message with `part` added after its other parts."""
-    data = mixed.as_bytes(policy=_WIRE)
-    closing = f"--{boundary}--\r\n".encode()
-    assert data.endswith(closing), "compat32 ends a multipart with its closing boundary"
-    return data[: -len(closing)] + f"--{boundary}\r\n".encode() + part + b"\r\n" + closing

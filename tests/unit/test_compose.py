@@ -1,5 +1,6 @@
 """compose: what we send must decode to exactly what we meant, in any client."""
 
+import itertools
 import random
 import re
 from email import message_from_bytes
@@ -152,3 +153,88 @@ def test_the_boundary_is_never_a_line_of_the_original(monkeypatch):
     sent = message_from_bytes(notification(ORIGINAL), policy=default)
     assert sent.get_boundary() == "===============0000000000000000002=="
     assert [p.get_content_type() for p in sent.iter_parts()] == ["multipart/alternative", "message/rfc822"]
+
+
+def _by_email_mime(
+    *, case_number, from_address, from_name, to, subject, body, in_reply_to, references, auto_submitted,
+    reply_to, attach_original,
+):  # fmt: skip
+    """What compose wrote with email.mime's objects and compat32's generator, kept as the
+    reference its own writing of the same structure is checked against. The original was
+    already added by hand after the other parts (see test_the_original_is_attached_…)."""
+    from email.charset import QP, Charset
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+    from email.utils import formataddr
+
+    import mailrouter.compose as module
+
+    utf8 = Charset("utf-8")
+    utf8.body_encoding = QP
+    message = MIMEText(body.text, "plain", utf8)
+    if body.html is not None:
+        html = MIMEText(body.html, "html", utf8)
+        message = MIMEMultipart("alternative", _subparts=[message, html], boundary=module._boundary())
+    if attach_original is not None:
+        mixed = module._boundary()
+        message = MIMEMultipart("mixed", _subparts=[message], boundary=mixed)
+    message["From"] = formataddr((module.single_line(from_name), from_address), charset="utf-8")
+    message["To"] = ", ".join(to)
+    if reply_to:
+        message["Reply-To"] = formataddr((module.single_line(from_name), reply_to), charset="utf-8")
+    message["Subject"] = module.encode_header("Subject", module.single_line(subject))
+    message["Date"] = module.formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = module.make_msgid(idstring=case_number, domain="example.test")
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+        message["References"] = " ".join(dict.fromkeys([*references, in_reply_to]))
+    if auto_submitted:
+        message["Auto-Submitted"] = auto_submitted
+        message["X-Auto-Response-Suppress"] = "All"
+    message["X-Loop"] = from_address
+    message["X-Mailrouter-Case"] = case_number
+    data = message.as_bytes(policy=module._WIRE)
+    if attach_original is None:
+        return data
+    closing = f"--{mixed}--\r\n".encode()
+    original = module._original_part(attach_original)
+    return data.removesuffix(closing) + f"--{mixed}\r\n".encode() + original + b"\r\n" + closing
+
+
+def test_the_mime_structure_is_written_as_email_mime_writes_it(monkeypatch):
+    """Text, text and HTML, and either with the original attached: byte for byte."""
+    import mailrouter.compose as module
+
+    monkeypatch.setattr(module, "make_msgid", lambda idstring, domain: f"<fixed.{idstring}@{domain}>")
+    monkeypatch.setattr(module, "formatdate", lambda **kwargs: "Tue, 24 Nov 2026 10:00:00 GMT")
+    chosen = {"boundaries": itertools.count()}  # the same boundaries for both, in the same order
+    monkeypatch.setattr(module, "_boundary", lambda avoiding=b"": f"===={next(chosen['boundaries'])}==")
+    rng = random.Random(5)
+    words = [*WORDS, "=", "a=b", "  ", "\t", ".", "x" * 80, "€", "😀", "trailing ", "\r", "=?utf-8?q?x?="]
+
+    def text(lines: int) -> str:
+        return "\n".join(
+            " ".join(rng.choice(words) for _ in range(rng.randrange(25))) for _ in range(rng.randrange(lines))
+        ) + rng.choice(["", "\n", " "])
+
+    originals = [None, b"From: a@b.example\r\nSubject: x\r\n\r\nhei\r\n.\r\n"]
+    for _ in range(500):
+        arguments = dict(
+            case_number="IT-1042",
+            from_address="it-support@example.test",
+            from_name=rng.choice(["IT Support", "IT-støtte Åse", "x" * 70]),
+            to=tuple(
+                rng.sample(["kari@kunde.example", "ola@x.example", "per@y.example"], rng.randrange(1, 3))
+            ),
+            subject=text(2)[:200],
+            body=Rendered(text(12), rng.choice([None, f"<p>{text(6)}</p>"])),
+            in_reply_to=rng.choice(["", "<a@kunde.example>"]),
+            references=tuple(f"<r{k}@kunde.example>" for k in range(rng.randrange(15))),
+            auto_submitted=rng.choice([None, "auto-replied"]),
+            reply_to=rng.choice([None, "it-support+it-1042.abc@example.test"]),
+            attach_original=rng.choice(originals),
+        )
+        chosen["boundaries"] = itertools.count()
+        ours = compose(**arguments).data
+        chosen["boundaries"] = itertools.count()
+        assert ours == _by_email_mime(**arguments)
