@@ -183,6 +183,7 @@ CPU_GROUPS = (
     ("Postfix", "/usr/sbin/post"),
     ("Dovecot", "/usr/lib/dovecot/"),
     ("Dovecot", "/usr/sbin/dovecot"),
+    ("PostgreSQL", "/usr/lib/postgresql/"),
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -210,11 +211,12 @@ class Span:
 
 
 def cpu_by_group(daemon_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the daemon, its parse workers, Postfix and Dovecot. A process's own
+    """CPU seconds so far of the daemon, its parse workers, Postfix, Dovecot and PostgreSQL (the
+    server's processes on this machine: busy in the PostgreSQL run only). A process's own
     time and that of its children it has reaped: Postfix's and Dovecot's short-lived helpers
     end up in their masters', so what they used is kept when they exit."""
     workers = set(_process_tree(daemon_pid)) - {daemon_pid}
-    groups = {"daemon": 0.0, "parse workers": 0.0, "Postfix": 0.0, "Dovecot": 0.0}
+    groups = {"daemon": 0.0, "parse workers": 0.0, "Postfix": 0.0, "Dovecot": 0.0, "PostgreSQL": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
