@@ -43,21 +43,25 @@ def test_backoff_doubles_with_jitter_and_is_capped():
         assert len(set(delays)) > 1  # jitter: instances that failed together do not retry together
 
 
-def _sending_row(engine, message_id: str) -> Letter:
-    with Session(engine) as session:
+def _row(engine, message_id: str, **fields) -> OutboxMessage:
+    with Session(engine, expire_on_commit=False) as session:
         row = OutboxMessage(
             kind="acknowledgement",
             mail_from="it-support@example.test",
             rcpt_to=["kari@kunde.example"],
             message_id=message_id,
             data=b"Subject: x\r\n\r\nx\r\n",
-            state=OutboxState.SENDING,
-            claimed_by="mailrouter",
+            **fields,
         )
         session.add(row)
         session.commit()
         assert row.id is not None
-        return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+        return row
+
+
+def _sending_row(engine, message_id: str) -> Letter:
+    row = _row(engine, message_id, state=OutboxState.SENDING, claimed_by="mailrouter")
+    return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
 
 
 def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first(tmp_path):
@@ -82,32 +86,14 @@ def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first
     assert sorted(e.data["outbox_id"] for e in sent_events) == [plain.id, bounced.id]  # both were accepted
 
 
-def _queued_row(engine, message_id: str, **fields) -> int:
-    with Session(engine) as session:
-        row = OutboxMessage(
-            kind="acknowledgement",
-            mail_from="it-support@example.test",
-            rcpt_to=["kari@kunde.example"],
-            message_id=message_id,
-            data=b"Subject: x\r\n\r\nx\r\n",
-            **fields,
-        )
-        session.add(row)
-        session.commit()
-        assert row.id is not None
-        return row.id
-
-
 def test_a_claim_takes_the_due_rows_in_order_and_leaves_those_claimed_by_another(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/send.db")
     create_schema(engine)
     sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, instance="a", lease=60)
-    first = _queued_row(engine, "<1@mailrouter>")
-    taken = _queued_row(
-        engine, "<2@mailrouter>", claimed_by="b", claimed_until=utcnow() + timedelta(minutes=1)
-    )
-    later = _queued_row(engine, "<3@mailrouter>", next_attempt_at=utcnow() + timedelta(minutes=1))
-    expired = _queued_row(engine, "<4@mailrouter>", claimed_by="b", claimed_until=utcnow())
+    first = _row(engine, "<1@mailrouter>").id
+    taken = _row(engine, "<2@mailrouter>", claimed_by="b", claimed_until=utcnow() + timedelta(minutes=1)).id
+    later = _row(engine, "<3@mailrouter>", next_attempt_at=utcnow() + timedelta(minutes=1)).id
+    expired = _row(engine, "<4@mailrouter>", claimed_by="b", claimed_until=utcnow()).id
 
     letters = sender._claim()
 
