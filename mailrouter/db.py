@@ -18,6 +18,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, bindparam, event, inspect, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine, select
 
 from mailrouter.models import CaseCounter
@@ -77,7 +78,7 @@ class WriteTurns:
             taking.add_done_callback(self._give_unwanted)
             raise
         if not taken:
-            raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+            raise _locked()
         self._reserved.turn = True
 
     def _give_unwanted(self, taking: asyncio.Future[bool]) -> None:
@@ -98,6 +99,16 @@ def write_turns(engine: Engine) -> WriteTurns | None:
     return _turns.get(engine)
 
 
+def _locked() -> OperationalError:
+    """As SQLAlchemy raises SQLite's own "database is locked": the workers tell a database
+    problem (wait, then retry) from a bad message (retry, then quarantine) by that class."""
+    return OperationalError(
+        "BEGIN IMMEDIATE",
+        None,
+        sqlite3.OperationalError("database is locked (waited for this process's other writer)"),
+    )
+
+
 class _TurnTakingConnection(sqlite3.Connection):
     """A connection that holds the process's write turn from BEGIN to COMMIT or ROLLBACK."""
 
@@ -106,7 +117,7 @@ class _TurnTakingConnection(sqlite3.Connection):
 
     def take_turn(self) -> None:
         if not self.turns.take(BUSY_TIMEOUT_SECONDS):
-            raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+            raise _locked()
         self.holding = True
 
     def give_turn(self) -> None:
@@ -172,6 +183,9 @@ def make_engine(url: str) -> Engine:
         dbapi_connection.take_turn()
         try:
             dbapi_connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # SQLITE_BUSY after busy_timeout: another process writes
+            dbapi_connection.give_turn()
+            raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
         except BaseException:
             dbapi_connection.give_turn()
             raise

@@ -7,7 +7,9 @@ import contextlib
 import threading
 import time
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from mailrouter.db import WriteTurns, make_engine, write_turns
 
@@ -130,3 +132,31 @@ def test_a_reservation_cancelled_while_waiting_does_not_keep_the_turn():
 
     asyncio.run(cancel_while_waiting())
     assert turns.take(0)
+
+
+def test_a_lock_held_too_long_is_a_database_error_the_workers_recognise(tmp_path, monkeypatch):
+    """The fetch worker and the sender wait and retry on sqlalchemy's OperationalError; any other
+    error would be blamed on the message in hand (and quarantine it) or end the sender."""
+    from mailrouter import db
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_SECONDS", 0.2)
+    path = tmp_path / "db.sqlite"
+    this, other = make_engine(f"sqlite:///{path}"), make_engine(f"sqlite:///{path}")
+    _table(this)
+    with other.begin() as holding:  # another process's writer: SQLite's lock, not our turns
+        holding.execute(text("INSERT INTO t VALUES ('other')"))
+        with pytest.raises(OperationalError, match="database is locked"), this.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES ('this')"))
+
+    turns = write_turns(this)
+    assert turns is not None and turns.take(1)  # another writer of this process, for too long
+    try:
+        locked = pytest.raises(OperationalError, match="waited for this process's other writer")
+        with locked, this.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES ('this')"))
+        with pytest.raises(OperationalError, match="waited for this process's other writer"):
+            asyncio.run(turns.reserve())
+    finally:
+        turns.give()
+    with this.begin() as connection:  # neither failure kept a turn
+        connection.execute(text("INSERT INTO t VALUES ('this')"))
