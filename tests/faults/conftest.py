@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import smtplib
 import threading
@@ -134,15 +135,45 @@ def registered_message_ids(daemon: Daemon) -> set[str]:
     return set(rows)
 
 
+# The relay's queue id, in the Received header it writes when it accepts a mail.
+_ACCEPTED_AS = re.compile(r"\(Postfix\) with E?SMTPS?A? id (\w+)")
+
+
 def acknowledgements(stack: MailStack, customers: list[Account]) -> list:
-    return [ack for c in customers for ack in stack.messages(c.address, c.password)]
+    """One per mail the relay accepted. Copies of one acceptance count once: a Dovecot restarted
+    after it saved a copy but before it said so to Postfix gets that mail again (LMTP delivers
+    at least once), which is the mail stack's doing, not a second letter of ours."""
+    accepted = {}
+    for message in (ack for c in customers for ack in stack.messages(c.address, c.password)):
+        received = (_ACCEPTED_AS.search(" ".join(str(h).split())) for h in message.get_all("Received", []))
+        queue_id = next((found.group(1) for found in received if found), None)
+        accepted.setdefault(queue_id or id(message), message)
+    return list(accepted.values())
 
 
-def assert_acknowledged_exactly_once(stack: MailStack, daemon: Daemon, customers: list[Account]) -> None:
-    """Every case has exactly one acknowledgement in its customer's inbox, and nothing else came."""
+def assert_acknowledged_exactly_once(
+    stack: MailStack, daemon: Daemon, customers: list[Account], *, interruptions: int = 0
+) -> None:
+    """Every case has exactly one acknowledgement in its customer's inbox, and nothing else came.
+
+    `interruptions`: how many times the test cut a sender off (kill -9, a dropped database
+    connection). Cut off after it recorded a letter as `sending` and before the relay had the
+    final dot, a sender leaves that letter unsent for good: never twice beats at least once
+    (README, "Crash safety"). So each interruption may cost one acknowledgement, and only one
+    recorded as mail-sent-unconfirmed."""
     cases = daemon.cases()
+    number = {c.id: c.number for c in cases}
+    ack_rows = {o.id for o in daemon.outbox("acknowledgement")}
+    unconfirmed = {
+        number[e.case_id]
+        for e in daemon.events("mail-sent-unconfirmed")
+        if e.data.get("outbox_id") in ack_rows and e.case_id in number
+    }
     deadline = time.monotonic() + 60
-    while len(acknowledgements(stack, customers)) < len(cases) and time.monotonic() < deadline:
+    while (
+        len(acknowledgements(stack, customers)) < len(cases) - len(unconfirmed)
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     time.sleep(2)  # anything more (wrongly) on its way arrives now
     acks = acknowledgements(stack, customers)
@@ -150,8 +181,10 @@ def assert_acknowledged_exactly_once(stack: MailStack, daemon: Daemon, customers
     doubled = {tag: n for tag, n in tags.items() if n > 1}
     assert not doubled, f"acknowledged more than once: {doubled}"
     missing = {c.number for c in cases} - set(tags)
-    assert not missing, f"{len(missing)} case(s) without an acknowledgement: {sorted(missing)[:10]}"
-    assert len(acks) == len(cases), f"{len(acks)} acknowledgements for {len(cases)} cases"
+    lost = f"{len(missing)} case(s) without an acknowledgement: {sorted(missing)[:10]}"
+    assert missing <= unconfirmed, f"{lost}; unconfirmed: {sorted(unconfirmed)[:10]}"
+    assert len(missing) <= interruptions, lost
+    assert len(acks) == len(cases) - len(missing), f"{len(acks)} acknowledgements for {len(cases)} cases"
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(installation, mailst
     assert registered_message_ids(daemon) == sent
     cases = daemon.cases()
     assert len(cases) == len(sent), "one case per distinct message"
-    assert_acknowledged_exactly_once(mailstack, daemon, [customer])
+    assert_acknowledged_exactly_once(mailstack, daemon, [customer], interruptions=KILLS)
     assert {o.state for o in daemon.outbox()} == {OutboxState.SENT}
     assert daemon.stop() == 0
 
@@ -138,7 +138,7 @@ def test_two_instances_on_postgresql_share_500_messages(installation, mailstack,
             second.wait_idle()
             cases = second.cases()
             assert len({c.number for c in cases}) == 500
-            assert_acknowledged_exactly_once(mailstack, second, customers)
+            assert_acknowledged_exactly_once(mailstack, second, customers, interruptions=1)
             log = second.log()
             assert log.count("holds the mailbox lock") >= 2, log[-3000:]
             events = Counter(e.kind for e in second._select(select(Event)))
@@ -182,7 +182,7 @@ def test_lost_database_connections_stop_fetching_and_nothing_doubles(installatio
             admin.dispose()
         second.wait_until(lambda: len(second.cases()) == 120, "120 cases", 60)
         first.wait_idle()
-        assert_acknowledged_exactly_once(mailstack, second, customers)
+        assert_acknowledged_exactly_once(mailstack, second, customers, interruptions=3)
         logs = first.log() + second.log()
         assert "stopped fetching" in logs, logs[-3000:]
         assert first.stop() == 0 and second.stop() == 0
