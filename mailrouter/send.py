@@ -70,7 +70,7 @@ _DUE = (
     .order_by(_O.id)
     .limit(BATCH)
 )
-_DUE_UNLOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: rows another instance claims
+_DUE_SKIPPING_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: passes over rows being claimed
 _CLAIM = (
     update(store.OUTBOX)
     .where(_O.id.in_(bindparam("rows", expanding=True)))
@@ -237,7 +237,7 @@ class Sender:
     def _claim(self) -> list[Letter]:
         """Take up to BATCH due rows for this instance, for `lease` seconds."""
         now = utcnow()
-        due = _DUE_UNLOCKED if self.engine.dialect.name == "postgresql" else _DUE
+        due = _DUE_SKIPPING_LOCKED if self.engine.dialect.name == "postgresql" else _DUE
         with self.engine.begin() as connection:
             rows = connection.execute(due, {"now": now}).all()
             if rows:
