@@ -222,21 +222,20 @@ def cpu_by_group(daemon_pid: int) -> dict[str, float]:
             continue
         pid = int(entry.name)
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            executable = os.readlink(entry / "exe") if pid != daemon_pid and pid not in workers else ""
+            if pid == daemon_pid:
+                group = "daemon"
+            elif pid in workers:
+                group = "parse workers"
+            else:
+                executable = os.readlink(entry / "exe")
+                group = next((name for name, prefix in CPU_GROUPS if executable.startswith(prefix)), "")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if group else ()
         except OSError:  # gone meanwhile, or a kernel thread
             continue
-        own, children = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
-        if pid == daemon_pid:
-            group = "daemon"  # without its reaped children: the parse workers are counted alive
-            children = 0
-        elif pid in workers:
-            group = "parse workers"
-        else:
-            group = next((name for name, prefix in CPU_GROUPS if executable.startswith(prefix)), "")
-            if not group:
-                continue
-        groups[group] += (own + children) / CLOCK_TICKS
+        if fields:
+            # the daemon without its reaped children: its parse workers are counted alive
+            reaped = int(fields[13]) + int(fields[14]) if group != "daemon" else 0
+            groups[group] += (int(fields[11]) + int(fields[12]) + reaped) / CLOCK_TICKS
     return groups
 
 

@@ -156,7 +156,8 @@ def throughput(
             done_with = sum(count_messages(stack, *account) for account in accounts)
         else:
             done_with = passed_on(stack, f"kunde-{run}-")
-        if done_with >= count - replies and passed_on(stack, f"agent-{run}-") >= count * len(agents):
+        agents_done = not agents or passed_on(stack, f"agent-{run}-") >= count * len(agents)
+        if done_with >= count - replies and agents_done:
             break
         time.sleep(0.5)
 
