@@ -21,9 +21,10 @@ from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import create_schema, ensure_counters, make_engine
 from mailrouter.fetch import parse_fetch, parse_search
-from mailrouter.models import OutboxMessage, OutboxState
+from mailrouter.models import OutboxMessage
 from mailrouter.send import Sender
 from mailrouter.store import Origin
+from mailrouter.vocabulary import OutboxState
 from tests.mailstack import MailStack
 
 Timings = dict[str, float]

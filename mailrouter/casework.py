@@ -18,10 +18,11 @@ from mailrouter.agents import AgentDirectory
 from mailrouter.commands import Command, parse_duration, read_agent_reply
 from mailrouter.compose import compose, tagged_subject
 from mailrouter.config import Config, MailboxSettings
-from mailrouter.models import AuthorRole, Case, CaseStatus, Customer, Direction, Message, utcnow
+from mailrouter.models import Case, Customer, Message, utcnow
 from mailrouter.parse import Inbound
 from mailrouter.store import CASE, CUSTOMER
 from mailrouter.templates import Rendered, Templates
+from mailrouter.vocabulary import AuthorRole, CaseStatus, Direction, EventKind, OutboxKind
 
 RECENT = timedelta(days=90)
 # An agent needs to know that the customer's organisation has many open cases, not how many:
@@ -103,10 +104,10 @@ class Casework:
             references=inbound.references,
             auto_submitted="auto-replied",
         )
-        store.queue_outgoing(session, case, outgoing, "acknowledgement", AuthorRole.SYSTEM)
+        store.queue_outgoing(session, case, outgoing, OutboxKind.ACKNOWLEDGEMENT, AuthorRole.SYSTEM)
         store.record(
             session,
-            "acknowledgement-queued",
+            EventKind.ACKNOWLEDGEMENT_QUEUED,
             f"acknowledgement to {customer.address} from template {case.department}/{template} "
             f"({case.language})",
             case_id=case.id,
@@ -130,12 +131,12 @@ class Casework:
             }
 
         return self._mail_agents(
-            session, case, "notification", "notify", why, context, exclude=exclude, attach=raw
+            session, case, OutboxKind.NOTIFICATION, "notify", why, context, exclude=exclude, attach=raw
         )
 
     def remind(self, session: Session, case: Case) -> Done:
         """The follow-up an agent asked for with #followup is due: tell whoever has the case."""
-        return self._mail_agents(session, case, "reminder", "remind", "Follow-up due", dict)
+        return self._mail_agents(session, case, OutboxKind.REMINDER, "remind", "Follow-up due", dict)
 
     def _mail_agents(
         self,
@@ -159,7 +160,9 @@ class Casework:
         recipients = [case.assignee] if case.assignee else list(self.agents.members(group))
         recipients = [r for r in recipients if r != exclude]
         if not recipients:
-            store.record(session, "not-notified", f"{why}: no assignee and no group members", case_id=case.id)
+            store.record(
+                session, EventKind.NOT_NOTIFIED, f"{why}: no assignee and no group members", case_id=case.id
+            )
             return Done("nobody to tell")
         customer = session.get(Customer, case.customer_id) if case.customer_id else None
         rendered = self.templates.render(
@@ -180,7 +183,9 @@ class Casework:
             attach_original=attach,
         )
         store.queue_outgoing(session, case, outgoing, kind, AuthorRole.SYSTEM)
-        store.record(session, "notified", f"{why}: {kind} to {', '.join(recipients)}", case_id=case.id)
+        store.record(
+            session, EventKind.NOTIFIED, f"{why}: {kind} to {', '.join(recipients)}", case_id=case.id
+        )
         return Done(f"{kind} to {', '.join(recipients)}", 1)
 
     def _other_cases(self, session: Session, case: Case) -> Sequence[Row]:
@@ -209,7 +214,9 @@ class Casework:
         for command in reply.commands:
             queued += self._obey(session, case, command, agent, inbound, raw)
         if reply.is_note:
-            store.record(session, "note", reply.answer or "(empty note)", case_id=case.id, agent=agent)
+            store.record(
+                session, EventKind.NOTE, reply.answer or "(empty note)", case_id=case.id, agent=agent
+            )
             return Done(f"note by {agent}", queued)
         if reply.answer:
             queued += self._relay(session, case, reply.answer, agent)
@@ -226,7 +233,7 @@ class Casework:
         if customer is None:
             store.record(
                 session,
-                "not-relayed",
+                EventKind.NOT_RELAYED,
                 f"answer from {agent}: the case has no customer address",
                 case_id=case.id,
             )
@@ -248,10 +255,10 @@ class Casework:
             in_reply_to=last.message_id if last else "",
             references=tuple(last.references) if last else (),
         )
-        store.queue_outgoing(session, case, outgoing, "agent-reply", AuthorRole.AGENT)
+        store.queue_outgoing(session, case, outgoing, OutboxKind.AGENT_REPLY, AuthorRole.AGENT)
         store.record(
             session,
-            "relayed",
+            EventKind.RELAYED,
             f"answer from {agent} relayed to {customer.address} as {department.address}",
             case_id=case.id,
             agent=agent,
@@ -282,8 +289,10 @@ class Casework:
             auto_submitted="auto-replied",
             reply_to=self._reply_to(case),
         )
-        store.queue_outgoing(session, case, outgoing, "command-error", AuthorRole.SYSTEM)
-        store.record(session, "commands-rejected", f"from {agent}: {'; '.join(errors)}", case_id=case.id)
+        store.queue_outgoing(session, case, outgoing, OutboxKind.COMMAND_ERROR, AuthorRole.SYSTEM)
+        store.record(
+            session, EventKind.COMMANDS_REJECTED, f"from {agent}: {'; '.join(errors)}", case_id=case.id
+        )
         return Done(f"commands from {agent} rejected: {'; '.join(errors)}", 1)
 
     def _obey(
@@ -307,7 +316,10 @@ class Casework:
             else:
                 case.assignee = target
             store.record(
-                session, "assigned", f"{agent} assigned the case to {target} ({command})", case_id=case.id
+                session,
+                EventKind.ASSIGNED,
+                f"{agent} assigned the case to {target} ({command})",
+                case_id=case.id,
             )
             return self.notify(
                 session, case, inbound, raw, f"Assigned to you by {agent}", exclude=agent
@@ -317,14 +329,16 @@ class Casework:
         elif name == "tag":
             if argument not in case.tags:
                 case.tags = [*case.tags, argument]
-                store.record(session, "tagged", f"{agent} added tag {argument} ({command})", case_id=case.id)
+                store.record(
+                    session, EventKind.TAGGED, f"{agent} added tag {argument} ({command})", case_id=case.id
+                )
         elif name == "followup":
             duration = parse_duration(argument)
             assert duration is not None, "checked by read_agent_reply"
             case.follow_up_at = utcnow() + duration
             store.record(
                 session,
-                "follow-up-set",
+                EventKind.FOLLOW_UP_SET,
                 f"{agent} set a follow-up for {case.follow_up_at:%Y-%m-%d %H:%M} UTC ({command})",
                 case_id=case.id,
             )
@@ -350,7 +364,9 @@ class Casework:
         else:
             case.resolved_at = None
         case.updated_at = utcnow()
-        store.record(session, "status-changed", f"{who}: {before} → {status} ({why})", case_id=case.id)
+        store.record(
+            session, EventKind.STATUS_CHANGED, f"{who}: {before} → {status} ({why})", case_id=case.id
+        )
 
     def reopen(self, session: Session, case: Case, who: str) -> None:
         self.set_status(session, case, CaseStatus.OPEN, who, "replied to a finished case: reopened")

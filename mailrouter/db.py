@@ -18,9 +18,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, bindparam, event, inspect, text, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.engine import ExceptionContext
 from sqlmodel import Session, create_engine, select
 
+from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import CaseCounter
 
 BUSY_TIMEOUT_SECONDS = 30
@@ -99,14 +100,53 @@ def write_turns(engine: Engine) -> WriteTurns | None:
     return _turns.get(engine)
 
 
-def _locked() -> OperationalError:
-    """As SQLAlchemy raises SQLite's own "database is locked": the workers tell a database
-    problem (wait, then retry) from a bad message (retry, then quarantine) by that class."""
-    return OperationalError(
-        "BEGIN IMMEDIATE",
-        None,
-        sqlite3.OperationalError("database is locked (waited for this process's other writer)"),
+def _locked() -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"database is locked: this process's other writer held it for {BUSY_TIMEOUT_SECONDS}s"
     )
+
+
+# SQLite primary result codes that say the database, not the statement, is the trouble: busy,
+# locked, out of memory, read-only, I/O error, corrupt, disk full, cannot open, protocol, not a
+# database. SQLITE_ERROR ("too many SQL variables", a constraint) is the statement's.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+# PostgreSQL SQLSTATEs (and classes) of the same meaning: connection exception, insufficient
+# resources, operator intervention (shutdown, cannot connect now), system error, a serialization
+# failure or deadlock (the same transaction succeeds when tried again), a read-only standby.
+_POSTGRES_UNAVAILABLE_CLASSES = ("08", "53", "58")
+_POSTGRES_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "25006"})
+
+
+def unavailable(error: BaseException, *, disconnected: bool = False) -> str | None:
+    """Why this driver error means the database is unavailable, or None when the statement (so
+    the message) failed. By error code and connection state, never by Python class: SQLite says
+    "too many SQL variables" with the same class as "database is locked"."""
+    if disconnected:
+        return f"connection lost: {error}"
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        return str(error) if code is not None and code & 0xFF in _SQLITE_UNAVAILABLE else None
+    sqlstate = getattr(error, "sqlstate", False)
+    if sqlstate is None:  # psycopg: no answer from a server at all (refused, closed, timed out)
+        return str(error).strip()
+    if isinstance(sqlstate, str) and (
+        sqlstate in _POSTGRES_UNAVAILABLE or sqlstate[:2] in _POSTGRES_UNAVAILABLE_CLASSES
+    ):
+        return f"{sqlstate}: {str(error).strip()}"
+    return None
+
+
+def _translate_errors(engine: Engine) -> None:
+    """The one place a driver's error becomes ours. The driver's words only: SQLAlchemy's own
+    message adds the statement and its parameters, which are customer data."""
+
+    @event.listens_for(engine, "handle_error")
+    def _translate(context: ExceptionContext) -> None:
+        if context.is_pre_ping:
+            return  # the pool's own liveness check: it reconnects by itself
+        reason = unavailable(context.original_exception, disconnected=context.is_disconnect)
+        if reason is not None:
+            raise DatabaseUnavailable(reason) from context.original_exception
 
 
 class _TurnTakingConnection(sqlite3.Connection):
@@ -146,7 +186,9 @@ class _TurnTakingConnection(sqlite3.Connection):
 
 def make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        _translate_errors(engine)
+        return engine
     database = url.removeprefix("sqlite:///")
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +204,7 @@ def make_engine(url: str) -> Engine:
         },
     )
     _turns[engine] = turns
+    _translate_errors(engine)
 
     @event.listens_for(engine, "connect")
     def _tune(dbapi_connection: Any, _record: Any) -> None:
@@ -185,7 +228,7 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # SQLITE_BUSY after busy_timeout: another process writes
             dbapi_connection.give_turn()
-            raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
+            raise DatabaseUnavailable(f"BEGIN IMMEDIATE: {exc}") from exc
         except BaseException:
             dbapi_connection.give_turn()
             raise

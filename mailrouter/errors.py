@@ -31,3 +31,33 @@ class TemporaryDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """The relay refused it for good (5xx)."""
+
+
+class DatabaseUnavailable(MailrouterError):
+    """The database cannot be reached or cannot take a write now: not the message's fault, so the
+    worker waits and retries instead of counting a failure against the message. Decided once, in
+    db.py, from the driver's error code and the connection's state."""
+
+
+class ImapError(MailrouterError):
+    """The IMAP server answered a command with NO or BAD, or lacks something we need."""
+
+
+class ConnectionLost(MailrouterError, ConnectionError):
+    """The IMAP server closed the connection or the network dropped it."""
+
+
+class LockLost(MailrouterError):
+    """The connection that held the mailbox's lock is gone: another instance may own it now."""
+
+
+class AlreadyRunning(MailrouterError):
+    """Another mailrouter process uses this SQLite database."""
+
+
+class Unclaimed(MailrouterError):
+    """Another instance took an outbox row over (our lease ran out): leave it to them."""
+
+
+class ReviewError(MailrouterError):
+    """A quarantine entry that does not exist, was already released, or has no kept bytes."""

@@ -19,17 +19,18 @@ from typing import NamedTuple
 
 import aioimaplib
 from pydantic import SecretStr
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
-from mailrouter.imap import Connection, ConnectionLost, ImapError, connect
+from mailrouter.errors import ConnectionLost, DatabaseUnavailable, ImapError, LockLost
+from mailrouter.imap import Connection, connect
 from mailrouter.imap import ok as _ok
-from mailrouter.lease import LockLost, MailboxLock
+from mailrouter.lease import MailboxLock
 from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake, Outcome, OutcomeKind
 from mailrouter.store import Origin
+from mailrouter.vocabulary import EventKind
 
 log = logging.getLogger(__name__)
 # aioimaplib reports every untagged response it does not use at INFO: noise in a daemon's journal.
@@ -142,9 +143,9 @@ class MailboxWorker:
                 except LockLost as exc:
                     log.error("mailbox=%s stopped fetching: %s; trying to take it again", self.name, exc)
                     self.lock.release()
-                except OperationalError as exc:
+                except DatabaseUnavailable as exc:
                     log.error(
-                        "mailbox=%s database problem, retrying in about %.1fs: %s", self.name, delay, exc.orig
+                        "mailbox=%s database problem, retrying in about %.1fs: %s", self.name, delay, exc
                     )
                 except (OSError, TimeoutError, aioimaplib.AioImapException, ImapError) as exc:
                     log.warning(
@@ -230,7 +231,7 @@ class MailboxWorker:
         )
         log.warning("mailbox=%s %s", self.name, detail)
         with Session(self.intake.engine) as session:
-            store.record(session, "mailbox-read-only", detail, mailbox=self.name)
+            store.record(session, EventKind.MAILBOX_READ_ONLY, detail, mailbox=self.name)
             session.commit()
 
     def _checkpoint(self, uidvalidity: int) -> int:
@@ -246,7 +247,7 @@ class MailboxWorker:
                 log.warning("mailbox=%s %s", self.name, detail)
                 store.record(
                     session,
-                    "uidvalidity-changed",
+                    EventKind.UIDVALIDITY_CHANGED,
                     detail,
                     mailbox=self.name,
                     old=state.uidvalidity,
@@ -315,7 +316,7 @@ class MailboxWorker:
             await self._mark_all(conn, selected, registered)
         if failure is not None:
             origin, raw, exc = failure
-            if isinstance(exc, OperationalError):
+            if isinstance(exc, DatabaseUnavailable):
                 raise exc  # the database, not the message: reconnect and try again later
             outcome = await self._failed(raw, origin, exc)
             if outcome is None:

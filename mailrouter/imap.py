@@ -19,16 +19,9 @@ import aioimaplib
 from pydantic import SecretStr
 
 from mailrouter.config import ImapSettings
+from mailrouter.errors import ConnectionLost, ImapError
 
 T = TypeVar("T")
-
-
-class ImapError(Exception):
-    """The server answered a command with NO or BAD, or lacks something we need."""
-
-
-class ConnectionLost(ConnectionError):
-    """The server closed the connection or the network dropped it."""
 
 
 def tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:

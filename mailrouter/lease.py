@@ -25,17 +25,9 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from mailrouter.errors import MailrouterError
+from mailrouter.errors import AlreadyRunning, LockLost
 
 log = logging.getLogger(__name__)
-
-
-class LockLost(Exception):
-    """The connection that held the mailbox's lock is gone: another instance may own it now."""
-
-
-class AlreadyRunning(MailrouterError):
-    """Another mailrouter process uses this SQLite database."""
 
 
 def lock_key(name: str) -> int:

@@ -6,10 +6,19 @@ Times are timezone-aware UTC everywhere.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from mailrouter.vocabulary import (
+    AuthorRole,
+    CaseStatus,
+    Direction,
+    EventKind,
+    OutboxKind,
+    OutboxState,
+    Vocabulary,
+)
 
 
 def utcnow() -> datetime:
@@ -25,38 +34,6 @@ def _empty_list() -> list:
 
 def _empty_dict() -> dict:
     return {}
-
-
-class CaseStatus(StrEnum):
-    NEW = "new"
-    OPEN = "open"
-    PENDING = "pending"
-    RESOLVED = "resolved"
-    CLOSED = "closed"
-
-
-class Direction(StrEnum):
-    IN = "in"
-    OUT = "out"
-
-
-class AuthorRole(StrEnum):
-    CUSTOMER = "customer"
-    AGENT = "agent"
-    PARTICIPANT = "participant"
-    EXTERNAL = "external"  # claims to be an agent without proof
-    SYSTEM = "system"
-
-
-class OutboxState(StrEnum):
-    QUEUED = "queued"
-    # The whole message is on the wire and only the relay's final answer is missing: a crash now
-    # must not send it again (see send.py).
-    SENDING = "sending"
-    SENT = "sent"
-    FAILED = "failed"
-    # Accepted by the relay, then returned by a delivery status notification (a bounce).
-    BOUNCED = "bounced"
 
 
 class CaseCounter(SQLModel, table=True):
@@ -82,7 +59,10 @@ class Case(SQLModel, table=True):
     number: str = Field(unique=True, index=True)
     department: str = Field(index=True)
     subject: str
-    status: str = Field(default=CaseStatus.NEW, index=True)
+    status: CaseStatus = Field(
+        default=CaseStatus.NEW,
+        sa_column=Column(Vocabulary(CaseStatus), nullable=False, index=True, default=CaseStatus.NEW),
+    )
     priority: str = "normal"
     category: str = ""
     group: str = ""
@@ -116,8 +96,8 @@ class Message(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
-    direction: str
-    author_role: str
+    direction: Direction = Field(sa_column=Column(Vocabulary(Direction), nullable=False))
+    author_role: AuthorRole = Field(sa_column=Column(Vocabulary(AuthorRole), nullable=False))
     mailbox: str = Field(index=True)
     uidvalidity: int | None = None
     uid: int | None = None
@@ -156,7 +136,7 @@ class Event(SQLModel, table=True):
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
     message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
     mailbox: str = ""
-    kind: str = Field(index=True)
+    kind: EventKind = Field(sa_column=Column(Vocabulary(EventKind), nullable=False, index=True))
     detail: str
     data: dict = Field(default_factory=_empty_dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, index=True)
@@ -167,12 +147,15 @@ class OutboxMessage(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
-    kind: str
+    kind: OutboxKind = Field(sa_column=Column(Vocabulary(OutboxKind), nullable=False))
     mail_from: str
     rcpt_to: list[str] = Field(sa_column=Column(JSON, nullable=False))
     message_id: str = Field(index=True)
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    state: str = Field(default=OutboxState.QUEUED, index=True)
+    state: OutboxState = Field(
+        default=OutboxState.QUEUED,
+        sa_column=Column(Vocabulary(OutboxState), nullable=False, index=True, default=OutboxState.QUEUED),
+    )
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
     last_error: str = ""

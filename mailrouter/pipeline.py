@@ -23,13 +23,14 @@ from mailrouter.casework import Casework
 from mailrouter.config import Config
 from mailrouter.db import next_case_number
 from mailrouter.errors import ParseError
-from mailrouter.models import AuthorRole, Case, CaseStatus, Customer, OutboxState, utcnow
+from mailrouter.models import Case, Customer, utcnow
 from mailrouter.parse import Inbound, parse
 from mailrouter.route import Decision, Rule, route
 from mailrouter.screen import Kind, Verdict, screen
 from mailrouter.store import Origin
 from mailrouter.templates import Templates
 from mailrouter.thread import ThreadMatch, case_tag_pattern, thread
+from mailrouter.vocabulary import AuthorRole, CaseStatus, EventKind, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Intake:
         for warning in match.warnings:
             store.record(
                 session,
-                "security-warning",
+                EventKind.SECURITY_WARNING,
                 warning,
                 case_id=case.id if case else None,
                 mailbox=origin.mailbox,
@@ -146,7 +147,7 @@ class Intake:
         message_id = store.add_incoming(session, origin, inbound, None, AuthorRole.CUSTOMER)
         store.record(
             session,
-            "screened",
+            EventKind.SCREENED,
             f"no case opened: {why}",
             message_id=message_id,
             mailbox=origin.mailbox,
@@ -175,12 +176,17 @@ class Intake:
     ) -> Outcome:
         message_id = store.add_incoming(session, origin, inbound, case.id, match.author_role)
         store.record(
-            session, "threaded", match.reason, case_id=case.id, message_id=message_id, mailbox=origin.mailbox
+            session,
+            EventKind.THREADED,
+            match.reason,
+            case_id=case.id,
+            message_id=message_id,
+            mailbox=origin.mailbox,
         )
         if verdict.kind != Kind.NORMAL:
             store.record(
                 session,
-                "screened",
+                EventKind.SCREENED,
                 f"{verdict.kind.value}: {verdict.explanation}"
                 + ("" if verdict.may_reopen else "; never acknowledged, never reopens the case"),
                 case_id=case.id,
@@ -239,7 +245,7 @@ class Intake:
         message_id = store.add_incoming(session, origin, inbound, case.id, AuthorRole.CUSTOMER)
         store.record(
             session,
-            "case-created",
+            EventKind.CASE_CREATED,
             f"{case.number} opened in {decision.department} from mail to {origin.mailbox}",
             case_id=case.id,
             message_id=message_id,
@@ -248,7 +254,7 @@ class Intake:
         if earlier_case is not None:
             store.record(
                 session,
-                "linked",
+                EventKind.LINKED,
                 f"a reply to {earlier_case.number}, finished more than "
                 f"{self.config.file.agents.reopen_days:g} days ago: a new case, linked to it",
                 case_id=case.id,
@@ -256,7 +262,7 @@ class Intake:
             )
         store.record(
             session,
-            "routed",
+            EventKind.ROUTED,
             decision.explanation,
             case_id=case.id,
             mailbox=origin.mailbox,
@@ -270,17 +276,25 @@ class Intake:
             template=decision.template,
         )
         if verdict.kind != Kind.NORMAL:
-            store.record(session, "screened", verdict.explanation, case_id=case.id, mailbox=origin.mailbox)
+            store.record(
+                session, EventKind.SCREENED, verdict.explanation, case_id=case.id, mailbox=origin.mailbox
+            )
 
         queued = 0
         if decision.template is None:
-            store.record(session, "not-acknowledged", "routing said: do not acknowledge", case_id=case.id)
+            store.record(
+                session, EventKind.NOT_ACKNOWLEDGED, "routing said: do not acknowledge", case_id=case.id
+            )
         elif not verdict.may_acknowledge:
-            store.record(session, "not-acknowledged", f"screening: {verdict.explanation}", case_id=case.id)
+            store.record(
+                session, EventKind.NOT_ACKNOWLEDGED, f"screening: {verdict.explanation}", case_id=case.id
+            )
         elif customer is None:
-            store.record(session, "not-acknowledged", "the message has no sender address", case_id=case.id)
+            store.record(
+                session, EventKind.NOT_ACKNOWLEDGED, "the message has no sender address", case_id=case.id
+            )
         elif (limited := self._over_acknowledgement_limit(session, customer)) is not None:
-            store.record(session, "not-acknowledged", limited, case_id=case.id, rate_limited=True)
+            store.record(session, EventKind.NOT_ACKNOWLEDGED, limited, case_id=case.id, rate_limited=True)
         else:
             queued += self.casework.acknowledge(session, case, inbound, decision.template).queued
         queued += self.casework.notify(session, case, inbound, raw, "New case").queued
@@ -317,7 +331,7 @@ class Intake:
             session.add(row)
             store.record(
                 session,
-                "bounced",
+                EventKind.BOUNCED,
                 f"{row.kind} to {', '.join(row.rcpt_to)} bounced: {why}",
                 case_id=row.case_id,
                 message_id=message_id,

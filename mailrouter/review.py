@@ -14,18 +14,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from mailrouter import store
-from mailrouter.errors import MailrouterError
-from mailrouter.models import Direction, Event, Message, RawMessage
+from mailrouter.errors import ReviewError
+from mailrouter.models import Event, Message, RawMessage
 from mailrouter.pipeline import Intake, Outcome, OutcomeKind
 from mailrouter.store import Origin
-
-SET_ASIDE_KINDS = ("quarantined", "refused")
-RELEASED = "quarantine-released"
-RETRY_FAILED = "quarantine-retry-failed"
-
-
-class ReviewError(MailrouterError):
-    """A quarantine entry that does not exist, was already released, or has no kept bytes."""
+from mailrouter.vocabulary import SET_ASIDE, Direction, EventKind
 
 
 @dataclass(frozen=True)
@@ -43,7 +36,7 @@ class Screened:
 class SetAside:
     event_id: int
     created_at: datetime
-    kind: str
+    kind: EventKind
     mailbox: str
     uid: int | None
     reason: str
@@ -59,7 +52,7 @@ def screened(engine: Engine, limit: int = 50) -> list[Screened]:
             .where(
                 col(Message.case_id).is_(None),
                 Message.direction == Direction.IN,
-                Event.kind == "screened",
+                Event.kind == EventKind.SCREENED,
             )
             .order_by(col(Message.id).desc())
             .limit(limit)
@@ -82,11 +75,11 @@ def set_aside(engine: Engine) -> list[SetAside]:
     """Quarantined and refused messages not yet released by a successful retry, oldest first."""
     with Session(engine) as session:
         events = session.exec(
-            select(Event).where(col(Event.kind).in_(SET_ASIDE_KINDS)).order_by(col(Event.id))
+            select(Event).where(col(Event.kind).in_(SET_ASIDE)).order_by(col(Event.id))
         ).all()
         released = {
             e.data.get("quarantine_event")
-            for e in session.exec(select(Event).where(Event.kind == RELEASED)).all()
+            for e in session.exec(select(Event).where(Event.kind == EventKind.QUARANTINE_RELEASED)).all()
         }
         return [
             SetAside(
@@ -108,7 +101,7 @@ def retry(intake: Intake, event_id: int) -> Outcome:
     listed = {entry.event_id for entry in set_aside(intake.engine)}
     with Session(intake.engine) as session:
         event = session.get(Event, event_id)
-        if event is None or event.kind not in SET_ASIDE_KINDS:
+        if event is None or event.kind not in SET_ASIDE:
             raise ReviewError(f"no quarantined or refused message with id {event_id}")
         if event_id not in listed:
             raise ReviewError(f"message {event_id} was already released")
@@ -127,11 +120,17 @@ def retry(intake: Intake, event_id: int) -> Outcome:
         outcome = intake.process(data, origin)
     except Exception as exc:  # the same failure as before, most likely: record it, keep it listed
         reason = f"{type(exc).__name__}: {exc}"
-        _record(intake.engine, RETRY_FAILED, f"retry of {event_id} failed again: {reason}", event_id, origin)
+        _record(
+            intake.engine,
+            EventKind.QUARANTINE_RETRY_FAILED,
+            f"retry of {event_id} failed again: {reason}",
+            event_id,
+            origin,
+        )
         return Outcome(OutcomeKind.QUARANTINED, None, reason)
     _record(
         intake.engine,
-        RELEASED,
+        EventKind.QUARANTINE_RELEASED,
         f"retry of {event_id}: {outcome.kind.value}"
         + (f" {outcome.case_number}" if outcome.case_number else "")
         + f": {outcome.summary}",
@@ -143,7 +142,9 @@ def retry(intake: Intake, event_id: int) -> Outcome:
     return outcome
 
 
-def _record(engine: Engine, kind: str, detail: str, event_id: int, origin: Origin, **data: object) -> None:
+def _record(
+    engine: Engine, kind: EventKind, detail: str, event_id: int, origin: Origin, **data: object
+) -> None:
     with Session(engine) as session:
         store.record(
             session,

@@ -24,16 +24,16 @@ from datetime import timedelta
 import aiosmtplib
 from pydantic import SecretStr
 from sqlalchemy import Engine, bindparam, or_, update
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from mailrouter import store
 from mailrouter.compose import with_crlf
 from mailrouter.config import SmtpSettings
 from mailrouter.db import write_turns
-from mailrouter.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailrouter.errors import DatabaseUnavailable, PermanentDeliveryError, TemporaryDeliveryError, Unclaimed
 from mailrouter.imap import tls_context
-from mailrouter.models import OutboxMessage, OutboxState, utcnow
+from mailrouter.models import OutboxMessage, utcnow
+from mailrouter.vocabulary import EventKind, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,6 @@ def classify(exc: Exception) -> TemporaryDeliveryError | PermanentDeliveryError:
     return TemporaryDeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-class Unclaimed(Exception):
-    """Another instance took the row over (our lease ran out): leave it to them."""
-
-
 def dot_stuffed(data: bytes) -> bytes:
     """The DATA payload without its final ".": CRLF line endings, leading dots doubled. With
     bytes.replace, not regular expressions: those took 0.24 ms for a 16 KB letter, on the
@@ -156,11 +152,10 @@ class Sender:
             self.wake.clear()  # before looking: a wake-up while we send must not be lost
             try:
                 letters = await self._round(stop)
-            except OperationalError as exc:
+            except DatabaseUnavailable as exc:
                 # The database is away: nothing can be claimed or recorded. Rows keep their state
                 # (a 'sending' one is resolved by _recover later), so waiting loses nothing.
-                # exc.orig: the driver's words, without the SQL and its parameters (customer data)
-                log.error("sender: database problem, retrying in %.1fs: %s", poll_interval, exc.orig)
+                log.error("sender: database problem, retrying in %.1fs: %s", poll_interval, exc)
                 letters = 0
             if letters == BATCH and self._smtp is not None:
                 continue
@@ -213,7 +208,7 @@ class Sender:
             for row in rows:
                 store.record(
                     session,
-                    "mail-sent-unconfirmed",
+                    EventKind.MAIL_SENT_UNCONFIRMED,
                     f"{row.kind} to {', '.join(row.rcpt_to)}: the relay had the whole message when "
                     f"{row.claimed_by or 'the sender'} stopped before its answer; counted as sent, "
                     "not sent again",
@@ -378,7 +373,7 @@ class Sender:
                 session.connection().execute(_MARK_SENT, {"row": letter.id, "now": now})
                 store.record(
                     session,
-                    "mail-sent",
+                    EventKind.MAIL_SENT,
                     f"{letter.kind} to {', '.join(letter.rcpt_to)} accepted by the relay: {reply}",
                     case_id=letter.case_id,
                     outbox_id=letter.id,
@@ -404,12 +399,16 @@ class Sender:
                 row.state = OutboxState.SENT
                 row.sent_at = utcnow()
                 detail = f"{row.kind} to {', '.join(row.rcpt_to)}: no answer to the final dot ({failure})"
-                store.record(session, "mail-sent-unconfirmed", detail, case_id=row.case_id, outbox_id=row.id)
+                store.record(
+                    session, EventKind.MAIL_SENT_UNCONFIRMED, detail, case_id=row.case_id, outbox_id=row.id
+                )
                 log.warning("delivery unconfirmed outbox=%s: %s", letter.id, failure)
             elif isinstance(failure, PermanentDeliveryError):
                 row.state = OutboxState.FAILED
                 detail = f"{row.kind} to {', '.join(row.rcpt_to)} refused for good: {failure}"
-                store.record(session, "delivery-failed", detail, case_id=row.case_id, outbox_id=row.id)
+                store.record(
+                    session, EventKind.DELIVERY_FAILED, detail, case_id=row.case_id, outbox_id=row.id
+                )
                 log.error("delivery failed outbox=%s: %s", letter.id, failure)
             else:
                 row.state = OutboxState.QUEUED

@@ -22,10 +22,8 @@ from sqlmodel import Session, col, select
 from mailrouter.compose import Outgoing
 from mailrouter.models import (
     Attachment,
-    AuthorRole,
     Case,
     Customer,
-    Direction,
     Event,
     MailboxState,
     Message,
@@ -35,6 +33,7 @@ from mailrouter.models import (
 )
 from mailrouter.parse import Address, Inbound
 from mailrouter.thread import CaseRef
+from mailrouter.vocabulary import AuthorRole, Direction, EventKind, OutboxKind
 
 _Loaded = TypeVar("_Loaded", Case, Customer)
 
@@ -87,7 +86,7 @@ _ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
     .where(
         CASE.c.customer_id == bindparam("customer_id"),
         CASE.c.created_at >= bindparam("since"),
-        OUTBOX.c.kind == "acknowledgement",
+        OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT,
         OUTBOX.c.created_at >= bindparam("since"),
     )
     .limit(bindparam("at_most"))
@@ -238,7 +237,9 @@ def add_incoming(
     return message_id
 
 
-def queue_outgoing(session: Session, case: Case, outgoing: Outgoing, kind: str, role: AuthorRole) -> None:
+def queue_outgoing(
+    session: Session, case: Case, outgoing: Outgoing, kind: OutboxKind, role: AuthorRole
+) -> None:
     """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID."""
     session.connection().execute(
         _INSERT_MESSAGE,
@@ -291,7 +292,7 @@ def acknowledgements_to(session: Session, customer_id: int, since: datetime, at_
 
 def record(
     session: Session,
-    kind: str,
+    kind: EventKind,
     detail: str,
     *,
     case_id: int | None = None,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailrouter.agents import AgentDirectory
-from mailrouter.models import AuthorRole
 from mailrouter.parse import Inbound
+from mailrouter.vocabulary import AuthorRole
 
 # Reply and forward prefixes of the clients our customers use: English, Nordic, German, Dutch, ...
 _REPLY_PREFIX = re.compile(

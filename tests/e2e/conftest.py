@@ -24,7 +24,8 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from mailrouter.db import make_engine
-from mailrouter.models import Case, Direction, Event, Message, OutboxMessage, OutboxState
+from mailrouter.models import Case, Event, Message, OutboxMessage
+from mailrouter.vocabulary import Direction, OutboxState
 from tests.mailstack import MailStack
 from tests.messages import make_mail, new_message_id
 

@@ -11,8 +11,9 @@ from email.message import EmailMessage
 import pytest
 from sqlmodel import Session, select
 
-from mailrouter.models import Attachment, OutboxState, RawMessage
+from mailrouter.models import Attachment, RawMessage
 from mailrouter.parse import SLIM_ABOVE, _read_slim
+from mailrouter.vocabulary import OutboxState
 from tests.e2e.conftest import send_mail as send
 
 pytestmark = pytest.mark.e2e

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailrouter.models import OutboxState
+from mailrouter.vocabulary import OutboxState
 from tests.e2e.conftest import DEPARTMENTS
 from tests.messages import make_mail, new_message_id
 

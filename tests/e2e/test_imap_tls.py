@@ -63,7 +63,7 @@ async def test_tls_verify_false_is_the_explicit_opt_out(mailstack, account, secu
 
 
 async def test_wrong_password_is_refused_over_starttls(mailstack, account):
-    from mailrouter.imap import ImapError
+    from mailrouter.errors import ImapError
 
     with pytest.raises(ImapError, match="LOGIN"):
         await connect(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailrouter.models import OutboxState
+from mailrouter.vocabulary import OutboxState
 from tests.e2e.conftest import ROOT, Account, make_daemon
 from tests.e2e.test_core_loop import send, settle
 

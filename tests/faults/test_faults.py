@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlmodel import select
 
-from mailrouter.models import Event, OutboxState
+from mailrouter.models import Event
+from mailrouter.vocabulary import OutboxState
 from tests.faults.conftest import (
     FAST_DAEMON,
     FAST_IMAP,

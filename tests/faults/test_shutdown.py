@@ -10,7 +10,8 @@ import time
 import pytest
 from sqlmodel import select
 
-from mailrouter.models import Direction, Message, OutboxState
+from mailrouter.models import Message
+from mailrouter.vocabulary import Direction, OutboxState
 from tests.faults.conftest import (
     FAST_DAEMON,
     FAST_IMAP,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from mailrouter.db import WriteTurns, make_engine, write_turns
+from mailrouter.errors import DatabaseUnavailable
+from tests.postgres import temporary_database
 
 
 def _table(engine) -> None:
@@ -135,8 +138,8 @@ def test_a_reservation_cancelled_while_waiting_does_not_keep_the_turn():
 
 
 def test_a_lock_held_too_long_is_a_database_error_the_workers_recognise(tmp_path, monkeypatch):
-    """The fetch worker and the sender wait and retry on sqlalchemy's OperationalError; any other
-    error would be blamed on the message in hand (and quarantine it) or end the sender."""
+    """The fetch worker and the sender wait and retry on DatabaseUnavailable; any other error
+    would be blamed on the message in hand (and quarantine it) or end the sender."""
     from mailrouter import db
 
     monkeypatch.setattr(db, "BUSY_TIMEOUT_SECONDS", 0.2)
@@ -145,18 +148,46 @@ def test_a_lock_held_too_long_is_a_database_error_the_workers_recognise(tmp_path
     _table(this)
     with other.begin() as holding:  # another process's writer: SQLite's lock, not our turns
         holding.execute(text("INSERT INTO t VALUES ('other')"))
-        with pytest.raises(OperationalError, match="database is locked"), this.begin() as connection:
+        with pytest.raises(DatabaseUnavailable, match="database is locked"), this.begin() as connection:
             connection.execute(text("INSERT INTO t VALUES ('this')"))
 
     turns = write_turns(this)
     assert turns is not None and turns.take(1)  # another writer of this process, for too long
     try:
-        locked = pytest.raises(OperationalError, match="waited for this process's other writer")
+        locked = pytest.raises(DatabaseUnavailable, match="this process's other writer")
         with locked, this.begin() as connection:
             connection.execute(text("INSERT INTO t VALUES ('this')"))
-        with pytest.raises(OperationalError, match="waited for this process's other writer"):
+        with pytest.raises(DatabaseUnavailable, match="this process's other writer"):
             asyncio.run(turns.reserve())
     finally:
         turns.give()
     with this.begin() as connection:  # neither failure kept a turn
         connection.execute(text("INSERT INTO t VALUES ('this')"))
+
+
+def test_a_statement_the_database_refuses_is_not_an_outage(tmp_path):
+    """SQLite says "too many SQL variables" with the same driver class as "database is locked":
+    the message's fault (it counts towards quarantine), not a reason to wait for ever."""
+    engine = make_engine(f"sqlite:///{tmp_path}/db.sqlite")
+    _table(engine)
+    values = ", ".join(f"(:v{i})" for i in range(250_001))
+    with pytest.raises(DBAPIError) as caught, engine.begin() as connection:
+        connection.execute(text(f"INSERT INTO t VALUES {values}"), {f"v{i}": "x" for i in range(250_001)})
+    assert not isinstance(caught.value, DatabaseUnavailable)
+    assert "too many SQL variables" in str(caught.value)
+
+
+def test_a_postgresql_connection_killed_by_the_server_is_an_outage_and_an_overlong_key_is_not():
+    with temporary_database() as url:
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (v text PRIMARY KEY)"))
+        with pytest.raises(DBAPIError) as too_long, engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (:v)"), {"v": os.urandom(6000).hex()})
+        assert not isinstance(too_long.value, DatabaseUnavailable)
+        with engine.connect() as victim, engine.connect() as killer:
+            pid = victim.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            with pytest.raises(DatabaseUnavailable):
+                victim.execute(text("SELECT 1"))
+        engine.dispose()

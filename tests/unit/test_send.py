@@ -9,8 +9,9 @@ from sqlmodel import Session, select
 
 from mailrouter.config import SmtpSettings
 from mailrouter.db import create_schema, make_engine
-from mailrouter.models import Event, OutboxMessage, OutboxState, utcnow
+from mailrouter.models import Event, OutboxMessage, utcnow
 from mailrouter.send import Letter, Sender, backoff, dot_stuffed
+from mailrouter.vocabulary import OutboxState
 
 
 def test_dot_stuffing_and_line_endings():

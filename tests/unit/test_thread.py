@@ -1,7 +1,7 @@
 from mailrouter.agents import directory_from
-from mailrouter.models import AuthorRole
 from mailrouter.parse import parse
 from mailrouter.thread import CaseRef, case_tag_pattern, strip_reply_prefixes, thread
+from mailrouter.vocabulary import AuthorRole
 from tests.messages import make_mail
 
 CASE = CaseRef(7, "IT-1042", "it", "new", "kari@kunde.example")

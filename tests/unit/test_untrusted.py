@@ -12,10 +12,11 @@ from mailrouter import store
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, OutboxState, RawMessage, utcnow
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.pipeline import Intake, OutcomeKind
 from mailrouter.review import ReviewError, retry, screened, set_aside
 from mailrouter.store import Origin, acknowledgements_to
+from mailrouter.vocabulary import OutboxState
 from tests.messages import make_dsn, make_mail
 
 

@@ -1,0 +1,121 @@
+"""The words mailrouter writes into its tables and reads back: states, roles and kinds, defined once.
+
+Every value is a StrEnum, so a row written by an older version (a plain string) reads back as the
+same member, and nothing anywhere compares against a string literal of them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import String
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class CaseStatus(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+FINISHED = frozenset({CaseStatus.RESOLVED, CaseStatus.CLOSED})
+WAITING_ON_US = frozenset({CaseStatus.NEW, CaseStatus.OPEN, CaseStatus.PENDING})
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class AuthorRole(StrEnum):
+    CUSTOMER = "customer"
+    AGENT = "agent"
+    PARTICIPANT = "participant"
+    EXTERNAL = "external"  # claims to be an agent without proof
+    SYSTEM = "system"
+
+
+class OutboxState(StrEnum):
+    QUEUED = "queued"
+    # The whole message is on the wire and only the relay's final answer is missing: a crash now
+    # must not send it again (see send.py).
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    # Accepted by the relay, then returned by a delivery status notification (a bounce).
+    BOUNCED = "bounced"
+
+
+class OutboxKind(StrEnum):
+    """What a letter in the outbox is, and so who it goes to."""
+
+    ACKNOWLEDGEMENT = "acknowledgement"  # to the customer of a new case
+    NOTIFICATION = "notification"  # to the agents: a new case or a message on one
+    REMINDER = "reminder"  # to the agents: a follow-up set with #followup is due
+    AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
+    COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
+
+
+class EventKind(StrEnum):
+    """The audit trail's vocabulary: one kind per decision or happening a person may ask about."""
+
+    # registration
+    CASE_CREATED = "case-created"
+    THREADED = "threaded"
+    ROUTED = "routed"
+    LINKED = "linked"
+    SCREENED = "screened"
+    SECURITY_WARNING = "security-warning"
+    BOUNCED = "bounced"
+    # set aside, and released again
+    REFUSED = "refused"
+    QUARANTINED = "quarantined"
+    QUARANTINE_RELEASED = "quarantine-released"
+    QUARANTINE_RETRY_FAILED = "quarantine-retry-failed"
+    # what the case queued, or why it did not
+    ACKNOWLEDGEMENT_QUEUED = "acknowledgement-queued"
+    NOT_ACKNOWLEDGED = "not-acknowledged"
+    NOTIFIED = "notified"
+    NOT_NOTIFIED = "not-notified"
+    RELAYED = "relayed"
+    NOT_RELAYED = "not-relayed"
+    # agents' work
+    NOTE = "note"
+    COMMANDS_REJECTED = "commands-rejected"
+    ASSIGNED = "assigned"
+    PRIORITY_CHANGED = "priority-changed"
+    TAGGED = "tagged"
+    FOLLOW_UP_SET = "follow-up-set"
+    STATUS_CHANGED = "status-changed"
+    # the outbox
+    MAIL_SENT = "mail-sent"
+    MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
+    DELIVERY_FAILED = "delivery-failed"
+    # mailboxes
+    MAILBOX_READ_ONLY = "mailbox-read-only"
+    UIDVALIDITY_CHANGED = "uidvalidity-changed"
+
+
+SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
+
+
+class Vocabulary(TypeDecorator[StrEnum]):
+    """A column of one of these enums, stored as its plain string: no database enum type to
+    migrate when a word is added, and rows read back as members."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
