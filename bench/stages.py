@@ -1,7 +1,7 @@
 """Time per stage: the daemon's own stage functions, run in this process over the same messages.
 
 Production code is not touched: the stage functions are wrapped with timers where
-mailrouter.pipeline looks them up, and the outbox is drained by mailrouter's own Sender.
+mailrouter.intake looks them up, and the outbox is drained by mailrouter's own Sender.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from typing import Any
 import aioimaplib
 from sqlmodel import Session, col, func, select
 
-from mailrouter import casework, pipeline
+from mailrouter import intake as intake_module
+from mailrouter import notices, store
 from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import create_schema, ensure_counters, make_engine
 from mailrouter.fetch import parse_fetch, parse_search
 from mailrouter.models import OutboxMessage
+from mailrouter.plan import Origin
 from mailrouter.send import Sender
-from mailrouter.store import Origin
 from mailrouter.vocabulary import OutboxState
 from tests.mailstack import MailStack
 
@@ -84,41 +85,46 @@ def run_stages(
     engine = make_engine(f"sqlite:///{database}")
     create_schema(engine)
     ensure_counters(engine, [m.prefix for m in loaded.config.mailboxes.values()], 1001)
-    intake = pipeline.Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
+    intake = intake_module.Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
 
     timings: Timings = defaultdict(float)
-    originals = {name: getattr(pipeline, name) for name in ("parse", "screen", "thread", "route")}
-    compose = casework.compose
-    render = intake.casework.templates.render
-    commit = pipeline.Session.commit
+    originals = {name: getattr(intake_module, name) for name in ("parse", "screen", "thread", "route")}
+    compose = notices.compose
+    render = intake.casework.notices.templates.render
+    apply = store.apply
+    commit = intake_module.Session.commit
     try:
-        pipeline.parse = _timed(timings, "parse", originals["parse"])
+        intake_module.parse = _timed(timings, "parse", originals["parse"])
         for name in ("screen", "thread", "route"):
-            setattr(pipeline, name, _timed(timings, "screen/thread/route", originals[name]))
-        casework.compose = _timed(timings, "compose ack", compose)
-        intake.casework.templates.render = _timed(timings, "compose ack", render)  # type: ignore[method-assign]
-        pipeline.Session.commit = _timed(timings, "commit", commit)  # type: ignore[method-assign]
+            setattr(intake_module, name, _timed(timings, "screen/thread/route", originals[name]))
+        notices.compose = _timed(timings, "compose ack", compose)
+        intake.casework.notices.templates.render = _timed(timings, "compose ack", render)  # type: ignore[method-assign]
+        store.apply = _timed(timings, "apply", apply)
+        intake_module.Session.commit = _timed(timings, "commit", commit)  # type: ignore[method-assign]
         started = time.perf_counter()
         for uid, raw in enumerate(messages, start=1):
             intake.process(raw, Origin("it", 1, uid))
         total = time.perf_counter() - started
     finally:
         for name, function in originals.items():
-            setattr(pipeline, name, function)
-        casework.compose = compose
-        pipeline.Session.commit = commit  # type: ignore[method-assign]
+            setattr(intake_module, name, function)
+        notices.compose = compose
+        store.apply = apply
+        intake_module.Session.commit = commit  # type: ignore[method-assign]
 
     sent_time, smtp_time, letters = _send(engine, loaded.config, send_sample)
     engine.dispose()
     n = len(messages)
-    store = total - timings["parse"] - timings["screen/thread/route"] - timings["compose ack"]
+    measured = ("parse", "screen/thread/route", "compose ack", "apply", "commit")
+    decide = total - sum(timings[name] for name in measured)
     per_message = {
         "fetch (IMAP FETCH, batches of 50)": fetch_time / max(fetched, 1),
         "mark (one UID STORE per batch)": mark_time / max(fetched, 1),
         "parse (mail-parser → Inbound)": timings["parse"] / n,
         "screen/thread/route": timings["screen/thread/route"] / n,
         "compose ack (render + MIME)": timings["compose ack"] / n,
-        "store (ORM writes + commit)": store / n,
+        "decide (reads + casework's plan)": decide / n,
+        "store (apply the plan + commit)": (timings["apply"] + timings["commit"]) / n,
         "  of which commit": timings["commit"] / n,
         "send (SMTP dialogue, per ack)": smtp_time / max(letters, 1),
         "send (rest: claim, mark, loop)": (sent_time - smtp_time) / max(letters, 1),

@@ -1,372 +1,539 @@
-"""What a message does to its case: acknowledgements, notifications, agent replies and commands.
+"""casework: what a message does to its case (new case, follow-up, reopen, agent reply and
+commands, screened, bounce), decided as a Plan.
 
-Everything here runs inside the intake's transaction and only writes rows: outgoing mail goes to
-the outbox, every change is an event naming who did it and why.
+Pure: it reads what it needs through CaseFacts and writes nothing; store.apply writes the plan
+in the message's transaction. Every change is an event naming who did it and why.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
-from sqlalchemy import Row, bindparam, exists
-from sqlmodel import Session, col, func, or_, select
-
-from mailrouter import store
 from mailrouter.agents import AgentDirectory
 from mailrouter.commands import Command, parse_duration, read_agent_reply
-from mailrouter.compose import compose, tagged_subject
-from mailrouter.config import Config, MailboxSettings
-from mailrouter.models import Case, Customer, Message, utcnow
+from mailrouter.config import Config
+from mailrouter.notices import Notices
 from mailrouter.parse import Inbound
-from mailrouter.store import CASE, CUSTOMER
-from mailrouter.templates import Rendered, Templates
-from mailrouter.vocabulary import AuthorRole, CaseStatus, Direction, EventKind, OutboxKind
+from mailrouter.plan import (
+    Bounce,
+    CaseView,
+    CustomerView,
+    Incoming,
+    Origin,
+    Outcome,
+    OutcomeKind,
+    Plan,
+    PlannedEvent,
+    QueuedMail,
+    Raw,
+)
+from mailrouter.route import Decision
+from mailrouter.screen import Kind, Verdict
+from mailrouter.thread import ThreadMatch
+from mailrouter.vocabulary import FINISHED, AuthorRole, CaseStatus, EventKind, OutboxKind
 
 RECENT = timedelta(days=90)
 # An agent needs to know that the customer's organisation has many open cases, not how many:
 # the count stops here, so that a backlog from one organisation (a whole company's staff after
 # an outage) costs each notification no more than a few cases would.
 ORGANISATION_CASES_COUNTED = 50
-# The notification's look-ups, built once (composing a statement costs more than running it).
-_OTHER_CASES = (
-    select(CASE.c.number, CASE.c.status, CASE.c.subject)
-    .where(CASE.c.customer_id == bindparam("customer_id"), CASE.c.id != bindparam("case_id"))
-    .where(or_(CASE.c.status != CaseStatus.CLOSED, CASE.c.created_at > bindparam("recent")))
-    .order_by(CASE.c.id.desc())
-    .limit(10)
-)
-# From the open cases, not from the organisation's customers: those have every case they ever
-# opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
-_ORGANISATION_OPEN_CASES = select(func.count()).select_from(
-    select(CASE.c.id)
-    .where(
-        or_(*(CASE.c.status == status for status in (CaseStatus.NEW, CaseStatus.OPEN, CaseStatus.PENDING)))
-    )
-    .where(CASE.c.id != bindparam("case_id"))
-    .where(
-        exists().where(
-            CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("organisation")
-        )
-    )
-    .limit(ORGANISATION_CASES_COUNTED)
-    .subquery()
-)
-COMMAND_HELP = (
-    "Commands stand on their own lines at the top of your reply:\n"
-    "  #note              internal: recorded on the case, never sent to the customer\n"
-    "  #close  #resolve  #pending\n"
-    "  #assign <agent address or group>\n"
-    "  #priority <low|normal|high|urgent>\n"
-    "  #tag <tag>\n"
-    "  #followup <30m|4h|2d|1w>\n"
-)
+_DSN_STATUS = re.compile(r"^.*\b[45]\.\d{1,3}\.\d{1,3}\b.*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
-class Done:
-    summary: str
-    queued: int = 0
+class OtherCase:
+    number: str
+    status: CaseStatus
+    subject: str
+
+
+@dataclass(frozen=True)
+class SentMail:
+    """Our outgoing mail, as a bounce names it."""
+
+    outbox_id: int
+    case_id: int
+    kind: OutboxKind
+    rcpt_to: tuple[str, ...]
+    message_id: str
+
+
+class CaseFacts(Protocol):
+    """What deciding reads of the stored desk; the store implements it."""
+
+    def other_cases(self, customer_id: int, case_id: int | None, since: datetime) -> Sequence[OtherCase]: ...
+
+    def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int: ...
+
+    def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...]] | None: ...
+
+    def acknowledgements_to(self, address: str, since: datetime, at_most: int) -> int: ...
+
+
+@dataclass
+class _Draft:
+    """A plan being decided: the case as it becomes, and what is to be recorded and sent."""
+
+    case: CaseView
+    now: datetime
+    changes: dict[str, Any] = field(default_factory=dict)
+    events: list[PlannedEvent] = field(default_factory=list)
+    mail: list[QueuedMail] = field(default_factory=list)
+
+    def change(self, **values: Any) -> None:
+        self.case = dataclasses.replace(self.case, **values)
+        self.changes.update(values)
+
+    def record(self, kind: EventKind, detail: str, **data: Any) -> None:
+        self.events.append(PlannedEvent(kind, detail, data))
+
+    def plan(self, outcome: Outcome, **parts: Any) -> Plan:
+        return Plan(
+            outcome=outcome,
+            case=self.case,
+            changes=self.changes,
+            events=tuple(self.events),
+            mail=tuple(self.mail),
+            **parts,
+        )
 
 
 class Casework:
-    def __init__(self, config: Config, templates: Templates, agents: AgentDirectory) -> None:
+    def __init__(self, config: Config, notices: Notices, agents: AgentDirectory) -> None:
         self.config = config
-        self.templates = templates
+        self.notices = notices
         self.agents = agents
+        self._effects: dict[str, Callable[[_Draft, Command, str, Inbound, bytes, CaseFacts], None]] = {
+            "note": lambda *_: None,
+            "close": self._set_status_by_command,
+            "resolve": self._set_status_by_command,
+            "pending": self._set_status_by_command,
+            "assign": self._assign,
+            "priority": self._priority,
+            "tag": self._tag,
+            "followup": self._follow_up_at,
+        }
 
-    def _department(self, case: Case) -> MailboxSettings:
-        return self.config.mailboxes[case.department]
+    # --- which course a message takes -----------------------------------------------------------
 
-    def _reply_to(self, case: Case) -> str | None:
-        signer = self.agents.signer
-        return signer.address(self._department(case).address, case.number) if signer else None
+    def too_late(self, case: CaseView, match: ThreadMatch, verdict: Verdict, now: datetime) -> bool:
+        """A customer's reply to a case finished longer ago than the reopen window opens a new one."""
+        if case.status not in FINISHED or not verdict.may_reopen:
+            return False
+        if match.author_role not in (AuthorRole.CUSTOMER, AuthorRole.PARTICIPANT):
+            return False
+        finished = case.resolved_at or case.updated_at
+        return now - finished > timedelta(days=self.config.file.agents.reopen_days)
 
-    def acknowledge(self, session: Session, case: Case, inbound: Inbound, template: str) -> Done:
-        department = self._department(case)
-        customer = session.get(Customer, case.customer_id) if case.customer_id else None
-        assert customer is not None, "acknowledge only cases with a sender"
-        rendered = self.templates.render(
-            case.department,
-            template,
-            (case.language, department.language),
-            {"case": case, "customer": customer, "department": department, "message": inbound},
-        )
-        outgoing = compose(
-            case_number=case.number,
-            from_address=department.address,
-            from_name=department.display_name,
-            to=(customer.address,),
-            subject=tagged_subject(case.number, inbound.subject),
-            body=rendered,
-            in_reply_to=inbound.message_id,
-            references=inbound.references,
-            auto_submitted="auto-replied",
-        )
-        store.queue_outgoing(session, case, outgoing, OutboxKind.ACKNOWLEDGEMENT, AuthorRole.SYSTEM)
-        store.record(
-            session,
-            EventKind.ACKNOWLEDGEMENT_QUEUED,
-            f"acknowledgement to {customer.address} from template {case.department}/{template} "
-            f"({case.language})",
-            case_id=case.id,
-            message_id_header=outgoing.message_id,
-        )
-        return Done("acknowledged", 1)
-
-    def notify(
-        self, session: Session, case: Case, inbound: Inbound, raw: bytes, why: str, exclude: str = ""
-    ) -> Done:
-        """Tell whoever has the case about a message: the case, the customer, the original attached."""
-
-        def context() -> dict[str, object]:
-            customer = session.get(Customer, case.customer_id) if case.customer_id else None
-            return {
-                "message": inbound,
-                "why": why,
-                "other_cases": self._other_cases(session, case),
-                "organisation_open_cases": (count := self._organisation_open_cases(session, case, customer)),
-                "organisation_open_cases_or_more": count == ORGANISATION_CASES_COUNTED,
-            }
-
-        return self._mail_agents(
-            session, case, OutboxKind.NOTIFICATION, "notify", why, context, exclude=exclude, attach=raw
+    def warnings(self, match: ThreadMatch, origin: Origin) -> tuple[PlannedEvent, ...]:
+        """Forged agents and tampered addresses, on the case they tried to reach."""
+        case_id = match.case.id if match.case else None
+        return tuple(
+            PlannedEvent(
+                EventKind.SECURITY_WARNING, w, on_case=False, case_id=case_id, mailbox=origin.mailbox
+            )
+            for w in match.warnings
         )
 
-    def remind(self, session: Session, case: Case) -> Done:
-        """The follow-up an agent asked for with #followup is due: tell whoever has the case."""
-        return self._mail_agents(session, case, OutboxKind.REMINDER, "remind", "Follow-up due", dict)
+    # --- plans for incoming mail ------------------------------------------------------------------
 
-    def _mail_agents(
+    def duplicate(self, origin: Origin, earlier: int, key: str) -> Plan:
+        outcome = Outcome(OutcomeKind.DUPLICATE, None, f"already registered as message {earlier} ({key})")
+        return Plan(outcome=outcome, checkpoint=origin)
+
+    def without_case(
+        self, inbound: Inbound, origin: Origin, raw: bytes, why: str, verdict: str = "rejected"
+    ) -> Plan:
+        """Kept and findable, but no case and no answer."""
+        event = PlannedEvent(
+            EventKind.SCREENED,
+            f"no case opened: {why}",
+            {"verdict": verdict},
+            about_message=True,
+            mailbox=origin.mailbox,
+        )
+        return Plan(
+            outcome=Outcome(OutcomeKind.SCREENED, None, why),
+            incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER, on_case=False),
+            raw=Raw(inbound.sha256, raw),
+            events=(event,),
+            checkpoint=origin,
+        )
+
+    def bounce(
         self,
-        session: Session,
-        case: Case,
-        kind: str,
-        template: str,
-        why: str,
-        context: Callable[[], dict[str, object]],
+        inbound: Inbound,
+        origin: Origin,
+        raw: bytes,
+        verdict: Verdict,
+        case: CaseView,
+        sent: Sequence[SentMail],
+    ) -> Plan:
+        """A bounce of mail we sent: attached to that mail's case, the mail marked bounced."""
+        status = _DSN_STATUS.search(inbound.text)
+        why = " ".join(status.group(0).split()) if status else verdict.explanation
+        events = tuple(
+            PlannedEvent(
+                EventKind.BOUNCED,
+                f"{row.kind} to {', '.join(row.rcpt_to)} bounced: {why}",
+                {"outbox_id": row.outbox_id, "message_id_header": row.message_id},
+                on_case=False,
+                case_id=row.case_id,
+                about_message=True,
+                mailbox=origin.mailbox,
+            )
+            for row in sent
+        )
+        return Plan(
+            outcome=Outcome(OutcomeKind.BOUNCED, case.number, f"bounce of {sent[0].message_id}: {why}"),
+            case=case,
+            incoming=Incoming(inbound, origin, AuthorRole.SYSTEM),
+            raw=Raw(inbound.sha256, raw),
+            events=events,
+            bounces=tuple(Bounce(row.outbox_id, f"bounced: {why}"[:1000]) for row in sent),
+            checkpoint=origin,
+        )
+
+    def follow_up(
+        self,
+        inbound: Inbound,
+        origin: Origin,
+        raw: bytes,
+        verdict: Verdict,
+        match: ThreadMatch,
+        case: CaseView,
+        now: datetime,
+        facts: CaseFacts,
+    ) -> Plan:
+        draft = _Draft(case, now)
+        draft.events.append(
+            PlannedEvent(EventKind.THREADED, match.reason, about_message=True, mailbox=origin.mailbox)
+        )
+        if verdict.kind != Kind.NORMAL:
+            draft.events.append(
+                PlannedEvent(
+                    EventKind.SCREENED,
+                    f"{verdict.kind.value}: {verdict.explanation}"
+                    + ("" if verdict.may_reopen else "; never acknowledged, never reopens the case"),
+                    {"verdict": verdict.kind.value},
+                    about_message=True,
+                    mailbox=origin.mailbox,
+                )
+            )
+        draft.change(updated_at=now)
+        role = match.author_role
+        parts: dict[str, Any] = {
+            "incoming": Incoming(inbound, origin, role),
+            "raw": Raw(inbound.sha256, raw),
+            "checkpoint": origin,
+        }
+        if role == AuthorRole.AGENT:
+            summary = self._agent_reply(draft, inbound, raw, facts)
+            return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, summary, len(draft.mail)), **parts)
+        if role == AuthorRole.EXTERNAL or not verdict.may_reopen:
+            # Forged agents, automatic and bulk mail are on record, and change nothing.
+            return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason), **parts)
+        sender = inbound.sender.address if inbound.sender else "someone"
+        if case.status in FINISHED:
+            self._set_status(draft, CaseStatus.OPEN, sender, "replied to a finished case: reopened")
+        elif case.status == CaseStatus.PENDING:
+            self._set_status(draft, CaseStatus.OPEN, sender, "the customer answered")
+        self._notify(draft, f"Reply from {sender}", facts, inbound=inbound, raw=raw)
+        return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason, len(draft.mail)), **parts)
+
+    def new_case(
+        self,
+        inbound: Inbound,
+        origin: Origin,
+        raw: bytes,
+        verdict: Verdict,
+        decision: Decision,
+        number: str,
+        customer: CustomerView | None,
+        earlier: CaseView | None,
+        now: datetime,
+        facts: CaseFacts,
+    ) -> Plan:
+        case = CaseView(
+            id=None,
+            number=number,
+            department=decision.department,
+            subject=inbound.subject or "(no subject)",
+            status=CaseStatus.NEW,
+            priority=decision.priority,
+            category=decision.category,
+            group=decision.group,
+            assignee=decision.assignee,
+            tags=decision.tags,
+            language=decision.language,
+            created_at=now,
+            updated_at=now,
+            related_case_id=earlier.id if earlier else None,
+            customer=customer,
+        )
+        draft = _Draft(case, now)
+        draft.events.append(
+            PlannedEvent(
+                EventKind.CASE_CREATED,
+                f"{number} opened in {decision.department} from mail to {origin.mailbox}",
+                about_message=True,
+                mailbox=origin.mailbox,
+            )
+        )
+        if earlier is not None:
+            draft.record(
+                EventKind.LINKED,
+                f"a reply to {earlier.number}, finished more than "
+                f"{self.config.file.agents.reopen_days:g} days ago: a new case, linked to it",
+                related_case=earlier.number,
+            )
+        draft.events.append(
+            PlannedEvent(
+                EventKind.ROUTED,
+                decision.explanation,
+                {
+                    "rules": list(decision.matched_rules),
+                    "department": decision.department,
+                    "priority": decision.priority,
+                    "category": decision.category,
+                    "group": decision.group,
+                    "assignee": decision.assignee,
+                    "tags": list(decision.tags),
+                    "template": decision.template,
+                },
+                mailbox=origin.mailbox,
+            )
+        )
+        if verdict.kind != Kind.NORMAL:
+            draft.events.append(PlannedEvent(EventKind.SCREENED, verdict.explanation, mailbox=origin.mailbox))
+        self._acknowledge(draft, inbound, verdict, decision, facts)
+        self._notify(draft, "New case", facts, inbound=inbound, raw=raw)
+        return draft.plan(
+            Outcome(OutcomeKind.NEW_CASE, number, decision.explanation, len(draft.mail)),
+            customer=inbound.sender,
+            incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER),
+            raw=Raw(inbound.sha256, raw),
+            checkpoint=origin,
+        )
+
+    def set_aside(
+        self,
+        raw: bytes,
+        origin: Origin,
+        kind: OutcomeKind,
+        reason: str,
         *,
+        keep_raw: bool = True,
+        **data: Any,
+    ) -> Plan:
+        """Refused or quarantined: no case; the bytes (unless too large to keep) and the reason on
+        record so a person can find, judge and retry it; the mailbox moves past it."""
+        raw_copy = Raw(hashlib.sha256(raw).hexdigest(), raw) if keep_raw else None
+        event_kind = EventKind.QUARANTINED if kind == OutcomeKind.QUARANTINED else EventKind.REFUSED
+        event = PlannedEvent(
+            event_kind,
+            f"message UID {origin.uid} in {origin.mailbox} {event_kind.value}: {reason}",
+            {
+                "uid": origin.uid,
+                "uidvalidity": origin.uidvalidity,
+                "raw_sha256": raw_copy.sha256 if raw_copy else None,
+                "reason": reason,
+                **data,
+            },
+            mailbox=origin.mailbox,
+        )
+        return Plan(outcome=Outcome(kind, None, reason), raw=raw_copy, events=(event,), checkpoint=origin)
+
+    # --- plans for scheduled work -----------------------------------------------------------------
+
+    def reminder(self, case: CaseView, now: datetime, facts: CaseFacts) -> Plan:
+        """The follow-up an agent asked for with #followup is due: tell whoever has the case."""
+        draft = _Draft(case, now)
+        self._notify(draft, "Follow-up due", facts, kind=OutboxKind.REMINDER)
+        return draft.plan(Outcome(OutcomeKind.REMINDED, case.number, "follow-up due", len(draft.mail)))
+
+    # --- the parts ---------------------------------------------------------------------------------
+
+    def _acknowledge(
+        self, draft: _Draft, inbound: Inbound, verdict: Verdict, decision: Decision, facts: CaseFacts
+    ) -> None:
+        case = draft.case
+        if decision.template is None:
+            draft.record(EventKind.NOT_ACKNOWLEDGED, "routing said: do not acknowledge")
+        elif not verdict.may_acknowledge:
+            draft.record(EventKind.NOT_ACKNOWLEDGED, f"screening: {verdict.explanation}")
+        elif case.customer is None:
+            draft.record(EventKind.NOT_ACKNOWLEDGED, "the message has no sender address")
+        elif (limited := self._over_acknowledgement_limit(case.customer, draft.now, facts)) is not None:
+            draft.record(EventKind.NOT_ACKNOWLEDGED, limited, rate_limited=True)
+        else:
+            mail = self.notices.acknowledgement(case, inbound, decision.template)
+            draft.mail.append(mail)
+            draft.record(
+                EventKind.ACKNOWLEDGEMENT_QUEUED,
+                f"acknowledgement to {case.customer.address} from template "
+                f"{case.department}/{decision.template} ({case.language})",
+                message_id_header=mail.outgoing.message_id,
+            )
+
+    def _over_acknowledgement_limit(
+        self, customer: CustomerView, now: datetime, facts: CaseFacts
+    ) -> str | None:
+        """Why this sender gets no more acknowledgements for now, or None while under the limit."""
+        if customer.id is None:
+            return None  # their first mail
+        limits = self.config.limits
+        since = now - timedelta(seconds=limits.acknowledgement_window)
+        if facts.acknowledgements_to(customer.address, since, limits.acknowledgements_per_sender) < (
+            limits.acknowledgements_per_sender
+        ):
+            return None
+        # The count stops at the limit, so it tells no more than that the limit is reached.
+        return (
+            f"rate limit: {customer.address} has had the most acknowledgements allowed "
+            f"({limits.acknowledgements_per_sender}) in the last {limits.acknowledgement_window:.0f}s"
+        )
+
+    def _notify(
+        self,
+        draft: _Draft,
+        why: str,
+        facts: CaseFacts,
+        *,
+        kind: OutboxKind = OutboxKind.NOTIFICATION,
+        inbound: Inbound | None = None,
+        raw: bytes | None = None,
         exclude: str = "",
-        attach: bytes | None = None,
-    ) -> Done:
-        """Mail the assignee, or else the case's group, or else the department's group, with the
-        signed Reply-To that lets them answer and command from their mail client. The context is
-        looked up only when someone is to be told: it costs queries on every new case."""
+    ) -> None:
+        """Mail the assignee, or else the case's group, or else the department's group. The
+        context is looked up only when someone is to be told: it costs queries on every new case."""
         if self.agents.signer is None:
-            return Done("no agents configured")
-        department = self._department(case)
-        group = case.group or department.group
+            return  # no agents configured
+        case = draft.case
+        group = case.group or self.config.mailboxes[case.department].group
         recipients = [case.assignee] if case.assignee else list(self.agents.members(group))
         recipients = [r for r in recipients if r != exclude]
         if not recipients:
-            store.record(
-                session, EventKind.NOT_NOTIFIED, f"{why}: no assignee and no group members", case_id=case.id
-            )
-            return Done("nobody to tell")
-        customer = session.get(Customer, case.customer_id) if case.customer_id else None
-        rendered = self.templates.render(
-            case.department,
-            template,
-            (department.language,),
-            {"case": case, "customer": customer, "department": department, **context()},
-        )
-        outgoing = compose(
-            case_number=case.number,
-            from_address=department.address,
-            from_name=department.display_name,
-            to=tuple(recipients),
-            subject=f"[{case.number}] {why}: {case.subject}",
-            body=rendered,
-            auto_submitted="auto-generated",
-            reply_to=self._reply_to(case),
-            attach_original=attach,
-        )
-        store.queue_outgoing(session, case, outgoing, kind, AuthorRole.SYSTEM)
-        store.record(
-            session, EventKind.NOTIFIED, f"{why}: {kind} to {', '.join(recipients)}", case_id=case.id
-        )
-        return Done(f"{kind} to {', '.join(recipients)}", 1)
+            draft.record(EventKind.NOT_NOTIFIED, f"{why}: no assignee and no group members")
+            return
+        context: dict[str, Any] = {}
+        if kind == OutboxKind.NOTIFICATION:
+            count = self._organisation_open_cases(case, facts)
+            context = {
+                "message": inbound,
+                "other_cases": self._other_cases(case, draft.now, facts),
+                "organisation_open_cases": count,
+                "organisation_open_cases_or_more": count == ORGANISATION_CASES_COUNTED,
+            }
+        draft.mail.append(self.notices.to_agents(kind, case, tuple(recipients), why, attach=raw, **context))
+        draft.record(EventKind.NOTIFIED, f"{why}: {kind} to {', '.join(recipients)}")
 
-    def _other_cases(self, session: Session, case: Case) -> Sequence[Row]:
+    @staticmethod
+    def _other_cases(case: CaseView, now: datetime, facts: CaseFacts) -> Sequence[OtherCase]:
         """The customer's other open cases, and their recent closed ones."""
-        if case.customer_id is None:
+        if case.customer is None or case.customer.id is None:
             return []
-        params = {"customer_id": case.customer_id, "case_id": case.id, "recent": utcnow() - RECENT}
-        return session.connection().execute(_OTHER_CASES, params).all()
+        return facts.other_cases(case.customer.id, case.id, now - RECENT)
 
-    def _organisation_open_cases(self, session: Session, case: Case, customer: Customer | None) -> int:
+    @staticmethod
+    def _organisation_open_cases(case: CaseView, facts: CaseFacts) -> int:
         """Counted up to ORGANISATION_CASES_COUNTED."""
-        if customer is None or not customer.organisation:
+        if case.customer is None or not case.customer.organisation:
             return 0
-        params = {"case_id": case.id, "organisation": customer.organisation}
-        return session.connection().execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
+        return facts.organisation_open_cases(case.customer.organisation, case.id, ORGANISATION_CASES_COUNTED)
 
-    def agent_reply(self, session: Session, case: Case, inbound: Inbound, raw: bytes) -> Done:
+    def _agent_reply(self, draft: _Draft, inbound: Inbound, raw: bytes, facts: CaseFacts) -> str:
         """Obey the commands, then relay the answer or record the note. Any bad command: neither."""
         agent = inbound.sender.address if inbound.sender else ""
-        assignable = self.agents.agents | frozenset(self.agents.groups)
-        reply = read_agent_reply(inbound.text, assignable)
+        reply = read_agent_reply(inbound.text, self.agents.agents | frozenset(self.agents.groups))
         if reply.errors:
-            return self._reject_commands(session, case, inbound, agent, reply.errors)
-        status_before = case.status
-        queued = 0
+            draft.mail.append(self.notices.command_error(draft.case, inbound, agent, reply.errors))
+            draft.record(EventKind.COMMANDS_REJECTED, f"from {agent}: {'; '.join(reply.errors)}")
+            return f"commands from {agent} rejected: {'; '.join(reply.errors)}"
+        status_before = draft.case.status
         for command in reply.commands:
-            queued += self._obey(session, case, command, agent, inbound, raw)
+            self._effects[command.name](draft, command, agent, inbound, raw, facts)
         if reply.is_note:
-            store.record(
-                session, EventKind.NOTE, reply.answer or "(empty note)", case_id=case.id, agent=agent
-            )
-            return Done(f"note by {agent}", queued)
+            draft.record(EventKind.NOTE, reply.answer or "(empty note)", agent=agent)
+            return f"note by {agent}"
         if reply.answer:
-            queued += self._relay(session, case, reply.answer, agent)
-            if case.first_response_at is None:
-                case.first_response_at = utcnow()
-            if case.status == status_before and case.status in (CaseStatus.NEW, CaseStatus.PENDING):
-                self.set_status(session, case, CaseStatus.OPEN, agent, "answered the customer")
-        session.add(case)
+            self._relay(draft, reply.answer, agent, facts)
+            if draft.case.first_response_at is None:
+                draft.change(first_response_at=draft.now)
+            if draft.case.status == status_before and draft.case.status in (
+                CaseStatus.NEW,
+                CaseStatus.PENDING,
+            ):
+                self._set_status(draft, CaseStatus.OPEN, agent, "answered the customer")
         done = ", ".join(str(c) for c in reply.commands) or "no commands"
-        return Done(f"agent {agent}: {done}{'; answer relayed' if reply.answer else ''}", queued)
+        return f"agent {agent}: {done}{'; answer relayed' if reply.answer else ''}"
 
-    def _relay(self, session: Session, case: Case, answer: str, agent: str) -> int:
-        customer = session.get(Customer, case.customer_id) if case.customer_id else None
-        if customer is None:
-            store.record(
-                session,
-                EventKind.NOT_RELAYED,
-                f"answer from {agent}: the case has no customer address",
-                case_id=case.id,
-            )
-            return 0
-        last = session.exec(
-            select(Message)
-            .where(Message.case_id == case.id, Message.direction == Direction.IN)
-            .where(Message.author_role == AuthorRole.CUSTOMER)
-            .order_by(col(Message.id).desc())
-        ).first()
-        department = self._department(case)
-        outgoing = compose(
-            case_number=case.number,
-            from_address=department.address,
-            from_name=department.display_name,
-            to=(customer.address,),
-            subject=tagged_subject(case.number, case.subject),
-            body=Rendered(answer + "\n", None),
-            in_reply_to=last.message_id if last else "",
-            references=tuple(last.references) if last else (),
-        )
-        store.queue_outgoing(session, case, outgoing, OutboxKind.AGENT_REPLY, AuthorRole.AGENT)
-        store.record(
-            session,
+    def _relay(self, draft: _Draft, answer: str, agent: str, facts: CaseFacts) -> None:
+        case = draft.case
+        if case.customer is None or case.id is None:
+            draft.record(EventKind.NOT_RELAYED, f"answer from {agent}: the case has no customer address")
+            return
+        in_reply_to, references = facts.last_customer_message(case.id) or ("", ())
+        draft.mail.append(self.notices.relayed_answer(case, answer, in_reply_to, references))
+        department = self.config.mailboxes[case.department]
+        draft.record(
             EventKind.RELAYED,
-            f"answer from {agent} relayed to {customer.address} as {department.address}",
-            case_id=case.id,
+            f"answer from {agent} relayed to {case.customer.address} as {department.address}",
             agent=agent,
         )
-        return 1
 
-    def _reject_commands(
-        self, session: Session, case: Case, inbound: Inbound, agent: str, errors: tuple[str, ...]
-    ) -> Done:
-        department = self._department(case)
-        text = (
-            f"Your reply to {case.number} was not sent to the customer, and none of its commands were "
-            "carried out:\n\n"
-            + "".join(f"  - {e}\n" for e in errors)
-            + "\n"
-            + COMMAND_HELP
-            + "\nCorrect the command and reply again.\n"
-        )
-        outgoing = compose(
-            case_number=case.number,
-            from_address=department.address,
-            from_name=department.display_name,
-            to=(agent,),
-            subject=tagged_subject(case.number, inbound.subject),
-            body=Rendered(text, None),
-            in_reply_to=inbound.message_id,
-            references=inbound.references,
-            auto_submitted="auto-replied",
-            reply_to=self._reply_to(case),
-        )
-        store.queue_outgoing(session, case, outgoing, OutboxKind.COMMAND_ERROR, AuthorRole.SYSTEM)
-        store.record(
-            session, EventKind.COMMANDS_REJECTED, f"from {agent}: {'; '.join(errors)}", case_id=case.id
-        )
-        return Done(f"commands from {agent} rejected: {'; '.join(errors)}", 1)
+    def _set_status(self, draft: _Draft, status: CaseStatus, who: str, why: str) -> None:
+        before = draft.case.status
+        resolved_at = (draft.case.resolved_at or draft.now) if status in FINISHED else None
+        draft.change(status=status, resolved_at=resolved_at, updated_at=draft.now)
+        draft.record(EventKind.STATUS_CHANGED, f"{who}: {before} → {status} ({why})")
 
-    def _obey(
-        self, session: Session, case: Case, command: Command, agent: str, inbound: Inbound, raw: bytes
-    ) -> int:
-        name, argument = command.name, command.argument
-        if name == "note":
-            return 0
-        if name in ("close", "resolve", "pending"):
-            status = {
-                "close": CaseStatus.CLOSED,
-                "resolve": CaseStatus.RESOLVED,
-                "pending": CaseStatus.PENDING,
-            }
-            self.set_status(session, case, status[name], agent, str(command))
-            return 0
-        if name == "assign":
-            target = argument.lower()
-            if target in self.agents.groups:
-                case.group, case.assignee = target, ""
-            else:
-                case.assignee = target
-            store.record(
-                session,
-                EventKind.ASSIGNED,
-                f"{agent} assigned the case to {target} ({command})",
-                case_id=case.id,
-            )
-            return self.notify(
-                session, case, inbound, raw, f"Assigned to you by {agent}", exclude=agent
-            ).queued
-        if name == "priority":
-            self._changed(session, case, "priority", argument.lower(), agent, command)
-        elif name == "tag":
-            if argument not in case.tags:
-                case.tags = [*case.tags, argument]
-                store.record(
-                    session, EventKind.TAGGED, f"{agent} added tag {argument} ({command})", case_id=case.id
-                )
-        elif name == "followup":
-            duration = parse_duration(argument)
-            assert duration is not None, "checked by read_agent_reply"
-            case.follow_up_at = utcnow() + duration
-            store.record(
-                session,
-                EventKind.FOLLOW_UP_SET,
-                f"{agent} set a follow-up for {case.follow_up_at:%Y-%m-%d %H:%M} UTC ({command})",
-                case_id=case.id,
-            )
-        return 0
+    # --- what each agent command does (commands.COMMANDS says how it is written) --------------------
 
-    def _changed(
-        self, session: Session, case: Case, field: str, value: str, agent: str, command: Command
+    def _set_status_by_command(
+        self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts
     ) -> None:
-        before = getattr(case, field)
-        setattr(case, field, value)
-        store.record(
-            session,
-            f"{field}-changed",
-            f"{agent} changed {field} {before} → {value} ({command})",
-            case_id=case.id,
-        )
+        status = {"close": CaseStatus.CLOSED, "resolve": CaseStatus.RESOLVED, "pending": CaseStatus.PENDING}
+        self._set_status(draft, status[command.name], agent, str(command))
 
-    def set_status(self, session: Session, case: Case, status: CaseStatus, who: str, why: str) -> None:
-        before = case.status
-        case.status = status
-        if status in (CaseStatus.RESOLVED, CaseStatus.CLOSED):
-            case.resolved_at = case.resolved_at or utcnow()
+    def _assign(
+        self, draft: _Draft, command: Command, agent: str, inbound: Inbound, raw: bytes, facts: CaseFacts
+    ) -> None:
+        target = command.argument.lower()
+        if target in self.agents.groups:
+            draft.change(group=target, assignee="")
         else:
-            case.resolved_at = None
-        case.updated_at = utcnow()
-        store.record(
-            session, EventKind.STATUS_CHANGED, f"{who}: {before} → {status} ({why})", case_id=case.id
-        )
+            draft.change(assignee=target)
+        draft.record(EventKind.ASSIGNED, f"{agent} assigned the case to {target} ({command})")
+        self._notify(draft, f"Assigned to you by {agent}", facts, inbound=inbound, raw=raw, exclude=agent)
 
-    def reopen(self, session: Session, case: Case, who: str) -> None:
-        self.set_status(session, case, CaseStatus.OPEN, who, "replied to a finished case: reopened")
+    def _priority(
+        self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts
+    ) -> None:
+        before, value = draft.case.priority, command.argument.lower()
+        draft.change(priority=value)
+        draft.record(EventKind.PRIORITY_CHANGED, f"{agent} changed priority {before} → {value} ({command})")
+
+    def _tag(
+        self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts
+    ) -> None:
+        if command.argument not in draft.case.tags:
+            draft.change(tags=(*draft.case.tags, command.argument))
+            draft.record(EventKind.TAGGED, f"{agent} added tag {command.argument} ({command})")
+
+    def _follow_up_at(
+        self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts
+    ) -> None:
+        duration = parse_duration(command.argument)
+        assert duration is not None, "checked by read_agent_reply"
+        at = draft.now + duration
+        draft.change(follow_up_at=at)
+        draft.record(
+            EventKind.FOLLOW_UP_SET, f"{agent} set a follow-up for {at:%Y-%m-%d %H:%M} UTC ({command})"
+        )

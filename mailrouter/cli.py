@@ -15,9 +15,9 @@ from mailrouter import __version__
 from mailrouter.config import Config, load_config
 from mailrouter.daemon import Loaded, load, open_database, run
 from mailrouter.errors import MailrouterError, ParseError
+from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage
 from mailrouter.parse import Address, Inbound, parse
-from mailrouter.pipeline import Intake
 from mailrouter.review import retry, screened, set_aside
 from mailrouter.route import route
 from mailrouter.screen import screen

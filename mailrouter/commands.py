@@ -8,6 +8,7 @@ gets the answer, not the whole thread again.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -84,28 +85,66 @@ def read_agent_reply(text: str, assignable: frozenset[str]) -> AgentReply:
     return AgentReply(tuple(commands), answer, tuple(errors))
 
 
+def _no_argument(argument: str, _assignable: frozenset[str]) -> str | None:
+    return f"takes no argument, got {argument!r}" if argument else None
+
+
+def _anything(_argument: str, _assignable: frozenset[str]) -> str | None:
+    return None
+
+
+def _assignee(argument: str, assignable: frozenset[str]) -> str | None:
+    if argument.lower() in assignable:
+        return None
+    return f"{argument!r} is neither an agent nor a group" if argument else "whom? e.g. #assign it-agents"
+
+
+def _priority(argument: str, _assignable: frozenset[str]) -> str | None:
+    return None if argument.lower() in PRIORITIES else f"priority must be one of {', '.join(PRIORITIES)}"
+
+
+def _tag(argument: str, _assignable: frozenset[str]) -> str | None:
+    return None if re.fullmatch(r"[\w.-]+", argument) else "one tag, letters, digits, '-', '_' or '.'"
+
+
+def _duration(argument: str, _assignable: frozenset[str]) -> str | None:
+    return None if parse_duration(argument) else "a duration like 30m, 4h, 2d or 1w"
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    usage: str
+    help: str
+    check: Callable[[str, frozenset[str]], str | None]  # the argument's problem, or None
+
+
+# Every command an agent can give, in the order the help lists them; casework says what each does.
+COMMANDS = (
+    CommandSpec("note", "#note", "internal: recorded on the case, never sent to the customer", _anything),
+    CommandSpec("close", "#close", "close the case", _no_argument),
+    CommandSpec(
+        "resolve", "#resolve", "resolved: the customer may still reopen it by replying", _no_argument
+    ),
+    CommandSpec("pending", "#pending", "waiting for the customer", _no_argument),
+    CommandSpec(
+        "assign", "#assign <agent address or group>", "give the case to an agent or group", _assignee
+    ),
+    CommandSpec("priority", "#priority <low|normal|high|urgent>", "change the priority", _priority),
+    CommandSpec("tag", "#tag <tag>", "add a tag", _tag),
+    CommandSpec("followup", "#followup <30m|4h|2d|1w>", "remind whoever has the case then", _duration),
+)
+_BY_NAME = {spec.name: spec for spec in COMMANDS}
+COMMAND_HELP = "Commands stand on their own lines at the top of your reply:\n" + "".join(
+    f"  {spec.usage:<36}{spec.help}\n" for spec in COMMANDS
+)
+
+
 def _check(command: Command, assignable: frozenset[str]) -> str | None:
-    name, argument = command.name, command.argument
-    if name in ("close", "resolve", "pending"):
-        return f"takes no argument, got {argument!r}" if argument else None
-    if name == "note":
-        return None
-    if name == "assign":
-        if argument.lower() not in assignable:
-            return (
-                f"{argument!r} is neither an agent nor a group"
-                if argument
-                else "whom? e.g. #assign it-agents"
-            )
-        return None
-    if name == "priority":
-        return None if argument.lower() in PRIORITIES else f"priority must be one of {', '.join(PRIORITIES)}"
-    if name == "tag":
-        return None if re.fullmatch(r"[\w.-]+", argument) else "one tag, letters, digits, '-', '_' or '.'"
-    if name == "followup":
-        return None if parse_duration(argument) else "a duration like 30m, 4h, 2d or 1w"
-    known = "#note #close #resolve #pending #assign #priority #tag #followup"
-    return f"unknown command (known: {known})"
+    spec = _BY_NAME.get(command.name)
+    if spec is None:
+        return f"unknown command (known: {' '.join('#' + s.name for s in COMMANDS)})"
+    return spec.check(command.argument, assignable)
 
 
 def strip_quoted_history(text: str) -> str:

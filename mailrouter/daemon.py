@@ -22,9 +22,9 @@ from mailrouter.agents import AgentDirectory, directory_from
 from mailrouter.config import Config
 from mailrouter.db import create_schema, ensure_counters, make_engine
 from mailrouter.fetch import MailboxWorker
+from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
 from mailrouter.parsepool import ParsePool
-from mailrouter.pipeline import Intake
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
 from mailrouter.send import Sender

@@ -26,10 +26,10 @@ from mailrouter.config import DaemonSettings, MailboxSettings
 from mailrouter.errors import ConnectionLost, DatabaseUnavailable, ImapError, LockLost
 from mailrouter.imap import Connection, connect
 from mailrouter.imap import ok as _ok
+from mailrouter.intake import Intake
 from mailrouter.lease import MailboxLock
 from mailrouter.parsepool import ParsePool
-from mailrouter.pipeline import Intake, Outcome, OutcomeKind
-from mailrouter.store import Origin
+from mailrouter.plan import Origin, Outcome, OutcomeKind
 from mailrouter.vocabulary import EventKind
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from sqlmodel import Session, col, select
 
 from mailrouter import store
 from mailrouter.errors import ReviewError
+from mailrouter.intake import Intake
 from mailrouter.models import Event, Message, RawMessage
-from mailrouter.pipeline import Intake, Outcome, OutcomeKind
-from mailrouter.store import Origin
+from mailrouter.plan import Origin, Outcome, OutcomeKind
 from mailrouter.vocabulary import SET_ASIDE, Direction, EventKind
 
 

@@ -11,11 +11,12 @@ import logging
 from collections.abc import Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import Engine, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
+from mailrouter import store
 from mailrouter.casework import Casework
-from mailrouter.models import Case, utcnow
+from mailrouter.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +24,18 @@ log = logging.getLogger(__name__)
 def send_due_reminders(engine: Engine, casework: Casework) -> int:
     """Queue a reminder for every case whose follow-up time has come; returns how many."""
     with Session(engine) as session:
-        due = session.exec(select(Case.id, Case.follow_up_at).where(col(Case.follow_up_at) <= utcnow())).all()
+        due = store.due_follow_ups(session, utcnow())
     queued = 0
     for case_id, follow_up_at in due:
         with Session(engine) as session:
-            claimed = session.execute(
-                update(Case)
-                .where(col(Case.id) == case_id, col(Case.follow_up_at) == follow_up_at)
-                .values(follow_up_at=None)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if not store.claim_follow_up(session, case_id, follow_up_at):
                 continue  # another instance took it, or an agent changed it meanwhile
-            case = session.get(Case, case_id)
-            assert case is not None
-            queued += casework.remind(session, case).queued
+            facts = store.SqlFacts(session)
+            plan = casework.reminder(facts.case(case_id), utcnow(), facts)
+            store.apply(session, plan)
             session.commit()
-            log.info("follow-up due case=%s", case.number)
+            queued += len(plan.mail)
+            log.info("follow-up due case=%s", plan.outcome.case_number)
     return queued
 
 

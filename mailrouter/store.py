@@ -1,4 +1,5 @@
-"""store: the writes of one message's transaction, and the case look-ups threading needs.
+"""store: the only code that writes rows. `apply` writes a plan; SqlFacts reads what deciding
+needs (the case look-ups threading needs, and casework's CaseFacts).
 
 Every function here works inside the caller's session; the caller commits once per message, so a
 crash leaves either nothing or everything.
@@ -7,19 +8,17 @@ crash leaves either nothing or everything.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import bindparam, case, event, func, insert, update
+from sqlalchemy import Connection, Row, bindparam, case, event, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import SessionTransaction, make_transient_to_detached
-from sqlalchemy.orm.util import identity_key
-from sqlmodel import Session, col, select
+from sqlalchemy.orm import SessionTransaction
+from sqlmodel import Session
 
-from mailrouter.compose import Outgoing
+from mailrouter.casework import OtherCase, SentMail
 from mailrouter.models import (
     Attachment,
     Case,
@@ -32,10 +31,17 @@ from mailrouter.models import (
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
+from mailrouter.plan import CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
 from mailrouter.thread import CaseRef
-from mailrouter.vocabulary import AuthorRole, Direction, EventKind, OutboxKind
-
-_Loaded = TypeVar("_Loaded", Case, Customer)
+from mailrouter.vocabulary import (
+    WAITING_ON_US,
+    AuthorRole,
+    CaseStatus,
+    Direction,
+    EventKind,
+    OutboxKind,
+    OutboxState,
+)
 
 # Append-only rows are written with Core inserts: building and flushing an ORM object for each
 # cost more than all the rest of a message's registration (bench/RESULTS.md).
@@ -66,32 +72,6 @@ _KEEP_RAW = {
 }
 _CUSTOMER_BY_ADDRESS = select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address"))
 _INSERT_CUSTOMER_RETURNING_ID = insert(CUSTOMER).returning(CUSTOMER.c.id)
-# What threading needs of a case, with its customer's address, in one statement.
-_CASE_REF = (CASE.c.id, CASE.c.number, CASE.c.department, CASE.c.status, CUSTOMER.c.address)
-_CASE_WITH_CUSTOMER = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
-_CASE_BY_NUMBER = (
-    select(*_CASE_REF).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.number == bindparam("number"))
-)
-_CASES_BY_MESSAGE_IDS = (
-    select(MESSAGE.c.message_id, *_CASE_REF)
-    .select_from(MESSAGE.join(_CASE_WITH_CUSTOMER, CASE.c.id == MESSAGE.c.case_id))
-    .where(MESSAGE.c.message_id.in_(bindparam("message_ids", expanding=True)))
-)
-# Acknowledgements are queued only as their case is created, so the cases created since then are
-# the only ones to look at: ix_case_customer_id_created_at finds them, however long the sender's
-# history (joining all of a sender's cases made a frequent sender's every new case slower).
-_ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
-    select(OUTBOX.c.id)
-    .join(CASE, CASE.c.id == OUTBOX.c.case_id)
-    .where(
-        CASE.c.customer_id == bindparam("customer_id"),
-        CASE.c.created_at >= bindparam("since"),
-        OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT,
-        OUTBOX.c.created_at >= bindparam("since"),
-    )
-    .limit(bindparam("at_most"))
-    .subquery()
-)
 _ADVANCE_CHECKPOINT = (  # same UIDVALIDITY: the UID only ever grows
     update(MAILBOX_STATE)
     .where(MAILBOX_STATE.c.mailbox == bindparam("box"), MAILBOX_STATE.c.uidvalidity == bindparam("validity"))
@@ -104,124 +84,317 @@ _ADVANCE_CHECKPOINT = (  # same UIDVALIDITY: the UID only ever grows
 )
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where an incoming message was found: the IMAP identity of that copy."""
-
-    mailbox: str
-    uidvalidity: int
-    uid: int
-
-
-class SqlCaseLookup:
-    def __init__(self, session: Session) -> None:
-        self.connection = session.connection()
-
-    def case_by_number(self, number: str) -> CaseRef | None:
-        row = self.connection.execute(_CASE_BY_NUMBER, {"number": number}).first()
-        return _case_ref(*row) if row else None
-
-    def case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
-        """The case of the nearest message named: message_ids are ordered nearest first."""
-        rows = self.connection.execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
-        by_id = {message_id: case for message_id, *case in rows}
-        for message_id in message_ids:
-            if message_id in by_id:
-                return _case_ref(*by_id[message_id])
-        return None
-
-
-def _case_ref(case_id: int, number: str, department: str, status: str, customer: str | None) -> CaseRef:
-    return CaseRef(case_id, number, department, status, customer or "")
+_CUSTOMER_COLUMNS = (
+    CUSTOMER.c.id.label("customer_id_"),
+    CUSTOMER.c.address.label("customer_address"),
+    CUSTOMER.c.name.label("customer_name"),
+    CUSTOMER.c.organisation.label("customer_organisation"),
+)
+_CASE_WITH_CUSTOMER = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
+_CASE_VIEW = (*CASE.columns, *_CUSTOMER_COLUMNS)
+_CASE_BY_NUMBER = (
+    select(*_CASE_VIEW).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.number == bindparam("number"))
+)
+_CASE_BY_ID = select(*_CASE_VIEW).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.id == bindparam("case_id"))
+_CASES_BY_MESSAGE_IDS = (
+    select(MESSAGE.c.message_id.label("named_message_id"), *_CASE_VIEW)
+    .select_from(MESSAGE.join(_CASE_WITH_CUSTOMER, CASE.c.id == MESSAGE.c.case_id))
+    .where(MESSAGE.c.message_id.in_(bindparam("message_ids", expanding=True)))
+)
+# Acknowledgements are queued only as their case is created, so the cases created since then are
+# the only ones to look at: ix_case_customer_id_created_at finds them, however long the sender's
+# history (joining all of a sender's cases made a frequent sender's every new case slower).
+_ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
+    select(OUTBOX.c.id)
+    .join(CASE, CASE.c.id == OUTBOX.c.case_id)
+    .where(
+        CASE.c.customer_id
+        == select(CUSTOMER.c.id).where(CUSTOMER.c.address == bindparam("address")).scalar_subquery(),
+        CASE.c.created_at >= bindparam("since"),
+        OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT,
+        OUTBOX.c.created_at >= bindparam("since"),
+    )
+    .limit(bindparam("at_most"))
+    .subquery()
+)
+# A case not yet inserted has no id: 0 leaves nothing out (ids start at 1).
+_OTHER_CASES = (
+    select(CASE.c.number, CASE.c.status, CASE.c.subject)
+    .where(CASE.c.customer_id == bindparam("customer_id"), CASE.c.id != bindparam("case_id"))
+    .where(or_(CASE.c.status != CaseStatus.CLOSED, CASE.c.created_at > bindparam("recent")))
+    .order_by(CASE.c.id.desc())
+    .limit(10)
+)
+# From the open cases, not from the organisation's customers: those have every case they ever
+# opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
+_ORGANISATION_OPEN_CASES = select(func.count()).select_from(
+    select(CASE.c.id)
+    .where(or_(*(CASE.c.status == status for status in WAITING_ON_US)))
+    .where(CASE.c.id != bindparam("case_id"))
+    .where(
+        exists().where(
+            CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("organisation")
+        )
+    )
+    .limit(bindparam("at_most"))
+    .subquery()
+)
+_LAST_CUSTOMER_MESSAGE = (
+    select(MESSAGE.c.message_id, MESSAGE.c.references)
+    .where(
+        MESSAGE.c.case_id == bindparam("case_id"),
+        MESSAGE.c.direction == Direction.IN,
+        MESSAGE.c.author_role == AuthorRole.CUSTOMER,
+    )
+    .order_by(MESSAGE.c.id.desc())
+    .limit(1)
+)
+_SENT_BY_MESSAGE_IDS = (
+    select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.kind, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
+    .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_not(None))
+    .order_by(OUTBOX.c.id)
+)
+_MARK_BOUNCED = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id == bindparam("row"))
+    .values(state=OutboxState.BOUNCED, last_error=bindparam("error"))
+)
+_FILL_CUSTOMER_NAME = (
+    update(CUSTOMER)
+    .where(CUSTOMER.c.id == bindparam("customer"), CUSTOMER.c.name == "")
+    .values(name=bindparam("name"))
+)
+_DUE_FOLLOW_UPS = select(CASE.c.id, CASE.c.follow_up_at).where(CASE.c.follow_up_at <= bindparam("now"))
+_CLAIM_FOLLOW_UP = (  # compare-and-set: another instance, or an agent's change, wins
+    update(CASE)
+    .where(CASE.c.id == bindparam("case_id"), CASE.c.follow_up_at == bindparam("due"))
+    .values(follow_up_at=None)
+)
 
 
 def dedupe_key(mailbox: str, inbound: Inbound) -> str:
     return f"{mailbox}:{inbound.message_id or 'sha256:' + inbound.sha256}"
 
 
-def already_registered(session: Session, key: str) -> int | None:
-    """The id of the message registered under this key, if any."""
-    return session.connection().execute(_REGISTERED, {"key": key}).scalar()
-
-
-def keep_raw(session: Session, raw: bytes, sha256: str) -> None:
-    """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
-    statement = _KEEP_RAW[session.get_bind().dialect.name]
-    session.connection().execute(statement, {"sha256": sha256, "size": len(raw), "data": raw})
-
-
-def customer_for(session: Session, sender: Address) -> Customer:
-    """The sender's customer record, made at their first mail; a name they give later fills an
-    empty one. Read or inserted by Core and put in the session as loaded, like add_case: the
-    acknowledgement and the notification then find it there without a query of their own."""
-    row = session.connection().execute(_CUSTOMER_BY_ADDRESS, {"address": sender.address}).first()
-    if row is not None and (known := session.identity_map.get(identity_key(Customer, row.id))) is not None:
-        customer = known
-    elif row is not None:
-        customer = _as_loaded(session, Customer(**row._mapping))
-    else:
-        customer = Customer(
-            address=sender.address, name=sender.name, organisation=sender.domain, created_at=utcnow()
+def _case_view(row: Row[Any]) -> CaseView:
+    values = row._mapping
+    customer = None
+    if values["customer_id_"] is not None:
+        customer = CustomerView(
+            values["customer_id_"],
+            values["customer_address"],
+            values["customer_name"],
+            values["customer_organisation"],
         )
-        values = {
-            column.key: getattr(customer, column.key) for column in CUSTOMER.columns if column.key != "id"
-        }
-        customer.id = session.connection().execute(_INSERT_CUSTOMER_RETURNING_ID, values).scalar_one()
-        return _as_loaded(session, customer)
-    if sender.name and not customer.name:
-        customer.name = sender.name
-    return customer
-
-
-def _as_loaded(session: Session, instance: _Loaded) -> _Loaded:
-    """In the session as if the ORM had loaded it: the ORM's own load or flush of one object
-    cost more than the rest of its statements."""
-    make_transient_to_detached(instance)
-    session.add(instance)
-    return instance
-
-
-def add_case(session: Session, case: Case) -> None:
-    """Insert a new case and give it its id: a Core insert, then the object is put in the session
-    as loaded."""
-    values = {column.key: getattr(case, column.key) for column in CASE.columns if column.key != "id"}
-    case.id = session.connection().execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
-    _as_loaded(session, case)
-
-
-def add_incoming(
-    session: Session, origin: Origin, inbound: Inbound, case_id: int | None, role: AuthorRole
-) -> int:
-    """Record an incoming message and its attachments; returns the message's id."""
-    message_id: int = (
-        session.connection()
-        .execute(
-            _INSERT_MESSAGE_RETURNING_ID,
-            {
-                "case_id": case_id,
-                "direction": Direction.IN,
-                "author_role": role,
-                "mailbox": origin.mailbox,
-                "uidvalidity": origin.uidvalidity,
-                "uid": origin.uid,
-                "dedupe_key": dedupe_key(origin.mailbox, inbound),
-                "message_id": inbound.message_id,
-                "in_reply_to": inbound.in_reply_to,
-                "references": list(inbound.references),
-                "from_addr": inbound.sender.address if inbound.sender else "",
-                "from_name": inbound.sender.name if inbound.sender else "",
-                "to_addrs": [a.address for a in inbound.to],
-                "cc_addrs": [a.address for a in inbound.cc],
-                "subject": inbound.subject,
-                "text": inbound.text,
-                "html": inbound.html,
-                "raw_sha256": inbound.sha256,
-            },
-        )
-        .scalar_one()
+    return CaseView(
+        id=values["id"],
+        number=values["number"],
+        department=values["department"],
+        subject=values["subject"],
+        status=values["status"],
+        priority=values["priority"],
+        category=values["category"],
+        group=values["group"],
+        assignee=values["assignee"],
+        tags=tuple(values["tags"]),
+        language=values["language"],
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
+        first_response_at=values["first_response_at"],
+        resolved_at=values["resolved_at"],
+        follow_up_at=values["follow_up_at"],
+        related_case_id=values["related_case_id"],
+        customer=customer,
     )
+
+
+def _case_ref(view: CaseView) -> CaseRef:
+    return CaseRef(
+        view.id or 0,
+        view.number,
+        view.department,
+        view.status,
+        view.customer.address if view.customer else "",
+    )
+
+
+class SqlFacts:
+    """What deciding reads of the desk, in the message's transaction. A case read for threading
+    is kept, so casework's look at it costs no second query."""
+
+    def __init__(self, session: Session) -> None:
+        self.connection = session.connection()
+        self._cases: dict[int, CaseView] = {}
+
+    def _keep(self, row: Row[Any] | None) -> CaseView | None:
+        if row is None:
+            return None
+        view = self._cases[row.id] = _case_view(row)
+        return view
+
+    # thread.CaseLookup
+    def case_by_number(self, number: str) -> CaseRef | None:
+        view = self._keep(self.connection.execute(_CASE_BY_NUMBER, {"number": number}).first())
+        return _case_ref(view) if view else None
+
+    def case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
+        """The case of the nearest message named: message_ids are ordered nearest first."""
+        rows = self.connection.execute(_CASES_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        by_id = {row.named_message_id: row for row in rows}
+        for message_id in message_ids:
+            if message_id in by_id:
+                view = self._keep(by_id[message_id])
+                return _case_ref(view) if view else None
+        return None
+
+    # for the intake
+    def case(self, case_id: int) -> CaseView:
+        if case_id not in self._cases:
+            self._keep(self.connection.execute(_CASE_BY_ID, {"case_id": case_id}).one())
+        return self._cases[case_id]
+
+    def registered(self, key: str) -> int | None:
+        """The id of the message registered under this dedupe key, if any."""
+        return self.connection.execute(_REGISTERED, {"key": key}).scalar()
+
+    def customer(self, sender: Address) -> CustomerView:
+        """The sender as a customer: on record, or as their first mail will record them (a name
+        they give later fills an empty one)."""
+        row = self.connection.execute(_CUSTOMER_BY_ADDRESS, {"address": sender.address}).first()
+        if row is None:
+            return CustomerView(None, sender.address, sender.name, sender.domain)
+        return CustomerView(row.id, row.address, row.name or sender.name, row.organisation)
+
+    def sent_mail(self, message_ids: Sequence[str]) -> list[SentMail]:
+        """Our outgoing mail named by these Message-IDs (what a bounce says it returns)."""
+        if not message_ids:
+            return []
+        rows = self.connection.execute(_SENT_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        return [SentMail(r.id, r.case_id, r.kind, tuple(r.rcpt_to), r.message_id) for r in rows]
+
+    # casework.CaseFacts
+    def other_cases(self, customer_id: int, case_id: int | None, since: datetime) -> list[OtherCase]:
+        params = {"customer_id": customer_id, "case_id": case_id or 0, "recent": since}
+        return [OtherCase(*row) for row in self.connection.execute(_OTHER_CASES, params)]
+
+    def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int:
+        params = {"case_id": case_id or 0, "organisation": organisation, "at_most": at_most}
+        return self.connection.execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
+
+    def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...]] | None:
+        row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
+        return (row.message_id, tuple(row.references)) if row else None
+
+    def acknowledgements_to(self, address: str, since: datetime, at_most: int) -> int:
+        """Acknowledgements queued since then for this sender's cases, counted up to `at_most`: a
+        sender over its limit costs no more to check than one under it."""
+        params = {"address": address, "since": since, "at_most": at_most}
+        return self.connection.execute(_ACKNOWLEDGEMENTS_SINCE, params).scalar_one()
+
+
+def apply(session: Session, plan: Plan) -> None:
+    """Write a plan: raw copy, customer, case, message, bounces, queued mail, events, checkpoint.
+    Core statements built once, on the session's connection: ORM objects for each row cost more
+    than the rest of a message's registration (bench/RESULTS.md)."""
+    connection = session.connection()
+    if plan.raw is not None:
+        keep_raw(session, plan.raw)
+    case_id = plan.case.id if plan.case else None
+    if plan.case is not None and case_id is None:
+        case_id = _insert_case(connection, plan.case, _customer_id(connection, plan))
+    elif plan.changes:
+        values = {key: list(value) if key == "tags" else value for key, value in plan.changes.items()}
+        connection.execute(update(CASE).where(CASE.c.id == case_id).values(**values))
+    message_id = None
+    if plan.incoming is not None:
+        message_id = _insert_incoming(connection, plan.incoming, case_id if plan.incoming.on_case else None)
+    for bounce in plan.bounces:
+        connection.execute(_MARK_BOUNCED, {"row": bounce.outbox_id, "error": bounce.error})
+    if plan.mail:
+        assert plan.case is not None and case_id is not None, "mail is queued on a case"
+        for mail in plan.mail:
+            _queue(connection, case_id, plan.case.department, mail)
+    for planned in plan.events:
+        record(
+            session,
+            planned.kind,
+            planned.detail,
+            case_id=case_id if planned.on_case else planned.case_id,
+            message_id=message_id if planned.about_message else None,
+            mailbox=planned.mailbox,
+            **planned.data,
+        )
+    if plan.checkpoint is not None:
+        advance_checkpoint(session, plan.checkpoint)
+
+
+def _customer_id(connection: Connection, plan: Plan) -> int | None:
+    assert plan.case is not None
+    known = plan.case.customer
+    if known is None or plan.customer is None:
+        return None
+    if known.id is None:
+        values = {"address": known.address, "name": known.name, "organisation": known.organisation}
+        return connection.execute(
+            _INSERT_CUSTOMER_RETURNING_ID, {**values, "created_at": plan.case.created_at}
+        ).scalar_one()
+    if plan.customer.name:
+        connection.execute(_FILL_CUSTOMER_NAME, {"customer": known.id, "name": plan.customer.name})
+    return known.id
+
+
+def _insert_case(connection: Connection, case: CaseView, customer_id: int | None) -> int:
+    values = {
+        "number": case.number,
+        "department": case.department,
+        "subject": case.subject,
+        "status": case.status,
+        "priority": case.priority,
+        "category": case.category,
+        "group": case.group,
+        "assignee": case.assignee,
+        "tags": list(case.tags),
+        "language": case.language,
+        "customer_id": customer_id,
+        "created_at": case.created_at,
+        "updated_at": case.updated_at,
+        "first_response_at": case.first_response_at,
+        "resolved_at": case.resolved_at,
+        "follow_up_at": case.follow_up_at,
+        "related_case_id": case.related_case_id,
+    }
+    case_id: int = connection.execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
+    return case_id
+
+
+def _insert_incoming(connection: Connection, incoming: Incoming, case_id: int | None) -> int:
+    """An incoming message and its attachments; returns the message's id."""
+    inbound, origin = incoming.inbound, incoming.origin
+    message_id: int = connection.execute(
+        _INSERT_MESSAGE_RETURNING_ID,
+        {
+            "case_id": case_id,
+            "direction": Direction.IN,
+            "author_role": incoming.role,
+            "mailbox": origin.mailbox,
+            "uidvalidity": origin.uidvalidity,
+            "uid": origin.uid,
+            "dedupe_key": dedupe_key(origin.mailbox, inbound),
+            "message_id": inbound.message_id,
+            "in_reply_to": inbound.in_reply_to,
+            "references": list(inbound.references),
+            "from_addr": inbound.sender.address if inbound.sender else "",
+            "from_name": inbound.sender.name if inbound.sender else "",
+            "to_addrs": [a.address for a in inbound.to],
+            "cc_addrs": [a.address for a in inbound.cc],
+            "subject": inbound.subject,
+            "text": inbound.text,
+            "html": inbound.html,
+            "raw_sha256": inbound.sha256,
+        },
+    ).scalar_one()
     if inbound.attachments:
-        session.connection().execute(
+        connection.execute(
             _INSERT_ATTACHMENT,
             [
                 {
@@ -237,17 +410,16 @@ def add_incoming(
     return message_id
 
 
-def queue_outgoing(
-    session: Session, case: Case, outgoing: Outgoing, kind: OutboxKind, role: AuthorRole
-) -> None:
+def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMail) -> None:
     """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID."""
-    session.connection().execute(
+    outgoing = mail.outgoing
+    connection.execute(
         _INSERT_MESSAGE,
         {
-            "case_id": case.id,
+            "case_id": case_id,
             "direction": Direction.OUT,
-            "author_role": role,
-            "mailbox": case.department,
+            "author_role": mail.role,
+            "mailbox": department,
             "message_id": outgoing.message_id,
             "from_addr": outgoing.mail_from,
             "to_addrs": list(outgoing.rcpt_to),
@@ -257,11 +429,11 @@ def queue_outgoing(
             "text": outgoing.text,
         },
     )
-    session.connection().execute(
+    connection.execute(
         _INSERT_OUTBOX,
         {
-            "case_id": case.id,
-            "kind": kind,
+            "case_id": case_id,
+            "kind": mail.kind,
             "mail_from": outgoing.mail_from,
             "rcpt_to": list(outgoing.rcpt_to),
             "message_id": outgoing.message_id,
@@ -270,24 +442,21 @@ def queue_outgoing(
     )
 
 
-def outbox_by_message_ids(session: Session, message_ids: Sequence[str]) -> list[OutboxMessage]:
-    """Our outgoing mail named by these Message-IDs (what a bounce says it returns)."""
-    if not message_ids:
-        return []
-    return list(
-        session.exec(
-            select(OutboxMessage)
-            .where(col(OutboxMessage.message_id).in_(message_ids))
-            .order_by(col(OutboxMessage.id))
-        ).all()
-    )
+def keep_raw(session: Session, raw: Raw) -> None:
+    """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
+    statement = _KEEP_RAW[session.get_bind().dialect.name]
+    session.connection().execute(statement, {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
 
 
-def acknowledgements_to(session: Session, customer_id: int, since: datetime, at_most: int) -> int:
-    """Acknowledgements queued since then for this customer's cases, counted up to `at_most`: a
-    sender over its limit costs no more to check than one under it."""
-    params = {"customer_id": customer_id, "since": since, "at_most": at_most}
-    return session.connection().execute(_ACKNOWLEDGEMENTS_SINCE, params).scalar_one()
+def due_follow_ups(session: Session, now: datetime) -> list[tuple[int, datetime]]:
+    return [(row.id, row.follow_up_at) for row in session.connection().execute(_DUE_FOLLOW_UPS, {"now": now})]
+
+
+def claim_follow_up(session: Session, case_id: int, due: datetime) -> bool:
+    """Take a due follow-up for this instance; False when another instance, or an agent's
+    change, came first."""
+    claimed = session.connection().execute(_CLAIM_FOLLOW_UP, {"case_id": case_id, "due": due})
+    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def record(

@@ -6,7 +6,7 @@ import pytest
 
 from mailrouter.config import MailboxSettings, load_config
 from mailrouter.daemon import load, open_database
-from mailrouter.pipeline import Intake
+from mailrouter.intake import Intake
 
 CONFIG = """
 database_url = "sqlite:///{db}"

@@ -6,10 +6,9 @@ from email.policy import default
 
 from sqlmodel import Session, select
 
-from mailrouter.casework import _ORGANISATION_OPEN_CASES
 from mailrouter.models import Case, Event, OutboxMessage, utcnow
-from mailrouter.pipeline import OutcomeKind
-from mailrouter.store import Origin
+from mailrouter.plan import Origin, OutcomeKind
+from mailrouter.store import _ORGANISATION_OPEN_CASES
 from tests.messages import make_mail
 
 CUSTOMER = "Kari Nordmann <kari@kunde.example>"

@@ -15,9 +15,9 @@ from sqlmodel import Session, select
 
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
+from mailrouter.intake import Intake
 from mailrouter.models import Attachment, Case, Event, Message, OutboxMessage, RawMessage
-from mailrouter.pipeline import Intake, OutcomeKind
-from mailrouter.store import Origin
+from mailrouter.plan import Origin, OutcomeKind
 
 ROOT = Path(__file__).resolve().parents[2]
 

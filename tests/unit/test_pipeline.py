@@ -9,8 +9,9 @@ from sqlmodel import Session, select
 
 from mailrouter import store
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage
-from mailrouter.pipeline import OutcomeKind
-from mailrouter.store import Origin, checkpoint
+from mailrouter.plan import Origin, OutcomeKind
+from mailrouter.store import checkpoint
+from mailrouter.vocabulary import EventKind
 from tests.messages import make_mail
 
 
@@ -97,12 +98,12 @@ def test_a_messages_events_are_written_in_one_statement_as_it_commits(intake):
 
 def test_the_events_of_a_transaction_that_rolls_back_are_never_written(intake):
     with Session(intake.engine) as session:
-        store.record(session, "case-created", "IT-1001 opened")
+        store.record(session, EventKind.CASE_CREATED, "IT-1001 opened")
         session.rollback()
-        store.record(session, "routed", "written")
+        store.record(session, EventKind.ROUTED, "written")
         session.commit()
     with Session(intake.engine) as session:
-        store.record(session, "case-created", "left without a commit")
+        store.record(session, EventKind.CASE_CREATED, "left without a commit")
     assert [e.detail for e in rows(intake, Event)] == ["written"]
 
 
@@ -162,10 +163,12 @@ def test_non_email_is_refused_kept_and_recorded(intake):
 
 
 def test_a_failure_inside_the_transaction_leaves_nothing(intake, monkeypatch):
+    """Half a plan written (raw copy, customer, case, message) when the outbox row fails."""
+
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("mailrouter.casework.compose", broken)
+    monkeypatch.setattr("mailrouter.store._queue", broken)
     with pytest.raises(RuntimeError):
         intake.process(make_mail(), Origin("it", 1, 1))
     for model in (Case, Message, Event, OutboxMessage, RawMessage):

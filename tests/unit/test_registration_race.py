@@ -13,9 +13,9 @@ from sqlmodel import Session, select
 from mailrouter import store
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
+from mailrouter.intake import Intake
 from mailrouter.models import Case, Message, OutboxMessage
-from mailrouter.pipeline import Intake, OutcomeKind
-from mailrouter.store import Origin
+from mailrouter.plan import Origin, OutcomeKind
 from tests.messages import make_mail
 from tests.postgres import temporary_database
 
@@ -51,14 +51,14 @@ def test_losing_the_check_then_insert_race_ends_as_a_duplicate(intake, monkeypat
     """The other instance commits between our 'already registered?' look and our insert."""
     raw = make_mail()
     assert intake.process(raw, Origin("it", 7, 1)).kind == OutcomeKind.NEW_CASE
-    real = store.already_registered
+    real = store.SqlFacts.registered
     calls = []
 
-    def blind_first_time(session, key):
+    def blind_first_time(facts, key):
         calls.append(key)
-        return None if len(calls) == 1 else real(session, key)
+        return None if len(calls) == 1 else real(facts, key)
 
-    monkeypatch.setattr(store, "already_registered", blind_first_time)
+    monkeypatch.setattr(store.SqlFacts, "registered", blind_first_time)
     outcome = intake.process(raw, Origin("it", 8, 1))  # another copy, e.g. after UIDVALIDITY changed
     assert outcome.kind == OutcomeKind.DUPLICATE
     assert len(calls) == 2  # the unique constraint refused the insert; the second look saw it

@@ -8,8 +8,8 @@ from email.policy import default
 from sqlmodel import Session, select
 
 from mailrouter.models import Case, OutboxMessage, utcnow
+from mailrouter.plan import Origin
 from mailrouter.schedule import Scheduler, send_due_reminders
-from mailrouter.store import Origin
 from tests.messages import make_mail
 
 

@@ -12,10 +12,11 @@ from mailrouter import store
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
-from mailrouter.pipeline import Intake, OutcomeKind
+from mailrouter.intake import Intake
+from mailrouter.models import Case, Event, Message, OutboxMessage, RawMessage, utcnow
+from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.review import ReviewError, retry, screened, set_aside
-from mailrouter.store import Origin, acknowledgements_to
+from mailrouter.store import SqlFacts
 from mailrouter.vocabulary import OutboxState
 from tests.messages import make_dsn, make_mail
 
@@ -103,11 +104,11 @@ def test_flood_from_one_sender_opens_every_case_but_answers_at_most_the_limit(co
     assert len(acknowledgements(intake)) == 4
     # the check counts no further than the limit, however many the sender has had
     with Session(intake.engine) as session:
-        kari = session.exec(select(Customer).where(Customer.address == "kari@kunde.example")).one()
+        facts, kari = SqlFacts(session), "kari@kunde.example"
         since = utcnow() - timedelta(hours=1)
-        assert acknowledgements_to(session, kari.id, since, at_most=2) == 2
-        assert acknowledgements_to(session, kari.id, since, at_most=100) == 3
-        assert acknowledgements_to(session, kari.id, utcnow() + timedelta(seconds=1), at_most=100) == 0
+        assert facts.acknowledgements_to(kari, since, at_most=2) == 2
+        assert facts.acknowledgements_to(kari, since, at_most=100) == 3
+        assert facts.acknowledgements_to(kari, utcnow() + timedelta(seconds=1), at_most=100) == 0
 
 
 def test_the_limit_looks_only_at_the_senders_recent_cases(intake):
@@ -166,7 +167,7 @@ def test_poison_message_is_quarantined_and_retried_after_the_fix(intake, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("still broken")
 
-    monkeypatch.setattr("mailrouter.casework.compose", broken)
+    monkeypatch.setattr("mailrouter.notices.compose", broken)
     assert retry(intake, entry.event_id).kind == OutcomeKind.QUARANTINED
     assert [e.event_id for e in set_aside(intake.engine)] == [entry.event_id]  # still listed
     monkeypatch.undo()

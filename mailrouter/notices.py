@@ -1,0 +1,150 @@
+"""notices: the mail a case queues (acknowledgement, notification, reminder, relayed answer,
+command error), rendered and composed, never sent: the plan carries it to the outbox.
+
+From the department's address; to agents with the signed Reply-To that lets them answer and
+command from their mail client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mailrouter.agents import ReplySigner
+from mailrouter.commands import COMMAND_HELP
+from mailrouter.compose import compose, tagged_subject
+from mailrouter.config import MailboxSettings
+from mailrouter.parse import Inbound
+from mailrouter.plan import CaseView, QueuedMail
+from mailrouter.templates import Rendered, Templates
+from mailrouter.vocabulary import AuthorRole, OutboxKind
+
+
+class Notices:
+    def __init__(
+        self, mailboxes: Mapping[str, MailboxSettings], templates: Templates, signer: ReplySigner | None
+    ) -> None:
+        self.mailboxes = mailboxes
+        self.templates = templates
+        self.signer = signer
+
+    def _mail(
+        self,
+        kind: OutboxKind,
+        case: CaseView,
+        to: tuple[str, ...],
+        subject: str,
+        body: Rendered,
+        *,
+        role: AuthorRole = AuthorRole.SYSTEM,
+        answering: Inbound | None = None,
+        in_reply_to: str = "",
+        references: tuple[str, ...] = (),
+        auto_submitted: str | None = None,
+        signed_reply_to: bool = False,
+        attach: bytes | None = None,
+    ) -> QueuedMail:
+        department = self.mailboxes[case.department]
+        reply_to = None
+        if signed_reply_to and self.signer is not None:
+            reply_to = self.signer.address(department.address, case.number)
+        outgoing = compose(
+            case_number=case.number,
+            from_address=department.address,
+            from_name=department.display_name,
+            to=to,
+            subject=subject,
+            body=body,
+            in_reply_to=answering.message_id if answering else in_reply_to,
+            references=answering.references if answering else references,
+            auto_submitted=auto_submitted,
+            reply_to=reply_to,
+            attach_original=attach,
+        )
+        return QueuedMail(kind, role, outgoing)
+
+    def _render(self, case: CaseView, template: str, languages: tuple[str, ...], **context: Any) -> Rendered:
+        department = self.mailboxes[case.department]
+        return self.templates.render(
+            case.department,
+            template,
+            languages,
+            {"case": case, "customer": case.customer, "department": department, **context},
+        )
+
+    def acknowledgement(self, case: CaseView, inbound: Inbound, template: str) -> QueuedMail:
+        assert case.customer is not None, "acknowledge only cases with a sender"
+        department = self.mailboxes[case.department]
+        body = self._render(case, template, (case.language, department.language), message=inbound)
+        return self._mail(
+            OutboxKind.ACKNOWLEDGEMENT,
+            case,
+            (case.customer.address,),
+            tagged_subject(case.number, inbound.subject),
+            body,
+            answering=inbound,
+            auto_submitted="auto-replied",
+        )
+
+    def to_agents(
+        self,
+        kind: OutboxKind,
+        case: CaseView,
+        recipients: tuple[str, ...],
+        why: str,
+        *,
+        attach: bytes | None = None,
+        **context: Any,
+    ) -> QueuedMail:
+        """A notification or reminder: the case, the customer, and (for a message) the original."""
+        template = "remind" if kind == OutboxKind.REMINDER else "notify"
+        department = self.mailboxes[case.department]
+        body = self._render(case, template, (department.language,), why=why, **context)
+        return self._mail(
+            kind,
+            case,
+            recipients,
+            f"[{case.number}] {why}: {case.subject}",
+            body,
+            auto_submitted="auto-generated",
+            signed_reply_to=True,
+            attach=attach,
+        )
+
+    def relayed_answer(
+        self, case: CaseView, answer: str, in_reply_to: str, references: tuple[str, ...]
+    ) -> QueuedMail:
+        """An agent's answer, to the customer, as the department (not auto-submitted: a person wrote it)."""
+        assert case.customer is not None, "relay only to cases with a customer"
+        return self._mail(
+            OutboxKind.AGENT_REPLY,
+            case,
+            (case.customer.address,),
+            tagged_subject(case.number, case.subject),
+            Rendered(answer + "\n", None),
+            role=AuthorRole.AGENT,
+            in_reply_to=in_reply_to,
+            references=references,
+        )
+
+    def command_error(
+        self, case: CaseView, inbound: Inbound, agent: str, errors: tuple[str, ...]
+    ) -> QueuedMail:
+        text = (
+            f"Your reply to {case.number} was not sent to the customer, and none of its commands were "
+            "carried out:\n\n"
+            + "".join(f"  - {e}\n" for e in errors)
+            + "\n"
+            + COMMAND_HELP
+            + "\nCorrect the command and reply again.\n"
+        )
+        return self._mail(
+            OutboxKind.COMMAND_ERROR,
+            case,
+            (agent,),
+            tagged_subject(case.number, inbound.subject),
+            Rendered(text, None),
+            answering=inbound,
+            auto_submitted="auto-replied",
+            signed_reply_to=True,
+        )

@@ -1,0 +1,138 @@
+"""plan: what one message (or one scheduled job) does to the desk, as plain data.
+
+casework decides a Plan without touching the database; store.apply writes it, whole, inside the
+message's one transaction. Tests and `rules explain` read plans; nothing else writes rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from mailrouter.compose import Outgoing
+from mailrouter.parse import Address, Inbound
+from mailrouter.vocabulary import AuthorRole, CaseStatus, EventKind, OutboxKind
+
+
+class OutcomeKind(StrEnum):
+    NEW_CASE = "new-case"
+    FOLLOW_UP = "follow-up"
+    SCREENED = "screened"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    QUARANTINED = "quarantined"
+    BOUNCED = "bounced"
+    REMINDED = "reminded"  # a scheduled follow-up, not a message
+
+
+SET_ASIDE_OUTCOMES = frozenset({OutcomeKind.REFUSED, OutcomeKind.QUARANTINED})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a message, in a line: for the log and the CLI."""
+
+    kind: OutcomeKind
+    case_number: str | None
+    summary: str
+    queued_mail: int = 0
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an incoming message was found: the IMAP identity of that copy."""
+
+    mailbox: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    id: int | None  # None: not on record yet (its first mail)
+    address: str
+    name: str = ""
+    organisation: str = ""
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """What deciding needs of a case, read before deciding; also what templates see as `case`."""
+
+    id: int | None  # None: the case this plan opens
+    number: str
+    department: str
+    subject: str
+    status: CaseStatus
+    priority: str
+    category: str
+    group: str
+    assignee: str
+    tags: tuple[str, ...]
+    language: str
+    created_at: datetime
+    updated_at: datetime
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    follow_up_at: datetime | None = None
+    related_case_id: int | None = None
+    customer: CustomerView | None = None
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    kind: EventKind
+    detail: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    on_case: bool = True  # about the plan's case (when it has one)
+    case_id: int | None = None  # otherwise: about this case, or none
+    about_message: bool = False  # about the plan's incoming message
+    mailbox: str = ""
+
+
+@dataclass(frozen=True)
+class QueuedMail:
+    kind: OutboxKind
+    role: AuthorRole  # who the outgoing Message is recorded as written by
+    outgoing: Outgoing
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """The incoming message to record; on the plan's case unless `on_case` is False."""
+
+    inbound: Inbound
+    origin: Origin
+    role: AuthorRole
+    on_case: bool = True
+
+
+@dataclass(frozen=True)
+class Raw:
+    """The bytes as received, kept content-addressed."""
+
+    sha256: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Bounce:
+    outbox_id: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    outcome: Outcome
+    case: CaseView | None = None  # as it is after the plan: new (id None) or changed
+    changes: Mapping[str, Any] = field(default_factory=dict)  # columns of an existing case
+    customer: Address | None = None  # the new case's customer, recorded or updated by apply
+    incoming: Incoming | None = None
+    raw: Raw | None = None
+    events: tuple[PlannedEvent, ...] = ()
+    mail: tuple[QueuedMail, ...] = ()
+    bounces: tuple[Bounce, ...] = ()
+    checkpoint: Origin | None = None  # the mailbox position this message moves past
