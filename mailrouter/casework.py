@@ -78,9 +78,10 @@ class Casework:
     def _department(self, case: Case) -> MailboxSettings:
         return self.config.mailboxes[case.department]
 
-    def _reply_to(self, case: Case) -> str | None:
+    def _reply_to(self, case: Case, agent: str) -> str | None:
+        """The signed reply address issued to this one agent: it proves nobody else."""
         signer = self.agents.signer
-        return signer.address(self._department(case).address, case.number) if signer else None
+        return signer.address(self._department(case).address, case.number, agent) if signer else None
 
     def acknowledge(self, session: Session, case: Case, inbound: Inbound, template: str) -> Done:
         department = self._department(case)
@@ -94,6 +95,7 @@ class Casework:
         )
         outgoing = compose(
             case_number=case.number,
+            instance_tag=self.config.daemon.instance_tag,
             from_address=department.address,
             from_name=department.display_name,
             to=(customer.address,),
@@ -168,20 +170,23 @@ class Casework:
             (department.language,),
             {"case": case, "customer": customer, "department": department, **context()},
         )
-        outgoing = compose(
-            case_number=case.number,
-            from_address=department.address,
-            from_name=department.display_name,
-            to=tuple(recipients),
-            subject=f"[{case.number}] {why}: {case.subject}",
-            body=rendered,
-            auto_submitted="auto-generated",
-            reply_to=self._reply_to(case),
-            attach_original=attach,
-        )
-        store.queue_outgoing(session, case, outgoing, kind, AuthorRole.SYSTEM)
+        # One mail per agent: each carries the reply address signed for that agent alone.
+        for recipient in recipients:
+            outgoing = compose(
+                case_number=case.number,
+                instance_tag=self.config.daemon.instance_tag,
+                from_address=department.address,
+                from_name=department.display_name,
+                to=(recipient,),
+                subject=f"[{case.number}] {why}: {case.subject}",
+                body=rendered,
+                auto_submitted="auto-generated",
+                reply_to=self._reply_to(case, recipient),
+                attach_original=attach,
+            )
+            store.queue_outgoing(session, case, outgoing, kind, AuthorRole.SYSTEM)
         store.record(session, "notified", f"{why}: {kind} to {', '.join(recipients)}", case_id=case.id)
-        return Done(f"{kind} to {', '.join(recipients)}", 1)
+        return Done(f"{kind} to {', '.join(recipients)}", len(recipients))
 
     def _other_cases(self, session: Session, case: Case) -> Sequence[Row]:
         """The customer's other open cases, and their recent closed ones."""
@@ -240,6 +245,7 @@ class Casework:
         department = self._department(case)
         outgoing = compose(
             case_number=case.number,
+            instance_tag=self.config.daemon.instance_tag,
             from_address=department.address,
             from_name=department.display_name,
             to=(customer.address,),
@@ -272,6 +278,7 @@ class Casework:
         )
         outgoing = compose(
             case_number=case.number,
+            instance_tag=self.config.daemon.instance_tag,
             from_address=department.address,
             from_name=department.display_name,
             to=(agent,),
@@ -280,7 +287,7 @@ class Casework:
             in_reply_to=inbound.message_id,
             references=inbound.references,
             auto_submitted="auto-replied",
-            reply_to=self._reply_to(case),
+            reply_to=self._reply_to(case, agent),
         )
         store.queue_outgoing(session, case, outgoing, "command-error", AuthorRole.SYSTEM)
         store.record(session, "commands-rejected", f"from {agent}: {'; '.join(errors)}", case_id=case.id)

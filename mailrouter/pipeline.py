@@ -29,7 +29,7 @@ from mailrouter.route import Decision, Rule, route
 from mailrouter.screen import Kind, Verdict, screen
 from mailrouter.store import Origin
 from mailrouter.templates import Templates
-from mailrouter.thread import ThreadMatch, case_tag_pattern, thread
+from mailrouter.thread import ThreadMatch, case_tags, thread
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ class Intake:
         self.agents = agents
         self.casework = Casework(config, templates, agents)
         self.own_addresses = config.own_addresses()
-        self.tag_pattern = case_tag_pattern(m.prefix for m in config.mailboxes.values())
+        self.tag_pattern = case_tags(
+            (m.prefix for m in config.mailboxes.values()), config.own_addresses(), config.daemon.instance_tag
+        )
 
     def process(self, raw: bytes, origin: Origin, parsed: Inbound | ParseError | None = None) -> Outcome:
         """Register one message; commits once. Raises only for failures worth retrying.
