@@ -431,7 +431,7 @@ class Casework:
                 "organisation_open_cases": count,
                 "organisation_open_cases_or_more": count == ORGANISATION_CASES_COUNTED,
             }
-        draft.mail.append(self.notices.to_agents(kind, case, tuple(recipients), why, attach=raw, **context))
+        draft.mail.extend(self.notices.to_agents(kind, case, tuple(recipients), why, attach=raw, **context))
         draft.record(EventKind.NOTIFIED, f"{why}: {kind} to {', '.join(recipients)}")
 
     @staticmethod

@@ -24,7 +24,7 @@ from email.utils import formataddr, formatdate, make_msgid
 from mailrouter.parse import single_line
 from mailrouter.screen import LOOP_HEADER
 from mailrouter.templates import Rendered
-from mailrouter.thread import strip_reply_prefixes
+from mailrouter.thread import message_id_idstring, strip_reply_prefixes
 
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP  # readable in any client's "view source", unlike base64
@@ -132,6 +132,7 @@ def compose(
     auto_submitted: str | None = None,
     reply_to: str | None = None,
     attach_original: bytes | None = None,
+    instance_tag: str = "",
 ) -> Outgoing:
     """A message about a case, from the department's address: never from an agent's own."""
     headers, content = _text_part(body.text, "plain")
@@ -143,7 +144,9 @@ def compose(
         headers, content = _multipart(
             "mixed", _boundary(avoiding=original), [_entity(headers, content), original]
         )
-    message_id = make_msgid(idstring=case_number, domain=from_address.rpartition("@")[2])
+    message_id = make_msgid(
+        idstring=message_id_idstring(case_number, instance_tag), domain=from_address.rpartition("@")[2]
+    )
     headers.append(("From", formataddr((single_line(from_name), from_address), charset="utf-8")))
     headers.append(("To", ", ".join(to)))
     if reply_to:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from mailrouter.agents import KEY_ID, LOCAL_PART_MAX, MIN_SECRET_BYTES, longest_signed_local_part
 from mailrouter.errors import ConfigError
 
 
@@ -122,6 +124,24 @@ class DaemonSettings(_Strict):
     # mailbox's lock, and how long an outbox row claimed by one instance is kept from the others.
     lock_check_interval: float = Field(default=5.0, gt=0)
     outbox_lease: float = Field(default=300.0, gt=0)
+    # Set when another installation shares our department domains: it goes into our outgoing
+    # Message-IDs, so a reply to that installation's mail with the same case tag is not ours.
+    instance_tag: str = Field(default="", pattern=r"^[a-z0-9]{0,16}$")
+
+
+class RetiredReplySecret(_Strict):
+    """A reply secret that no longer signs, still accepted before `until` (its grace period)."""
+
+    id: str = Field(pattern=KEY_ID.pattern)
+    env: str | None = None
+    file: str | None = None
+    until: date
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetiredReplySecret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of env or file")
+        return self
 
 
 class AgentSettings(_Strict):
@@ -130,6 +150,9 @@ class AgentSettings(_Strict):
     groups: dict[str, list[str]] = {}
     reply_secret_env: str | None = None
     reply_secret_file: str | None = None
+    # The id of the current reply secret, written into every signed address it makes.
+    reply_key_id: str = Field(default="k1", pattern=KEY_ID.pattern)
+    previous_reply_secrets: list[RetiredReplySecret] = []
     trusted_authserv_ids: list[str] = []
     reopen_days: float = Field(default=14.0, ge=0)
 
@@ -142,6 +165,9 @@ class AgentSettings(_Strict):
             for member in members:
                 if "@" not in member:
                     raise ValueError(f"groups.{name}: {member!r} is not an email address")
+        ids = [self.reply_key_id, *(p.id for p in self.previous_reply_secrets)]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"reply key ids must differ: {', '.join(ids)}")
         return self
 
     def secret_source(self) -> SecretSource | None:
@@ -180,6 +206,12 @@ class FileConfig(_Strict):
                 seen[value] = name
             if mailbox.group and mailbox.group not in self.agents.groups:
                 raise ValueError(f"mailboxes.{name}.group {mailbox.group!r} is not in agents.groups")
+            longest = longest_signed_local_part(mailbox.address, f"{mailbox.prefix}-9999999", "xxx")
+            if self.agents.groups and longest > LOCAL_PART_MAX:
+                raise ValueError(
+                    f"mailboxes.{name}.address: signed reply addresses would need a local part of "
+                    f"{longest} characters (at most {LOCAL_PART_MAX}): use a shorter address or prefix"
+                )
         return self
 
 
@@ -241,6 +273,17 @@ def _describe(error: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _reply_secret(source: SecretSource, where: str) -> SecretStr:
+    """A reply secret short enough to guess would let anyone sign reply addresses."""
+    secret = source.resolve(where)
+    length = len(secret.get_secret_value().encode())
+    if length < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{where}: the reply secret is {length} bytes; at least {MIN_SECRET_BYTES} are needed"
+        )
+    return secret
+
+
 def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
     path = Path(path).resolve()
     try:
@@ -257,9 +300,15 @@ def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
     if resolve_secrets:
         for name, mailbox in data.mailboxes.items():
             secrets[f"imap.{name}"] = mailbox.imap.resolve(f"{path}: mailboxes.{name}.imap")
-        reply_secret = data.agents.secret_source()
+        agents = data.agents
+        reply_secret = agents.secret_source()
         if reply_secret is not None:
-            secrets["reply"] = reply_secret.resolve(f"{path}: agents")
+            where = f"{path}: agents (reply key {agents.reply_key_id})"
+            secrets["reply"] = _reply_secret(reply_secret, where)
+            for retired in agents.previous_reply_secrets:
+                source = SecretSource(password_env=retired.env, password_file=retired.file)
+                where = f"{path}: agents.previous_reply_secrets (reply key {retired.id})"
+                secrets[f"reply.{retired.id}"] = _reply_secret(source, where)
         smtp_credentials = data.smtp.credentials()
         if smtp_credentials is not None:
             secrets["smtp"] = smtp_credentials.resolve(f"{path}: smtp")

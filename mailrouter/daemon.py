@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from mailrouter.agents import AgentDirectory, directory_from
+from mailrouter.agents import AgentDirectory, directory_from, reply_keys
 from mailrouter.config import Config
 from mailrouter.db import create_schema, ensure_counters, make_engine
 from mailrouter.fetch import MailboxWorker
@@ -46,10 +46,9 @@ class Loaded:
 def load(config: Config) -> Loaded:
     rules = load_rules(config.rules_dir, frozenset(config.mailboxes))
     settings = config.file.agents
-    secret = config.secret("reply")
     agents = directory_from(
         settings.groups,
-        secret.get_secret_value().encode() if secret else None,
+        reply_keys(config),
         settings.trusted_authserv_ids,
         config.own_addresses(),
     )

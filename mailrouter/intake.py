@@ -27,7 +27,7 @@ from mailrouter.plan import Origin, Outcome, OutcomeKind, Plan, PlannedEvent
 from mailrouter.route import Rule, route
 from mailrouter.screen import Kind, screen
 from mailrouter.templates import Templates
-from mailrouter.thread import case_tag_pattern, thread
+from mailrouter.thread import case_tags, thread
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,12 @@ class Intake:
         self.rules = rules
         self.engine = engine
         self.agents = agents
-        self.casework = Casework(config, Notices(config.mailboxes, templates, agents.signer), agents)
+        notices = Notices(config.mailboxes, templates, agents.signer, config.daemon.instance_tag)
+        self.casework = Casework(config, notices, agents)
         self.own_addresses = config.own_addresses()
-        self.tag_pattern = case_tag_pattern(m.prefix for m in config.mailboxes.values())
+        self.tags = case_tags(
+            (m.prefix for m in config.mailboxes.values()), self.own_addresses, config.daemon.instance_tag
+        )
 
     def process(self, raw: bytes, origin: Origin, parsed: Inbound | ParseError | None = None) -> Outcome:
         """Register one message; commits once. Raises only for failures worth retrying.
@@ -100,7 +103,7 @@ class Intake:
         verdict = screen(inbound, self.own_addresses)
         if verdict.kind == Kind.BOUNCE and (sent := facts.sent_mail(inbound.quoted_message_ids)):
             return casework.bounce(inbound, origin, raw, verdict, facts.case(sent[0].case_id), sent)
-        match = thread(inbound, self.tag_pattern, facts, self.agents)
+        match = thread(inbound, self.tags, facts, self.agents)
         warnings = casework.warnings(match, origin)
         case = facts.case(match.case.id) if match.case else None
         if case is not None and not casework.too_late(case, match, verdict, now):

@@ -22,11 +22,16 @@ from mailrouter.vocabulary import AuthorRole, OutboxKind
 
 class Notices:
     def __init__(
-        self, mailboxes: Mapping[str, MailboxSettings], templates: Templates, signer: ReplySigner | None
+        self,
+        mailboxes: Mapping[str, MailboxSettings],
+        templates: Templates,
+        signer: ReplySigner | None,
+        instance_tag: str = "",
     ) -> None:
         self.mailboxes = mailboxes
         self.templates = templates
         self.signer = signer
+        self.instance_tag = instance_tag
 
     def _mail(
         self,
@@ -41,15 +46,17 @@ class Notices:
         in_reply_to: str = "",
         references: tuple[str, ...] = (),
         auto_submitted: str | None = None,
-        signed_reply_to: bool = False,
+        signed_for: str | None = None,
         attach: bytes | None = None,
     ) -> QueuedMail:
+        """`signed_for`: the agent whose signed reply address goes in Reply-To; it proves nobody else."""
         department = self.mailboxes[case.department]
         reply_to = None
-        if signed_reply_to and self.signer is not None:
-            reply_to = self.signer.address(department.address, case.number)
+        if signed_for is not None and self.signer is not None:
+            reply_to = self.signer.address(department.address, case.number, signed_for)
         outgoing = compose(
             case_number=case.number,
+            instance_tag=self.instance_tag,
             from_address=department.address,
             from_name=department.display_name,
             to=to,
@@ -95,21 +102,25 @@ class Notices:
         *,
         attach: bytes | None = None,
         **context: Any,
-    ) -> QueuedMail:
-        """A notification or reminder: the case, the customer, and (for a message) the original."""
+    ) -> list[QueuedMail]:
+        """A notification or reminder: the case, the customer, and (for a message) the original.
+        One letter per agent, each with the reply address signed for that agent alone."""
         template = "remind" if kind == OutboxKind.REMINDER else "notify"
         department = self.mailboxes[case.department]
         body = self._render(case, template, (department.language,), why=why, **context)
-        return self._mail(
-            kind,
-            case,
-            recipients,
-            f"[{case.number}] {why}: {case.subject}",
-            body,
-            auto_submitted="auto-generated",
-            signed_reply_to=True,
-            attach=attach,
-        )
+        return [
+            self._mail(
+                kind,
+                case,
+                (recipient,),
+                f"[{case.number}] {why}: {case.subject}",
+                body,
+                auto_submitted="auto-generated",
+                signed_for=recipient,
+                attach=attach,
+            )
+            for recipient in recipients
+        ]
 
     def relayed_answer(
         self, case: CaseView, answer: str, in_reply_to: str, references: tuple[str, ...]
@@ -146,5 +157,5 @@ class Notices:
             Rendered(text, None),
             answering=inbound,
             auto_submitted="auto-replied",
-            signed_reply_to=True,
+            signed_for=agent,
         )

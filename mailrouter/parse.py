@@ -109,6 +109,12 @@ class Inbound:
     # Message-IDs found in returned-message parts (message/rfc822, text/rfc822-headers) or quoted
     # in the text as "Message-ID: <...>". Only meaningful in a bounce: it names what bounced.
     quoted_message_ids: tuple[str, ...] = ()
+    # Header field names, lower case, top to bottom: where an Authentication-Results header sits
+    # relative to the Received headers decides whether it can be trusted (RFC 8601 section 5).
+    header_names: tuple[str, ...] = field(default=(), repr=False)
+    # The fields of a message/delivery-status part (RFC 3464), one "Name: value" line each, its
+    # blocks separated by blank lines; "" when the message has none. Only a DSN has one.
+    delivery_status: str = ""
 
     def header(self, name: str) -> str:
         """The first value of a header, decoded; "" when absent."""
@@ -155,6 +161,8 @@ def parse(raw: bytes, *, slim_above: int = SLIM_ABOVE) -> Inbound:
         attachments=attachments,
         defects=tuple(sorted(mail.defects_categories)),
         quoted_message_ids=_quoted_message_ids(message, text, message_id),
+        header_names=tuple(name.lower() for name in message),
+        delivery_status=_delivery_status(message),
     )
 
 
@@ -557,6 +565,18 @@ def _quoted_message_ids(message: EmailMessage, text: str, own: str) -> tuple[str
                 found.extend(_QUOTED_MESSAGE_ID.findall(payload.decode("ascii", "replace")))
     found.extend(_QUOTED_MESSAGE_ID.findall(text))
     return tuple(i for i in dict.fromkeys(found) if i != own)
+
+
+def _delivery_status(message: EmailMessage) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "message/delivery-status":
+            blocks = part.get_payload()
+            if isinstance(blocks, list):
+                return "\n\n".join(
+                    "\n".join(f"{name}: {single_line(str(value))}" for name, value in block.items())
+                    for block in blocks
+                )
+    return ""
 
 
 def _body_text(plain: list[str], html: list[str]) -> str:

@@ -26,11 +26,30 @@ class Kind(StrEnum):
 
 
 @dataclass(frozen=True)
+class DeliveryReport:
+    """What a real DSN (RFC 3464) reports: whom it failed for, the status, what it returns."""
+
+    final_recipients: tuple[str, ...]
+    actions: tuple[str, ...]
+    statuses: tuple[str, ...]
+    original_message_ids: tuple[str, ...]  # from the returned message or its headers
+
+
+@dataclass(frozen=True)
 class Verdict:
     kind: Kind
     may_open_case: bool
     may_acknowledge: bool
     reasons: tuple[str, ...]
+    # A real delivery status notification: multipart/report; report-type=delivery-status with a
+    # message/delivery-status part, and a null Return-Path where there is one. Mail merely from
+    # mailer-daemon@ is a bounce by kind (never answered) but never is_dsn: only a DSN may tell
+    # us that mail we sent failed.
+    dsn: DeliveryReport | None = None
+
+    @property
+    def is_dsn(self) -> bool:
+        return self.dsn is not None
 
     @property
     def explanation(self) -> str:
@@ -130,4 +149,41 @@ def screen(inbound: Inbound, own_addresses: frozenset[str]) -> Verdict:
     kinds = {kind for kind, _ in findings}
     kind = next(k for k in _SEVERITY if k in kinds)
     may_open_case, may_acknowledge = _RULES[kind]
-    return Verdict(kind, may_open_case, may_acknowledge, tuple(reason for _, reason in findings))
+    dsn = delivery_report(inbound) if kind == Kind.BOUNCE else None
+    return Verdict(kind, may_open_case, may_acknowledge, tuple(reason for _, reason in findings), dsn)
+
+
+_REPORT_TYPE = re.compile(r";\s*report-type\s*=\s*\"?delivery-status\"?\s*(;|$)", re.IGNORECASE)
+_QUOTED_IN_TEXT = re.compile(r"^[ \t>]*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_DSN_FIELD = re.compile(r"^(final-recipient|action|status):\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+def delivery_report(inbound: Inbound) -> DeliveryReport | None:
+    """The report of a real DSN; None for anything else, however much it looks like one."""
+    content_type = inbound.header("content-type")
+    if not content_type.lower().lstrip().startswith("multipart/report") or not _REPORT_TYPE.search(
+        content_type
+    ):
+        return None
+    return_paths = inbound.headers.get("return-path", ())
+    if not inbound.delivery_status or any(v.strip() != "<>" for v in return_paths):
+        return None
+    fields: dict[str, list[str]] = {"final-recipient": [], "action": [], "status": []}
+    for name, value in _DSN_FIELD.findall(inbound.delivery_status):
+        fields[name.lower()].append(value.strip())
+    recipients = tuple(
+        v.partition(";")[2].strip().strip("<>").lower() or v.lower() for v in fields["final-recipient"]
+    )
+    return DeliveryReport(
+        final_recipients=recipients,
+        actions=tuple(v.lower() for v in fields["action"]),
+        statuses=tuple(v.split()[0] if v.split() else v for v in fields["status"]),
+        original_message_ids=_returned_message_ids(inbound),
+    )
+
+
+def _returned_message_ids(inbound: Inbound) -> tuple[str, ...]:
+    """The Message-IDs of the returned message or headers part: parse's quoted_message_ids less
+    those merely written in the text, which anyone can write."""
+    quoted_in_text = set(_QUOTED_IN_TEXT.findall(inbound.text))
+    return tuple(i for i in inbound.quoted_message_ids if i not in quoted_in_text)

@@ -233,3 +233,51 @@ def test_mail_over_the_size_limit_is_never_downloaded(mailstack, tmp_path, custo
 def peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_a_forged_authentication_results_below_the_genuine_one_gains_no_agent_powers(
+    daemon, customer, mailstack
+):
+    """Our Postfix adds no Authentication-Results, so the mail carries the border's part itself:
+    the genuine result (trusted authserv-id) above the border's Received, the forger's own pass
+    below it. Postfix and Dovecot then add their Received headers on top, as real hops do."""
+    from tests.messages import make_mail, new_message_id
+
+    path = daemon.config_path
+    path.write_text(
+        path.read_text().replace("[agents]\n", '[agents]\ntrusted_authserv_ids = ["mx.border.test"]\n')
+    )
+    it, agent1 = daemon.mailboxes["it"], daemon.agents["agent1"]
+    agent_domain = agent1.address.rpartition("@")[2]
+    daemon.start()
+    send(mailstack, f"Kari <{customer.address}>", it.address, "Skjermen flimrer", "Den flimrer.")
+    daemon.wait_until(lambda: daemon.cases(), "the case")
+    [case] = daemon.cases()
+    border = "Received: from evil.example ([192.0.2.66]) by mx.border.test (Postfix); 1 Dec 2026 10:00 +0000"
+
+    def agent_mail(genuine: str, body: str) -> bytes:
+        top = [f"Authentication-Results: mx.border.test; {genuine}", border]
+        forged = (
+            f"Authentication-Results: mx.border.test; dkim=pass header.d={agent_domain}; "
+            f"dmarc=pass header.from={agent_domain}"
+        )
+        raw = make_mail(
+            sender=agent1.address,
+            to=it.address,
+            subject=f"Re: [{case.number}] Skjermen flimrer",
+            body=body,
+            message_id=new_message_id(),
+            headers={"X-Forged": "below"},
+        )
+        return "".join(f"{line}\r\n" for line in (*top, forged)).encode() + raw
+
+    mailstack.send(
+        agent_mail(f"dkim=fail header.d={agent_domain}", "#close\nForged."), agent1.address, [it.address]
+    )
+    daemon.wait_until(lambda: daemon.events("security-warning"), "the forged agent flagged")
+    assert daemon.cases()[0].status == "new" and daemon.outbox("agent-reply") == []
+
+    # the control: the same mail with a genuine aligned pass on top is the agent's
+    mailstack.send(agent_mail(f"dkim=pass header.d={agent_domain}", "#close"), agent1.address, [it.address])
+    daemon.wait_until(lambda: daemon.cases()[0].status == "closed", "the genuine agent's #close")
+    assert len(daemon.events("security-warning")) == 1

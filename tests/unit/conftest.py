@@ -55,7 +55,7 @@ def config_file(tmp_path, monkeypatch, request):
     secret = tmp_path / "hr-secret"
     secret.write_text("hr-password\n")
     monkeypatch.setenv("TEST_IT_PASSWORD", "it-password")
-    monkeypatch.setenv("TEST_REPLY_SECRET", "unit-test-reply-secret")
+    monkeypatch.setenv("TEST_REPLY_SECRET", "unit-test-reply-secret-of-32-bytes-or-more")
     path = tmp_path / "config.toml"
     path.write_text(CONFIG.format(db=tmp_path / "db.sqlite", templates=root / "templates", secret=secret))
     return path

@@ -23,7 +23,7 @@ def shipped(tmp_path, request, monkeypatch):
         shutil.copytree(root / name, tmp_path / name)
     shutil.copy(root / "config.toml", tmp_path / "config.toml")
     for name in SECRETS:
-        monkeypatch.setenv(name, "secret")
+        monkeypatch.setenv(name, "secret-of-at-least-thirty-two-bytes")
     return tmp_path
 
 
@@ -116,3 +116,9 @@ def test_check_names_a_rule_group_without_members(shipped, capsys):
     (shipped / "rules" / "40-group.toml").write_text('[[rule]]\nname = "g"\nthen.group = "nobody-here"\n')
     code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")
     assert code == 1 and "then.group 'nobody-here' is not in agents.groups" in err
+
+
+def test_check_refuses_a_reply_secret_shorter_than_32_bytes_naming_the_key(shipped, capsys, monkeypatch):
+    monkeypatch.setenv("MAILROUTER_REPLY_SECRET", "x" * 31)
+    code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")
+    assert code == 1 and "agents (reply key k1): the reply secret is 31 bytes; at least 32" in err

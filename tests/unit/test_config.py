@@ -56,6 +56,61 @@ def test_the_shipped_config_is_valid(request, monkeypatch):
         "MAILROUTER_VAKTMESTER_PASSWORD",
         "MAILROUTER_REPLY_SECRET",
     ):
-        monkeypatch.setenv(name, "x")
+        monkeypatch.setenv(name, "x" * 32)
     config = load_config(request.config.rootpath / "config.toml")
     assert set(config.mailboxes) == {"it", "hr", "vaktmester"}
+
+
+ROTATED = """
+reply_key_id = "k2"
+previous_reply_secrets = [{ id = "k1", env = "TEST_OLD_REPLY_SECRET", until = 2027-01-01 }]
+"""
+
+
+def test_retired_reply_secrets_are_resolved_after_the_current_one(config_file, monkeypatch):
+    from datetime import date
+
+    from mailrouter.agents import reply_keys
+
+    config_file.write_text(config_file.read_text().replace("reopen_days = 7", "reopen_days = 7" + ROTATED))
+    monkeypatch.setenv("TEST_OLD_REPLY_SECRET", "o" * 32)
+    current, old = reply_keys(load_config(config_file))
+    assert (current.id, current.until) == ("k2", None)
+    assert (old.id, old.secret, old.until) == ("k1", b"o" * 32, date(2027, 1, 1))
+
+
+def test_a_short_retired_reply_secret_is_refused_naming_its_key(config_file, monkeypatch):
+    config_file.write_text(config_file.read_text().replace("reopen_days = 7", "reopen_days = 7" + ROTATED))
+    monkeypatch.setenv("TEST_OLD_REPLY_SECRET", "short")
+    with pytest.raises(
+        ConfigError, match=r"previous_reply_secrets \(reply key k1\): the reply secret is 5 bytes"
+    ):
+        load_config(config_file)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            'reply_key_id = "k1"\nprevious_reply_secrets = [{ id = "k1", env = "X", until = 2027-01-01 }]',
+            "must differ",
+        ),
+        ('reply_key_id = "K-1"', "agents.reply_key_id"),
+        ('previous_reply_secrets = [{ id = "k0", until = 2027-01-01 }]', "exactly one of env or file"),
+    ],
+)
+def test_reply_key_settings_are_validated(config_file, extra, message):
+    config_file.write_text(config_file.read_text().replace("reopen_days = 7", f"reopen_days = 7\n{extra}"))
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_file)
+
+
+def test_a_department_address_too_long_for_signed_reply_addresses_is_refused(config_file):
+    long_local = "a-very-long-department-mailbox-name-indeed"
+    config_file.write_text(
+        config_file.read_text().replace(
+            '"it-support@example.test"\ndisplay', f'"{long_local}@example.test"\ndisplay'
+        )
+    )
+    with pytest.raises(ConfigError, match=r"mailboxes\.it\.address: signed reply addresses would need"):
+        load_config(config_file)

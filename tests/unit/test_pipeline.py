@@ -126,7 +126,8 @@ def test_the_same_message_is_never_registered_twice(intake):
     again = intake.process(raw, Origin("it", 8, 1))  # e.g. after a UIDVALIDITY change
     assert again.kind == OutcomeKind.DUPLICATE
     assert len(rows(intake, Case)) == 1
-    assert [m.direction for m in rows(intake, Message)] == ["in", "out", "out"]  # + ack, notification
+    # + acknowledgement, one notification for each of the group's two agents
+    assert [m.direction for m in rows(intake, Message)] == ["in", "out", "out", "out"]
 
 
 def test_message_without_message_id_is_deduplicated_by_content(intake):

@@ -62,7 +62,8 @@ def test_losing_the_check_then_insert_race_ends_as_a_duplicate(intake, monkeypat
     outcome = intake.process(raw, Origin("it", 8, 1))  # another copy, e.g. after UIDVALIDITY changed
     assert outcome.kind == OutcomeKind.DUPLICATE
     assert len(calls) == 2  # the unique constraint refused the insert; the second look saw it
-    assert (count(intake, Case), count(intake, OutboxMessage)) == (1, 2)  # acknowledgement, notification
+    # acknowledgement, one notification for each of the group's two agents
+    assert (count(intake, Case), count(intake, OutboxMessage)) == (1, 3)
 
 
 def test_concurrent_registrations_of_the_same_messages(intake):
@@ -87,10 +88,10 @@ def test_concurrent_registrations_of_the_same_messages(intake):
         thread.join()
     assert not errors, errors
     assert Counter(outcomes) == {OutcomeKind.NEW_CASE: 15, OutcomeKind.DUPLICATE: 15}
-    # one notification per case (acknowledgements to this one sender stop at the rate limit)
+    # one notification per case and agent (acknowledgements to this one sender stop at the limit)
     with Session(intake.engine) as session:
         kinds = [o.kind for o in session.exec(select(OutboxMessage)).all()]
-    assert count(intake, Case) == 15 and kinds.count("notification") == 15
+    assert count(intake, Case) == 15 and kinds.count("notification") == 30
     with Session(intake.engine) as session:
         incoming = session.exec(select(Message).where(Message.direction == "in")).all()
     assert len(incoming) == 15

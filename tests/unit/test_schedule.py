@@ -32,12 +32,13 @@ def test_due_follow_up_is_reminded_once_and_cleared(intake):
     set_follow_up(intake, utcnow() + timedelta(hours=1))
     assert send_due_reminders(intake.engine, intake.casework) == 0
     set_follow_up(intake, utcnow() - timedelta(minutes=1))
-    assert send_due_reminders(intake.engine, intake.casework) == 1
+    assert send_due_reminders(intake.engine, intake.casework) == 2  # the group's two agents
     assert send_due_reminders(intake.engine, intake.casework) == 0
-    [reminder] = reminders(intake)
-    assert reminder["Subject"] == "[IT-1001] Follow-up due: Printer on floor 3 is broken"
-    assert reminder["To"] == "agent1@example.test, agent2@example.test"
-    assert reminder["Reply-To"].addresses[0].addr_spec.startswith("it-support+it-1001.")
+    first, second = reminders(intake)  # one per agent, each with a reply address of its own
+    assert first["Subject"] == "[IT-1001] Follow-up due: Printer on floor 3 is broken"
+    assert (first["To"], second["To"]) == ("agent1@example.test", "agent2@example.test")
+    assert first["Reply-To"].addresses[0].addr_spec.startswith("it-support+it-1001.")
+    assert first["Reply-To"] != second["Reply-To"]
     with Session(intake.engine) as session:
         assert session.exec(select(Case)).one().follow_up_at is None
 
@@ -52,4 +53,4 @@ async def test_the_scheduler_runs_the_job_and_wakes_the_sender(intake):
         await asyncio.wait_for(woken.wait(), timeout=5)
     finally:
         scheduler.stop()
-    assert len(reminders(intake)) == 1
+    assert len(reminders(intake)) == 2

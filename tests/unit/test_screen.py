@@ -2,7 +2,7 @@ import pytest
 
 from mailrouter.parse import parse
 from mailrouter.screen import Kind, screen
-from tests.messages import make_mail
+from tests.messages import make_dsn, make_mail
 
 OURS = frozenset({"it-support@example.test", "hr@example.test"})
 
@@ -122,3 +122,62 @@ def test_every_finding_is_a_reason():
     v = verdict(headers={"Auto-Submitted": "auto-replied", "X-Autoreply": "yes", "Precedence": "bulk"})
     assert v.kind == Kind.AUTO_REPLY and len(v.reasons) == 3
     assert "Auto-Submitted: auto-replied" in v.explanation
+
+
+def dsn_verdict(raw: bytes):
+    return screen(parse(raw), OURS)
+
+
+ORIGINAL = make_mail(
+    sender="IT Support <it-support@example.test>",
+    to="nobody@kunde.example",
+    message_id="<ack-1.IT-1001@example.test>",
+)
+
+
+@pytest.mark.parametrize("headers_only", [False, True])
+def test_a_real_dsn_is_a_dsn_with_its_report(headers_only):
+    v = dsn_verdict(make_dsn(ORIGINAL, headers_only=headers_only))
+    assert v.kind == Kind.BOUNCE and v.is_dsn
+    assert v.dsn.final_recipients == ("nobody@kunde.example",)
+    assert v.dsn.statuses == ("5.1.1",) and v.dsn.actions == ("failed",)
+    assert v.dsn.original_message_ids == ("<ack-1.IT-1001@example.test>",)
+
+
+def test_mail_merely_from_the_mailer_daemon_quoting_our_message_id_is_no_dsn():
+    forged = make_mail(
+        sender="MAILER-DAEMON@mx.kunde.example",
+        subject="Undelivered Mail Returned to Sender",
+        body="Your mail could not be delivered.\n\nMessage-ID: <ack-1.IT-1001@example.test>\nStatus: 5.1.1\n",
+        headers={"Return-Path": "<>"},
+    )
+    v = dsn_verdict(forged)
+    assert v.kind == Kind.BOUNCE and not v.is_dsn and v.dsn is None
+
+
+def test_a_report_with_a_return_path_is_no_dsn():
+    """A DSN is sent with the null return path; a sender's own address there makes it a forgery."""
+    raw = make_dsn(ORIGINAL).replace(b"Return-Path: <>", b"Return-Path: <evil@evil.example>")
+    assert not dsn_verdict(raw).is_dsn
+
+
+def test_a_report_without_a_delivery_status_part_is_no_dsn():
+    raw = make_dsn(ORIGINAL).replace(b"Content-Type: message/delivery-status", b"Content-Type: text/plain")
+    assert not dsn_verdict(raw).is_dsn
+    other_report = make_dsn(ORIGINAL).replace(
+        b"report-type=delivery-status", b"report-type=disposition-notification"
+    )
+    assert not dsn_verdict(other_report).is_dsn
+
+
+def test_a_dsn_without_return_path_counts_when_its_structure_is_right():
+    """Mail piped in by an MTA may carry no Return-Path at all; the structure still decides."""
+    raw = make_dsn(ORIGINAL).replace(b"Return-Path: <>\r\n", b"")
+    assert dsn_verdict(raw).is_dsn
+
+
+def test_ids_merely_written_in_a_dsns_text_are_not_what_it_returns():
+    raw = make_dsn(ORIGINAL, headers_only=True).replace(
+        b"User doesn't exist\r\n", b"User doesn't exist\r\nMessage-ID: <other.IT-1002@example.test>\r\n"
+    )
+    assert dsn_verdict(raw).dsn.original_message_ids == ("<ack-1.IT-1001@example.test>",)

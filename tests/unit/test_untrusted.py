@@ -225,3 +225,32 @@ def test_the_limit_is_a_sliding_window(config_file):
     assert len(acknowledgements(intake)) == 3  # the first one left the window
     intake.process(make_mail(message_id="<w5@kunde.example>"), Origin("it", 1, 5))
     assert len(acknowledgements(intake)) == 3
+
+
+def test_a_forged_authentication_results_header_gains_no_agent_powers(config_file):
+    """The outsider's own A-R (trusted authserv-id, DKIM and SPF pass) sits below our border's
+    Received, or has no Received of the border at all: on today's main either closed the case."""
+    config_file.write_text(
+        config_file.read_text().replace(
+            "reopen_days = 7", 'reopen_days = 7\ntrusted_authserv_ids = ["mx.example.test"]'
+        )
+    )
+    intake = make_intake(config_file)
+    intake.process(make_mail(message_id="<c1@kunde.example>"), Origin("it", 1, 1))
+    forged = (
+        "Authentication-Results: mx.example.test; dkim=pass header.d=example.test; "
+        "spf=pass smtp.mailfrom=example.test\r\n"
+    )
+    border = "Received: from evil.example by mx.example.test (Postfix); 1 Dec 2026 10:00 +0000\r\n"
+    attack = make_mail(
+        sender="agent1@example.test", subject="Re: [IT-1001] x", body="#close\nDone.", message_id=None
+    )
+    for uid, raw in enumerate(((border + forged).encode() + attack, forged.encode() + attack), start=2):
+        intake.process(
+            raw.replace(b"\r\nTo:", f"\r\nMessage-ID: <a{uid}@evil.example>\r\nTo:".encode(), 1),
+            Origin("it", 1, uid),
+        )
+    [case] = rows(intake, Case)
+    assert case.status == "new"
+    assert rows(intake, OutboxMessage, OutboxMessage.kind == "agent-reply") == []
+    assert len(events(intake, "security-warning")) == 2
