@@ -122,6 +122,13 @@ class DaemonSettings(_Strict):
     # mailbox's lock, and how long an outbox row claimed by one instance is kept from the others.
     lock_check_interval: float = Field(default=5.0, gt=0)
     outbox_lease: float = Field(default=300.0, gt=0)
+    # A long-running task (mailbox worker, sender, scheduler) that fails is restarted after a
+    # capped exponential backoff; restart_limit failures within restart_window seconds end the
+    # process with a non-zero exit, for systemd to restart it whole.
+    restart_initial: float = Field(default=1.0, gt=0)
+    restart_max: float = Field(default=60.0, gt=0)
+    restart_limit: int = Field(default=5, gt=0)
+    restart_window: float = Field(default=300.0, gt=0)
 
 
 class AgentSettings(_Strict):
