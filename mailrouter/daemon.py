@@ -24,11 +24,13 @@ from sqlalchemy import Engine
 from mailrouter.agents import AgentDirectory, directory_from
 from mailrouter.config import Config
 from mailrouter.db import create_schema, ensure_counters, make_engine
+from mailrouter.facts import queued_mail
 from mailrouter.faultinjection import ENV as FAULTS_ENV
 from mailrouter.faultinjection import FaultInjection
 from mailrouter.fetch import MailboxWorker
 from mailrouter.health import Health
 from mailrouter.lease import InstanceLock
+from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
 from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake
 from mailrouter.route import Rule, load_rules
@@ -160,6 +162,14 @@ async def serve(loaded: Loaded) -> None:
         asyncio.create_task(supervisor.run(start, health.task(name)), name=name)
         for name, start in starts.items()
     ]
+    notifier = Notifier.from_env(os.environ)
+    on_ready = None if faults is None else lambda: loop.call_soon(faults.stall)
+    # Not supervised: they only report, and each would end with the loop it reports on.
+    reporters = [
+        asyncio.create_task(announce(notifier, health, partial(queued_mail, engine), stop, on_ready=on_ready))
+    ]
+    if (interval := watchdog_interval(os.environ)) is not None:
+        reporters.append(asyncio.create_task(keep_alive(notifier, interval, stop)))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,
@@ -171,12 +181,14 @@ async def serve(loaded: Loaded) -> None:
     await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
     stop.set()
+    notifier.send("STOPPING=1")
     log.info("stopping: finishing the work in hand (at most %.0fs)", config.daemon.shutdown_timeout)
     _, pending = await asyncio.wait(tasks, timeout=config.daemon.shutdown_timeout)
     for task in pending:
         log.warning("stopping: %s did not finish in time, cancelling it", task.get_name())
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.gather(*pending, *reporters, return_exceptions=True)
+    notifier.close()
     parsers.shutdown()
     engine.dispose()
     if failure is not None:
