@@ -29,6 +29,7 @@ from mailrouter.faultinjection import ENV as FAULTS_ENV
 from mailrouter.faultinjection import FaultInjection
 from mailrouter.fetch import MailboxWorker
 from mailrouter.health import Health
+from mailrouter.http import Endpoint
 from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
 from mailrouter.parsepool import ParsePool
@@ -128,7 +129,6 @@ async def serve(loaded: Loaded) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     parsers = ParsePool(config.daemon.parse_workers)
-    parsers.start()
     workers = [
         MailboxWorker(
             name,
@@ -158,6 +158,13 @@ async def serve(loaded: Loaded) -> None:
         stop,
         faults=faults.for_task if faults is not None else None,
     )
+    endpoint = None
+    if config.file.http is not None:
+        endpoint = Endpoint(
+            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout
+        )
+        await endpoint.start()
+    parsers.start()
     tasks = [
         asyncio.create_task(supervisor.run(start, health.task(name)), name=name)
         for name, start in starts.items()
@@ -188,6 +195,8 @@ async def serve(loaded: Loaded) -> None:
         log.warning("stopping: %s did not finish in time, cancelling it", task.get_name())
         task.cancel()
     await asyncio.gather(*pending, *reporters, return_exceptions=True)
+    if endpoint is not None:
+        await endpoint.close()
     notifier.close()
     parsers.shutdown()
     engine.dispose()
