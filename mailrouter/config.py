@@ -6,6 +6,7 @@ credentials, `${CREDENTIALS_DIRECTORY}/name`), read once at start-up.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from datetime import date
@@ -127,6 +128,13 @@ class DaemonSettings(_Strict):
     # Set when another installation shares our department domains: it goes into our outgoing
     # Message-IDs, so a reply to that installation's mail with the same case tag is not ours.
     instance_tag: str = Field(default="", pattern=r"^[a-z0-9]{0,16}$")
+    # A long-running task (mailbox worker, sender, scheduler) that fails is restarted after a
+    # capped exponential backoff; restart_limit failures within restart_window seconds end the
+    # process with a non-zero exit, for systemd to restart it whole.
+    restart_initial: float = Field(default=1.0, gt=0)
+    restart_max: float = Field(default=60.0, gt=0)
+    restart_limit: int = Field(default=5, gt=0)
+    restart_window: float = Field(default=300.0, gt=0)
 
 
 class RetiredReplySecret(_Strict):
@@ -142,6 +150,54 @@ class RetiredReplySecret(_Strict):
         if (self.env is None) == (self.file is None):
             raise ValueError("set exactly one of env or file")
         return self
+
+
+class HttpSettings(_Strict):
+    """The daemon's HTTP endpoint (/metrics, /healthz, /readyz): on only when [http] is present."""
+
+    listen: str = "127.0.0.1:8025"
+    # A bearer token, required when `listen` is not a loopback address; from the environment or a
+    # file (a systemd credential), never written here.
+    token_env: str | None = None
+    token_file: str | None = None
+    # /readyz is red when a mailbox has not polled successfully for this long (IDLE accepted by
+    # the server counts as a poll; while idling, daemon.idle_timeout is added) ...
+    ready_max_poll_age: float = Field(default=300.0, gt=0)
+    # ... or when the oldest queued outgoing mail is older than this.
+    ready_max_outbox_age: float = Field(default=3600.0, gt=0)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: assume it is reachable from elsewhere
+
+    @model_validator(mode="after")
+    def _valid(self) -> HttpSettings:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen {self.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8025")
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("set at most one of token_env or token_file")
+        if not self.loopback and self.token_source() is None:
+            raise ValueError(f"listen {self.listen!r} is not loopback: set token_env or token_file")
+        return self
+
+    def token_source(self) -> SecretSource | None:
+        if self.token_env is None and self.token_file is None:
+            return None
+        return SecretSource(password_env=self.token_env, password_file=self.token_file)
 
 
 class AgentSettings(_Strict):
@@ -192,6 +248,7 @@ class FileConfig(_Strict):
     limits: LimitsSettings = LimitsSettings()
     smtp: SmtpSettings
     agents: AgentSettings = AgentSettings()
+    http: HttpSettings | None = None
     mailboxes: dict[str, MailboxSettings]
 
     @model_validator(mode="after")
@@ -309,6 +366,9 @@ def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
                 source = SecretSource(password_env=retired.env, password_file=retired.file)
                 where = f"{path}: agents.previous_reply_secrets (reply key {retired.id})"
                 secrets[f"reply.{retired.id}"] = _reply_secret(source, where)
+        token = data.http.token_source() if data.http is not None else None
+        if token is not None:
+            secrets["http"] = token.resolve(f"{path}: http")
         smtp_credentials = data.smtp.credentials()
         if smtp_credentials is not None:
             secrets["smtp"] = smtp_credentials.resolve(f"{path}: smtp")

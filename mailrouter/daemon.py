@@ -1,4 +1,5 @@
-"""Wiring: one fetch worker per mailbox and one outbox sender, until SIGTERM or SIGINT.
+"""Wiring: one fetch worker per mailbox, one outbox sender and the scheduler, each under the
+supervisor, until SIGTERM or SIGINT (or until a task fails too often: then a non-zero exit).
 
 On a signal every worker finishes the message (or SMTP transaction) in hand and stops; anything
 still running after the shutdown timeout is cancelled, which the transactions make safe.
@@ -12,7 +13,9 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -21,13 +24,20 @@ from sqlalchemy import Engine
 from mailrouter.agents import AgentDirectory, directory_from, reply_keys
 from mailrouter.config import Config
 from mailrouter.db import create_schema, ensure_counters, make_engine
+from mailrouter.facts import queued_mail
+from mailrouter.faultinjection import ENV as FAULTS_ENV
+from mailrouter.faultinjection import FaultInjection
 from mailrouter.fetch import MailboxWorker
+from mailrouter.health import Health
+from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
+from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
 from mailrouter.parsepool import ParsePool
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
 from mailrouter.send import Sender
+from mailrouter.supervise import RestartPolicy, Supervisor
 from mailrouter.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -98,6 +108,9 @@ def run(loaded: Loaded) -> None:
 async def serve(loaded: Loaded) -> None:
     config = loaded.config
     warn_about_insecure_tls(config)
+    faults = FaultInjection.from_env(os.environ)
+    if faults is not None:
+        log.warning("%s is set: TEST-ONLY faults will be injected; never use it in production", FAULTS_ENV)
     engine = open_database(config)
     intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
     instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -115,7 +128,6 @@ async def serve(loaded: Loaded) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     parsers = ParsePool(config.daemon.parse_workers)
-    parsers.start()
     workers = [
         MailboxWorker(
             name,
@@ -128,10 +140,42 @@ async def serve(loaded: Loaded) -> None:
         )
         for name, mailbox in config.mailboxes.items()
     ]
-    scheduler = Scheduler(engine, intake.casework, config.daemon.schedule_interval, sender.wake.set)
-    scheduler.start()
-    tasks = [asyncio.create_task(sender.run(stop, config.daemon.send_interval), name="sender")]
-    tasks += [asyncio.create_task(w.run(stop), name=f"mailbox-{w.name}") for w in workers]
+    health = Health({w.name: w.health for w in workers})
+
+    def scheduler() -> Scheduler:  # a new one for each (re)start
+        return Scheduler(engine, intake.casework, config.daemon.schedule_interval, sender.wake.set)
+
+    starts: dict[str, Callable[[], Awaitable[None]]] = {
+        "sender": lambda: sender.run(stop, config.daemon.send_interval),
+        "scheduler": lambda: scheduler().run(stop),
+    }
+    for worker in workers:
+        starts[f"mailbox-{worker.name}"] = partial(worker.run, stop)
+    supervisor = Supervisor(
+        engine,
+        RestartPolicy.from_settings(config.daemon),
+        stop,
+        faults=faults.for_task if faults is not None else None,
+    )
+    endpoint = None
+    if config.file.http is not None:
+        endpoint = Endpoint(
+            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout
+        )
+        await endpoint.start()
+    parsers.start()
+    tasks = [
+        asyncio.create_task(supervisor.run(start, health.task(name)), name=name)
+        for name, start in starts.items()
+    ]
+    notifier = Notifier.from_env(os.environ)
+    on_ready = None if faults is None else lambda: loop.call_soon(faults.stall)
+    # Not supervised: they only report, and each would end with the loop it reports on.
+    reporters = [
+        asyncio.create_task(announce(notifier, health, partial(queued_mail, engine), stop, on_ready=on_ready))
+    ]
+    if (interval := watchdog_interval(os.environ)) is not None:
+        reporters.append(asyncio.create_task(keep_alive(notifier, interval, stop)))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,
@@ -139,19 +183,25 @@ async def serve(loaded: Loaded) -> None:
         engine.url.render_as_string(hide_password=True),
     )
 
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
+    stop.set()
+    notifier.send("STOPPING=1")
     log.info("stopping: finishing the work in hand (at most %.0fs)", config.daemon.shutdown_timeout)
-    scheduler.stop()
-    done, pending = await asyncio.wait(tasks, timeout=config.daemon.shutdown_timeout)
+    _, pending = await asyncio.wait(tasks, timeout=config.daemon.shutdown_timeout)
     for task in pending:
         log.warning("stopping: %s did not finish in time, cancelling it", task.get_name())
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("worker %s had failed", task.get_name(), exc_info=task.exception())
+    await asyncio.gather(*pending, *reporters, return_exceptions=True)
+    if endpoint is not None:
+        await endpoint.close()
+    notifier.close()
     parsers.shutdown()
     engine.dispose()
+    if failure is not None:
+        log.critical("stopped after a failure: %s", failure)
+        raise failure
     log.info("stopped")
 
 

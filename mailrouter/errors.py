@@ -61,3 +61,15 @@ class Unclaimed(MailrouterError):
 
 class ReviewError(MailrouterError):
     """A quarantine entry that does not exist, was already released, or has no kept bytes."""
+
+
+class TaskFailedTooOften(MailrouterError):
+    """A supervised task failed restart_limit times within restart_window seconds."""
+
+
+class TaskEnded(MailrouterError):
+    """A supervised task returned while the daemon was still running: it stopped doing its job."""
+
+
+class InjectedFault(MailrouterError):
+    """Raised only by the test-only fault-injection hook (mailrouter.faultinjection)."""

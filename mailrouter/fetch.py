@@ -24,6 +24,7 @@ from sqlmodel import Session
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
 from mailrouter.errors import ConnectionLost, DatabaseUnavailable, ImapError, LockLost
+from mailrouter.health import MailboxHealth
 from mailrouter.imap import Connection, connect
 from mailrouter.imap import ok as _ok
 from mailrouter.intake import Intake
@@ -129,6 +130,7 @@ class MailboxWorker:
         self.lock = lock or MailboxLock(intake.engine, name, daemon.lock_check_interval)
         self.failures: dict[tuple[int, int], int] = {}
         self._read_only_reported = False
+        self.health = MailboxHealth(name)
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = self.daemon.reconnect_initial
@@ -141,13 +143,16 @@ class MailboxWorker:
                     delay = self.daemon.reconnect_initial
                     continue
                 except LockLost as exc:
+                    self.health.failed(exc)
                     log.error("mailbox=%s stopped fetching: %s; trying to take it again", self.name, exc)
                     self.lock.release()
                 except DatabaseUnavailable as exc:
+                    self.health.failed(exc)
                     log.error(
                         "mailbox=%s database problem, retrying in about %.1fs: %s", self.name, delay, exc
                     )
                 except (OSError, TimeoutError, aioimaplib.AioImapException, ImapError) as exc:
+                    self.health.failed(exc)
                     log.warning(
                         "mailbox=%s connection problem, reconnecting in about %.1fs: %s",
                         self.name,
@@ -193,6 +198,7 @@ class MailboxWorker:
 
     async def _session(self, stop: asyncio.Event) -> None:
         conn = await connect(self.settings.imap, self.password)
+        self.health.logged_in()
         client = conn.client
         try:
             for folder in (self.settings.processed_folder, self.settings.quarantine_folder):
@@ -273,6 +279,7 @@ class MailboxWorker:
             await conn.call(client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH"
         )
         uids = sorted(uid for uid in parse_search(response.lines) if uid > last_uid)
+        self.health.polled(uids[-1] - last_uid if uids else 0)
         if not uids:
             return last_uid, False
         batch = uids[: self.daemon.batch_size]
@@ -304,6 +311,7 @@ class MailboxWorker:
                 continue
             origin = Origin(self.name, selected.uidvalidity, uid)
             arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
+        self.health.batch(len(arrivals))
         halt = threading.Event()
         try:
             registered, failure = await asyncio.to_thread(
@@ -416,6 +424,7 @@ class MailboxWorker:
             return None
 
     def _log(self, origin: Origin, outcome: Outcome) -> None:
+        self.health.counted(outcome.kind)
         log.info(
             "mailbox=%s uid=%s %s%s: %s",
             self.name,
@@ -479,11 +488,13 @@ class MailboxWorker:
         """
         client = conn.client
         idle = await conn.call(client.idle_start(timeout=self.daemon.idle_timeout))
+        self.health.idling(True)
         push = asyncio.ensure_future(client.wait_server_push(timeout=self.daemon.idle_timeout + 10))
         stopping = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({push, stopping, conn.lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.health.idling(False)
             stopping.cancel()
             push.cancel()
             if not conn.lost.done():

@@ -10,12 +10,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.casework import Casework
+from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,27 @@ class Scheduler:
 
     def start(self) -> None:
         self._scheduler.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The jobs until `stop`; a job's unexpected error ends the run with it, for the supervisor
+        to restart. The database being away is expected: the next run tries again."""
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[BaseException] = loop.create_future()
+
+        def on_error(event: JobExecutionEvent) -> None:
+            if not isinstance(event.exception, DatabaseUnavailable):
+                loop.call_soon_threadsafe(lambda: failed.done() or failed.set_result(event.exception))
+
+        self._scheduler.add_listener(on_error, EVENT_JOB_ERROR)
+        self.start()
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            self.stop()
+        if failed.done():
+            raise failed.result()
 
     def stop(self) -> None:
         self._scheduler.shutdown(wait=False)

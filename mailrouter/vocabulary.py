@@ -98,6 +98,9 @@ class EventKind(StrEnum):
     # mailboxes
     MAILBOX_READ_ONLY = "mailbox-read-only"
     UIDVALIDITY_CHANGED = "uidvalidity-changed"
+    # supervision
+    TASK_RESTARTED = "task-restarted"
+    TASK_FAILED_REPEATEDLY = "task-failed-repeatedly"
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
