@@ -82,7 +82,7 @@ class Intake:
         if isinstance(parsed, ParseError):
             return self._refuse(raw, origin, parsed)
         try:
-            inbound = parsed or parse(raw)
+            inbound = parsed or parse(raw, html_chars=self.config.limits.html_to_text_chars)
         except ParseError as exc:
             return self._refuse(raw, origin, exc)
         for attempt in range(1, RACE_ATTEMPTS + 1):
@@ -136,7 +136,13 @@ class Intake:
             )
         if not verdict.may_open_case:
             return self._keep_without_case(session, origin, inbound, verdict.explanation, verdict.kind.value)
-        decision = route(inbound, origin.mailbox, self.config.mailboxes, self.rules)
+        decision = route(
+            inbound,
+            origin.mailbox,
+            self.config.mailboxes,
+            self.rules,
+            regex_chars=self.config.limits.regex_text_chars,
+        )
         return self._new_case(session, origin, inbound, raw, verdict, decision, earlier_case=case)
 
     def _keep_without_case(
