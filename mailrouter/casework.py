@@ -141,6 +141,13 @@ class Casework:
             for w in match.warnings
         )
 
+    def parse_notes(self, inbound: Inbound, origin: Origin) -> tuple[PlannedEvent, ...]:
+        """A message read only in part (its parse ran out of time) says so on its case."""
+        if not inbound.degraded:
+            return ()
+        detail = f"the message was read in part, {inbound.degraded}"
+        return (PlannedEvent(EventKind.PARSED_DEGRADED, detail, about_message=True, mailbox=origin.mailbox),)
+
     # --- plans for incoming mail ------------------------------------------------------------------
 
     def duplicate(self, origin: Origin, earlier: int, key: str) -> Plan:

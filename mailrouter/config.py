@@ -233,11 +233,16 @@ class AgentSettings(_Strict):
 
 
 class LimitsSettings(_Strict):
-    """What untrusted mail may cost us: answers per sender, and the size we read at all."""
+    """What untrusted mail may cost us: answers per sender, the size we read at all, and the time
+    and text one message may take from the parser and the rules' regexes."""
 
     acknowledgements_per_sender: int = Field(default=5, ge=0)
     acknowledgement_window: float = Field(default=3600.0, gt=0)
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+    # A parse in a worker that takes longer is abandoned for a degraded reading (parsepool).
+    parse_time_limit: float = Field(default=5.0, gt=0)
+    html_to_text_chars: int = Field(default=1024 * 1024, gt=0)
+    regex_text_chars: int = Field(default=64 * 1024, gt=0)
 
 
 class FileConfig(_Strict):

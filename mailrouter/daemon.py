@@ -127,7 +127,10 @@ async def serve(loaded: Loaded) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    parsers = ParsePool(config.daemon.parse_workers)
+    limits = config.limits
+    parsers = ParsePool(
+        config.daemon.parse_workers, time_limit=limits.parse_time_limit, html_chars=limits.html_to_text_chars
+    )
     workers = [
         MailboxWorker(
             name,

@@ -64,7 +64,7 @@ class Intake:
         if isinstance(parsed, ParseError):
             return self._refuse(raw, origin, parsed)
         try:
-            inbound = parsed or parse(raw)
+            inbound = parsed or parse(raw, html_chars=self.config.limits.html_to_text_chars)
         except ParseError as exc:
             return self._refuse(raw, origin, exc)
         for attempt in range(1, RACE_ATTEMPTS + 1):
@@ -104,7 +104,7 @@ class Intake:
         if verdict.kind == Kind.BOUNCE and (sent := facts.sent_mail(inbound.quoted_message_ids)):
             return casework.bounce(inbound, origin, raw, verdict, facts.case(sent[0].case_id), sent)
         match = thread(inbound, self.tags, facts, self.agents)
-        warnings = casework.warnings(match, origin)
+        notes = casework.parse_notes(inbound, origin) + casework.warnings(match, origin)
         case = facts.case(match.case.id) if match.case else None
         if case is not None and not casework.too_late(case, match, verdict, now):
             plan = casework.follow_up(inbound, origin, raw, verdict, match, case, now, facts)
@@ -113,13 +113,19 @@ class Intake:
         elif not verdict.may_open_case:
             plan = casework.without_case(inbound, origin, raw, verdict.explanation, verdict.kind.value)
         else:
-            decision = route(inbound, origin.mailbox, self.config.mailboxes, self.rules)
+            decision = route(
+                inbound,
+                origin.mailbox,
+                self.config.mailboxes,
+                self.rules,
+                regex_chars=self.config.limits.regex_text_chars,
+            )
             number = next_case_number(session, self.config.mailboxes[decision.department].prefix)
             customer = facts.customer(inbound.sender) if inbound.sender else None
             plan = casework.new_case(
                 inbound, origin, raw, verdict, decision, number, customer, case, now, facts
             )
-        return _with_events_first(plan, warnings)
+        return _with_events_first(plan, notes)
 
     def refuse_oversized(self, start: bytes, size: int, origin: Origin) -> Outcome:
         """Too large to read: `start` is the message's beginning (the fetch worker downloads only

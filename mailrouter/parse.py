@@ -21,7 +21,7 @@ from email.header import decode_header, make_header
 from email.message import Message as EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
-from html.parser import HTMLParser
+from html import unescape
 
 import mailparser
 
@@ -44,6 +44,18 @@ _WORD_STAND_IN = re.compile(rf"{_WORD_MARK}(\d+){_WORD_MARK}")
 _LATIN1_LABELS = frozenset({"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "iso8859-1"})
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 MAX_FILENAME = 200
+# What one message may hand on: the database indexes ids and addresses (PostgreSQL's btree rows
+# end near 2.7 KB), and thread looks up every reference at once (SQLite allows 32766 variables).
+# Whatever is cut is named in Inbound.defects.
+MAX_HTML_CHARS = 1024 * 1024  # the default of [limits] html_to_text_chars
+MAX_REFERENCES = 100  # the first (the thread's root) and the last 99 (nearest the message)
+MAX_ID_LENGTH = 250  # longer Message-IDs are replaced by one made from their hash
+MAX_ADDRESS_LENGTH = 254  # RFC 5321's longest path; a longer address is dropped
+MAX_NAME_LENGTH = 200
+MAX_ADDRESSES = 100  # per header: From, Reply-To, To, Cc
+MAX_SUBJECT = 998  # RFC 5322's longest line
+MAX_HEADER_VALUE = 8 * 1024
+MAX_HEADER_VALUES = 100  # values kept per header name (Received: lines, say)
 # Labels mail clients use for supersets of what they say (or for what Python calls otherwise).
 _CHARSET_ALIASES = {
     "gb2312": "gb18030",
@@ -115,6 +127,8 @@ class Inbound:
     # The fields of a message/delivery-status part (RFC 3464), one "Name: value" line each, its
     # blocks separated by blank lines; "" when the message has none. Only a DSN has one.
     delivery_status: str = ""
+    # Why and how the message was read only in part (see parse_degraded); "" when read whole.
+    degraded: str = ""
 
     def header(self, name: str) -> str:
         """The first value of a header, decoded; "" when absent."""
@@ -129,41 +143,114 @@ class Inbound:
         return tuple(dict.fromkeys(ids))
 
 
-def parse(raw: bytes, *, slim_above: int = SLIM_ABOVE) -> Inbound:
+def parse(raw: bytes, *, slim_above: int = SLIM_ABOVE, html_chars: int = MAX_HTML_CHARS) -> Inbound:
     """The Inbound of raw; messages above slim_above bytes are read without their attachment
-    bodies (same result, a fraction of the memory) whenever their MIME structure allows."""
+    bodies (same result, a fraction of the memory) whenever their MIME structure allows. Only
+    the first html_chars characters of HTML are turned into text (when there is no text part)."""
     if raw.startswith(_OLE_MAGIC):
         raise ParseError("an Outlook .msg file (OLE compound document), not an RFC 822 message")
     mail, attachments = (_read_slim(raw) if len(raw) > slim_above else None) or _read(raw)
     message: EmailMessage = mail.message
+    plain, html = _body_parts(message)
+    cuts: list[str] = []
+    text = _body_text(plain, html, html_chars, cuts)
+    return _inbound(
+        raw,
+        message,
+        text=text,
+        html="\n".join(html).replace("\x00", ""),
+        attachments=attachments,
+        defects=(*sorted(mail.defects_categories), *cuts),
+    )
+
+
+def parse_degraded(raw: bytes, reason: str, *, headers_only: bool = False) -> Inbound:
+    """What can still be read of a message whose full parse failed or took too long, with the
+    stdlib parser alone: its text parts (no HTML, no attachments), or with headers_only nothing
+    past its header. Inbound.degraded says which and why, so the intake can record it."""
+    if raw.startswith(_OLE_MAGIC):
+        raise ParseError("an Outlook .msg file (OLE compound document), not an RFC 822 message")
+    if headers_only:
+        message = BytesHeaderParser().parsebytes(raw)
+        return _inbound(raw, message, text="", degraded=f"headers only: {reason}")
+    message = message_from_bytes(raw)
+    plain, _ = _body_parts(message)
+    text = "\n".join(part for part in plain if part.strip()).replace("\x00", "").strip()
+    return _inbound(raw, message, text=text, degraded=f"text parts only: {reason}")
+
+
+def _inbound(
+    raw: bytes,
+    message: EmailMessage,
+    *,
+    text: str,
+    html: str = "",
+    attachments: tuple[AttachmentInfo, ...] = (),
+    defects: tuple[str, ...] = (),
+    degraded: str = "",
+) -> Inbound:
+    """The Inbound of a message read one way or another, bounded: see MAX_REFERENCES and the rest."""
     if not any(message.get(name) is not None for name in _IDENTIFYING_HEADERS):
         raise ParseError("no message headers found: not an RFC 822 message")
-
+    cuts = list(defects)
     headers = _decoded_headers(message)
-    senders = _addresses(message, "from")
-    plain, html = _body_parts(message)
-    text = _body_text(plain, html)
-    message_id = _first_message_id(headers.get("message-id", ()))
+    senders = _addresses(message, "from", cuts)
+    message_id = _bounded_id(_first_message_id(headers.get("message-id", ())), "Message-ID", cuts)
+    references = [
+        _bounded_id(i, "References", cuts)
+        for i in _MESSAGE_ID.findall(" ".join(headers.get("references", ())))
+    ]
+    if len(references) > MAX_REFERENCES:
+        cuts.append(
+            f"references cut: {len(references)} ids, kept the first and the last {MAX_REFERENCES - 1}"
+        )
+        references = [references[0], *references[-(MAX_REFERENCES - 1) :]]
+    subject = (headers.get("subject") or ("",))[0]
+    if len(subject) > MAX_SUBJECT:
+        cuts.append(f"subject cut: {len(subject)} characters, kept {MAX_SUBJECT}")
+        subject = subject[:MAX_SUBJECT]
+    quoted = [] if degraded.startswith("headers only") else _quoted_message_ids(message, text, message_id)
     return Inbound(
         sha256=hashlib.sha256(raw).hexdigest(),
         size=len(raw),
         message_id=message_id,
-        in_reply_to=_first_message_id(headers.get("in-reply-to", ())),
-        references=tuple(_MESSAGE_ID.findall(" ".join(headers.get("references", ())))),
+        in_reply_to=_bounded_id(_first_message_id(headers.get("in-reply-to", ())), "In-Reply-To", cuts),
+        references=tuple(references),
         sender=senders[0] if senders else None,
-        reply_to=tuple(_addresses(message, "reply-to")),
-        to=tuple(_addresses(message, "to")),
-        cc=tuple(_addresses(message, "cc")),
-        subject=(headers.get("subject") or ("",))[0],
+        reply_to=tuple(_addresses(message, "reply-to", cuts)),
+        to=tuple(_addresses(message, "to", cuts)),
+        cc=tuple(_addresses(message, "cc", cuts)),
+        subject=subject,
         text=text,
-        html="\n".join(html).replace("\x00", ""),
-        headers=headers,
+        html=html,
+        headers=_bounded_headers(headers, cuts),
         attachments=attachments,
-        defects=tuple(sorted(mail.defects_categories)),
-        quoted_message_ids=_quoted_message_ids(message, text, message_id),
+        defects=tuple(dict.fromkeys(cuts)),
+        quoted_message_ids=tuple(_bounded_id(i, "quoted Message-ID", cuts) for i in quoted[:MAX_REFERENCES]),
         header_names=tuple(name.lower() for name in message),
         delivery_status=_delivery_status(message),
+        degraded=degraded,
     )
+
+
+def _bounded_id(message_id: str, header: str, cuts: list[str]) -> str:
+    """An id too long for a database index is replaced by one made from its hash: the same id
+    always gives the same stand-in, so duplicates are still found and replies still thread."""
+    if len(message_id) <= MAX_ID_LENGTH:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+    cuts.append(f"{header} over {MAX_ID_LENGTH} characters replaced by one made from its hash")
+    return f"<{digest}@overlong-id.invalid>"
+
+
+def _bounded_headers(headers: dict[str, tuple[str, ...]], cuts: list[str]) -> dict[str, tuple[str, ...]]:
+    bounded = {}
+    for name, values in headers.items():
+        kept = tuple(value[:MAX_HEADER_VALUE] for value in values[:MAX_HEADER_VALUES])
+        if len(values) > MAX_HEADER_VALUES or any(len(v) > MAX_HEADER_VALUE for v in values):
+            cuts.append(f"header {name} cut to {MAX_HEADER_VALUES} values of {MAX_HEADER_VALUE} characters")
+        bounded[name] = kept
+    return bounded
 
 
 def _read(raw: bytes) -> tuple[mailparser.MailParser, tuple[AttachmentInfo, ...]]:
@@ -293,19 +380,27 @@ def _shield_encoded_words(value: str) -> tuple[str, Callable[[str], str]]:
     return _ENCODED_WORD.sub(stand_in, value), restore
 
 
-def _addresses(message: EmailMessage, header: str) -> list[Address]:
+def _addresses(message: EmailMessage, header: str, cuts: list[str]) -> list[Address]:
     """Addresses are split before RFC 2047 decoding, with every encoded-word shielded: neither
     its decoded text nor a raw "=?utf-8?q?a:b@c?=" may ever read as an address, a group or a
-    second mailbox."""
-    found = []
+    second mailbox. An address longer than any deliverable one is dropped, not cut (a cut one
+    would be somebody else's); past MAX_ADDRESSES the rest are."""
+    found: list[Address] = []
     for name, value in message.raw_items():
         if name.lower() != header:
             continue
         shielded, restore = _shield_encoded_words(_raw_8bit(value))
         for display, address in getaddresses([_ADDRESS_AS_NAME.sub(r'\1 "\2" <', shielded)]):
             address = single_line(restore(address)).strip("<>").lower()
-            if "@" in address:
-                found.append(Address(address=address, name=single_line(_decode(restore(display)))))
+            if "@" not in address:
+                continue
+            if len(address) > MAX_ADDRESS_LENGTH:
+                cuts.append(f"{header}: an address over {MAX_ADDRESS_LENGTH} characters dropped")
+            elif len(found) == MAX_ADDRESSES:
+                cuts.append(f"{header}: addresses past the first {MAX_ADDRESSES} dropped")
+            else:
+                name = single_line(_decode(restore(display)))[:MAX_NAME_LENGTH]
+                found.append(Address(address=address, name=name))
     return found
 
 
@@ -579,43 +674,77 @@ def _delivery_status(message: EmailMessage) -> str:
     return ""
 
 
-def _body_text(plain: list[str], html: list[str]) -> str:
+def _body_text(plain: list[str], html: list[str], html_chars: int, cuts: list[str]) -> str:
     text = "\n".join(part for part in plain if part.strip())
     if not text and html:
-        text = html_to_text("\n".join(html))
+        markup = "\n".join(html)
+        if len(markup) > html_chars:
+            cuts.append(f"html cut: {len(markup)} characters, the first {html_chars} turned into text")
+        text = html_to_text(markup[:html_chars])
     return text.replace("\x00", "").strip()
 
 
-class _TextExtractor(HTMLParser):
-    _BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "table", "blockquote"})
-    _HIDDEN = frozenset({"script", "style", "head", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._HIDDEN:
-            self._hidden_depth += 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN and self._hidden_depth:
-            self._hidden_depth -= 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden_depth:
-            self.parts.append(data)
+_BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "table", "blockquote"})
+# Elements whose content is never shown, and is never markup either: skipped to their end tag.
+_RAW_HIDDEN = {
+    name: re.compile(rf"</{name}(?=[\t\n\f\r />])", re.IGNORECASE) for name in ("script", "style", "title")
+}
+_TAG_NAME = re.compile(r"[A-Za-z][^\t\n\f\r />]*")
+_TAG_STOP = re.compile(r""">|=[\t\n\f\r ]*(["'])""")
 
 
 def html_to_text(html: str) -> str:
-    """Readable text from HTML, for mail that has no text part. The HTML itself is never trusted."""
-    extractor = _TextExtractor()
-    extractor.feed(html)
-    extractor.close()
-    lines = (" ".join(line.split()) for line in "".join(extractor.parts).splitlines())
+    """Readable text from HTML, for mail that has no text part. The HTML itself is never trusted.
+
+    One pass over the markup, as the HTML standard's tokenizer reads it: a tag, comment or quoted
+    attribute value left open runs to the end of the input, as in a browser, so no character is
+    read twice. (html.parser reads the rest of the document again for every unclosed tag, and
+    lxml and lexbor slow down quadratically on long attribute lists or deep nesting.)"""
+    parts: list[str] = []
+    in_head = False
+    start = at = 0  # the text not yet taken starts at `start`
+    end = len(html)
+    while (lt := html.find("<", at)) != -1:
+        at = lt + 1
+        closing = html.startswith("/", at)
+        name = _TAG_NAME.match(html, at + closing)
+        if name is None and not html.startswith(("!", "?", "/"), at):
+            continue  # a "<" that opens nothing is text
+        if not in_head:
+            parts.append(unescape(html[start:lt]))
+        if name is None:
+            if html.startswith("!--", at):
+                close = html.find("-->", at + 3)
+                at = end if close == -1 else close + 3
+            else:  # doctype, processing instruction, bogus comment
+                close = html.find(">", at)
+                at = end if close == -1 else close + 1
+        else:
+            at = _tag_end(html, name.end())
+            tag = name.group(0).lower()
+            if tag in _RAW_HIDDEN and not closing:
+                close_tag = _RAW_HIDDEN[tag].search(html, at)
+                at = end if close_tag is None else _tag_end(html, close_tag.end())
+            elif tag in ("head", "body"):
+                in_head = tag == "head" and not closing
+            elif tag in _BLOCKS:
+                parts.append("\n")
+        start = at
+    if not in_head:
+        parts.append(unescape(html[start:]))
+    lines = (" ".join(line.split()) for line in "".join(parts).splitlines())
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _tag_end(html: str, at: int) -> int:
+    """Where the tag whose name ends at `at` ends: past its ">", quoted attribute values skipped
+    whole; the end of the input for a tag that never closes."""
+    while (stop := _TAG_STOP.search(html, at)) is not None:
+        quote = stop.group(1)
+        if quote is None:
+            return stop.end()
+        close = html.find(quote, stop.end())
+        if close == -1:
+            break
+        at = close + 1
+    return len(html)

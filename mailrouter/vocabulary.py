@@ -70,6 +70,7 @@ class EventKind(StrEnum):
     LINKED = "linked"
     SCREENED = "screened"
     SECURITY_WARNING = "security-warning"
+    PARSED_DEGRADED = "parsed-degraded"
     BOUNCED = "bounced"
     # set aside, and released again
     REFUSED = "refused"

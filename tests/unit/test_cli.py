@@ -46,6 +46,25 @@ def test_check_names_a_broken_rule(shipped, capsys):
     assert "40-broken.toml" in err and "rule 'oops'.when.subjekt: unknown key" in err
 
 
+@pytest.mark.parametrize(
+    ("pattern", "key"),
+    [
+        (r"(\w)\1", "when.subject_regex"),  # a backreference
+        (r"invoice(?!s)", "when.body_regex"),  # lookahead
+        (r"(?<=Re: )x", "when.header_regex: Value error, Subject"),  # lookbehind
+    ],
+)
+def test_check_refuses_a_pattern_re2_cannot_run_naming_file_rule_and_key(shipped, capsys, pattern, key):
+    condition = (
+        f"{key} = '{pattern}'" if "header" not in key else f"when.header_regex = {{ Subject = '{pattern}' }}"
+    )
+    (shipped / "rules" / "40-slow.toml").write_text(f'[[rule]]\nname = "clever"\n{condition}\n')
+    code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")
+    assert code == 1
+    assert "40-slow.toml" in err and f"rule 'clever'.{key}" in err
+    assert "RE2 cannot do" in err and "no backreferences or lookaround" in err
+
+
 def test_check_names_a_template_that_does_not_render(shipped, capsys):
     (shipped / "templates" / "it" / "ack.en.txt.j2").write_text("Case {{ case.numbr }}\n")
     code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")

@@ -1,7 +1,7 @@
 import pytest
 
 from mailrouter.errors import ParseError
-from mailrouter.parse import Address, html_to_text, parse
+from mailrouter.parse import MAX_SUBJECT, Address, html_to_text, parse
 from tests.messages import make_mail
 
 
@@ -193,7 +193,8 @@ def test_html_only_mail_is_data_never_markup():
 def test_very_long_lines():
     raw = b"From: a@b.example\r\nSubject: " + b"S" * 5000 + b"\r\n\r\n" + b"A" * 500_000 + b"\r\n"
     inbound = parse(raw)
-    assert len(inbound.text) == 500_000 and inbound.subject == "S" * 5000
+    assert len(inbound.text) == 500_000 and inbound.subject == "S" * MAX_SUBJECT  # bounded, and said so
+    assert inbound.defects == (f"subject cut: 5000 characters, kept {MAX_SUBJECT}",)
 
 
 def test_nul_bytes_never_reach_the_record():

@@ -9,6 +9,7 @@ from sqlmodel import Session, select
 
 from mailrouter import store
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage
+from mailrouter.parse import parse_degraded
 from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.store import checkpoint
 from mailrouter.vocabulary import EventKind
@@ -196,3 +197,14 @@ def test_the_same_bytes_in_two_mailboxes_are_registered_twice_and_kept_once(inta
     second = intake.process(raw, Origin("hr", 1, 1))
     assert first.kind == second.kind == OutcomeKind.NEW_CASE
     assert len(rows(intake, Message)) >= 2 and len(rows(intake, RawMessage)) == 1
+
+
+def test_a_message_read_in_part_says_so_on_its_case(intake):
+    raw = make_mail(message_id="<slow@kunde.example>", body="Skrivaren er ødelagt.")
+    inbound = parse_degraded(raw, "parsing took longer than 5 s")
+    outcome = intake.process(raw, Origin("it", 7, 1), inbound)
+    assert outcome.kind == OutcomeKind.NEW_CASE
+    [event] = [e for e in rows(intake, Event) if e.kind == EventKind.PARSED_DEGRADED]
+    [case] = rows(intake, Case)
+    assert event.case_id == case.id and event.message_id is not None
+    assert event.detail == "the message was read in part, text parts only: parsing took longer than 5 s"
