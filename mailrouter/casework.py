@@ -20,6 +20,7 @@ from mailrouter.compose import compose, tagged_subject
 from mailrouter.config import Config, MailboxSettings
 from mailrouter.models import AuthorRole, Case, CaseStatus, Customer, Direction, Message, utcnow
 from mailrouter.parse import Inbound
+from mailrouter.quoting import MARKER
 from mailrouter.store import CASE, CUSTOMER
 from mailrouter.templates import Rendered, Templates
 
@@ -263,6 +264,7 @@ class Casework:
     ) -> Done:
         department = self._department(case)
         text = (
+            f"{MARKER}\n\n"
             f"Your reply to {case.number} was not sent to the customer, and none of its commands were "
             "carried out:\n\n"
             + "".join(f"  - {e}\n" for e in errors)
