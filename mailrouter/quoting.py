@@ -158,6 +158,7 @@ _ADDRESSED = re.compile(
     rf"(?=.*<[^<>\s]+@[^<>\s]+>)(?=.*\s(?:{_names(_WROTE)})\b).*:",
     re.IGNORECASE,
 )
+_VERB = re.compile(rf"\s(?:{_names(_WROTE)})\b", re.IGNORECASE)
 _SHORT_WROTE = re.compile(rf".{{1,80}}\s(?:{_names(_WROTE)})\s*:", re.IGNORECASE)
 _FROM = _field({n for language in LANGUAGES for n in language.header_from})
 _HEADER_FIELD = _field({n for language in LANGUAGES for n in language.header_fields})
@@ -170,6 +171,11 @@ _SEPARATOR = re.compile(  # "-----Original Message-----" style, or Apple's "Begi
 _RULE = re.compile(r"(?:_{10,}|-{10,})")  # Outlook's line above its header block
 # Any language's header line ("Od: …", "Wysłane: …"), trusted only just above our marker.
 _ANY_FIELD = re.compile(r"\*{0,2}[^\W\d][\w'.-]{0,20}(?: [\w'.-]{1,20})?\s?:\*{0,2}\s+\S")
+
+
+# Longer is not an attribution (a long name and address are ~200 characters); the bound also
+# keeps the patterns' backtracking small on a megabyte-long line.
+_LONGEST_ATTRIBUTION = 400
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,9 @@ def strip_quoted_history(text: str) -> str:
 def _quote_start(lines: list[str]) -> tuple[int, str] | None:
     """The first line where a client's quote header starts, with what it is."""
     stripped = [line.strip() for line in lines]
+    quoted_tail = len(stripped)  # from here on, every line is blank or quoted
+    while quoted_tail and (not stripped[quoted_tail - 1] or stripped[quoted_tail - 1].startswith(">")):
+        quoted_tail -= 1
     for index, line in enumerate(stripped):
         if not line or line.startswith(">"):
             continue
@@ -214,8 +223,8 @@ def _quote_start(lines: list[str]) -> tuple[int, str] | None:
         attribution = _attribution(stripped, index)
         if attribution is not None:
             return index, attribution
-        rest = [n for n in stripped[index + 1 :] if n]
-        if _SHORT_WROTE.fullmatch(line) and rest and all(n.startswith(">") for n in rest):
+        quoted_follow = index + 1 >= quoted_tail and any(stripped[index + 1 :])
+        if quoted_follow and _SHORT_WROTE.fullmatch(line):
             return index, "the attribution line above the quoted lines"
     return None
 
@@ -229,8 +238,10 @@ def _attribution(lines: list[str], index: int) -> str | None:
         if not line or (count > 1 and (len(joined) < 40 or joined[-1] in ".!?")):
             return None
         joined = f"{joined} {line}".strip()
-        if not re.search(r"[\d@]", joined):
-            continue
+        if len(joined) > _LONGEST_ATTRIBUTION:
+            return None
+        if not (joined.endswith(":") and _VERB.search(joined) and re.search(r"[\d@]", joined)):
+            continue  # every attribution ends in a colon and has a verb: cheap refusals first
         code = next((c for c, p in _ATTRIBUTIONS if p.fullmatch(joined)), None)
         what = f"the attribution line ({code})" if code else "the attribution line (with an address)"
         if (code or _ADDRESSED.fullmatch(joined)) and not (count > 1 and _attribution(lines, index + 1)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -428,3 +429,21 @@ def test_every_agent_facing_template_starts_with_the_marker(path):
 
 def test_the_shipped_english_templates_carry_the_marker_constant():
     assert all(quoting.MARKER in p.read_text() for p in AGENT_FACING if ".en." in p.name)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Den 24.11.2026 " + " skrev x" * 50_000,  # one long line: the patterns' backtracking
+        "\n".join(["Kari wrote:"] * 50_000),  # every line a short attribution without a quote
+        "\n".join(["On 24 Nov 2026 at 10:00 a line long enough to join with the next:"] * 50_000),
+        "##-" * 300_000,
+    ],
+    ids=["long-line", "many-short-attributions", "many-joinable-lines", "marker-frames"],
+)
+def test_hostile_text_is_cut_in_linear_time(text):
+    """A customer's text is quoted back in the agent's reply: megabytes of it must not stall the
+    mailbox (the first two took 8 and 1 minutes before the bounds)."""
+    started = time.perf_counter()
+    strip_quoted_history(text)
+    assert time.perf_counter() - started < 5
