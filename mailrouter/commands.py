@@ -1,8 +1,8 @@
 """What an agent's reply says: commands on its first lines, then the answer for the customer.
 
 Commands stand on their own lines at the very top (`#close`, `#assign agent2@…`); the first
-other line ends them. The quoted history that mail clients append is cut off, so the customer
-gets the answer, not the whole thread again.
+other line ends them. The quoted history that mail clients append is cut off (mailrouter.quoting),
+so the customer gets the answer, not the whole thread again.
 """
 
 from __future__ import annotations
@@ -12,27 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from mailrouter.quoting import strip_quoted_history
+
 PRIORITIES = ("low", "normal", "high", "urgent")
 _COMMAND_LINE = re.compile(r"^#([A-Za-z]+)\b[ \t]*(.*)$")
 _DURATION = re.compile(r"^(\d+)\s*(m|min|h|d|w)$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-# Where quoted history starts, in the clients and languages our agents use.
-_QUOTE_STARTS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"^On .+ wrote:\s*$",
-        r"^Den .+ skrev .*:\s*$",
-        r"^\d{1,2}\. .+ skrev .*:\s*$",
-        r"^.*<[^<>\s]+@[^<>\s]+>\s*(skrev|wrote|schrieb)\s*:\s*$",
-        r"^Am .+ schrieb .*:\s*$",
-        r"^-{2,}\s*(Original Message|Opprinnelig melding|Ursprungligt meddelande"
-        r"|Oprindelig meddelelse)\s*-{2,}",
-        r"^_{10,}\s*$",
-    )
-]
-_OUTLOOK_FROM = re.compile(r"^\*?(From|Fra|Från):\*?\s", re.IGNORECASE)
-_OUTLOOK_SENT = re.compile(r"^\*?(Sent|Sendt|Skickat|Date|Dato|Datum):\*?\s", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -145,19 +130,3 @@ def _check(command: Command, assignable: frozenset[str]) -> str | None:
     if spec is None:
         return f"unknown command (known: {' '.join('#' + s.name for s in COMMANDS)})"
     return spec.check(command.argument, assignable)
-
-
-def strip_quoted_history(text: str) -> str:
-    lines = text.split("\n")
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        if any(p.match(stripped) for p in _QUOTE_STARTS):
-            lines = lines[:index]
-            break
-        following = [n.strip() for n in lines[index + 1 : index + 4]]
-        if _OUTLOOK_FROM.match(stripped) and any(_OUTLOOK_SENT.match(n) for n in following):
-            lines = lines[:index]
-            break
-    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith(">")):
-        lines.pop()
-    return "\n".join(lines).strip()

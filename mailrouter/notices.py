@@ -16,6 +16,7 @@ from mailrouter.compose import compose, tagged_subject
 from mailrouter.config import MailboxSettings
 from mailrouter.parse import Inbound
 from mailrouter.plan import CaseView, QueuedMail
+from mailrouter.quoting import MARKER
 from mailrouter.templates import Rendered, Templates
 from mailrouter.vocabulary import AuthorRole, OutboxKind
 
@@ -142,6 +143,7 @@ class Notices:
         self, case: CaseView, inbound: Inbound, agent: str, errors: tuple[str, ...]
     ) -> QueuedMail:
         text = (
+            f"{MARKER}\n\n"
             f"Your reply to {case.number} was not sent to the customer, and none of its commands were "
             "carried out:\n\n"
             + "".join(f"  - {e}\n" for e in errors)

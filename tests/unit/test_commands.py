@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 
-from mailrouter.commands import parse_duration, read_agent_reply, strip_quoted_history
+from mailrouter.commands import parse_duration, read_agent_reply
 
 ASSIGNABLE = frozenset({"agent2@example.test", "it-agents"})
 
@@ -50,25 +50,3 @@ def test_durations():
     assert parse_duration("2d") == timedelta(days=2)
     assert parse_duration("1w") == timedelta(weeks=1)
     assert parse_duration("2 days") is None
-
-
-@pytest.mark.parametrize(
-    "quote",
-    [
-        "On Tue, 24 Nov 2026 at 10:00, Kari <kari@kunde.example> wrote:\n> old",
-        "Den tis 24 nov. 2026 kl 10:00 skrev Kari <kari@kunde.example>:\n> gammalt",
-        "24. nov. 2026 kl. 10:00 skrev Kari Nordmann <kari@kunde.example>:\n> gammelt",
-        "-----Original Message-----\nFrom: Kari\nSent: Tuesday",
-        "-----Opprinnelig melding-----\nFra: Kari",
-        "From: IT Support <it-support@example.test>\nSent: 24 November 2026 10:00\nTo: agent1",
-        "Från: IT Support <it-support@example.test>\nSkickat: den 24 november 2026 10:00",
-        "> just a quoted tail\n> more",
-    ],
-)
-def test_quoted_history_is_cut(quote):
-    assert strip_quoted_history(f"The answer.\nSecond line.\n\n{quote}\n") == "The answer.\nSecond line."
-
-
-def test_a_sentence_that_mentions_writing_is_kept():
-    text = "Jeg skrev til leverandøren i går:\nDe svarer i morgen."
-    assert strip_quoted_history(text) == text
