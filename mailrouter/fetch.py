@@ -3,6 +3,8 @@
 Only UIDs above the stored checkpoint are asked for, so a poll costs the same however large the
 folder grows. A message is marked on the server (flagged or moved) only after its transaction
 has committed; the checkpoint, not the mark, is what decides whether a message is new.
+This is the worker loop and its decisions (what to fetch, what a failure costs); how to say it
+to an IMAP server is imap.py's job.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import aioimaplib
@@ -23,9 +23,8 @@ from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
-from mailrouter.errors import ConnectionLost, DatabaseUnavailable, ImapError, LockLost
-from mailrouter.imap import Connection, connect
-from mailrouter.imap import ok as _ok
+from mailrouter.errors import DatabaseUnavailable, ImapError, LockLost
+from mailrouter.imap import PROCESSED_KEYWORD, QUARANTINE_KEYWORD, Connection, Selected, connect
 from mailrouter.lease import MailboxLock
 from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake, Outcome, OutcomeKind
@@ -36,75 +35,13 @@ log = logging.getLogger(__name__)
 # aioimaplib reports every untagged response it does not use at INFO: noise in a daemon's journal.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 
-PROCESSED_KEYWORD = "$Registered"
-QUARANTINE_KEYWORD = "$Quarantined"
 MAX_ATTEMPTS = 3
-
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_PERMANENT_FLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
 class Arrival(NamedTuple):
     origin: Origin
     raw: bytes  # the message; only its header when it is over the size limit
     oversized: int | None = None  # then: the size the server reported
-
-
-@dataclass(frozen=True)
-class Selected:
-    uidvalidity: int
-    keywords_allowed: bool
-    read_only: bool = False
-
-
-def quote(mailbox: str) -> str:
-    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def parse_search(lines: list[bytes]) -> list[int]:
-    """UIDs from a UID SEARCH answer. aioimaplib drops the SEARCH keyword of the untagged data
-    (keep accepting it) and puts the tagged status text last (never read it: it has numbers)."""
-    uids: list[int] = []
-    for line in lines[:-1]:
-        tokens = bytes(line).split()
-        if tokens[:1] == [b"SEARCH"]:
-            tokens = tokens[1:]
-        uids.extend(int(token) for token in tokens if token.isdigit())
-    return uids
-
-
-def parse_sizes(lines: list[bytes | bytearray]) -> dict[int, int]:
-    """{UID: size} from a UID FETCH (UID RFC822.SIZE) answer."""
-    sizes = {}
-    for line in lines:
-        uid, size = _FETCH_UID.search(line), _FETCH_SIZE.search(line)
-        if uid is not None and size is not None and b"FETCH" in line:
-            sizes[int(uid.group(1))] = int(size.group(1))
-    return sizes
-
-
-def _uid_set(uids: list[int]) -> str:
-    return ",".join(map(str, uids))
-
-
-def parse_fetch(lines: list[bytes | bytearray]) -> list[tuple[int, bytes]]:
-    """(UID, message bytes) pairs from a UID FETCH (UID BODY.PEEK[]) answer, in server order."""
-    found: list[tuple[int, bytes]] = []
-    for index, line in enumerate(lines):
-        if isinstance(line, bytearray) or not _LITERAL.search(line) or b"FETCH" not in line:
-            continue
-        if index + 1 >= len(lines):
-            break
-        literal = bytes(lines[index + 1])
-        uid = _FETCH_UID.search(line)
-        if uid is None and index + 2 < len(lines):
-            uid = _FETCH_UID.search(bytes(lines[index + 2]))  # "UID n" after the literal
-        if uid is not None:
-            found.append((int(uid.group(1)), literal))
-    return found
 
 
 class MailboxWorker:
@@ -177,32 +114,16 @@ class MailboxWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await session
 
-    async def _select(self, conn: Connection) -> Selected:
-        folder = self.settings.folder
-        response = await conn.call(conn.client.select(quote(folder)))
-        if response.result != "OK":
-            text = b" ".join(bytes(line) for line in response.lines[-1:]).decode(errors="replace")
-            raise ImapError(f"cannot select folder {folder!r} (missing, renamed or not permitted?): {text}")
-        text = b"\n".join(bytes(line) for line in response.lines)
-        uidvalidity = _UIDVALIDITY.search(text)
-        if uidvalidity is None:
-            raise ImapError(f"SELECT {folder}: the server sent no UIDVALIDITY")
-        flags = _PERMANENT_FLAGS.search(text)
-        read_only = b"[READ-ONLY]" in text.upper()
-        return Selected(int(uidvalidity.group(1)), bool(flags and b"\\*" in flags.group(1)), read_only)
-
     async def _session(self, stop: asyncio.Event) -> None:
         conn = await connect(self.settings.imap, self.password)
-        client = conn.client
         try:
-            for folder in (self.settings.processed_folder, self.settings.quarantine_folder):
-                await conn.call(client.create(quote(folder)))  # NO when it exists already: fine
-            selected = await self._select(conn)
+            await conn.create_folders(self.settings.processed_folder, self.settings.quarantine_folder)
+            selected = await conn.select(self.settings.folder)
             if selected.read_only and not self._read_only_reported:
                 self._read_only_reported = True
                 await asyncio.to_thread(self._record_read_only)
             last_uid = await asyncio.to_thread(self._checkpoint, selected.uidvalidity)
-            idle = self.daemon.idle and client.has_capability("IDLE")
+            idle = self.daemon.idle and conn.client.has_capability("IDLE")
             log.info(
                 "mailbox=%s watching %s uidvalidity=%s from uid=%s, %s%s",
                 self.name,
@@ -217,9 +138,9 @@ class MailboxWorker:
                 if more or stop.is_set():
                     continue
                 if idle:
-                    await self._idle(conn, stop)
+                    await conn.idle_wait(stop, self.daemon.idle_timeout)
                 else:
-                    await self._poll_wait(conn, stop)
+                    await conn.poll_wait(stop, self.daemon.poll_interval)
         finally:
             await conn.logout()
 
@@ -254,9 +175,7 @@ class MailboxWorker:
                     new=uidvalidity,
                     last_uid=state.last_uid,
                 )
-                state.uidvalidity = uidvalidity
-                state.last_uid = 0
-                session.add(state)
+                store.set_checkpoint(session, self.name, uidvalidity, 0)
                 session.commit()
                 return 0
             return state.last_uid
@@ -265,33 +184,16 @@ class MailboxWorker:
         self, conn: Connection, selected: Selected, last_uid: int, stop: asyncio.Event
     ) -> tuple[int, bool]:
         """Register one batch of new messages; returns the new last UID and whether more wait."""
-        client = conn.client
-        # Dovecot looks for newly delivered mail after a UID SEARCH, not before it: without the
-        # NOOP a poll finds only what arrived before the previous poll, a whole interval late.
-        _ok(await conn.call(client.noop()), "NOOP")
-        response = _ok(
-            await conn.call(client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH"
-        )
-        uids = sorted(uid for uid in parse_search(response.lines) if uid > last_uid)
+        uids = await conn.search_new(last_uid)
         if not uids:
             return last_uid, False
         batch = uids[: self.daemon.batch_size]
         # Sizes first: a message over the limit is never downloaded, only its header.
-        answer = _ok(await conn.call(client.uid("fetch", _uid_set(batch), "(UID RFC822.SIZE)")), "UID FETCH")
-        sizes = parse_sizes(answer.lines)
+        sizes = await conn.sizes(batch)
         limit = self.intake.config.limits.max_message_size
         oversized = {uid for uid in batch if sizes.get(uid, 0) > limit}
-        messages: dict[int, bytes] = {}
-        for uids_wanted, item in (
-            ([uid for uid in batch if uid not in oversized], "BODY.PEEK[]"),
-            (sorted(oversized), "BODY.PEEK[HEADER]"),
-        ):
-            if uids_wanted:
-                answer = _ok(
-                    await conn.call(client.uid("fetch", _uid_set(uids_wanted), f"(UID {item})")), "UID FETCH"
-                )
-                messages.update(parse_fetch(answer.lines))
-        del answer  # aioimaplib's copy of the batch: a big message would otherwise be held twice
+        messages = await conn.fetch([uid for uid in batch if uid not in oversized])
+        messages.update(await conn.fetch(sorted(oversized), header_only=True))
         arrivals: list[Arrival] = []
         for uid in batch:
             raw = messages.pop(uid, None)
@@ -391,7 +293,7 @@ class MailboxWorker:
         for origin, outcome in registered:
             aside = outcome.kind in (OutcomeKind.QUARANTINED, OutcomeKind.REFUSED)
             (quarantined if aside else processed).append(origin.uid)
-        for uids, aside in ((_uid_set(processed), False), (_uid_set(quarantined), True)):
+        for uids, aside in ((processed, False), (quarantined, True)):
             if not uids:
                 continue
             try:
@@ -425,70 +327,14 @@ class MailboxWorker:
             outcome.summary,
         )
 
-    async def _mark(self, conn: Connection, selected: Selected, uids: str, *, quarantined: bool) -> None:
+    async def _mark(
+        self, conn: Connection, selected: Selected, uids: list[int], *, quarantined: bool
+    ) -> None:
         if quarantined:
             folder: str | None = self.settings.quarantine_folder
         elif self.settings.after_processing == "move":
             folder = self.settings.processed_folder
         else:
             folder = None
-        if folder is not None and await self._move(conn, uids, folder):
-            return
         keyword = QUARANTINE_KEYWORD if quarantined else PROCESSED_KEYWORD
-        flags = f"(\\Seen {keyword})" if selected.keywords_allowed else "(\\Seen)"
-        _ok(await conn.call(conn.client.uid("store", uids, "+FLAGS.SILENT", flags)), "UID STORE")
-
-    async def _move(self, conn: Connection, uids: str, folder: str) -> bool:
-        """Move messages (a UID set); False where the server cannot, so the caller flags them instead."""
-        client = conn.client
-        if client.has_capability("MOVE"):
-            response = await conn.call(client.uid("move", uids, quote(folder)))
-            if response.result == "OK":
-                return True
-            log.warning(
-                "mailbox=%s uid=%s cannot move to %s: %s",
-                self.name,
-                uids,
-                folder,
-                response.lines[-1:],
-            )
-            return False
-        if not client.has_capability("UIDPLUS"):
-            return False
-        if (await conn.call(client.uid("copy", uids, quote(folder)))).result != "OK":
-            return False
-        _ok(await conn.call(client.uid("store", uids, "+FLAGS.SILENT", "(\\Deleted)")), "UID STORE")
-        _ok(await conn.call(client.uid("expunge", uids)), "UID EXPUNGE")
-        return True
-
-    async def _poll_wait(self, conn: Connection, stop: asyncio.Event) -> None:
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({stopping, conn.lost}, timeout=self.daemon.poll_interval)
-        finally:
-            stopping.cancel()
-        if conn.lost.done():
-            raise ConnectionLost("the IMAP server closed the connection while we waited to poll")
-
-    async def _idle(self, conn: Connection, stop: asyncio.Event) -> None:
-        """Wait for the server to announce new mail, re-issuing IDLE before its timeout.
-
-        aioimaplib ends the wait after idle_timeout (< the 30 minutes RFC 2177 lets servers drop
-        an idle client); the caller then looks for new mail and issues IDLE again. A connection
-        that dies meanwhile (server restart, network) ends the wait at once.
-        """
-        client = conn.client
-        idle = await conn.call(client.idle_start(timeout=self.daemon.idle_timeout))
-        push = asyncio.ensure_future(client.wait_server_push(timeout=self.daemon.idle_timeout + 10))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({push, stopping, conn.lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            push.cancel()
-            if not conn.lost.done():
-                if client.has_pending_idle():
-                    client.idle_done()
-                await asyncio.wait_for(conn.call(idle), timeout=10)
-        if conn.lost.done():
-            raise ConnectionLost("the IMAP server closed the connection during IDLE")
+        await conn.mark(selected, uids, keyword=keyword, move_to=folder)

@@ -1,6 +1,6 @@
-"""The IMAP answer parsers, on the shapes aioimaplib really hands over (seen against Dovecot)."""
+"""imap.py's answer parsers, on the shapes aioimaplib really hands over (seen against Dovecot)."""
 
-from mailrouter.fetch import parse_fetch, parse_search, parse_sizes, quote
+from mailrouter.imap import Selected, parse_fetch, parse_search, parse_select, parse_sizes, quote
 
 
 def test_parse_search_as_aioimaplib_delivers_it():
@@ -41,3 +41,17 @@ def test_parse_sizes_reads_rfc822_size_in_any_order():
         b"Fetch completed (0.001 + 0.000 secs).",
     ]
     assert parse_sizes(lines) == {7: 1200, 9: 52428801}
+
+
+def test_parse_select_reads_uidvalidity_keywords_and_read_only():
+    lines = [
+        b"FLAGS (\\Answered \\Seen $Registered)",
+        b"OK [PERMANENTFLAGS (\\Seen \\Deleted \\*)] Flags permitted.",
+        b"OK [UIDVALIDITY 1700000001] UIDs valid",
+        b"[READ-ONLY] Select completed.",
+    ]
+    assert parse_select(lines) == Selected(1700000001, keywords_allowed=True, read_only=True)
+    assert parse_select([b"OK [PERMANENTFLAGS (\\Seen)] x", b"OK [UIDVALIDITY 5] x", b"done"]) == Selected(
+        5, False
+    )
+    assert parse_select([b"Select completed."]) is None
