@@ -24,7 +24,14 @@ from sqlmodel import Session
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
 from mailrouter.errors import DatabaseUnavailable, ImapError, LockLost
-from mailrouter.imap import PROCESSED_KEYWORD, QUARANTINE_KEYWORD, Connection, Selected, connect
+from mailrouter.imap import (
+    PROCESSED_KEYWORD,
+    QUARANTINE_KEYWORD,
+    Connection,
+    Selected,
+    connect,
+    search_date,
+)
 from mailrouter.lease import MailboxLock
 from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake, Outcome, OutcomeKind
@@ -122,7 +129,7 @@ class MailboxWorker:
             if selected.read_only and not self._read_only_reported:
                 self._read_only_reported = True
                 await asyncio.to_thread(self._record_read_only)
-            last_uid = await asyncio.to_thread(self._checkpoint, selected.uidvalidity)
+            last_uid = await self._start_position(conn, selected)
             idle = self.daemon.idle and conn.client.has_capability("IDLE")
             log.info(
                 "mailbox=%s watching %s uidvalidity=%s from uid=%s, %s%s",
@@ -155,41 +162,100 @@ class MailboxWorker:
             store.record(session, EventKind.MAILBOX_READ_ONLY, detail, mailbox=self.name)
             session.commit()
 
-    def _checkpoint(self, uidvalidity: int) -> int:
+    async def _start_position(self, conn: Connection, selected: Selected) -> int:
+        """The last UID already dealt with: the checkpoint, or where a first start or a new
+        UIDVALIDITY begins (recorded with what it leaves alone)."""
+        stored = await asyncio.to_thread(self._stored_checkpoint)
+        if stored is not None and stored[0] == selected.uidvalidity:
+            return stored[1]
+        if stored is None:
+            kind, last_uid, detail, data = await self._first_start(conn, selected)
+        else:
+            kind, last_uid, detail, data = await self._new_uidvalidity(conn, selected, *stored)
+        log.warning("mailbox=%s %s", self.name, detail)
+        await asyncio.to_thread(self._restart_at, selected.uidvalidity, last_uid, kind, detail, data)
+        return last_uid
+
+    async def _first_start(
+        self, conn: Connection, selected: Selected
+    ) -> tuple[EventKind, int, str, dict[str, object]]:
+        folder, settings = self.settings.folder, self.settings
+        kind = EventKind.MAILBOX_FIRST_START
+        if settings.since is not None:
+            older = len(await conn.search(f"BEFORE {search_date(settings.since)}"))
+            detail = (
+                f"first start on {folder}: registering mail that arrived on or after "
+                f"{settings.since} ({selected.exists - older} messages); {older} older left untouched"
+            )
+            return kind, 0, detail, {"since": str(settings.since), "untouched": older}
+        if settings.start == "all":
+            detail = (
+                f"first start on {folder}: registering all {selected.exists} messages in it (start = all)"
+            )
+            return kind, 0, detail, {"start": "all", "untouched": 0}
+        if selected.uidnext is not None:
+            last_uid = selected.uidnext - 1
+        else:
+            last_uid = max(await conn.search("ALL"), default=0)
+        detail = (
+            f"first start on {folder}: {selected.exists} messages already there left untouched "
+            f"(start = now); registering mail from UID {last_uid + 1} on"
+        )
+        return kind, last_uid, detail, {"start": "now", "untouched": selected.exists, "last_uid": last_uid}
+
+    async def _new_uidvalidity(
+        self, conn: Connection, selected: Selected, old: int, old_last_uid: int
+    ) -> tuple[EventKind, int, str, dict[str, object]]:
+        marked = 0
+        if selected.keywords_allowed:
+            marked = len(await conn.search(f"OR KEYWORD {PROCESSED_KEYWORD} KEYWORD {QUARANTINE_KEYWORD}"))
+        detail = (
+            f"UIDVALIDITY of {self.settings.folder} changed {old} -> {selected.uidvalidity}: "
+            f"reading the folder again; {marked} of its {selected.exists} messages carry "
+            f"{PROCESSED_KEYWORD} or {QUARANTINE_KEYWORD} and are skipped, the others already "
+            "registered are recognised by Message-ID (or content) and recorded as duplicates"
+        )
+        data: dict[str, object] = {
+            "old": old,
+            "new": selected.uidvalidity,
+            "last_uid": old_last_uid,
+            "skipped_marked": marked,
+        }
+        return EventKind.UIDVALIDITY_CHANGED, 0, detail, data
+
+    def _stored_checkpoint(self) -> tuple[int, int] | None:
         with Session(self.intake.engine) as session:
             state = store.checkpoint(session, self.name)
-            if state is None:
-                return 0
-            if state.uidvalidity != uidvalidity:
-                detail = (
-                    f"UIDVALIDITY of {self.settings.folder} changed {state.uidvalidity} -> {uidvalidity}: "
-                    "reading the folder again; messages already registered are recognised by Message-ID"
-                )
-                log.warning("mailbox=%s %s", self.name, detail)
-                store.record(
-                    session,
-                    EventKind.UIDVALIDITY_CHANGED,
-                    detail,
-                    mailbox=self.name,
-                    old=state.uidvalidity,
-                    new=uidvalidity,
-                    last_uid=state.last_uid,
-                )
-                store.set_checkpoint(session, self.name, uidvalidity, 0)
-                session.commit()
-                return 0
-            return state.last_uid
+            return None if state is None else (state.uidvalidity, state.last_uid)
+
+    def _restart_at(
+        self, uidvalidity: int, last_uid: int, kind: EventKind, detail: str, data: dict[str, object]
+    ) -> None:
+        with Session(self.intake.engine) as session:
+            store.record(session, kind, detail, mailbox=self.name, **data)
+            store.set_checkpoint(session, self.name, uidvalidity, last_uid)
+            session.commit()
+
+    def _criteria(self, selected: Selected) -> str:
+        """What new mail must also match: arrived since the configured day, and not marked by us
+        already (after a UIDVALIDITY change, or a database started afresh)."""
+        parts = []
+        if self.settings.since is not None:
+            parts.append(f"SINCE {search_date(self.settings.since)}")
+        if selected.keywords_allowed:
+            parts.append(f"UNKEYWORD {PROCESSED_KEYWORD} UNKEYWORD {QUARANTINE_KEYWORD}")
+        return " ".join(parts)
 
     async def _drain(
         self, conn: Connection, selected: Selected, last_uid: int, stop: asyncio.Event
     ) -> tuple[int, bool]:
         """Register one batch of new messages; returns the new last UID and whether more wait."""
-        uids = await conn.search_new(last_uid)
+        uids = await conn.search_new(last_uid, self._criteria(selected))
         if not uids:
             return last_uid, False
         batch = uids[: self.daemon.batch_size]
         # Sizes first: a message over the limit is never downloaded, only its header.
-        sizes = await conn.sizes(batch)
+        sizes, arrived = await conn.describe(batch)
         limit = self.intake.config.limits.max_message_size
         oversized = {uid for uid in batch if sizes.get(uid, 0) > limit}
         messages = await conn.fetch([uid for uid in batch if uid not in oversized])
@@ -204,7 +270,7 @@ class MailboxWorker:
                     uid,
                 )
                 continue
-            origin = Origin(self.name, selected.uidvalidity, uid)
+            origin = Origin(self.name, selected.uidvalidity, uid, arrived.get(uid))
             arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
         halt = threading.Event()
         try:

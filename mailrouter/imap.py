@@ -21,6 +21,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import TypeVar
 
 import aioimaplib
@@ -41,6 +42,12 @@ _PERMANENT_FLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+_EXISTS = re.compile(rb"^\*? ?(\d+) EXISTS", re.MULTILINE)
+_INTERNALDATE = re.compile(
+    rb'\bINTERNALDATE "\s?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"'
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Selected:
     uidvalidity: int
     keywords_allowed: bool
     read_only: bool = False
+    exists: int = 0  # messages in the folder
+    uidnext: int | None = None  # the UID the next message will get, where the server says
 
 
 def quote(mailbox: str) -> str:
@@ -64,7 +73,19 @@ def parse_select(lines: Iterable[bytes | bytearray]) -> Selected | None:
         return None
     flags = _PERMANENT_FLAGS.search(text)
     read_only = b"[READ-ONLY]" in text.upper()
-    return Selected(int(uidvalidity.group(1)), bool(flags and b"\\*" in flags.group(1)), read_only)
+    exists, uidnext = _EXISTS.search(text), _UIDNEXT.search(text)
+    return Selected(
+        int(uidvalidity.group(1)),
+        bool(flags and b"\\*" in flags.group(1)),
+        read_only,
+        int(exists.group(1)) if exists else 0,
+        int(uidnext.group(1)) if uidnext else None,
+    )
+
+
+def search_date(day: date) -> str:
+    """A date as SEARCH SINCE/BEFORE want it (RFC 3501 date: 1-Nov-2026), whatever the locale."""
+    return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year}"
 
 
 def parse_search(lines: list[bytes]) -> list[int]:
@@ -87,6 +108,28 @@ def parse_sizes(lines: list[bytes | bytearray]) -> dict[int, int]:
         if uid is not None and size is not None and b"FETCH" in line:
             sizes[int(uid.group(1))] = int(size.group(1))
     return sizes
+
+
+def parse_internaldates(lines: list[bytes | bytearray]) -> dict[int, datetime]:
+    """{UID: INTERNALDATE} (when the message arrived in the folder) from a UID FETCH answer."""
+    dates = {}
+    for line in lines:
+        uid, found = _FETCH_UID.search(line), _INTERNALDATE.search(line)
+        if uid is None or found is None or b"FETCH" not in line or found[2].decode() not in _MONTHS:
+            continue
+        day, month, year, hour, minute, second, sign, zone_h, zone_m = found.groups()
+        offset = timedelta(hours=int(zone_h), minutes=int(zone_m)) * (-1 if sign == b"-" else 1)
+        with contextlib.suppress(ValueError):  # a date no calendar has: as if the server sent none
+            dates[int(uid.group(1))] = datetime(
+                int(year),
+                _MONTHS.index(month.decode()) + 1,
+                int(day),
+                int(hour),
+                int(minute),
+                int(second),
+                tzinfo=timezone(offset),
+            )
+    return dates
 
 
 def parse_fetch(lines: list[bytes | bytearray]) -> list[tuple[int, bytes]]:
@@ -165,20 +208,25 @@ class Connection:
             raise ImapError(f"SELECT {folder}: the server sent no UIDVALIDITY")
         return selected
 
-    async def search_new(self, after_uid: int) -> list[int]:
-        """The UIDs above after_uid, ascending."""
+    async def search(self, criteria: str) -> list[int]:
+        """The UIDs matching a UID SEARCH, ascending."""
+        response = ok(await self.call(self.client.uid_search(criteria, charset=None)), "UID SEARCH")
+        return sorted(parse_search(response.lines))
+
+    async def search_new(self, after_uid: int, criteria: str = "") -> list[int]:
+        """The UIDs above after_uid (that also match criteria), ascending."""
         # Dovecot looks for newly delivered mail after a UID SEARCH, not before it: without the
         # NOOP a poll finds only what arrived before the previous poll, a whole interval late.
         ok(await self.call(self.client.noop()), "NOOP")
-        response = ok(
-            await self.call(self.client.uid_search(f"UID {after_uid + 1}:*", charset=None)), "UID SEARCH"
-        )
-        return sorted(uid for uid in parse_search(response.lines) if uid > after_uid)
+        found = await self.search(f"UID {after_uid + 1}:* {criteria}".rstrip())
+        return [uid for uid in found if uid > after_uid]
 
-    async def sizes(self, uids: list[int]) -> dict[int, int]:
-        """{UID: RFC822.SIZE}; a UID the server did not answer for is missing."""
-        response = await self.call(self.client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE)"))
-        return parse_sizes(ok(response, "UID FETCH").lines)
+    async def describe(self, uids: list[int]) -> tuple[dict[int, int], dict[int, datetime]]:
+        """({UID: RFC822.SIZE}, {UID: INTERNALDATE}); a UID the server did not answer for is
+        missing from either."""
+        response = await self.call(self.client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE INTERNALDATE)"))
+        lines = ok(response, "UID FETCH").lines
+        return parse_sizes(lines), parse_internaldates(lines)
 
     async def fetch(self, uids: list[int], *, header_only: bool = False) -> dict[int, bytes]:
         """{UID: bytes} without setting \\Seen; only the header with header_only. The answer is

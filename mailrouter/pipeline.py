@@ -293,12 +293,26 @@ class Intake:
             store.record(
                 session, EventKind.NOT_ACKNOWLEDGED, "the message has no sender address", case_id=case.id
             )
+        elif (stale := self._too_old_to_acknowledge(origin)) is not None:
+            store.record(session, EventKind.NOT_ACKNOWLEDGED, stale, case_id=case.id)
         elif (limited := self._over_acknowledgement_limit(session, customer)) is not None:
             store.record(session, EventKind.NOT_ACKNOWLEDGED, limited, case_id=case.id, rate_limited=True)
         else:
             queued += self.casework.acknowledge(session, case, inbound, decision.template).queued
         queued += self.casework.notify(session, case, inbound, raw, "New case").queued
         return Outcome(OutcomeKind.NEW_CASE, case.number, decision.explanation, queued)
+
+    def _too_old_to_acknowledge(self, origin: Origin) -> str | None:
+        """Why mail that arrived long before we read it (a migration, an outage) gets no answer."""
+        mailbox = self.config.mailboxes.get(origin.mailbox)
+        if origin.received_at is None or mailbox is None:
+            return None
+        if utcnow() - origin.received_at <= mailbox.acknowledge_max_age:
+            return None
+        return (
+            f"arrived in {origin.mailbox} at {origin.received_at:%Y-%m-%d %H:%M %z}, longer ago "
+            f"than its acknowledge_max_age ({mailbox.acknowledge_max_age})"
+        )
 
     def _over_acknowledgement_limit(self, session: Session, customer: Customer) -> str | None:
         """Why this sender gets no more acknowledgements for now, or None while under the limit."""

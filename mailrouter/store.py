@@ -7,7 +7,7 @@ crash leaves either nothing or everything.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -111,6 +111,8 @@ class Origin:
     mailbox: str
     uidvalidity: int
     uid: int
+    # When the copy arrived in the folder (IMAP INTERNALDATE), where known: not part of its identity.
+    received_at: datetime | None = field(default=None, compare=False)
 
 
 class SqlCaseLookup:

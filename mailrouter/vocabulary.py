@@ -97,6 +97,7 @@ class EventKind(StrEnum):
     DELIVERY_FAILED = "delivery-failed"
     # mailboxes
     MAILBOX_READ_ONLY = "mailbox-read-only"
+    MAILBOX_FIRST_START = "mailbox-first-start"
     UIDVALIDITY_CHANGED = "uidvalidity-changed"
 
 

@@ -1,6 +1,17 @@
 """imap.py's answer parsers, on the shapes aioimaplib really hands over (seen against Dovecot)."""
 
-from mailrouter.imap import Selected, parse_fetch, parse_search, parse_select, parse_sizes, quote
+from datetime import UTC, date, datetime, timedelta, timezone
+
+from mailrouter.imap import (
+    Selected,
+    parse_fetch,
+    parse_internaldates,
+    parse_search,
+    parse_select,
+    parse_sizes,
+    quote,
+    search_date,
+)
 
 
 def test_parse_search_as_aioimaplib_delivers_it():
@@ -55,3 +66,32 @@ def test_parse_select_reads_uidvalidity_keywords_and_read_only():
         5, False
     )
     assert parse_select([b"Select completed."]) is None
+
+
+def test_parse_select_reads_how_many_messages_and_the_next_uid():
+    lines = [
+        b"3 EXISTS",
+        b"0 RECENT",
+        b"OK [UIDVALIDITY 9] x",
+        b"OK [UIDNEXT 41] Predicted next UID",
+        b"done",
+    ]
+    assert parse_select(lines) == Selected(9, False, exists=3, uidnext=41)
+
+
+def test_parse_internaldates_with_their_zones():
+    lines = [
+        b'1 FETCH (UID 7 RFC822.SIZE 1200 INTERNALDATE "17-Jul-1996 02:44:25 -0700")',
+        b'2 FETCH (INTERNALDATE " 1-Nov-2026 10:00:00 +0100" UID 9)',
+        b'3 FETCH (UID 11 INTERNALDATE "31-Feb-2026 10:00:00 +0000")',  # no such day: unknown
+        b"Fetch completed.",
+    ]
+    dates = parse_internaldates(lines)
+    assert dates == {
+        7: datetime(1996, 7, 17, 2, 44, 25, tzinfo=timezone(-timedelta(hours=7))),
+        9: datetime(2026, 11, 1, 9, 0, tzinfo=UTC),
+    }
+
+
+def test_search_dates_are_english_whatever_the_locale():
+    assert search_date(date(2026, 11, 1)) == "1-Nov-2026"

@@ -1,6 +1,7 @@
 """The whole intake against a real SQLite database: no IMAP, no SMTP."""
 
 import email
+from datetime import timedelta
 from email.policy import default
 
 import pytest
@@ -8,7 +9,7 @@ from sqlalchemy import event
 from sqlmodel import Session, select
 
 from mailrouter import store
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.pipeline import OutcomeKind
 from mailrouter.store import Origin, checkpoint
 from tests.messages import make_mail
@@ -192,3 +193,14 @@ def test_the_same_bytes_in_two_mailboxes_are_registered_twice_and_kept_once(inta
     second = intake.process(raw, Origin("hr", 1, 1))
     assert first.kind == second.kind == OutcomeKind.NEW_CASE
     assert len(rows(intake, Message)) >= 2 and len(rows(intake, RawMessage)) == 1
+
+
+def test_mail_that_arrived_long_before_it_is_read_opens_its_case_unanswered(intake):
+    old = Origin("it", 7, 1, received_at=utcnow() - timedelta(days=4))  # acknowledge_max_age: 3d
+    assert intake.process(make_mail(message_id="<old@k>"), old).kind == OutcomeKind.NEW_CASE
+    assert acknowledgements(intake) == []
+    [why] = [e for e in rows(intake, Event) if e.kind == "not-acknowledged"]
+    assert "acknowledge_max_age" in why.detail
+    recent = Origin("it", 7, 2, received_at=utcnow() - timedelta(hours=1))
+    intake.process(make_mail(message_id="<new@k>", subject="another"), recent)
+    assert len(acknowledgements(intake)) == 1
