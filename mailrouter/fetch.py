@@ -258,20 +258,32 @@ class MailboxWorker:
         sizes, arrived = await conn.describe(batch)
         limit = self.intake.config.limits.max_message_size
         oversized = {uid for uid in batch if sizes.get(uid, 0) > limit}
-        messages = await conn.fetch([uid for uid in batch if uid not in oversized])
-        messages.update(await conn.fetch(sorted(oversized), header_only=True))
-        arrivals: list[Arrival] = []
+        messages, refused = await self._fetch(conn, [uid for uid in batch if uid not in oversized])
+        headers, headers_refused = await self._fetch(conn, sorted(oversized), header_only=True)
+        messages.update(headers)
+        refused.update(headers_refused)
+        vanished = []
         for uid in batch:
-            raw = messages.pop(uid, None)
-            if raw is None:
-                log.info(
-                    "mailbox=%s uid=%s vanished before it could be fetched (deleted or moved by a person)",
-                    self.name,
-                    uid,
-                )
+            if uid in messages or uid in refused:
                 continue
+            if await conn.search(f"UID {uid}"):
+                refused[uid] = ImapError(f"the server left UID {uid} out of its FETCH answer")
+            else:
+                vanished.append(uid)
+        if vanished:
+            await asyncio.to_thread(self._record_vanished, selected, vanished)
+        arrivals: list[Arrival] = []
+        unfetched: tuple[Origin, bytes, Exception] | None = None
+        for uid in batch:
             origin = Origin(self.name, selected.uidvalidity, uid, arrived.get(uid))
-            arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
+            if uid in refused:
+                # Registering what comes after it would move the checkpoint past it: it goes
+                # first next round, and counts its failures like a message that fails to process.
+                unfetched = (origin, b"", refused[uid])
+                break
+            raw = messages.pop(uid, None)
+            if raw is not None:
+                arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
         halt = threading.Event()
         try:
             registered, failure = await asyncio.to_thread(
@@ -282,6 +294,8 @@ class MailboxWorker:
         if registered:
             last_uid = registered[-1][0].uid
             await self._mark_all(conn, selected, registered)
+        if failure is None and len(registered) == len(arrivals):
+            failure = unfetched
         if failure is not None:
             origin, raw, exc = failure
             if isinstance(exc, DatabaseUnavailable):
@@ -295,6 +309,46 @@ class MailboxWorker:
         # Always SEARCH again before IDLE: mail that arrived while this batch was processed was
         # announced (EXISTS) in the answer to a FETCH or STORE, and IDLE will not announce it again.
         return last_uid, True
+
+    async def _fetch(
+        self, conn: Connection, uids: list[int], *, header_only: bool = False
+    ) -> tuple[dict[int, bytes], dict[int, ImapError]]:
+        """The messages, and the server's refusals: a NO to a batch (a server's answer when it
+        cannot deliver one of them) is asked again one UID at a time, so only that one is left."""
+        try:
+            return await conn.fetch(uids, header_only=header_only), {}
+        except ImapError as exc:
+            if len(uids) == 1:
+                return {}, {uids[0]: ImapError(f"the server refused to fetch UID {uids[0]}: {exc}")}
+            log.warning(
+                "mailbox=%s FETCH of %s messages refused (%s): one at a time", self.name, len(uids), exc
+            )
+        messages: dict[int, bytes] = {}
+        refused: dict[int, ImapError] = {}
+        for uid in uids:
+            try:
+                messages.update(await conn.fetch([uid], header_only=header_only))
+            except ImapError as exc:
+                refused[uid] = ImapError(f"the server refused to fetch UID {uid}: {exc}")
+        return messages, refused
+
+    def _record_vanished(self, selected: Selected, uids: list[int]) -> None:
+        with Session(self.intake.engine) as session:
+            for uid in uids:
+                detail = (
+                    f"message UID {uid} in {self.settings.folder} of {self.name} vanished before it "
+                    "could be fetched: the server no longer has it (deleted or moved by a person)"
+                )
+                log.info("mailbox=%s %s", self.name, detail)
+                store.record(
+                    session,
+                    EventKind.MESSAGE_VANISHED,
+                    detail,
+                    mailbox=self.name,
+                    uid=uid,
+                    uidvalidity=selected.uidvalidity,
+                )
+            session.commit()
 
     def _register_all(
         self,

@@ -99,6 +99,7 @@ class EventKind(StrEnum):
     MAILBOX_READ_ONLY = "mailbox-read-only"
     MAILBOX_FIRST_START = "mailbox-first-start"
     UIDVALIDITY_CHANGED = "uidvalidity-changed"
+    MESSAGE_VANISHED = "message-vanished"
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
