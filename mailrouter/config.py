@@ -147,6 +147,9 @@ class DaemonSettings(_Strict):
     idle: bool = True
     idle_timeout: float = Field(default=25 * 60, gt=0, le=29 * 60)
     batch_size: int = Field(default=50, gt=0, le=1000)
+    # At most this many bytes (by the server's RFC822.SIZE) in one fetched batch, however many
+    # messages that is; a batch always holds at least one message.
+    batch_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     # Worker processes that parse a fetched batch ahead of its registration; 0 parses in the
     # daemon's own process (a machine with one core gains nothing from them).
     parse_workers: int = Field(default=1, ge=0, le=16)

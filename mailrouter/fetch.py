@@ -51,6 +51,27 @@ class Arrival(NamedTuple):
     oversized: int | None = None  # then: the size the server reported
 
 
+def take_batch(
+    uids: list[int], sizes: dict[int, int | None], budget: int, max_message_size: int
+) -> list[int]:
+    """The first UIDs whose sizes fit in `budget` bytes, at least one. A message whose size the
+    server did not say (None) goes alone: its size is known only once received, and checked
+    then; one over max_message_size costs only the header that is fetched of it; one the server
+    did not answer for at all (not in sizes) costs nothing, and is looked up after the fetch."""
+    batch: list[int] = []
+    used = 0
+    for uid in uids:
+        if uid in sizes and sizes[uid] is None:
+            return batch or [uid]
+        cost = sizes.get(uid) or 0
+        cost = 0 if cost > max_message_size else cost
+        if batch and used + cost > budget:
+            break
+        batch.append(uid)
+        used += cost
+    return batch
+
+
 class MailboxWorker:
     def __init__(
         self,
@@ -253,11 +274,12 @@ class MailboxWorker:
         uids = await conn.search_new(last_uid, self._criteria(selected))
         if not uids:
             return last_uid, False
-        batch = uids[: self.daemon.batch_size]
-        # Sizes first: a message over the limit is never downloaded, only its header.
-        sizes, arrived = await conn.describe(batch)
+        # Sizes first: a message over the limit is never downloaded, only its header, and a
+        # batch holds no more bytes than batch_bytes.
+        sizes, arrived = await conn.describe(uids[: self.daemon.batch_size])
         limit = self.intake.config.limits.max_message_size
-        oversized = {uid for uid in batch if sizes.get(uid, 0) > limit}
+        batch = take_batch(uids[: self.daemon.batch_size], sizes, self.daemon.batch_bytes, limit)
+        oversized = {uid for uid in batch if (sizes.get(uid) or 0) > limit}
         messages, refused = await self._fetch(conn, [uid for uid in batch if uid not in oversized])
         headers, headers_refused = await self._fetch(conn, sorted(oversized), header_only=True)
         messages.update(headers)
@@ -283,7 +305,7 @@ class MailboxWorker:
                 break
             raw = messages.pop(uid, None)
             if raw is not None:
-                arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
+                arrivals.append(Arrival(origin, raw, sizes.get(uid) if uid in oversized else None))
         halt = threading.Event()
         try:
             registered, failure = await asyncio.to_thread(

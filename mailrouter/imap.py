@@ -110,6 +110,11 @@ def parse_sizes(lines: list[bytes | bytearray]) -> dict[int, int]:
     return sizes
 
 
+def parse_answered(lines: list[bytes | bytearray]) -> list[int]:
+    """The UIDs a UID FETCH answer has a FETCH line for (whatever items it gave)."""
+    return [int(uid.group(1)) for line in lines if b"FETCH" in line and (uid := _FETCH_UID.search(line))]
+
+
 def parse_internaldates(lines: list[bytes | bytearray]) -> dict[int, datetime]:
     """{UID: INTERNALDATE} (when the message arrived in the folder) from a UID FETCH answer."""
     dates = {}
@@ -221,12 +226,14 @@ class Connection:
         found = await self.search(f"UID {after_uid + 1}:* {criteria}".rstrip())
         return [uid for uid in found if uid > after_uid]
 
-    async def describe(self, uids: list[int]) -> tuple[dict[int, int], dict[int, datetime]]:
-        """({UID: RFC822.SIZE}, {UID: INTERNALDATE}); a UID the server did not answer for is
-        missing from either."""
+    async def describe(self, uids: list[int]) -> tuple[dict[int, int | None], dict[int, datetime]]:
+        """({UID: RFC822.SIZE, None where the server gave no size}, {UID: INTERNALDATE}); a UID
+        the server did not answer for at all is missing from both."""
         response = await self.call(self.client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE INTERNALDATE)"))
         lines = ok(response, "UID FETCH").lines
-        return parse_sizes(lines), parse_internaldates(lines)
+        sizes: dict[int, int | None] = dict.fromkeys(parse_answered(lines))
+        sizes.update(parse_sizes(lines))
+        return sizes, parse_internaldates(lines)
 
     async def fetch(self, uids: list[int], *, header_only: bool = False) -> dict[int, bytes]:
         """{UID: bytes} without setting \\Seen; only the header with header_only. The answer is

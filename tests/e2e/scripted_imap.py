@@ -17,6 +17,7 @@ class Script:
     messages: dict[int, bytes]  # UID -> bytes
     refuse: set[int] = field(default_factory=set)  # FETCH of the body (or header) answers NO
     vanish: set[int] = field(default_factory=set)  # gone after the first SEARCH that listed them
+    unsized: set[int] = field(default_factory=set)  # FETCH RFC822.SIZE answers without the size
     searched: set[int] = field(default_factory=set)
     commands: list[str] = field(default_factory=list)
 
@@ -45,6 +46,11 @@ class ScriptedImap:
         self.ready.set()
         self.loop.run_forever()
         server.close()
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     def _present(self) -> list[int]:
         return sorted(
@@ -105,9 +111,8 @@ class ScriptedImap:
                 data = self.script.messages[uid]
                 if not body:
                     date = '"01-Dec-2026 10:00:00 +0000"'
-                    out.append(
-                        f"* {seq} FETCH (UID {uid} RFC822.SIZE {len(data)} INTERNALDATE {date})\r\n".encode()
-                    )
+                    size = "" if uid in self.script.unsized else f" RFC822.SIZE {len(data)}"
+                    out.append(f"* {seq} FETCH (UID {uid}{size} INTERNALDATE {date})\r\n".encode())
                     continue
                 if "HEADER" in items:
                     data = data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"

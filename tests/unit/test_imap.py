@@ -4,6 +4,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 from mailrouter.imap import (
     Selected,
+    parse_answered,
     parse_fetch,
     parse_internaldates,
     parse_search,
@@ -95,3 +96,13 @@ def test_parse_internaldates_with_their_zones():
 
 def test_search_dates_are_english_whatever_the_locale():
     assert search_date(date(2026, 11, 1)) == "1-Nov-2026"
+
+
+def test_parse_answered_lists_every_uid_with_a_fetch_line_even_without_a_size():
+    lines = [
+        b"1 FETCH (UID 7 RFC822.SIZE 1200)",
+        b'2 FETCH (UID 9 INTERNALDATE "1-Nov-2026 10:00:00 +0000")',
+        b"done",
+    ]
+    assert parse_answered(lines) == [7, 9]
+    assert parse_sizes(lines) == {7: 1200}
