@@ -48,6 +48,7 @@ address = "{address}"
 display_name = "{display_name}"
 prefix = "{prefix}"
 language = "{language}"{group}
+start = "all"  # the bench appends its mail before the daemon starts
 [mailboxes.{name}.imap]
 host = "127.0.0.1"
 port = {imap_port}

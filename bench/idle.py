@@ -20,8 +20,8 @@ import aioimaplib
 from bench.corpus import small_message
 from mailrouter.config import DaemonSettings
 from mailrouter.db import make_engine
-from mailrouter.fetch import MailboxWorker, Selected
-from mailrouter.imap import Connection
+from mailrouter.fetch import MailboxWorker
+from mailrouter.imap import Connection, Selected
 from mailrouter.lease import MailboxLock
 from tests.mailstack import MailStack
 

@@ -319,7 +319,7 @@ class Casework:
         )
         if verdict.kind != Kind.NORMAL:
             draft.events.append(PlannedEvent(EventKind.SCREENED, verdict.explanation, mailbox=origin.mailbox))
-        self._acknowledge(draft, inbound, verdict, decision, facts)
+        self._acknowledge(draft, inbound, origin, verdict, decision, facts)
         self._notify(draft, "New case", facts, inbound=inbound, raw=raw)
         return draft.plan(
             Outcome(OutcomeKind.NEW_CASE, number, decision.explanation, len(draft.mail)),
@@ -368,7 +368,13 @@ class Casework:
     # --- the parts ---------------------------------------------------------------------------------
 
     def _acknowledge(
-        self, draft: _Draft, inbound: Inbound, verdict: Verdict, decision: Decision, facts: CaseFacts
+        self,
+        draft: _Draft,
+        inbound: Inbound,
+        origin: Origin,
+        verdict: Verdict,
+        decision: Decision,
+        facts: CaseFacts,
     ) -> None:
         case = draft.case
         if decision.template is None:
@@ -377,6 +383,8 @@ class Casework:
             draft.record(EventKind.NOT_ACKNOWLEDGED, f"screening: {verdict.explanation}")
         elif case.customer is None:
             draft.record(EventKind.NOT_ACKNOWLEDGED, "the message has no sender address")
+        elif (stale := self._too_old_to_acknowledge(origin, draft.now)) is not None:
+            draft.record(EventKind.NOT_ACKNOWLEDGED, stale)
         elif (limited := self._over_acknowledgement_limit(case.customer, draft.now, facts)) is not None:
             draft.record(EventKind.NOT_ACKNOWLEDGED, limited, rate_limited=True)
         else:
@@ -388,6 +396,18 @@ class Casework:
                 f"{case.department}/{decision.template} ({case.language})",
                 message_id_header=mail.outgoing.message_id,
             )
+
+    def _too_old_to_acknowledge(self, origin: Origin, now: datetime) -> str | None:
+        """Why mail that arrived long before we read it (a migration, an outage) gets no answer."""
+        mailbox = self.config.mailboxes.get(origin.mailbox)
+        if origin.received_at is None or mailbox is None:
+            return None
+        if now - origin.received_at <= mailbox.acknowledge_max_age:
+            return None
+        return (
+            f"arrived in {origin.mailbox} at {origin.received_at:%Y-%m-%d %H:%M %z}, longer ago "
+            f"than its acknowledge_max_age ({mailbox.acknowledge_max_age})"
+        )
 
     def _over_acknowledgement_limit(
         self, customer: CustomerView, now: datetime, facts: CaseFacts

@@ -8,15 +8,39 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from mailrouter.agents import KEY_ID, LOCAL_PART_MAX, MIN_SECRET_BYTES, longest_signed_local_part
 from mailrouter.errors import ConfigError
+
+_AGE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _age(value: object) -> object:
+    """ "30m", "12h", "3d", "2w"; anything else is left for pydantic to judge (and refuse)."""
+    if isinstance(value, str) and (match := _AGE.match(value)):
+        return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
+    if isinstance(value, str):
+        raise ValueError(f"expected an age such as 30m, 12h, 3d or 2w, not {value!r}")
+    return value
+
+
+Age = Annotated[timedelta, BeforeValidator(_age)]
 
 
 class _Strict(BaseModel):
@@ -103,7 +127,21 @@ class MailboxSettings(_Strict):
     acknowledge: bool = True
     template: str = "ack"
     group: str = ""  # the department's default group: notified of cases nobody is assigned to
+    # Where reading begins the first time mailrouter watches the folder (no checkpoint yet):
+    # "now" leaves the mail already there alone, "all" registers it; `since` (a date, instead of
+    # start) registers mail that arrived in the folder (INTERNALDATE) on or after that day.
+    start: Literal["now", "all"] = "now"
+    since: date | None = None
+    # Mail that arrived longer ago than this when it is registered opens its case unanswered:
+    # an acknowledgement days late (a migration, a long outage) tells the customer nothing.
+    acknowledge_max_age: Age = timedelta(days=3)
     imap: ImapSettings
+
+    @model_validator(mode="after")
+    def _start_or_since(self) -> MailboxSettings:
+        if self.since is not None and "start" in self.model_fields_set:
+            raise ValueError("set start or since, not both")
+        return self
 
 
 class DaemonSettings(_Strict):
@@ -111,6 +149,9 @@ class DaemonSettings(_Strict):
     idle: bool = True
     idle_timeout: float = Field(default=25 * 60, gt=0, le=29 * 60)
     batch_size: int = Field(default=50, gt=0, le=1000)
+    # At most this many bytes (by the server's RFC822.SIZE) in one fetched batch, however many
+    # messages that is; a batch always holds at least one message.
+    batch_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     # Worker processes that parse a fetched batch ahead of its registration; 0 parses in the
     # daemon's own process (a machine with one core gains nothing from them).
     parse_workers: int = Field(default=1, ge=0, le=16)

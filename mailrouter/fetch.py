@@ -3,6 +3,8 @@
 Only UIDs above the stored checkpoint are asked for, so a poll costs the same however large the
 folder grows. A message is marked on the server (flagged or moved) only after its transaction
 has committed; the checkpoint, not the mark, is what decides whether a message is new.
+This is the worker loop and its decisions (what to fetch, what a failure costs); how to say it
+to an IMAP server is imap.py's job.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import aioimaplib
@@ -23,10 +23,16 @@ from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
-from mailrouter.errors import ConnectionLost, DatabaseUnavailable, ImapError, LockLost
+from mailrouter.errors import DatabaseUnavailable, ImapError, LockLost
 from mailrouter.health import MailboxHealth
-from mailrouter.imap import Connection, connect
-from mailrouter.imap import ok as _ok
+from mailrouter.imap import (
+    PROCESSED_KEYWORD,
+    QUARANTINE_KEYWORD,
+    Connection,
+    Selected,
+    connect,
+    search_date,
+)
 from mailrouter.intake import Intake
 from mailrouter.lease import MailboxLock
 from mailrouter.parsepool import ParsePool
@@ -37,15 +43,7 @@ log = logging.getLogger(__name__)
 # aioimaplib reports every untagged response it does not use at INFO: noise in a daemon's journal.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 
-PROCESSED_KEYWORD = "$Registered"
-QUARANTINE_KEYWORD = "$Quarantined"
 MAX_ATTEMPTS = 3
-
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_PERMANENT_FLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
 class Arrival(NamedTuple):
@@ -54,58 +52,25 @@ class Arrival(NamedTuple):
     oversized: int | None = None  # then: the size the server reported
 
 
-@dataclass(frozen=True)
-class Selected:
-    uidvalidity: int
-    keywords_allowed: bool
-    read_only: bool = False
-
-
-def quote(mailbox: str) -> str:
-    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def parse_search(lines: list[bytes]) -> list[int]:
-    """UIDs from a UID SEARCH answer. aioimaplib drops the SEARCH keyword of the untagged data
-    (keep accepting it) and puts the tagged status text last (never read it: it has numbers)."""
-    uids: list[int] = []
-    for line in lines[:-1]:
-        tokens = bytes(line).split()
-        if tokens[:1] == [b"SEARCH"]:
-            tokens = tokens[1:]
-        uids.extend(int(token) for token in tokens if token.isdigit())
-    return uids
-
-
-def parse_sizes(lines: list[bytes | bytearray]) -> dict[int, int]:
-    """{UID: size} from a UID FETCH (UID RFC822.SIZE) answer."""
-    sizes = {}
-    for line in lines:
-        uid, size = _FETCH_UID.search(line), _FETCH_SIZE.search(line)
-        if uid is not None and size is not None and b"FETCH" in line:
-            sizes[int(uid.group(1))] = int(size.group(1))
-    return sizes
-
-
-def _uid_set(uids: list[int]) -> str:
-    return ",".join(map(str, uids))
-
-
-def parse_fetch(lines: list[bytes | bytearray]) -> list[tuple[int, bytes]]:
-    """(UID, message bytes) pairs from a UID FETCH (UID BODY.PEEK[]) answer, in server order."""
-    found: list[tuple[int, bytes]] = []
-    for index, line in enumerate(lines):
-        if isinstance(line, bytearray) or not _LITERAL.search(line) or b"FETCH" not in line:
-            continue
-        if index + 1 >= len(lines):
+def take_batch(
+    uids: list[int], sizes: dict[int, int | None], budget: int, max_message_size: int
+) -> list[int]:
+    """The first UIDs whose sizes fit in `budget` bytes, at least one. A message whose size the
+    server did not say (None) goes alone: its size is known only once received, and checked
+    then; one over max_message_size costs only the header that is fetched of it; one the server
+    did not answer for at all (not in sizes) costs nothing, and is looked up after the fetch."""
+    batch: list[int] = []
+    used = 0
+    for uid in uids:
+        if uid in sizes and sizes[uid] is None:
+            return batch or [uid]
+        cost = sizes.get(uid) or 0
+        cost = 0 if cost > max_message_size else cost
+        if batch and used + cost > budget:
             break
-        literal = bytes(lines[index + 1])
-        uid = _FETCH_UID.search(line)
-        if uid is None and index + 2 < len(lines):
-            uid = _FETCH_UID.search(bytes(lines[index + 2]))  # "UID n" after the literal
-        if uid is not None:
-            found.append((int(uid.group(1)), literal))
-    return found
+        batch.append(uid)
+        used += cost
+    return batch
 
 
 class MailboxWorker:
@@ -182,33 +147,17 @@ class MailboxWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await session
 
-    async def _select(self, conn: Connection) -> Selected:
-        folder = self.settings.folder
-        response = await conn.call(conn.client.select(quote(folder)))
-        if response.result != "OK":
-            text = b" ".join(bytes(line) for line in response.lines[-1:]).decode(errors="replace")
-            raise ImapError(f"cannot select folder {folder!r} (missing, renamed or not permitted?): {text}")
-        text = b"\n".join(bytes(line) for line in response.lines)
-        uidvalidity = _UIDVALIDITY.search(text)
-        if uidvalidity is None:
-            raise ImapError(f"SELECT {folder}: the server sent no UIDVALIDITY")
-        flags = _PERMANENT_FLAGS.search(text)
-        read_only = b"[READ-ONLY]" in text.upper()
-        return Selected(int(uidvalidity.group(1)), bool(flags and b"\\*" in flags.group(1)), read_only)
-
     async def _session(self, stop: asyncio.Event) -> None:
         conn = await connect(self.settings.imap, self.password)
         self.health.logged_in()
-        client = conn.client
         try:
-            for folder in (self.settings.processed_folder, self.settings.quarantine_folder):
-                await conn.call(client.create(quote(folder)))  # NO when it exists already: fine
-            selected = await self._select(conn)
+            await conn.create_folders(self.settings.processed_folder, self.settings.quarantine_folder)
+            selected = await conn.select(self.settings.folder)
             if selected.read_only and not self._read_only_reported:
                 self._read_only_reported = True
                 await asyncio.to_thread(self._record_read_only)
-            last_uid = await asyncio.to_thread(self._checkpoint, selected.uidvalidity)
-            idle = self.daemon.idle and client.has_capability("IDLE")
+            last_uid = await self._start_position(conn, selected)
+            idle = self.daemon.idle and conn.client.has_capability("IDLE")
             log.info(
                 "mailbox=%s watching %s uidvalidity=%s from uid=%s, %s%s",
                 self.name,
@@ -223,9 +172,13 @@ class MailboxWorker:
                 if more or stop.is_set():
                     continue
                 if idle:
-                    await self._idle(conn, stop)
+                    self.health.idling(True)
+                    try:
+                        await conn.idle_wait(stop, self.daemon.idle_timeout)
+                    finally:
+                        self.health.idling(False)
                 else:
-                    await self._poll_wait(conn, stop)
+                    await conn.poll_wait(stop, self.daemon.poll_interval)
         finally:
             await conn.logout()
 
@@ -240,77 +193,130 @@ class MailboxWorker:
             store.record(session, EventKind.MAILBOX_READ_ONLY, detail, mailbox=self.name)
             session.commit()
 
-    def _checkpoint(self, uidvalidity: int) -> int:
+    async def _start_position(self, conn: Connection, selected: Selected) -> int:
+        """The last UID already dealt with: the checkpoint, or where a first start or a new
+        UIDVALIDITY begins (recorded with what it leaves alone)."""
+        stored = await asyncio.to_thread(self._stored_checkpoint)
+        if stored is not None and stored[0] == selected.uidvalidity:
+            return stored[1]
+        if stored is None:
+            kind, last_uid, detail, data = await self._first_start(conn, selected)
+        else:
+            kind, last_uid, detail, data = await self._new_uidvalidity(conn, selected, *stored)
+        log.warning("mailbox=%s %s", self.name, detail)
+        await asyncio.to_thread(self._restart_at, selected.uidvalidity, last_uid, kind, detail, data)
+        return last_uid
+
+    async def _first_start(
+        self, conn: Connection, selected: Selected
+    ) -> tuple[EventKind, int, str, dict[str, object]]:
+        folder, settings = self.settings.folder, self.settings
+        kind = EventKind.MAILBOX_FIRST_START
+        if settings.since is not None:
+            older = len(await conn.search(f"BEFORE {search_date(settings.since)}"))
+            detail = (
+                f"first start on {folder}: registering mail that arrived on or after "
+                f"{settings.since} ({selected.exists - older} messages); {older} older left untouched"
+            )
+            return kind, 0, detail, {"since": str(settings.since), "untouched": older}
+        if settings.start == "all":
+            detail = (
+                f"first start on {folder}: registering all {selected.exists} messages in it (start = all)"
+            )
+            return kind, 0, detail, {"start": "all", "untouched": 0}
+        if selected.uidnext is not None:
+            last_uid = selected.uidnext - 1
+        else:
+            last_uid = max(await conn.search("ALL"), default=0)
+        detail = (
+            f"first start on {folder}: {selected.exists} messages already there left untouched "
+            f"(start = now); registering mail from UID {last_uid + 1} on"
+        )
+        return kind, last_uid, detail, {"start": "now", "untouched": selected.exists, "last_uid": last_uid}
+
+    async def _new_uidvalidity(
+        self, conn: Connection, selected: Selected, old: int, old_last_uid: int
+    ) -> tuple[EventKind, int, str, dict[str, object]]:
+        marked = 0
+        if selected.keywords_allowed:
+            marked = len(await conn.search(f"OR KEYWORD {PROCESSED_KEYWORD} KEYWORD {QUARANTINE_KEYWORD}"))
+        detail = (
+            f"UIDVALIDITY of {self.settings.folder} changed {old} -> {selected.uidvalidity}: "
+            f"reading the folder again; {marked} of its {selected.exists} messages carry "
+            f"{PROCESSED_KEYWORD} or {QUARANTINE_KEYWORD} and are skipped, the others already "
+            "registered are recognised by Message-ID (or content) and recorded as duplicates"
+        )
+        data: dict[str, object] = {
+            "old": old,
+            "new": selected.uidvalidity,
+            "last_uid": old_last_uid,
+            "skipped_marked": marked,
+        }
+        return EventKind.UIDVALIDITY_CHANGED, 0, detail, data
+
+    def _stored_checkpoint(self) -> tuple[int, int] | None:
         with Session(self.intake.engine) as session:
             state = store.checkpoint(session, self.name)
-            if state is None:
-                return 0
-            if state.uidvalidity != uidvalidity:
-                detail = (
-                    f"UIDVALIDITY of {self.settings.folder} changed {state.uidvalidity} -> {uidvalidity}: "
-                    "reading the folder again; messages already registered are recognised by Message-ID"
-                )
-                log.warning("mailbox=%s %s", self.name, detail)
-                store.record(
-                    session,
-                    EventKind.UIDVALIDITY_CHANGED,
-                    detail,
-                    mailbox=self.name,
-                    old=state.uidvalidity,
-                    new=uidvalidity,
-                    last_uid=state.last_uid,
-                )
-                state.uidvalidity = uidvalidity
-                state.last_uid = 0
-                session.add(state)
-                session.commit()
-                return 0
-            return state.last_uid
+            return None if state is None else (state.uidvalidity, state.last_uid)
+
+    def _restart_at(
+        self, uidvalidity: int, last_uid: int, kind: EventKind, detail: str, data: dict[str, object]
+    ) -> None:
+        with Session(self.intake.engine) as session:
+            store.record(session, kind, detail, mailbox=self.name, **data)
+            store.set_checkpoint(session, self.name, uidvalidity, last_uid)
+            session.commit()
+
+    def _criteria(self, selected: Selected) -> str:
+        """What new mail must also match: arrived since the configured day, and not marked by us
+        already (after a UIDVALIDITY change, or a database started afresh)."""
+        parts = []
+        if self.settings.since is not None:
+            parts.append(f"SINCE {search_date(self.settings.since)}")
+        if selected.keywords_allowed:
+            parts.append(f"UNKEYWORD {PROCESSED_KEYWORD} UNKEYWORD {QUARANTINE_KEYWORD}")
+        return " ".join(parts)
 
     async def _drain(
         self, conn: Connection, selected: Selected, last_uid: int, stop: asyncio.Event
     ) -> tuple[int, bool]:
         """Register one batch of new messages; returns the new last UID and whether more wait."""
-        client = conn.client
-        # Dovecot looks for newly delivered mail after a UID SEARCH, not before it: without the
-        # NOOP a poll finds only what arrived before the previous poll, a whole interval late.
-        _ok(await conn.call(client.noop()), "NOOP")
-        response = _ok(
-            await conn.call(client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH"
-        )
-        uids = sorted(uid for uid in parse_search(response.lines) if uid > last_uid)
+        uids = await conn.search_new(last_uid, self._criteria(selected))
         self.health.polled(uids[-1] - last_uid if uids else 0)
         if not uids:
             return last_uid, False
-        batch = uids[: self.daemon.batch_size]
-        # Sizes first: a message over the limit is never downloaded, only its header.
-        answer = _ok(await conn.call(client.uid("fetch", _uid_set(batch), "(UID RFC822.SIZE)")), "UID FETCH")
-        sizes = parse_sizes(answer.lines)
+        # Sizes first: a message over the limit is never downloaded, only its header, and a
+        # batch holds no more bytes than batch_bytes.
+        sizes, arrived = await conn.describe(uids[: self.daemon.batch_size])
         limit = self.intake.config.limits.max_message_size
-        oversized = {uid for uid in batch if sizes.get(uid, 0) > limit}
-        messages: dict[int, bytes] = {}
-        for uids_wanted, item in (
-            ([uid for uid in batch if uid not in oversized], "BODY.PEEK[]"),
-            (sorted(oversized), "BODY.PEEK[HEADER]"),
-        ):
-            if uids_wanted:
-                answer = _ok(
-                    await conn.call(client.uid("fetch", _uid_set(uids_wanted), f"(UID {item})")), "UID FETCH"
-                )
-                messages.update(parse_fetch(answer.lines))
-        del answer  # aioimaplib's copy of the batch: a big message would otherwise be held twice
-        arrivals: list[Arrival] = []
+        batch = take_batch(uids[: self.daemon.batch_size], sizes, self.daemon.batch_bytes, limit)
+        oversized = {uid for uid in batch if (sizes.get(uid) or 0) > limit}
+        messages, refused = await self._fetch(conn, [uid for uid in batch if uid not in oversized])
+        headers, headers_refused = await self._fetch(conn, sorted(oversized), header_only=True)
+        messages.update(headers)
+        refused.update(headers_refused)
+        vanished = []
         for uid in batch:
-            raw = messages.pop(uid, None)
-            if raw is None:
-                log.info(
-                    "mailbox=%s uid=%s vanished before it could be fetched (deleted or moved by a person)",
-                    self.name,
-                    uid,
-                )
+            if uid in messages or uid in refused:
                 continue
-            origin = Origin(self.name, selected.uidvalidity, uid)
-            arrivals.append(Arrival(origin, raw, sizes[uid] if uid in oversized else None))
+            if await conn.search(f"UID {uid}"):
+                refused[uid] = ImapError(f"the server left UID {uid} out of its FETCH answer")
+            else:
+                vanished.append(uid)
+        if vanished:
+            await asyncio.to_thread(self._record_vanished, selected, vanished)
+        arrivals: list[Arrival] = []
+        unfetched: tuple[Origin, bytes, Exception] | None = None
+        for uid in batch:
+            origin = Origin(self.name, selected.uidvalidity, uid, arrived.get(uid))
+            if uid in refused:
+                # Registering what comes after it would move the checkpoint past it: it goes
+                # first next round, and counts its failures like a message that fails to process.
+                unfetched = (origin, b"", refused[uid])
+                break
+            raw = messages.pop(uid, None)
+            if raw is not None:
+                arrivals.append(Arrival(origin, raw, sizes.get(uid) if uid in oversized else None))
         self.health.batch(len(arrivals))
         halt = threading.Event()
         try:
@@ -322,6 +328,8 @@ class MailboxWorker:
         if registered:
             last_uid = registered[-1][0].uid
             await self._mark_all(conn, selected, registered)
+        if failure is None and len(registered) == len(arrivals):
+            failure = unfetched
         if failure is not None:
             origin, raw, exc = failure
             if isinstance(exc, DatabaseUnavailable):
@@ -335,6 +343,46 @@ class MailboxWorker:
         # Always SEARCH again before IDLE: mail that arrived while this batch was processed was
         # announced (EXISTS) in the answer to a FETCH or STORE, and IDLE will not announce it again.
         return last_uid, True
+
+    async def _fetch(
+        self, conn: Connection, uids: list[int], *, header_only: bool = False
+    ) -> tuple[dict[int, bytes], dict[int, ImapError]]:
+        """The messages, and the server's refusals: a NO to a batch (a server's answer when it
+        cannot deliver one of them) is asked again one UID at a time, so only that one is left."""
+        try:
+            return await conn.fetch(uids, header_only=header_only), {}
+        except ImapError as exc:
+            if len(uids) == 1:
+                return {}, {uids[0]: ImapError(f"the server refused to fetch UID {uids[0]}: {exc}")}
+            log.warning(
+                "mailbox=%s FETCH of %s messages refused (%s): one at a time", self.name, len(uids), exc
+            )
+        messages: dict[int, bytes] = {}
+        refused: dict[int, ImapError] = {}
+        for uid in uids:
+            try:
+                messages.update(await conn.fetch([uid], header_only=header_only))
+            except ImapError as exc:
+                refused[uid] = ImapError(f"the server refused to fetch UID {uid}: {exc}")
+        return messages, refused
+
+    def _record_vanished(self, selected: Selected, uids: list[int]) -> None:
+        with Session(self.intake.engine) as session:
+            for uid in uids:
+                detail = (
+                    f"message UID {uid} in {self.settings.folder} of {self.name} vanished before it "
+                    "could be fetched: the server no longer has it (deleted or moved by a person)"
+                )
+                log.info("mailbox=%s %s", self.name, detail)
+                store.record(
+                    session,
+                    EventKind.MESSAGE_VANISHED,
+                    detail,
+                    mailbox=self.name,
+                    uid=uid,
+                    uidvalidity=selected.uidvalidity,
+                )
+            session.commit()
 
     def _register_all(
         self,
@@ -399,7 +447,7 @@ class MailboxWorker:
         for origin, outcome in registered:
             aside = outcome.kind in (OutcomeKind.QUARANTINED, OutcomeKind.REFUSED)
             (quarantined if aside else processed).append(origin.uid)
-        for uids, aside in ((_uid_set(processed), False), (_uid_set(quarantined), True)):
+        for uids, aside in ((processed, False), (quarantined, True)):
             if not uids:
                 continue
             try:
@@ -434,72 +482,14 @@ class MailboxWorker:
             outcome.summary,
         )
 
-    async def _mark(self, conn: Connection, selected: Selected, uids: str, *, quarantined: bool) -> None:
+    async def _mark(
+        self, conn: Connection, selected: Selected, uids: list[int], *, quarantined: bool
+    ) -> None:
         if quarantined:
             folder: str | None = self.settings.quarantine_folder
         elif self.settings.after_processing == "move":
             folder = self.settings.processed_folder
         else:
             folder = None
-        if folder is not None and await self._move(conn, uids, folder):
-            return
         keyword = QUARANTINE_KEYWORD if quarantined else PROCESSED_KEYWORD
-        flags = f"(\\Seen {keyword})" if selected.keywords_allowed else "(\\Seen)"
-        _ok(await conn.call(conn.client.uid("store", uids, "+FLAGS.SILENT", flags)), "UID STORE")
-
-    async def _move(self, conn: Connection, uids: str, folder: str) -> bool:
-        """Move messages (a UID set); False where the server cannot, so the caller flags them instead."""
-        client = conn.client
-        if client.has_capability("MOVE"):
-            response = await conn.call(client.uid("move", uids, quote(folder)))
-            if response.result == "OK":
-                return True
-            log.warning(
-                "mailbox=%s uid=%s cannot move to %s: %s",
-                self.name,
-                uids,
-                folder,
-                response.lines[-1:],
-            )
-            return False
-        if not client.has_capability("UIDPLUS"):
-            return False
-        if (await conn.call(client.uid("copy", uids, quote(folder)))).result != "OK":
-            return False
-        _ok(await conn.call(client.uid("store", uids, "+FLAGS.SILENT", "(\\Deleted)")), "UID STORE")
-        _ok(await conn.call(client.uid("expunge", uids)), "UID EXPUNGE")
-        return True
-
-    async def _poll_wait(self, conn: Connection, stop: asyncio.Event) -> None:
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({stopping, conn.lost}, timeout=self.daemon.poll_interval)
-        finally:
-            stopping.cancel()
-        if conn.lost.done():
-            raise ConnectionLost("the IMAP server closed the connection while we waited to poll")
-
-    async def _idle(self, conn: Connection, stop: asyncio.Event) -> None:
-        """Wait for the server to announce new mail, re-issuing IDLE before its timeout.
-
-        aioimaplib ends the wait after idle_timeout (< the 30 minutes RFC 2177 lets servers drop
-        an idle client); the caller then looks for new mail and issues IDLE again. A connection
-        that dies meanwhile (server restart, network) ends the wait at once.
-        """
-        client = conn.client
-        idle = await conn.call(client.idle_start(timeout=self.daemon.idle_timeout))
-        self.health.idling(True)
-        push = asyncio.ensure_future(client.wait_server_push(timeout=self.daemon.idle_timeout + 10))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({push, stopping, conn.lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.health.idling(False)
-            stopping.cancel()
-            push.cancel()
-            if not conn.lost.done():
-                if client.has_pending_idle():
-                    client.idle_done()
-                await asyncio.wait_for(conn.call(idle), timeout=10)
-        if conn.lost.done():
-            raise ConnectionLost("the IMAP server closed the connection during IDLE")
+        await conn.mark(selected, uids, keyword=keyword, move_to=folder)

@@ -8,7 +8,7 @@
   in `mailrouter run`, so a second daemon on the same database refuses to start.
 
 The database's unique constraints remain the last word: even two workers that both believed
-they owned a mailbox could not register a message twice (see pipeline.Intake.process).
+they owned a mailbox could not register a message twice (see intake.Intake.process).
 """
 
 from __future__ import annotations

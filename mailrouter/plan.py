@@ -48,6 +48,8 @@ class Origin:
     mailbox: str
     uidvalidity: int
     uid: int
+    # When the copy arrived in the folder (IMAP INTERNALDATE), where known: not part of its identity.
+    received_at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -515,3 +515,11 @@ def advance_checkpoint(session: Session, origin: Origin) -> None:
 
 def checkpoint(session: Session, mailbox: str) -> MailboxState | None:
     return session.get(MailboxState, mailbox)
+
+
+def set_checkpoint(session: Session, mailbox: str, uidvalidity: int, last_uid: int) -> None:
+    """Where the mailbox's reading starts over: its first start, or a new UIDVALIDITY."""
+    state = session.get(MailboxState, mailbox) or MailboxState(mailbox=mailbox)
+    state.uidvalidity = uidvalidity
+    state.last_uid = last_uid
+    session.add(state)

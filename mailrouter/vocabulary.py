@@ -98,10 +98,12 @@ class EventKind(StrEnum):
     DELIVERY_FAILED = "delivery-failed"
     # mailboxes
     MAILBOX_READ_ONLY = "mailbox-read-only"
+    MAILBOX_FIRST_START = "mailbox-first-start"
     UIDVALIDITY_CHANGED = "uidvalidity-changed"
     # supervision
     TASK_RESTARTED = "task-restarted"
     TASK_FAILED_REPEATEDLY = "task-failed-repeatedly"
+    MESSAGE_VANISHED = "message-vanished"
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})

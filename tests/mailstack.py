@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Literal
@@ -197,14 +198,16 @@ class MailStack:
         raw: bytes,
         folder: str = "INBOX",
         flags: str | None = None,
+        arrived: datetime | None = None,
     ) -> None:
-        """Put a message straight into a mailbox (IMAP APPEND), creating the folder if needed."""
+        """Put a message straight into a mailbox (IMAP APPEND), creating the folder if needed;
+        `arrived` (timezone-aware) is its INTERNALDATE, now by default."""
         mailbox = _quote(folder)
         with self.imap(address, password) as conn:
-            typ, data = conn.append(mailbox, flags, None, raw)
+            typ, data = conn.append(mailbox, flags, arrived, raw)
             if typ != "OK" and b"TRYCREATE" in b" ".join(d for d in data if isinstance(d, bytes)):
                 _ok(conn.create(mailbox), f"CREATE {folder}")
-                typ, data = conn.append(mailbox, flags, None, raw)
+                typ, data = conn.append(mailbox, flags, arrived, raw)
             _ok((typ, data), f"APPEND to {folder}")
 
 

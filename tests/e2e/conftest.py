@@ -55,6 +55,10 @@ SMTP_SETTINGS: dict[str, object] = {
     "retry_max": 5,
 }
 
+# Every test's mailboxes are new and empty, and many tests send mail while the daemon starts: read
+# all of it. The first-start tests set start themselves (None drops a key).
+MAILBOX_SETTINGS: dict[str, object] = {"start": "all"}
+
 MAILBOX = """
 [mailboxes.{name}]
 address = "{address}"
@@ -279,7 +283,13 @@ def make_daemon(
                 group=DEFAULT_GROUPS[name],
                 password_env=password_env,
                 imap=imap_settings,
-                mailbox=_toml((mailbox or {}).get(name, {})),
+                mailbox=_toml(
+                    {
+                        key: value
+                        for key, value in {**MAILBOX_SETTINGS, **(mailbox or {}).get(name, {})}.items()
+                        if value is not None
+                    }
+                ),
             )
         )
     (directory / "config.toml").write_text("".join(parts))

@@ -1,3 +1,5 @@
+from datetime import date, timedelta
+
 import pytest
 
 from mailrouter.config import load_config
@@ -37,6 +39,9 @@ def test_missing_environment_variable_is_named(config_file, monkeypatch):
             "smtp.securty: unknown key",
         ),
         ("[smtp]", "[smtp", "not valid TOML"),
+        ('group = "it-agents"', 'group = "it-agents"\nstart = "all"\nsince = 2026-11-01', "start or since"),
+        ('group = "it-agents"', 'group = "it-agents"\nacknowledge_max_age = "3 days"', "an age such as"),
+        ('group = "it-agents"', 'group = "it-agents"\nstart = "yesterday"', "mailboxes.it.start"),
     ],
 )
 def test_errors_name_the_file_and_the_key(config_file, old, new, message):
@@ -114,3 +119,14 @@ def test_a_department_address_too_long_for_signed_reply_addresses_is_refused(con
     )
     with pytest.raises(ConfigError, match=r"mailboxes\.it\.address: signed reply addresses would need"):
         load_config(config_file)
+
+
+def test_a_mailbox_starts_now_and_ages_are_read_as_people_write_them(config_file):
+    text = config_file.read_text().replace(
+        'group = "it-agents"', 'group = "it-agents"\nacknowledge_max_age = "12h"'
+    )
+    config_file.write_text(text.replace('language = "no"', 'language = "no"\nsince = 2026-11-01'))
+    config = load_config(config_file)
+    it, hr = config.mailboxes["it"], config.mailboxes["hr"]
+    assert (it.start, it.since, it.acknowledge_max_age) == ("now", None, timedelta(hours=12))
+    assert (hr.since, hr.acknowledge_max_age) == (date(2026, 11, 1), timedelta(days=3))

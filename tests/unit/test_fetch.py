@@ -1,43 +1,27 @@
-"""The IMAP answer parsers, on the shapes aioimaplib really hands over (seen against Dovecot)."""
+"""The fetch worker's decisions, without a server."""
 
-from mailrouter.fetch import parse_fetch, parse_search, parse_sizes, quote
+from mailrouter.fetch import take_batch
 
-
-def test_parse_search_as_aioimaplib_delivers_it():
-    assert parse_search([b"4 5 17", b"Search completed (0.001 + 0.000 secs)."]) == [4, 5, 17]
-    assert parse_search([b"", b"Search completed (0.001 + 0.000 secs)."]) == []
-    assert parse_search([b"SEARCH 2 3", b"done"]) == [2, 3]
+MiB = 1024 * 1024
 
 
-def test_parse_fetch_pairs_uids_with_literals():
-    lines = [
-        b"1 FETCH (UID 7 BODY[] {5}",
-        bytearray(b"hello"),
-        b")",
-        b"2 FETCH (BODY[] {3}",
-        bytearray(b"abc"),
-        b" UID 9)",
-        b"Fetch completed (0.001 + 0.000 secs).",
-    ]
-    assert parse_fetch(lines) == [(7, b"hello"), (9, b"abc")]
+def test_a_batch_is_cut_by_bytes_and_holds_at_least_one_message():
+    sizes = {1: 10 * MiB, 2: 10 * MiB, 3: 10 * MiB, 4: 1}
+    assert take_batch([1, 2, 3, 4], sizes, 25 * MiB, 25 * MiB) == [1, 2]
+    assert take_batch([3, 4], {3: 40 * MiB, 4: 1}, 32 * MiB, 64 * MiB) == [3]  # bigger than the budget: alone
+    assert take_batch([1, 2], {1: 100, 2: 200}, 250, 25 * MiB) == [1]
 
 
-def test_parse_fetch_ignores_a_literal_line_that_is_part_of_a_message():
-    body = bytearray(b"Subject: 1 FETCH (UID 3 BODY[] {2}\r\n\r\nx")
-    lines = [b"1 FETCH (UID 7 BODY[] {%d}" % len(body), body, b")", b"Fetch completed."]
-    assert parse_fetch(lines) == [(7, bytes(body))]
+def test_a_message_of_unknown_size_is_fetched_alone_and_not_taken_for_empty():
+    sizes = {1: 100, 2: None, 3: 100}
+    assert take_batch([1, 2, 3], sizes, 32 * MiB, 25 * MiB) == [1]
+    assert take_batch([2, 3], sizes, 32 * MiB, 25 * MiB) == [2]
 
 
-def test_quote_mailbox_names():
-    assert quote("INBOX") == '"INBOX"'
-    assert quote('Saker "ferdig"') == r'"Saker \"ferdig\""'
-    assert quote("a\\b") == r'"a\\b"'
+def test_a_message_the_server_did_not_describe_stays_in_the_batch_to_be_looked_up():
+    assert take_batch([1, 2, 3], {1: 100, 3: 100}, 32 * MiB, 25 * MiB) == [1, 2, 3]
 
 
-def test_parse_sizes_reads_rfc822_size_in_any_order():
-    lines = [
-        b"1 FETCH (UID 7 RFC822.SIZE 1200)",
-        b"2 FETCH (RFC822.SIZE 52428801 UID 9)",
-        b"Fetch completed (0.001 + 0.000 secs).",
-    ]
-    assert parse_sizes(lines) == {7: 1200, 9: 52428801}
+def test_an_oversized_message_costs_only_its_header():
+    sizes = {1: 30 * MiB, 2: 20 * MiB}
+    assert take_batch([1, 2], sizes, 21 * MiB, 25 * MiB) == [1, 2]

@@ -1,6 +1,7 @@
 """The whole intake against a real SQLite database: no IMAP, no SMTP."""
 
 import email
+from datetime import timedelta
 from email.policy import default
 
 import pytest
@@ -8,7 +9,7 @@ from sqlalchemy import event
 from sqlmodel import Session, select
 
 from mailrouter import store
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.parse import parse_degraded
 from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.store import checkpoint
@@ -208,3 +209,14 @@ def test_a_message_read_in_part_says_so_on_its_case(intake):
     [case] = rows(intake, Case)
     assert event.case_id == case.id and event.message_id is not None
     assert event.detail == "the message was read in part, text parts only: parsing took longer than 5 s"
+
+
+def test_mail_that_arrived_long_before_it_is_read_opens_its_case_unanswered(intake):
+    old = Origin("it", 7, 1, received_at=utcnow() - timedelta(days=4))  # acknowledge_max_age: 3d
+    assert intake.process(make_mail(message_id="<old@k>"), old).kind == OutcomeKind.NEW_CASE
+    assert acknowledgements(intake) == []
+    [why] = [e for e in rows(intake, Event) if e.kind == "not-acknowledged"]
+    assert "acknowledge_max_age" in why.detail
+    recent = Origin("it", 7, 2, received_at=utcnow() - timedelta(hours=1))
+    intake.process(make_mail(message_id="<new@k>", subject="another"), recent)
+    assert len(acknowledgements(intake)) == 1
