@@ -1,7 +1,8 @@
 """send: deliver what registration queued. Renders nothing; reuses one SMTP connection.
 
 Temporary failures (no connection, timeout, 4xx) are retried with capped exponential backoff and
-jitter; permanent ones (5xx) are recorded on the case with the server's answer.
+jitter; permanent ones (5xx) are recorded on the case with the server's answer. The rows are
+outbox.py's work; this module is the SMTP loop and transaction.
 
 Never twice: a row is claimed (with a lease, `FOR UPDATE SKIP LOCKED` on PostgreSQL) before it is
 sent, so two instances never take the same one. The SMTP transaction is driven by hand so that
@@ -18,78 +19,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from datetime import timedelta
 
 import aiosmtplib
 from pydantic import SecretStr
-from sqlalchemy import Engine, bindparam, or_, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
 
-from mailrouter import store
+from mailrouter import outbox
 from mailrouter.compose import with_crlf
 from mailrouter.config import SmtpSettings
 from mailrouter.db import write_turns
 from mailrouter.errors import DatabaseUnavailable, PermanentDeliveryError, TemporaryDeliveryError, Unclaimed
 from mailrouter.imap import tls_context
-from mailrouter.models import OutboxMessage, utcnow
-from mailrouter.vocabulary import EventKind, OutboxState
+from mailrouter.models import utcnow
+from mailrouter.outbox import BATCH, Letter
 
 log = logging.getLogger(__name__)
 
-BATCH = 20
-# Per letter, so built once (composing a statement costs more than running it).
-_MARK_SENDING = (  # compare-and-set, only while the claim is still ours
-    update(store.OUTBOX)
-    .where(store.OUTBOX.c.id == bindparam("row"))
-    .where(store.OUTBOX.c.state == OutboxState.QUEUED)
-    .where(store.OUTBOX.c.claimed_by == bindparam("instance"))
-    .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
-)
-_MARK_SENT = (
-    update(store.OUTBOX)
-    .where(store.OUTBOX.c.id == bindparam("row"))
-    .where(store.OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
-    .values(
-        state=OutboxState.SENT,
-        attempts=store.OUTBOX.c.attempts + 1,
-        sent_at=bindparam("now"),
-        last_error="",
-        claimed_by="",
-        claimed_until=None,
-    )
-)
-_O = store.OUTBOX.c
-# A batch is claimed with Core statements: the ORM built an object for each row, with its letter's
-# bytes, only to change two of its columns (bench/RESULTS.md).
-_DUE = (
-    select(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts)
-    .where(_O.state == OutboxState.QUEUED)
-    .where(_O.next_attempt_at <= bindparam("now"))
-    .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
-    .order_by(_O.id)
-    .limit(BATCH)
-)
-_DUE_SKIPPING_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: passes over rows being claimed
-_CLAIM = (
-    update(store.OUTBOX)
-    .where(_O.id.in_(bindparam("rows", expanding=True)))
-    .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
-)
 IDLE_DISCONNECT_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Letter:
-    """An outbox row as the sender needs it, detached from the database session."""
-
-    id: int
-    case_id: int | None
-    kind: str
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    data: bytes
-    attempts: int
 
 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
@@ -172,9 +119,9 @@ class Sender:
         # looking again before every batch found nothing new, at the cost of a transaction.
         now = asyncio.get_running_loop().time()
         if now - self._recovered_at >= self.lease / 2:
-            await asyncio.to_thread(self._recover)
+            await asyncio.to_thread(outbox.recover, self.engine, self.instance, exclusive=self.exclusive)
             self._recovered_at = now
-        letters = await asyncio.to_thread(self._claim)
+        letters = await asyncio.to_thread(outbox.claim, self.engine, self.instance, self.lease)
         accepted: list[tuple[Letter, str]] = []
         handled = 0
         try:
@@ -186,83 +133,14 @@ class Sender:
             # One commit for the batch: until it, an accepted row is `sending`, which a restart
             # already counts as sent (never sent again), so the delay risks no duplicate.
             if accepted:
-                await asyncio.to_thread(self._sent, accepted)
+                await asyncio.to_thread(outbox.mark_sent, self.engine, accepted)
         if handled < len(letters):
             # the relay is away (or we are stopping): hand back the rest of the batch at once
-            await asyncio.to_thread(self._unclaim)
+            await asyncio.to_thread(outbox.unclaim, self.engine, self.instance)
         return len(letters)
 
-    # --- the outbox rows ---------------------------------------------------------------------
-
-    def _recover(self) -> None:
-        """Rows a dead instance left: interrupted final dots recorded as sent; on SQLite (the only
-        instance) also its claims, which need not wait for their lease to run out."""
-        now = utcnow()
-        with Session(self.engine) as session:
-            stale = or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now)
-            if self.exclusive:
-                stale = or_(stale, OutboxMessage.claimed_by != self.instance)
-            rows = session.exec(
-                select(OutboxMessage).where(OutboxMessage.state == OutboxState.SENDING).where(stale)
-            ).all()
-            for row in rows:
-                store.record(
-                    session,
-                    EventKind.MAIL_SENT_UNCONFIRMED,
-                    f"{row.kind} to {', '.join(row.rcpt_to)}: the relay had the whole message when "
-                    f"{row.claimed_by or 'the sender'} stopped before its answer; counted as sent, "
-                    "not sent again",
-                    case_id=row.case_id,
-                    outbox_id=row.id,
-                )
-                row.state = OutboxState.SENT
-                row.sent_at = row.sent_at or now
-                row.claimed_by, row.claimed_until = "", None
-                session.add(row)
-                log.warning("outbox=%s delivery unconfirmed (sender stopped mid-transaction)", row.id)
-            if self.exclusive:
-                session.execute(
-                    update(OutboxMessage)
-                    .where(col(OutboxMessage.state) == OutboxState.QUEUED)
-                    .where(col(OutboxMessage.claimed_by) != "")
-                    .values(claimed_by="", claimed_until=None)
-                )
-            session.commit()
-
-    def _claim(self) -> list[Letter]:
-        """Take up to BATCH due rows for this instance, for `lease` seconds."""
-        now = utcnow()
-        due = _DUE_SKIPPING_LOCKED if self.engine.dialect.name == "postgresql" else _DUE
-        with self.engine.begin() as connection:
-            rows = connection.execute(due, {"now": now}).all()
-            if rows:
-                claim = {"rows": [row.id for row in rows], "instance": self.instance}
-                connection.execute(_CLAIM, {**claim, "lease_until": now + timedelta(seconds=self.lease)})
-        return [
-            Letter(row.id, row.case_id, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, row.attempts)
-            for row in rows
-        ]
-
-    def _unclaim(self) -> None:
-        """On shutdown: hand back what we claimed and did not send, so others need not wait."""
-        with Session(self.engine) as session:
-            session.execute(
-                update(OutboxMessage)
-                .where(col(OutboxMessage.state) == OutboxState.QUEUED)
-                .where(col(OutboxMessage.claimed_by) == self.instance)
-                .values(claimed_by="", claimed_until=None)
-            )
-            session.commit()
-
     def _mark_sending(self, letter: Letter) -> None:
-        """Compare-and-set queued -> sending, only while the claim is still ours. A Core statement
-        on a bare connection: this commit is on the event loop, between the message and its dot."""
-        lease_until = utcnow() + timedelta(seconds=self.lease)
-        with self.engine.begin() as connection:
-            result = connection.execute(
-                _MARK_SENDING, {"row": letter.id, "instance": self.instance, "lease_until": lease_until}
-            )
-        if result.rowcount != 1:
+        if not outbox.mark_sending(self.engine, letter.id, self.instance, self.lease):
             raise Unclaimed(f"outbox={letter.id} was taken over by another instance")
 
     # --- SMTP ------------------------------------------------------------------------------------
@@ -365,61 +243,28 @@ class Sender:
         log.info("sent outbox=%s to=%s", letter.id, ",".join(letter.rcpt_to))
         return True
 
-    def _sent(self, accepted: list[tuple[Letter, str]]) -> None:
-        """Record a batch's accepted letters as sent, with the relay's answer, in one commit."""
-        now = utcnow()
-        with Session(self.engine) as session:
-            for letter, reply in accepted:
-                session.connection().execute(_MARK_SENT, {"row": letter.id, "now": now})
-                store.record(
-                    session,
-                    EventKind.MAIL_SENT,
-                    f"{letter.kind} to {', '.join(letter.rcpt_to)} accepted by the relay: {reply}",
-                    case_id=letter.case_id,
-                    outbox_id=letter.id,
-                )
-            session.commit()
-
     def _failed(
         self,
         letter: Letter,
         failure: TemporaryDeliveryError | PermanentDeliveryError,
         unanswered: bool = False,
     ) -> None:
-        with Session(self.engine) as session:
-            row = session.get(OutboxMessage, letter.id)
-            assert row is not None
-            if row.claimed_by != self.instance or row.state not in (OutboxState.QUEUED, OutboxState.SENDING):
-                return  # another instance has it now
-            row.attempts += 1
-            row.last_error = str(failure)
-            row.claimed_by, row.claimed_until = "", None
-            if unanswered:
-                # Never twice beats at least once for an automatic acknowledgement.
-                row.state = OutboxState.SENT
-                row.sent_at = utcnow()
-                detail = f"{row.kind} to {', '.join(row.rcpt_to)}: no answer to the final dot ({failure})"
-                store.record(
-                    session, EventKind.MAIL_SENT_UNCONFIRMED, detail, case_id=row.case_id, outbox_id=row.id
-                )
+        error = str(failure)
+        if unanswered:
+            if outbox.unconfirmed(self.engine, letter, self.instance, error):
                 log.warning("delivery unconfirmed outbox=%s: %s", letter.id, failure)
-            elif isinstance(failure, PermanentDeliveryError):
-                row.state = OutboxState.FAILED
-                detail = f"{row.kind} to {', '.join(row.rcpt_to)} refused for good: {failure}"
-                store.record(
-                    session, EventKind.DELIVERY_FAILED, detail, case_id=row.case_id, outbox_id=row.id
-                )
+        elif isinstance(failure, PermanentDeliveryError):
+            if outbox.failed(self.engine, letter, self.instance, error):
                 log.error("delivery failed outbox=%s: %s", letter.id, failure)
-            else:
-                row.state = OutboxState.QUEUED
-                delay = backoff(row.attempts, self.settings.retry_initial, self.settings.retry_max)
-                row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        else:
+            attempts = letter.attempts + 1
+            delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max)
+            retry_at = utcnow() + timedelta(seconds=delay)
+            if outbox.deferred(self.engine, letter, self.instance, error, retry_at):
                 log.warning(
                     "delivery deferred outbox=%s attempt=%s retry_in=%.1fs: %s",
                     letter.id,
-                    row.attempts,
+                    attempts,
                     delay,
                     failure,
                 )
-            session.add(row)
-            session.commit()

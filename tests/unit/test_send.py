@@ -1,4 +1,4 @@
-"""The sender's pure parts (the DATA payload it writes by hand, its backoff) and its bookkeeping."""
+"""The sender's pure parts (the DATA payload it writes by hand, its backoff) and its outbox rows."""
 
 import asyncio
 import random
@@ -7,10 +7,12 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
+from mailrouter import outbox
 from mailrouter.config import SmtpSettings
 from mailrouter.db import create_schema, make_engine
 from mailrouter.models import Event, OutboxMessage, utcnow
-from mailrouter.send import Letter, Sender, backoff, dot_stuffed
+from mailrouter.outbox import Letter
+from mailrouter.send import Sender, backoff, dot_stuffed
 from mailrouter.vocabulary import OutboxState
 
 
@@ -68,7 +70,6 @@ def _sending_row(engine, message_id: str) -> Letter:
 def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/send.db")
     create_schema(engine)
-    sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None)
     plain = _sending_row(engine, "<a@mailrouter>")
     bounced = _sending_row(engine, "<b@mailrouter>")
     with Session(engine) as session:  # the bounce's intake got there before the batch was recorded
@@ -77,7 +78,7 @@ def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first
         session.add(row)
         session.commit()
 
-    sender._sent([(plain, "250 2.0.0 Ok: queued as A"), (bounced, "250 2.0.0 Ok: queued as B")])
+    outbox.mark_sent(engine, [(plain, "250 2.0.0 Ok: queued as A"), (bounced, "250 2.0.0 Ok: queued as B")])
 
     with Session(engine) as session:
         states = {r.id: (r.state, r.attempts, r.claimed_by) for r in session.exec(select(OutboxMessage))}
@@ -90,13 +91,12 @@ def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first
 def test_a_claim_takes_the_due_rows_in_order_and_leaves_those_claimed_by_another(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/send.db")
     create_schema(engine)
-    sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, instance="a", lease=60)
     first = _row(engine, "<1@mailrouter>").id
     taken = _row(engine, "<2@mailrouter>", claimed_by="b", claimed_until=utcnow() + timedelta(minutes=1)).id
     later = _row(engine, "<3@mailrouter>", next_attempt_at=utcnow() + timedelta(minutes=1)).id
     expired = _row(engine, "<4@mailrouter>", claimed_by="b", claimed_until=utcnow()).id
 
-    letters = sender._claim()
+    letters = outbox.claim(engine, "a", 60)
 
     assert [(letter.id, letter.rcpt_to, letter.data) for letter in letters] == [
         (first, ("kari@kunde.example",), b"Subject: x\r\n\r\nx\r\n"),
@@ -106,15 +106,15 @@ def test_a_claim_takes_the_due_rows_in_order_and_leaves_those_claimed_by_another
         claims = {r.id: (r.claimed_by, r.claimed_until) for r in session.exec(select(OutboxMessage))}
     assert [claims[row][0] for row in (first, taken, later, expired)] == ["a", "b", "", "a"]
     assert claims[first][1] > utcnow() + timedelta(seconds=50)
-    assert sender._claim() == []  # ours now, for the lease
+    assert outbox.claim(engine, "a", 60) == []  # ours now, for the lease
 
 
-async def test_rows_left_behind_are_looked_for_once_per_half_lease(tmp_path):
+async def test_rows_left_behind_are_looked_for_once_per_half_lease(tmp_path, monkeypatch):
     engine = make_engine(f"sqlite:///{tmp_path}/send.db")
     create_schema(engine)
     sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, lease=0.4)
     looked = []
-    sender._recover = lambda: looked.append(utcnow())  # type: ignore[method-assign]
+    monkeypatch.setattr(outbox, "recover", lambda *args, **kwargs: looked.append(utcnow()))
     stop = asyncio.Event()
     await sender._round(stop)
     await sender._round(stop)
@@ -122,3 +122,64 @@ async def test_rows_left_behind_are_looked_for_once_per_half_lease(tmp_path):
     await asyncio.sleep(0.25)
     await sender._round(stop)
     assert len(looked) == 2
+
+
+def _claimed(engine, message_id: str, instance: str = "a") -> Letter:
+    row = _row(engine, message_id, claimed_by=instance, claimed_until=utcnow() + timedelta(minutes=1))
+    return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+
+
+def _outbox(engine) -> dict[int, OutboxMessage]:
+    with Session(engine) as session:
+        return {row.id: row for row in session.exec(select(OutboxMessage))}
+
+
+def test_a_failed_attempt_is_recorded_only_while_the_row_is_ours(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+    create_schema(engine)
+    later = utcnow() + timedelta(minutes=5)
+    deferred, refused, unanswered, lost = (_claimed(engine, f"<{n}@mailrouter>") for n in range(4))
+
+    assert outbox.deferred(engine, deferred, "a", "421 busy", later)
+    assert outbox.failed(engine, refused, "a", "550 no such user")
+    assert outbox.mark_sending(engine, unanswered.id, "a", 60)
+    assert outbox.unconfirmed(engine, unanswered, "a", "TimeoutError")
+    assert not outbox.failed(engine, lost, "b", "550 no such user")  # b never had it
+
+    rows = _outbox(engine)
+    assert (rows[deferred.id].state, rows[deferred.id].attempts, rows[deferred.id].claimed_by) == (
+        OutboxState.QUEUED,
+        1,
+        "",
+    )
+    assert rows[deferred.id].next_attempt_at.replace(tzinfo=None) == later.replace(tzinfo=None)
+    assert (rows[refused.id].state, rows[refused.id].last_error) == (OutboxState.FAILED, "550 no such user")
+    assert rows[unanswered.id].state == OutboxState.SENT and rows[unanswered.id].sent_at is not None
+    assert (rows[lost.id].state, rows[lost.id].attempts) == (OutboxState.QUEUED, 0)
+    with Session(engine) as session:
+        events = {(e.kind, e.data["outbox_id"]) for e in session.exec(select(Event))}
+    assert events == {("delivery-failed", refused.id), ("mail-sent-unconfirmed", unanswered.id)}
+
+
+def test_recovery_counts_a_dead_instances_sending_rows_as_sent_and_frees_its_claims(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+    create_schema(engine)
+    until = utcnow() + timedelta(minutes=1)
+    sending = _row(
+        engine, "<s@mailrouter>", state=OutboxState.SENDING, claimed_by="dead", claimed_until=until
+    )
+    ours = _row(engine, "<o@mailrouter>", state=OutboxState.SENDING, claimed_by="a", claimed_until=until)
+    queued = _row(engine, "<q@mailrouter>", claimed_by="dead", claimed_until=until)
+
+    outbox.recover(engine, "a", exclusive=False)  # others' leases have not run out: nothing yet
+    assert {row.state for row in _outbox(engine).values()} == {OutboxState.SENDING, OutboxState.QUEUED}
+
+    outbox.recover(engine, "a", exclusive=True)  # the only instance: what others left is void
+
+    rows = _outbox(engine)
+    assert (rows[sending.id].state, rows[sending.id].claimed_by) == (OutboxState.SENT, "")
+    assert rows[ours.id].state == OutboxState.SENDING  # our own transaction in hand
+    assert (rows[queued.id].state, rows[queued.id].claimed_by) == (OutboxState.QUEUED, "")
+    with Session(engine) as session:
+        [event] = session.exec(select(Event)).all()
+    assert event.kind == "mail-sent-unconfirmed" and event.data["outbox_id"] == sending.id

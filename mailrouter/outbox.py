@@ -1,0 +1,255 @@
+"""outbox: the sender's row work. Claim a batch, mark a letter `sending`, record what the relay
+answered, hand rows back, and resolve what a dead instance left.
+
+Every statement is Core, built once with bound parameters: the sender runs some of them per
+letter, and composing a statement costs SQLAlchemy more than the database takes to run it; the ORM
+built an object for each row, with its letter's bytes, only to change two of its columns
+(bench/RESULTS.md). Events go through store.record, in the same transaction as the row they
+describe. Each function takes the engine and plain data and returns plain data; none talks SMTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, Update, bindparam, func, or_, select, update
+from sqlmodel import Session
+
+from mailrouter import store
+from mailrouter.models import utcnow
+from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
+
+log = logging.getLogger(__name__)
+
+BATCH = 20
+
+_O = store.OUTBOX.c
+_DUE = (
+    select(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts)
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.next_attempt_at <= bindparam("now"))
+    .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
+    .order_by(_O.id)
+    .limit(BATCH)
+)
+_DUE_SKIPPING_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: passes over rows being claimed
+_CLAIM = (
+    update(store.OUTBOX)
+    .where(_O.id.in_(bindparam("rows", expanding=True)))
+    .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
+)
+_MARK_SENDING = (  # compare-and-set, only while the claim is still ours
+    update(store.OUTBOX)
+    .where(_O.id == bindparam("row"))
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.claimed_by == bindparam("instance"))
+    .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
+)
+_MARK_SENT = (
+    update(store.OUTBOX)
+    .where(_O.id == bindparam("row"))
+    .where(_O.state == OutboxState.SENDING)  # a bounce may have come first
+    .values(
+        state=OutboxState.SENT,
+        attempts=_O.attempts + 1,
+        sent_at=bindparam("now"),
+        last_error="",
+        claimed_by="",
+        claimed_until=None,
+    )
+)
+# A failed attempt is recorded only while the row is still ours: another instance has it otherwise.
+_ATTEMPTED = (
+    update(store.OUTBOX)
+    .where(_O.id == bindparam("row"))
+    .where(_O.claimed_by == bindparam("instance"))
+    .where(_O.state.in_([OutboxState.QUEUED, OutboxState.SENDING]))
+)
+_DEFERRED = _ATTEMPTED.values(
+    state=OutboxState.QUEUED,
+    attempts=_O.attempts + 1,
+    last_error=bindparam("error"),
+    next_attempt_at=bindparam("retry_at"),
+    claimed_by="",
+    claimed_until=None,
+)
+_FAILED = _ATTEMPTED.values(
+    state=OutboxState.FAILED,
+    attempts=_O.attempts + 1,
+    last_error=bindparam("error"),
+    claimed_by="",
+    claimed_until=None,
+)
+_UNCONFIRMED = _ATTEMPTED.values(
+    state=OutboxState.SENT,
+    attempts=_O.attempts + 1,
+    last_error=bindparam("error"),
+    sent_at=bindparam("now"),
+    claimed_by="",
+    claimed_until=None,
+)
+_UNCLAIM = (
+    update(store.OUTBOX)
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.claimed_by == bindparam("instance"))
+    .values(claimed_by="", claimed_until=None)
+)
+_UNCLAIM_ALL = (
+    update(store.OUTBOX)
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.claimed_by != "")
+    .values(claimed_by="", claimed_until=None)
+)
+_STALE = or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now"))
+_LEFT_SENDING = {
+    exclusive: select(_O.id, _O.case_id, _O.kind, _O.rcpt_to, _O.claimed_by)
+    .where(_O.state == OutboxState.SENDING)
+    .where(or_(_STALE, _O.claimed_by != bindparam("instance")) if exclusive else _STALE)
+    for exclusive in (True, False)
+}
+# PostgreSQL: two instances recovering at once record each row once.
+_LEFT_SENDING_SKIPPING_LOCKED = {
+    exclusive: left.with_for_update(skip_locked=True) for exclusive, left in _LEFT_SENDING.items()
+}
+_COUNTED_SENT = (
+    update(store.OUTBOX)
+    .where(_O.id.in_(bindparam("rows", expanding=True)))
+    .where(_O.state == OutboxState.SENDING)
+    .values(
+        state=OutboxState.SENT,
+        sent_at=func.coalesce(_O.sent_at, bindparam("now")),
+        claimed_by="",
+        claimed_until=None,
+    )
+)
+
+
+@dataclass(frozen=True)
+class Letter:
+    """An outbox row as the sender needs it, detached from the database."""
+
+    id: int
+    case_id: int | None
+    kind: OutboxKind
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    data: bytes
+    attempts: int
+
+
+def claim(engine: Engine, instance: str, lease: float) -> list[Letter]:
+    """Take up to BATCH due rows for this instance, for `lease` seconds."""
+    now = utcnow()
+    due = _DUE_SKIPPING_LOCKED if engine.dialect.name == "postgresql" else _DUE
+    with engine.begin() as connection:
+        rows = connection.execute(due, {"now": now}).all()
+        if rows:
+            claimed = {"rows": [row.id for row in rows], "instance": instance}
+            connection.execute(_CLAIM, {**claimed, "lease_until": now + timedelta(seconds=lease)})
+    return [
+        Letter(row.id, row.case_id, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, row.attempts)
+        for row in rows
+    ]
+
+
+def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) -> bool:
+    """Compare-and-set queued -> sending, only while the claim is still ours; False when another
+    instance has taken the row over. A bare connection, no session: the sender commits this on the
+    event loop, between the message and its final dot."""
+    lease_until = utcnow() + timedelta(seconds=lease)
+    with engine.begin() as connection:
+        result = connection.execute(
+            _MARK_SENDING, {"row": letter_id, "instance": instance, "lease_until": lease_until}
+        )
+    return result.rowcount == 1
+
+
+def mark_sent(engine: Engine, accepted: Sequence[tuple[Letter, str]]) -> None:
+    """Record accepted letters as sent, each with the relay's answer, in one commit."""
+    now = utcnow()
+    with Session(engine) as session:
+        connection = session.connection()
+        for letter, reply in accepted:
+            connection.execute(_MARK_SENT, {"row": letter.id, "now": now})
+            store.record(
+                session,
+                EventKind.MAIL_SENT,
+                f"{letter.kind} to {', '.join(letter.rcpt_to)} accepted by the relay: {reply}",
+                case_id=letter.case_id,
+                outbox_id=letter.id,
+            )
+        session.commit()
+
+
+def deferred(engine: Engine, letter: Letter, instance: str, error: str, retry_at: datetime) -> bool:
+    """A temporary failure: queued again for `retry_at`. False when the row is no longer ours."""
+    with engine.begin() as connection:
+        params = {"row": letter.id, "instance": instance, "error": error, "retry_at": retry_at}
+        return connection.execute(_DEFERRED, params).rowcount == 1
+
+
+def failed(engine: Engine, letter: Letter, instance: str, error: str) -> bool:
+    """A permanent failure, recorded on the case. False when the row is no longer ours."""
+    detail = f"{letter.kind} to {', '.join(letter.rcpt_to)} refused for good: {error}"
+    return _attempted(engine, _FAILED, letter, instance, error, EventKind.DELIVERY_FAILED, detail)
+
+
+def unconfirmed(engine: Engine, letter: Letter, instance: str, error: str) -> bool:
+    """The relay had the whole message but its answer never came: counted as sent, since never
+    twice beats at least once for automatic mail. False when the row is no longer ours."""
+    detail = f"{letter.kind} to {', '.join(letter.rcpt_to)}: no answer to the final dot ({error})"
+    return _attempted(engine, _UNCONFIRMED, letter, instance, error, EventKind.MAIL_SENT_UNCONFIRMED, detail)
+
+
+def _attempted(
+    engine: Engine,
+    statement: Update,
+    letter: Letter,
+    instance: str,
+    error: str,
+    kind: EventKind,
+    detail: str,
+) -> bool:
+    with Session(engine) as session:
+        params = {"row": letter.id, "instance": instance, "error": error, "now": utcnow()}
+        if session.connection().execute(statement, params).rowcount != 1:
+            return False
+        store.record(session, kind, detail, case_id=letter.case_id, outbox_id=letter.id)
+        session.commit()
+    return True
+
+
+def unclaim(engine: Engine, instance: str) -> None:
+    """Hand back the queued rows this instance claimed, so others need not wait for the lease."""
+    with engine.begin() as connection:
+        connection.execute(_UNCLAIM, {"instance": instance})
+
+
+def recover(engine: Engine, instance: str, *, exclusive: bool) -> None:
+    """Rows a dead instance left: interrupted final dots recorded as sent; when this instance is
+    the only one (`exclusive`: SQLite's flock) also its queued claims, which need not wait for
+    their lease to run out."""
+    now = utcnow()
+    lefts = _LEFT_SENDING_SKIPPING_LOCKED if engine.dialect.name == "postgresql" else _LEFT_SENDING
+    with Session(engine) as session:
+        connection = session.connection()
+        rows = connection.execute(lefts[exclusive], {"now": now, "instance": instance}).all()
+        for row in rows:
+            store.record(
+                session,
+                EventKind.MAIL_SENT_UNCONFIRMED,
+                f"{row.kind} to {', '.join(row.rcpt_to)}: the relay had the whole message when "
+                f"{row.claimed_by or 'the sender'} stopped before its answer; counted as sent, "
+                "not sent again",
+                case_id=row.case_id,
+                outbox_id=row.id,
+            )
+            log.warning("outbox=%s delivery unconfirmed (sender stopped mid-transaction)", row.id)
+        if rows:
+            connection.execute(_COUNTED_SENT, {"rows": [row.id for row in rows], "now": now})
+        if exclusive:
+            connection.execute(_UNCLAIM_ALL)
+        session.commit()
