@@ -27,7 +27,7 @@ from mailrouter.parsepool import ParsePool
 from mailrouter.pipeline import Intake
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
-from mailrouter.send import Sender
+from mailrouter.send import Sender, warn_about_refused_agents
 from mailrouter.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ async def serve(loaded: Loaded) -> None:
     scheduler.start()
     tasks = [asyncio.create_task(sender.run(stop, config.daemon.send_interval), name="sender")]
     tasks += [asyncio.create_task(w.run(stop), name=f"mailbox-{w.name}") for w in workers]
+    tasks.append(asyncio.create_task(warn_about_refused_agents(config, loaded.agents.agents), name="agents"))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,

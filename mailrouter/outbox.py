@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Update, bindparam, func, or_, select, update
+from sqlalchemy import Engine, Update, bindparam, func, insert, or_, select, update
 from sqlmodel import Session
 
 from mailrouter import store
@@ -47,6 +47,28 @@ _MARK_SENDING = (  # compare-and-set, only while the claim is still ours
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.claimed_by == bindparam("instance"))
     .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
+)
+# Some recipients refused at RCPT: the row keeps those the relay took, in the same compare-and-set.
+_MARK_SENDING_TO = _MARK_SENDING.values(rcpt_to=bindparam("rcpt_to", type_=_O.rcpt_to.type))
+# ...and those it refused for now go on in a row of their own, the letter copied in the database.
+_SPLIT_OFF = (
+    insert(store.OUTBOX)
+    .from_select(
+        [
+            *("case_id", "kind", "mail_from", "message_id", "data", "created_at"),
+            *("rcpt_to", "state", "attempts", "next_attempt_at", "last_error", "claimed_by"),
+        ],
+        select(
+            *(_O.case_id, _O.kind, _O.mail_from, _O.message_id, _O.data, _O.created_at),
+            bindparam("rcpt_to", type_=_O.rcpt_to.type),
+            bindparam("state", OutboxState.QUEUED, type_=_O.state.type),
+            _O.attempts + 1,
+            bindparam("retry_at", type_=_O.next_attempt_at.type),
+            bindparam("error", type_=_O.last_error.type),
+            bindparam("unclaimed", "", type_=_O.claimed_by.type),
+        ).where(_O.id == bindparam("row")),
+    )
+    .returning(_O.id)
 )
 _MARK_SENT = (
     update(store.OUTBOX)
@@ -128,6 +150,22 @@ _COUNTED_SENT = (
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """The relay's answer to one recipient's RCPT TO."""
+
+    recipient: str
+    code: int
+    answer: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return f"{self.recipient}: {self.code} {self.answer}"
+
+
+@dataclass(frozen=True)
 class Letter:
     """An outbox row as the sender needs it, detached from the database."""
 
@@ -165,6 +203,56 @@ def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) ->
             _MARK_SENDING, {"row": letter_id, "instance": instance, "lease_until": lease_until}
         )
     return result.rowcount == 1
+
+
+def mark_sending_to_some(
+    engine: Engine,
+    letter: Letter,
+    instance: str,
+    lease: float,
+    refused: Sequence[Refusal],
+    retry_at: datetime,
+) -> bool:
+    """mark_sending when the relay refused some of the recipients: the row keeps the others (the
+    ones this transaction delivers to), each refusal is recorded on the case, and those refused
+    for now are queued again in a new row for `retry_at`. One commit, before the final dot: a
+    crash leaves either the whole letter to send again or each recipient in exactly one row, so
+    no recipient gets it twice. False when another instance has taken the row over."""
+    refused_to = {refusal.recipient for refusal in refused}
+    accepted = [recipient for recipient in letter.rcpt_to if recipient not in refused_to]
+    later = [refusal for refusal in refused if not refusal.permanent]
+    lease_until = utcnow() + timedelta(seconds=lease)
+    with Session(engine) as session:
+        connection = session.connection()
+        params = {"row": letter.id, "instance": instance, "lease_until": lease_until, "rcpt_to": accepted}
+        if connection.execute(_MARK_SENDING_TO, params).rowcount != 1:
+            return False
+        retry_row = None
+        if later:
+            split = {
+                "row": letter.id,
+                "rcpt_to": [refusal.recipient for refusal in later],
+                "retry_at": retry_at,
+                "error": "; ".join(map(str, later)),
+            }
+            retry_row = connection.execute(_SPLIT_OFF, split).scalar_one()
+        for refusal in refused:
+            if refusal.permanent:
+                outcome = "refused for good; the others get it"
+            else:
+                outcome = f"refused for now; the others get it, and it is tried again (outbox {retry_row})"
+            store.record(
+                session,
+                EventKind.RECIPIENT_REFUSED,
+                f"{letter.kind} to {refusal.recipient} {outcome}: {refusal.code} {refusal.answer}",
+                case_id=letter.case_id,
+                outbox_id=letter.id,
+                recipient=refusal.recipient,
+                answer=f"{refusal.code} {refusal.answer}",
+                retry_outbox_id=None if refusal.permanent else retry_row,
+            )
+        session.commit()
+    return True
 
 
 def mark_sent(engine: Engine, accepted: Sequence[tuple[Letter, str]]) -> None:

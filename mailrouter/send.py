@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 
 import aiosmtplib
@@ -27,12 +29,12 @@ from sqlalchemy import Engine
 
 from mailrouter import outbox
 from mailrouter.compose import with_crlf
-from mailrouter.config import SmtpSettings
+from mailrouter.config import Config, SmtpSettings
 from mailrouter.db import write_turns
 from mailrouter.errors import DatabaseUnavailable, PermanentDeliveryError, TemporaryDeliveryError, Unclaimed
 from mailrouter.imap import tls_context
 from mailrouter.models import utcnow
-from mailrouter.outbox import BATCH, Letter
+from mailrouter.outbox import BATCH, Letter, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,58 @@ def dot_stuffed(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
+async def connect(settings: SmtpSettings, password: SecretStr | None) -> aiosmtplib.SMTP:
+    """A session with the relay as configured: TLS (implicit or STARTTLS) and login."""
+    context = tls_context(settings.ca_file, settings.tls_verify) if settings.security != "none" else None
+    smtp = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        timeout=settings.timeout,
+        use_tls=settings.security == "tls",
+        start_tls=settings.security == "starttls",
+        tls_context=context,
+    )
+    await smtp.connect()
+    if settings.username is not None and password is not None:
+        await smtp.login(settings.username, password.get_secret_value())
+    return smtp
+
+
+async def refused_recipients(
+    settings: SmtpSettings, password: SecretStr | None, mail_from: str, recipients: Iterable[str]
+) -> list[Refusal]:
+    """The recipients the relay refuses at RCPT TO; no DATA, so nothing is sent."""
+    smtp = await connect(settings, password)
+    refused: list[Refusal] = []
+    try:
+        await smtp.mail(mail_from)
+        for recipient in recipients:
+            try:
+                await smtp.rcpt(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append(Refusal(recipient, exc.code, exc.message))
+        await smtp.rset()
+        await smtp.quit()
+    finally:
+        smtp.close()
+    return refused
+
+
+async def warn_about_refused_agents(config: Config, agents: Iterable[str]) -> None:
+    """At start: name the agents whose address the relay refuses (one who left, a typo), before
+    a case needs them. Their notifications still reach the others of their group."""
+    if not agents or not config.mailboxes:
+        return
+    mail_from = next(iter(config.mailboxes.values())).address
+    try:
+        refused = await refused_recipients(config.smtp, config.secret("smtp"), mail_from, sorted(agents))
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        log.warning("could not ask the relay about the agents' addresses: %s", classify(exc))
+        return
+    for refusal in refused:
+        log.warning("the relay refuses agent %s: their notifications will not reach them", refusal)
+
+
 class Sender:
     def __init__(
         self,
@@ -93,6 +147,7 @@ class Sender:
         self._last_used = 0.0
         self._recovered_at = -lease
         self._dot_sent = False
+        self._in_hand: Letter | None = None  # the letter as the transaction sends it (its recipients)
 
     async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
         while not stop.is_set():
@@ -139,30 +194,27 @@ class Sender:
             await asyncio.to_thread(outbox.unclaim, self.engine, self.instance)
         return len(letters)
 
-    def _mark_sending(self, letter: Letter) -> None:
-        if not outbox.mark_sending(self.engine, letter.id, self.instance, self.lease):
+    def _mark_sending(self, letter: Letter, refused: tuple[Refusal, ...] = ()) -> None:
+        if refused:
+            attempts = letter.attempts + 1
+            retry_at = utcnow() + timedelta(seconds=self._backoff(attempts))
+            ours = outbox.mark_sending_to_some(
+                self.engine, letter, self.instance, self.lease, refused, retry_at
+            )
+        else:
+            ours = outbox.mark_sending(self.engine, letter.id, self.instance, self.lease)
+        if not ours:
             raise Unclaimed(f"outbox={letter.id} was taken over by another instance")
+
+    def _backoff(self, attempts: int) -> float:
+        return backoff(attempts, self.settings.retry_initial, self.settings.retry_max)
 
     # --- SMTP ------------------------------------------------------------------------------------
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        if self._smtp is not None and self._smtp.is_connected:
-            return self._smtp
-        s = self.settings
-        context = tls_context(s.ca_file, s.tls_verify) if s.security != "none" else None
-        smtp = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            timeout=s.timeout,
-            use_tls=s.security == "tls",
-            start_tls=s.security == "starttls",
-            tls_context=context,
-        )
-        await smtp.connect()
-        if s.username is not None and self.password is not None:
-            await smtp.login(s.username, self.password.get_secret_value())
-        self._smtp = smtp
-        return smtp
+        if self._smtp is None or not self._smtp.is_connected:
+            self._smtp = await connect(self.settings, self.password)
+        return self._smtp
 
     async def _disconnect_if_idle(self) -> None:
         # A relay drops idle sessions after a few minutes; close ours rather than find out later.
@@ -189,10 +241,11 @@ class Sender:
                 await smtp.rcpt(recipient)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 refused.append(exc)
-        if refused:
-            # Our mail has one recipient; with several, a partial delivery would be worse than none.
+        if len(refused) == len(letter.rcpt_to):
             await smtp.rset()
             raise aiosmtplib.SMTPRecipientsRefused(refused)
+        # One departed agent must not silence a group: the others get it, the refusals are recorded.
+        refusals = tuple(Refusal(exc.recipient, exc.code, exc.message) for exc in refused)
         start = await smtp.execute_command(b"DATA")
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
@@ -204,13 +257,16 @@ class Sender:
             if turns is not None:
                 await turns.reserve()  # SQLite: the intake's commit is awaited here, not below
             # Deliberately synchronous: no await may come between this commit and the dot.
-            self._mark_sending(letter)
+            self._mark_sending(letter, refusals)
         except BaseException:
             smtp.close()  # without its final dot the relay discards the transaction
             raise
         finally:
             if turns is not None:
                 turns.forgo()
+        if refusals:
+            refused_to = {refusal.recipient for refusal in refusals}
+            self._in_hand = replace(letter, rcpt_to=tuple(r for r in letter.rcpt_to if r not in refused_to))
         protocol.write(b".\r\n")
         self._dot_sent = True
         reply = await protocol.read_response(timeout=self.settings.timeout)
@@ -222,6 +278,7 @@ class Sender:
         """Hand one letter to the relay, adding it and the relay's answer to `accepted`; False
         when the connection is gone and the batch should wait."""
         self._dot_sent = False
+        self._in_hand = letter
         try:
             smtp = await self._connect()
             reply = await self._transaction(smtp, letter)
@@ -236,11 +293,11 @@ class Sender:
                 self._smtp = None
             # The relay had the whole message but we never heard its answer: it may have taken it.
             unanswered = self._dot_sent and not isinstance(exc, aiosmtplib.SMTPResponseException)
-            await asyncio.to_thread(self._failed, letter, failure, unanswered)
+            await asyncio.to_thread(self._failed, self._in_hand, failure, unanswered)
             return not connection_lost
         self._last_used = asyncio.get_running_loop().time()
-        accepted.append((letter, reply))
-        log.info("sent outbox=%s to=%s", letter.id, ",".join(letter.rcpt_to))
+        accepted.append((self._in_hand, reply))
+        log.info("sent outbox=%s to=%s", letter.id, ",".join(self._in_hand.rcpt_to))
         return True
 
     def _failed(
@@ -258,7 +315,7 @@ class Sender:
                 log.error("delivery failed outbox=%s: %s", letter.id, failure)
         else:
             attempts = letter.attempts + 1
-            delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max)
+            delay = self._backoff(attempts)
             retry_at = utcnow() + timedelta(seconds=delay)
             if outbox.deferred(self.engine, letter, self.instance, error, retry_at):
                 log.warning(

@@ -95,6 +95,7 @@ class EventKind(StrEnum):
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
     DELIVERY_FAILED = "delivery-failed"
+    RECIPIENT_REFUSED = "recipient-refused"  # one recipient of a letter; the others got it
     # mailboxes
     MAILBOX_READ_ONLY = "mailbox-read-only"
     UIDVALIDITY_CHANGED = "uidvalidity-changed"

@@ -5,15 +5,17 @@ import random
 import re
 from datetime import timedelta
 
+import pytest
 from sqlmodel import Session, select
 
 from mailrouter import outbox
 from mailrouter.config import SmtpSettings
 from mailrouter.db import create_schema, make_engine
 from mailrouter.models import Event, OutboxMessage, utcnow
-from mailrouter.outbox import Letter
+from mailrouter.outbox import Letter, Refusal
 from mailrouter.send import Sender, backoff, dot_stuffed
 from mailrouter.vocabulary import OutboxState
+from tests.postgres import temporary_database
 
 
 def test_dot_stuffing_and_line_endings():
@@ -48,13 +50,12 @@ def test_backoff_doubles_with_jitter_and_is_capped():
 
 def _row(engine, message_id: str, **fields) -> OutboxMessage:
     with Session(engine, expire_on_commit=False) as session:
+        defaults = {"kind": "acknowledgement", "rcpt_to": ["kari@kunde.example"]}
         row = OutboxMessage(
-            kind="acknowledgement",
             mail_from="it-support@example.test",
-            rcpt_to=["kari@kunde.example"],
             message_id=message_id,
             data=b"Subject: x\r\n\r\nx\r\n",
-            **fields,
+            **{**defaults, **fields},
         )
         session.add(row)
         session.commit()
@@ -183,3 +184,75 @@ def test_recovery_counts_a_dead_instances_sending_rows_as_sent_and_frees_its_cla
     with Session(engine) as session:
         [event] = session.exec(select(Event)).all()
     assert event.kind == "mail-sent-unconfirmed" and event.data["outbox_id"] == sending.id
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+        create_schema(engine)
+        yield engine
+        engine.dispose()
+        return
+    with temporary_database() as url:
+        engine = make_engine(url)
+        create_schema(engine)
+        yield engine
+        engine.dispose()
+
+
+def test_a_letter_refused_for_some_recipients_goes_to_the_others_and_each_refusal_is_recorded(engine):
+    """One departed agent does not silence a group; one whose server is busy gets it later, in a
+    row of its own, so no recipient is in two rows that are sent."""
+    group = ["agent1@example.test", "gone@example.test", "busy@example.test", "agent2@example.test"]
+    created = utcnow() - timedelta(hours=1)
+    row = _row(
+        engine, "<n@mailrouter>", rcpt_to=group, claimed_by="a", created_at=created, kind="notification"
+    )
+    letter = Letter(row.id, None, row.kind, row.mail_from, tuple(group), row.data, 0)
+    retry_at = utcnow() + timedelta(minutes=2)
+    refused = (
+        Refusal("gone@example.test", 550, "5.1.1 user unknown"),
+        Refusal("busy@example.test", 450, "4.2.1 try later"),
+    )
+
+    assert outbox.mark_sending_to_some(engine, letter, "a", 60, refused, retry_at)
+
+    rows = sorted(_outbox(engine).values(), key=lambda r: r.id)
+    [sending, later] = rows
+    assert (sending.state, sending.rcpt_to) == (
+        OutboxState.SENDING,
+        ["agent1@example.test", "agent2@example.test"],
+    )
+    assert (later.state, later.rcpt_to, later.attempts, later.claimed_by) == (
+        OutboxState.QUEUED,
+        ["busy@example.test"],
+        1,
+        "",
+    )
+    assert (later.data, later.message_id, later.kind) == (row.data, row.message_id, row.kind)
+    assert later.created_at.replace(tzinfo=None) == created.replace(tzinfo=None)  # its age is the letter's
+    assert later.next_attempt_at.replace(tzinfo=None) == retry_at.replace(tzinfo=None)
+    assert "450 4.2.1 try later" in later.last_error
+    with Session(engine) as session:
+        events = {
+            e.data["recipient"]: e
+            for e in session.exec(select(Event).where(Event.kind == "recipient-refused"))
+        }
+    assert set(events) == {"gone@example.test", "busy@example.test"}
+    assert "refused for good" in events["gone@example.test"].detail
+    assert "550 5.1.1 user unknown" in events["gone@example.test"].detail
+    assert events["busy@example.test"].data["retry_outbox_id"] == later.id
+    assert outbox.claim(engine, "b", 60) == []  # the split-off row waits for its retry time
+
+
+def test_a_split_is_not_made_for_a_row_another_instance_took_over(engine):
+    row = _row(engine, "<n@mailrouter>", rcpt_to=["a@example.test", "b@example.test"], claimed_by="b")
+    letter = Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+    refused = (Refusal("b@example.test", 451, "later"),)
+
+    assert not outbox.mark_sending_to_some(engine, letter, "a", 60, refused, utcnow())
+
+    assert [(r.state, r.rcpt_to) for r in _outbox(engine).values()] == [
+        (OutboxState.QUEUED, ["a@example.test", "b@example.test"])
+    ]
