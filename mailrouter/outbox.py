@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, Update, bindparam, func, insert, or_, select, update
 from sqlmodel import Session
@@ -28,7 +28,7 @@ BATCH = 20
 
 _O = store.OUTBOX.c
 _DUE = (
-    select(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts)
+    select(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts, _O.created_at)
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.next_attempt_at <= bindparam("now"))
     .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
@@ -176,6 +176,7 @@ class Letter:
     rcpt_to: tuple[str, ...]
     data: bytes
     attempts: int
+    created_at: datetime  # when it was queued (UTC): a temporary failure is not retried for ever
 
 
 def claim(engine: Engine, instance: str, lease: float) -> list[Letter]:
@@ -188,7 +189,16 @@ def claim(engine: Engine, instance: str, lease: float) -> list[Letter]:
             claimed = {"rows": [row.id for row in rows], "instance": instance}
             connection.execute(_CLAIM, {**claimed, "lease_until": now + timedelta(seconds=lease)})
     return [
-        Letter(row.id, row.case_id, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, row.attempts)
+        Letter(
+            row.id,
+            row.case_id,
+            row.kind,
+            row.mail_from,
+            tuple(row.rcpt_to),
+            row.data,
+            row.attempts,
+            row.created_at.replace(tzinfo=UTC),  # stored naive, in UTC
+        )
         for row in rows
     ]
 
@@ -282,6 +292,17 @@ def deferred(engine: Engine, letter: Letter, instance: str, error: str, retry_at
 def failed(engine: Engine, letter: Letter, instance: str, error: str) -> bool:
     """A permanent failure, recorded on the case. False when the row is no longer ours."""
     detail = f"{letter.kind} to {', '.join(letter.rcpt_to)} refused for good: {error}"
+    return _attempted(engine, _FAILED, letter, instance, error, EventKind.DELIVERY_FAILED, detail)
+
+
+def gave_up(engine: Engine, letter: Letter, instance: str, error: str, over: str) -> bool:
+    """A temporary failure that has lasted too long (`over`, for a person: "5 days"): failed,
+    and recorded on the case with the last error. False when the row is no longer ours."""
+    attempts = letter.attempts + 1
+    detail = (
+        f"{letter.kind} to {', '.join(letter.rcpt_to)}: gave up after {attempts} attempt(s) over "
+        f"{over}: {error}"
+    )
     return _attempted(engine, _FAILED, letter, instance, error, EventKind.DELIVERY_FAILED, detail)
 
 

@@ -11,6 +11,7 @@ from sqlmodel import Session, select
 from mailrouter import outbox
 from mailrouter.config import SmtpSettings
 from mailrouter.db import create_schema, make_engine
+from mailrouter.errors import TemporaryDeliveryError
 from mailrouter.models import Event, OutboxMessage, utcnow
 from mailrouter.outbox import Letter, Refusal
 from mailrouter.send import Sender, backoff, dot_stuffed
@@ -65,7 +66,7 @@ def _row(engine, message_id: str, **fields) -> OutboxMessage:
 
 def _sending_row(engine, message_id: str) -> Letter:
     row = _row(engine, message_id, state=OutboxState.SENDING, claimed_by="mailrouter")
-    return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+    return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0, utcnow())
 
 
 def test_accepted_letters_are_recorded_sent_in_one_go_unless_a_bounce_came_first(tmp_path):
@@ -127,7 +128,7 @@ async def test_rows_left_behind_are_looked_for_once_per_half_lease(tmp_path, mon
 
 def _claimed(engine, message_id: str, instance: str = "a") -> Letter:
     row = _row(engine, message_id, claimed_by=instance, claimed_until=utcnow() + timedelta(minutes=1))
-    return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+    return Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0, utcnow())
 
 
 def _outbox(engine) -> dict[int, OutboxMessage]:
@@ -209,7 +210,7 @@ def test_a_letter_refused_for_some_recipients_goes_to_the_others_and_each_refusa
     row = _row(
         engine, "<n@mailrouter>", rcpt_to=group, claimed_by="a", created_at=created, kind="notification"
     )
-    letter = Letter(row.id, None, row.kind, row.mail_from, tuple(group), row.data, 0)
+    letter = Letter(row.id, None, row.kind, row.mail_from, tuple(group), row.data, 0, utcnow())
     retry_at = utcnow() + timedelta(minutes=2)
     refused = (
         Refusal("gone@example.test", 550, "5.1.1 user unknown"),
@@ -248,7 +249,7 @@ def test_a_letter_refused_for_some_recipients_goes_to_the_others_and_each_refusa
 
 def test_a_split_is_not_made_for_a_row_another_instance_took_over(engine):
     row = _row(engine, "<n@mailrouter>", rcpt_to=["a@example.test", "b@example.test"], claimed_by="b")
-    letter = Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0)
+    letter = Letter(row.id, None, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, 0, utcnow())
     refused = (Refusal("b@example.test", 451, "later"),)
 
     assert not outbox.mark_sending_to_some(engine, letter, "a", 60, refused, utcnow())
@@ -256,3 +257,32 @@ def test_a_split_is_not_made_for_a_row_another_instance_took_over(engine):
     assert [(r.state, r.rcpt_to) for r in _outbox(engine).values()] == [
         (OutboxState.QUEUED, ["a@example.test", "b@example.test"])
     ]
+
+
+@pytest.mark.parametrize(
+    ("queued_ago", "state"),
+    [(timedelta(days=5, minutes=1), OutboxState.FAILED), (timedelta(days=4, hours=23), OutboxState.QUEUED)],
+)
+def test_a_temporary_failure_is_not_retried_for_ever(tmp_path, queued_ago, state):
+    engine = make_engine(f"sqlite:///{tmp_path}/send.db")
+    create_schema(engine)
+    sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, instance="a")  # give_up_after: 5 days
+    row = _row(engine, "<old@mailrouter>", created_at=utcnow() - queued_ago, attempts=41)
+    [letter] = outbox.claim(engine, "a", 60)
+    assert utcnow() - letter.created_at >= queued_ago
+
+    sender._failed(letter, TemporaryDeliveryError("421 4.4.2 mx.kunde.example: timed out"))
+
+    [stored] = _outbox(engine).values()
+    assert (stored.state, stored.attempts) == (state, 42)
+    with Session(engine) as session:
+        events = session.exec(select(Event).where(Event.kind == "delivery-failed")).all()
+    if state == OutboxState.FAILED:
+        [event] = events
+        assert event.data["outbox_id"] == row.id
+        assert event.detail == (
+            "acknowledgement to kari@kunde.example: gave up after 42 attempt(s) over 5 days: "
+            "421 4.4.2 mx.kunde.example: timed out"
+        )
+    else:
+        assert events == []
