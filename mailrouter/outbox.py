@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 BATCH = 20
 
 _O = store.OUTBOX.c
+# A batch is bounded by bytes as well as rows: notifications attach the customer's whole mail.
+# The due rows' sizes come first (length() reads a value's stored size, not its bytes, in SQLite
+# and PostgreSQL alike), and only the letters that fit are claimed and read.
 _DUE = (
-    select(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts, _O.created_at)
+    select(_O.id, func.length(_O.data).label("size"))
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.next_attempt_at <= bindparam("now"))
     .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
@@ -40,6 +43,7 @@ _CLAIM = (
     update(store.OUTBOX)
     .where(_O.id.in_(bindparam("rows", expanding=True)))
     .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
+    .returning(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts, _O.created_at)
 )
 _MARK_SENDING = (  # compare-and-set, only while the claim is still ours
     update(store.OUTBOX)
@@ -179,16 +183,31 @@ class Letter:
     created_at: datetime  # when it was queued (UTC): a temporary failure is not retried for ever
 
 
-def claim(engine: Engine, instance: str, lease: float) -> list[Letter]:
-    """Take up to BATCH due rows for this instance, for `lease` seconds."""
+@dataclass(frozen=True)
+class Batch:
+    letters: list[Letter]
+    more: bool  # due rows were left for the next batch: it may follow at once
+
+
+def claim(engine: Engine, instance: str, lease: float, batch_bytes: int) -> Batch:
+    """Take due rows for this instance, for `lease` seconds: up to BATCH of them and
+    `batch_bytes` of letters, but always one (a letter larger than the budget goes alone)."""
     now = utcnow()
     due = _DUE_SKIPPING_LOCKED if engine.dialect.name == "postgresql" else _DUE
     with engine.begin() as connection:
-        rows = connection.execute(due, {"now": now}).all()
-        if rows:
-            claimed = {"rows": [row.id for row in rows], "instance": instance}
-            connection.execute(_CLAIM, {**claimed, "lease_until": now + timedelta(seconds=lease)})
-    return [
+        candidates = connection.execute(due, {"now": now}).all()
+        chosen: list[int] = []
+        size = 0
+        for row in candidates:
+            if chosen and size + row.size > batch_bytes:
+                break
+            chosen.append(row.id)
+            size += row.size
+        rows = []
+        if chosen:
+            claimed = {"rows": chosen, "instance": instance, "lease_until": now + timedelta(seconds=lease)}
+            rows = sorted(connection.execute(_CLAIM, claimed).all(), key=lambda row: row.id)
+    letters = [
         Letter(
             row.id,
             row.case_id,
@@ -201,6 +220,7 @@ def claim(engine: Engine, instance: str, lease: float) -> list[Letter]:
         )
         for row in rows
     ]
+    return Batch(letters, more=len(chosen) < len(candidates) or len(candidates) == BATCH)
 
 
 def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) -> bool:

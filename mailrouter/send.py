@@ -34,7 +34,7 @@ from mailrouter.db import write_turns
 from mailrouter.errors import DatabaseUnavailable, PermanentDeliveryError, TemporaryDeliveryError, Unclaimed
 from mailrouter.imap import tls_context
 from mailrouter.models import utcnow
-from mailrouter.outbox import BATCH, Letter, Refusal
+from mailrouter.outbox import Letter, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,13 @@ class Sender:
         while not stop.is_set():
             self.wake.clear()  # before looking: a wake-up while we send must not be lost
             try:
-                letters = await self._round(stop)
+                more = await self._round(stop)
             except DatabaseUnavailable as exc:
                 # The database is away: nothing can be claimed or recorded. Rows keep their state
                 # (a 'sending' one is resolved by _recover later), so waiting loses nothing.
                 log.error("sender: database problem, retrying in %.1fs: %s", poll_interval, exc)
-                letters = 0
-            if letters == BATCH and self._smtp is not None:
+                more = False
+            if more and self._smtp is not None:
                 continue
             await self._disconnect_if_idle()
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
@@ -179,14 +179,17 @@ class Sender:
         await self._disconnect()
 
     async def _round(self, stop: asyncio.Event) -> int:
-        """Claim a batch and send it; returns how many rows were claimed."""
+        """Claim a batch and send it; returns whether more rows were due than it took."""
         # What _recover finds has waited for a lease to run out, or was left before we started:
         # looking again before every batch found nothing new, at the cost of a transaction.
         now = asyncio.get_running_loop().time()
         if now - self._recovered_at >= self.lease / 2:
             await asyncio.to_thread(outbox.recover, self.engine, self.instance, exclusive=self.exclusive)
             self._recovered_at = now
-        letters = await asyncio.to_thread(outbox.claim, self.engine, self.instance, self.lease)
+        batch = await asyncio.to_thread(
+            outbox.claim, self.engine, self.instance, self.lease, self.settings.batch_bytes
+        )
+        letters = batch.letters
         accepted: list[tuple[Letter, str]] = []
         handled = 0
         try:
@@ -202,7 +205,7 @@ class Sender:
         if handled < len(letters):
             # the relay is away (or we are stopping): hand back the rest of the batch at once
             await asyncio.to_thread(outbox.unclaim, self.engine, self.instance)
-        return len(letters)
+        return batch.more
 
     def _mark_sending(self, letter: Letter, refused: tuple[Refusal, ...] = ()) -> None:
         if refused:

@@ -18,6 +18,8 @@ from mailrouter.send import Sender, backoff, dot_stuffed
 from mailrouter.vocabulary import OutboxState
 from tests.postgres import temporary_database
 
+BUDGET = 16 * 1024 * 1024
+
 
 def test_dot_stuffing_and_line_endings():
     assert dot_stuffed(b"a\n.b\r\n..c\rd") == b"a\r\n..b\r\n...c\r\nd\r\n"
@@ -51,12 +53,13 @@ def test_backoff_doubles_with_jitter_and_is_capped():
 
 def _row(engine, message_id: str, **fields) -> OutboxMessage:
     with Session(engine, expire_on_commit=False) as session:
-        defaults = {"kind": "acknowledgement", "rcpt_to": ["kari@kunde.example"]}
+        defaults = {
+            "kind": "acknowledgement",
+            "rcpt_to": ["kari@kunde.example"],
+            "data": b"Subject: x\r\n\r\nx\r\n",
+        }
         row = OutboxMessage(
-            mail_from="it-support@example.test",
-            message_id=message_id,
-            data=b"Subject: x\r\n\r\nx\r\n",
-            **{**defaults, **fields},
+            mail_from="it-support@example.test", message_id=message_id, **{**defaults, **fields}
         )
         session.add(row)
         session.commit()
@@ -98,7 +101,7 @@ def test_a_claim_takes_the_due_rows_in_order_and_leaves_those_claimed_by_another
     later = _row(engine, "<3@mailrouter>", next_attempt_at=utcnow() + timedelta(minutes=1)).id
     expired = _row(engine, "<4@mailrouter>", claimed_by="b", claimed_until=utcnow()).id
 
-    letters = outbox.claim(engine, "a", 60)
+    letters = outbox.claim(engine, "a", 60, BUDGET).letters
 
     assert [(letter.id, letter.rcpt_to, letter.data) for letter in letters] == [
         (first, ("kari@kunde.example",), b"Subject: x\r\n\r\nx\r\n"),
@@ -108,7 +111,7 @@ def test_a_claim_takes_the_due_rows_in_order_and_leaves_those_claimed_by_another
         claims = {r.id: (r.claimed_by, r.claimed_until) for r in session.exec(select(OutboxMessage))}
     assert [claims[row][0] for row in (first, taken, later, expired)] == ["a", "b", "", "a"]
     assert claims[first][1] > utcnow() + timedelta(seconds=50)
-    assert outbox.claim(engine, "a", 60) == []  # ours now, for the lease
+    assert outbox.claim(engine, "a", 60, BUDGET).letters == []  # ours now, for the lease
 
 
 async def test_rows_left_behind_are_looked_for_once_per_half_lease(tmp_path, monkeypatch):
@@ -244,7 +247,7 @@ def test_a_letter_refused_for_some_recipients_goes_to_the_others_and_each_refusa
     assert "refused for good" in events["gone@example.test"].detail
     assert "550 5.1.1 user unknown" in events["gone@example.test"].detail
     assert events["busy@example.test"].data["retry_outbox_id"] == later.id
-    assert outbox.claim(engine, "b", 60) == []  # the split-off row waits for its retry time
+    assert outbox.claim(engine, "b", 60, BUDGET).letters == []  # the split-off row waits for its retry time
 
 
 def test_a_split_is_not_made_for_a_row_another_instance_took_over(engine):
@@ -268,7 +271,7 @@ def test_a_temporary_failure_is_not_retried_for_ever(tmp_path, queued_ago, state
     create_schema(engine)
     sender = Sender(engine, SmtpSettings(host="127.0.0.1"), None, instance="a")  # give_up_after: 5 days
     row = _row(engine, "<old@mailrouter>", created_at=utcnow() - queued_ago, attempts=41)
-    [letter] = outbox.claim(engine, "a", 60)
+    [letter] = outbox.claim(engine, "a", 60, BUDGET).letters
     assert utcnow() - letter.created_at >= queued_ago
 
     sender._failed(letter, TemporaryDeliveryError("421 4.4.2 mx.kunde.example: timed out"))
@@ -286,3 +289,23 @@ def test_a_temporary_failure_is_not_retried_for_ever(tmp_path, queued_ago, state
         )
     else:
         assert events == []
+
+
+def test_a_claimed_batch_is_bounded_by_bytes_but_always_takes_one_letter(engine):
+    """Notifications attach the customer's whole mail: twenty of them must not all be in memory."""
+    sizes = [10_000, 10_000, 10_000, 100_000, 10_000]
+    ids = [_row(engine, f"<{n}@mailrouter>", data=b"x" * size).id for n, size in enumerate(sizes)]
+
+    batches = []
+    while (batch := outbox.claim(engine, "a", 60, 25_000)).letters:
+        batches.append(([letter.id for letter in batch.letters], batch.more))
+
+    assert (
+        batches
+        == [
+            (ids[0:2], True),  # 20 000 bytes; a third would make 30 000
+            (ids[2:3], True),  # the next one does not fit beside it
+            (ids[3:4], True),  # larger than the budget: alone
+            (ids[4:5], False),
+        ]
+    )
