@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
 
+import aiosmtplib
 from alembic.migration import MigrationContext
 from sqlmodel import Session, col, select
 
@@ -21,6 +23,7 @@ from mailrouter.parse import Address, Inbound, parse
 from mailrouter.review import retry, screened, set_aside
 from mailrouter.route import route
 from mailrouter.screen import screen
+from mailrouter.send import classify, refused_recipients
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -104,6 +107,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             loaded.templates.render(department, template, languages, _sample_context(loaded, department))
         except MailrouterError as exc:
             problems.append(f"template {department}/{template}: {exc}")
+    if args.connect:
+        problems.extend(_check_relay(loaded))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
@@ -114,6 +119,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(templates)} template(s)"
     )
     return 0
+
+
+def _check_relay(loaded: Loaded) -> list[str]:
+    """Connect and log in to the relay, and warn of the agents it refuses (RCPT TO, no DATA)."""
+    config = loaded.config
+    mail_from = next(iter(config.mailboxes.values())).address
+    agents = sorted(loaded.agents.agents)
+    try:
+        refused = asyncio.run(refused_recipients(config.smtp, config.secret("smtp"), mail_from, agents))
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return [f"smtp relay {config.smtp.host}:{config.smtp.port}: {classify(exc)}"]
+    groups = loaded.agents.groups
+    for refusal in refused:
+        of = ", ".join(sorted(name for name, members in groups.items() if refusal.recipient in members))
+        print(f"warning: the relay refuses agent {refusal} (group {of})", file=sys.stderr)
+    return []
 
 
 def _guess_mailbox(config: Config, inbound: Inbound) -> str:
@@ -307,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run every mailbox worker and the sender until SIGTERM").set_defaults(
         func=cmd_run
     )
-    commands.add_parser("check", help="validate config, rules and templates").set_defaults(func=cmd_check)
+    check = commands.add_parser("check", help="validate config, rules and templates")
+    check.add_argument("--connect", action="store_true", help="also log in to the relay and try each agent")
+    check.set_defaults(func=cmd_check)
 
     rules = commands.add_parser("rules", help="routing rules").add_subparsers(
         dest="rules_command", required=True

@@ -97,6 +97,10 @@ class SmtpSettings(_Strict):
     timeout: float = Field(default=30.0, gt=0)
     retry_initial: float = Field(default=30.0, gt=0)
     retry_max: float = Field(default=900.0, gt=0)
+    # A letter still refused for now this long after it was queued fails (seconds; 5 days).
+    give_up_after: float = Field(default=5 * 86400.0, gt=0)
+    # The letters the sender holds in memory at once, in bytes (always at least one letter).
+    batch_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _password_with_username(self) -> SmtpSettings:

@@ -36,7 +36,7 @@ from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
 from mailrouter.parsepool import ParsePool
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
-from mailrouter.send import Sender
+from mailrouter.send import Sender, warn_about_refused_agents
 from mailrouter.supervise import RestartPolicy, Supervisor
 from mailrouter.templates import Templates
 
@@ -179,6 +179,7 @@ async def serve(loaded: Loaded) -> None:
     ]
     if (interval := watchdog_interval(os.environ)) is not None:
         reporters.append(asyncio.create_task(keep_alive(notifier, interval, stop)))
+    reporters.append(asyncio.create_task(warn_about_refused_agents(config, loaded.agents.agents)))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,

@@ -1,7 +1,8 @@
 """send: deliver what registration queued. Renders nothing; reuses one SMTP connection.
 
 Temporary failures (no connection, timeout, 4xx) are retried with capped exponential backoff and
-jitter; permanent ones (5xx) are recorded on the case with the server's answer.
+jitter; permanent ones (5xx) are recorded on the case with the server's answer. The rows are
+outbox.py's work; this module is the SMTP loop and transaction.
 
 Never twice: a row is claimed (with a lease, `FOR UPDATE SKIP LOCKED` on PostgreSQL) before it is
 sent, so two instances never take the same one. The SMTP transaction is driven by hand so that
@@ -18,78 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 
 import aiosmtplib
 from pydantic import SecretStr
-from sqlalchemy import Engine, bindparam, or_, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
 
-from mailrouter import store
+from mailrouter import outbox
 from mailrouter.compose import with_crlf
-from mailrouter.config import SmtpSettings
+from mailrouter.config import Config, SmtpSettings
 from mailrouter.db import write_turns
 from mailrouter.errors import DatabaseUnavailable, PermanentDeliveryError, TemporaryDeliveryError, Unclaimed
 from mailrouter.imap import tls_context
-from mailrouter.models import OutboxMessage, utcnow
-from mailrouter.vocabulary import EventKind, OutboxState
+from mailrouter.models import utcnow
+from mailrouter.outbox import Letter, Refusal
 
 log = logging.getLogger(__name__)
 
-BATCH = 20
-# Per letter, so built once (composing a statement costs more than running it).
-_MARK_SENDING = (  # compare-and-set, only while the claim is still ours
-    update(store.OUTBOX)
-    .where(store.OUTBOX.c.id == bindparam("row"))
-    .where(store.OUTBOX.c.state == OutboxState.QUEUED)
-    .where(store.OUTBOX.c.claimed_by == bindparam("instance"))
-    .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
-)
-_MARK_SENT = (
-    update(store.OUTBOX)
-    .where(store.OUTBOX.c.id == bindparam("row"))
-    .where(store.OUTBOX.c.state == OutboxState.SENDING)  # a bounce may have come first
-    .values(
-        state=OutboxState.SENT,
-        attempts=store.OUTBOX.c.attempts + 1,
-        sent_at=bindparam("now"),
-        last_error="",
-        claimed_by="",
-        claimed_until=None,
-    )
-)
-_O = store.OUTBOX.c
-# A batch is claimed with Core statements: the ORM built an object for each row, with its letter's
-# bytes, only to change two of its columns (bench/RESULTS.md).
-_DUE = (
-    select(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts)
-    .where(_O.state == OutboxState.QUEUED)
-    .where(_O.next_attempt_at <= bindparam("now"))
-    .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
-    .order_by(_O.id)
-    .limit(BATCH)
-)
-_DUE_SKIPPING_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: passes over rows being claimed
-_CLAIM = (
-    update(store.OUTBOX)
-    .where(_O.id.in_(bindparam("rows", expanding=True)))
-    .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
-)
 IDLE_DISCONNECT_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Letter:
-    """An outbox row as the sender needs it, detached from the database session."""
-
-    id: int
-    case_id: int | None
-    kind: str
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    data: bytes
-    attempts: int
 
 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
@@ -113,6 +62,16 @@ def classify(exc: Exception) -> TemporaryDeliveryError | PermanentDeliveryError:
     return TemporaryDeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
+def _for_a_person(age: timedelta) -> str:
+    """A time span in its largest whole unit: "5 days", "3 hours", "1 minute"."""
+    seconds = int(age.total_seconds())
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            n = seconds // length
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
 def dot_stuffed(data: bytes) -> bytes:
     """The DATA payload without its final ".": CRLF line endings, leading dots doubled. With
     bytes.replace, not regular expressions: those took 0.24 ms for a 16 KB letter, on the
@@ -121,6 +80,58 @@ def dot_stuffed(data: bytes) -> bytes:
     if data.startswith(b"."):
         data = b"." + data
     return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+async def connect(settings: SmtpSettings, password: SecretStr | None) -> aiosmtplib.SMTP:
+    """A session with the relay as configured: TLS (implicit or STARTTLS) and login."""
+    context = tls_context(settings.ca_file, settings.tls_verify) if settings.security != "none" else None
+    smtp = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        timeout=settings.timeout,
+        use_tls=settings.security == "tls",
+        start_tls=settings.security == "starttls",
+        tls_context=context,
+    )
+    await smtp.connect()
+    if settings.username is not None and password is not None:
+        await smtp.login(settings.username, password.get_secret_value())
+    return smtp
+
+
+async def refused_recipients(
+    settings: SmtpSettings, password: SecretStr | None, mail_from: str, recipients: Iterable[str]
+) -> list[Refusal]:
+    """The recipients the relay refuses at RCPT TO; no DATA, so nothing is sent."""
+    smtp = await connect(settings, password)
+    refused: list[Refusal] = []
+    try:
+        await smtp.mail(mail_from)
+        for recipient in recipients:
+            try:
+                await smtp.rcpt(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append(Refusal(recipient, exc.code, exc.message))
+        await smtp.rset()
+        await smtp.quit()
+    finally:
+        smtp.close()
+    return refused
+
+
+async def warn_about_refused_agents(config: Config, agents: Iterable[str]) -> None:
+    """At start: name the agents whose address the relay refuses (one who left, a typo), before
+    a case needs them. Their notifications still reach the others of their group."""
+    if not agents or not config.mailboxes:
+        return
+    mail_from = next(iter(config.mailboxes.values())).address
+    try:
+        refused = await refused_recipients(config.smtp, config.secret("smtp"), mail_from, sorted(agents))
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        log.warning("could not ask the relay about the agents' addresses: %s", classify(exc))
+        return
+    for refusal in refused:
+        log.warning("the relay refuses agent %s: their notifications will not reach them", refusal)
 
 
 class Sender:
@@ -146,18 +157,19 @@ class Sender:
         self._last_used = 0.0
         self._recovered_at = -lease
         self._dot_sent = False
+        self._in_hand: Letter | None = None  # the letter as the transaction sends it (its recipients)
 
     async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
         while not stop.is_set():
             self.wake.clear()  # before looking: a wake-up while we send must not be lost
             try:
-                letters = await self._round(stop)
+                more = await self._round(stop)
             except DatabaseUnavailable as exc:
                 # The database is away: nothing can be claimed or recorded. Rows keep their state
                 # (a 'sending' one is resolved by _recover later), so waiting loses nothing.
                 log.error("sender: database problem, retrying in %.1fs: %s", poll_interval, exc)
-                letters = 0
-            if letters == BATCH and self._smtp is not None:
+                more = False
+            if more and self._smtp is not None:
                 continue
             await self._disconnect_if_idle()
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
@@ -167,14 +179,17 @@ class Sender:
         await self._disconnect()
 
     async def _round(self, stop: asyncio.Event) -> int:
-        """Claim a batch and send it; returns how many rows were claimed."""
+        """Claim a batch and send it; returns whether more rows were due than it took."""
         # What _recover finds has waited for a lease to run out, or was left before we started:
         # looking again before every batch found nothing new, at the cost of a transaction.
         now = asyncio.get_running_loop().time()
         if now - self._recovered_at >= self.lease / 2:
-            await asyncio.to_thread(self._recover)
+            await asyncio.to_thread(outbox.recover, self.engine, self.instance, exclusive=self.exclusive)
             self._recovered_at = now
-        letters = await asyncio.to_thread(self._claim)
+        batch = await asyncio.to_thread(
+            outbox.claim, self.engine, self.instance, self.lease, self.settings.batch_bytes
+        )
+        letters = batch.letters
         accepted: list[tuple[Letter, str]] = []
         handled = 0
         try:
@@ -186,105 +201,33 @@ class Sender:
             # One commit for the batch: until it, an accepted row is `sending`, which a restart
             # already counts as sent (never sent again), so the delay risks no duplicate.
             if accepted:
-                await asyncio.to_thread(self._sent, accepted)
+                await asyncio.to_thread(outbox.mark_sent, self.engine, accepted)
         if handled < len(letters):
             # the relay is away (or we are stopping): hand back the rest of the batch at once
-            await asyncio.to_thread(self._unclaim)
-        return len(letters)
+            await asyncio.to_thread(outbox.unclaim, self.engine, self.instance)
+        return batch.more
 
-    # --- the outbox rows ---------------------------------------------------------------------
-
-    def _recover(self) -> None:
-        """Rows a dead instance left: interrupted final dots recorded as sent; on SQLite (the only
-        instance) also its claims, which need not wait for their lease to run out."""
-        now = utcnow()
-        with Session(self.engine) as session:
-            stale = or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now)
-            if self.exclusive:
-                stale = or_(stale, OutboxMessage.claimed_by != self.instance)
-            rows = session.exec(
-                select(OutboxMessage).where(OutboxMessage.state == OutboxState.SENDING).where(stale)
-            ).all()
-            for row in rows:
-                store.record(
-                    session,
-                    EventKind.MAIL_SENT_UNCONFIRMED,
-                    f"{row.kind} to {', '.join(row.rcpt_to)}: the relay had the whole message when "
-                    f"{row.claimed_by or 'the sender'} stopped before its answer; counted as sent, "
-                    "not sent again",
-                    case_id=row.case_id,
-                    outbox_id=row.id,
-                )
-                row.state = OutboxState.SENT
-                row.sent_at = row.sent_at or now
-                row.claimed_by, row.claimed_until = "", None
-                session.add(row)
-                log.warning("outbox=%s delivery unconfirmed (sender stopped mid-transaction)", row.id)
-            if self.exclusive:
-                session.execute(
-                    update(OutboxMessage)
-                    .where(col(OutboxMessage.state) == OutboxState.QUEUED)
-                    .where(col(OutboxMessage.claimed_by) != "")
-                    .values(claimed_by="", claimed_until=None)
-                )
-            session.commit()
-
-    def _claim(self) -> list[Letter]:
-        """Take up to BATCH due rows for this instance, for `lease` seconds."""
-        now = utcnow()
-        due = _DUE_SKIPPING_LOCKED if self.engine.dialect.name == "postgresql" else _DUE
-        with self.engine.begin() as connection:
-            rows = connection.execute(due, {"now": now}).all()
-            if rows:
-                claim = {"rows": [row.id for row in rows], "instance": self.instance}
-                connection.execute(_CLAIM, {**claim, "lease_until": now + timedelta(seconds=self.lease)})
-        return [
-            Letter(row.id, row.case_id, row.kind, row.mail_from, tuple(row.rcpt_to), row.data, row.attempts)
-            for row in rows
-        ]
-
-    def _unclaim(self) -> None:
-        """On shutdown: hand back what we claimed and did not send, so others need not wait."""
-        with Session(self.engine) as session:
-            session.execute(
-                update(OutboxMessage)
-                .where(col(OutboxMessage.state) == OutboxState.QUEUED)
-                .where(col(OutboxMessage.claimed_by) == self.instance)
-                .values(claimed_by="", claimed_until=None)
+    def _mark_sending(self, letter: Letter, refused: tuple[Refusal, ...] = ()) -> None:
+        if refused:
+            attempts = letter.attempts + 1
+            retry_at = utcnow() + timedelta(seconds=self._backoff(attempts))
+            ours = outbox.mark_sending_to_some(
+                self.engine, letter, self.instance, self.lease, refused, retry_at
             )
-            session.commit()
-
-    def _mark_sending(self, letter: Letter) -> None:
-        """Compare-and-set queued -> sending, only while the claim is still ours. A Core statement
-        on a bare connection: this commit is on the event loop, between the message and its dot."""
-        lease_until = utcnow() + timedelta(seconds=self.lease)
-        with self.engine.begin() as connection:
-            result = connection.execute(
-                _MARK_SENDING, {"row": letter.id, "instance": self.instance, "lease_until": lease_until}
-            )
-        if result.rowcount != 1:
+        else:
+            ours = outbox.mark_sending(self.engine, letter.id, self.instance, self.lease)
+        if not ours:
             raise Unclaimed(f"outbox={letter.id} was taken over by another instance")
+
+    def _backoff(self, attempts: int) -> float:
+        return backoff(attempts, self.settings.retry_initial, self.settings.retry_max)
 
     # --- SMTP ------------------------------------------------------------------------------------
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        if self._smtp is not None and self._smtp.is_connected:
-            return self._smtp
-        s = self.settings
-        context = tls_context(s.ca_file, s.tls_verify) if s.security != "none" else None
-        smtp = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            timeout=s.timeout,
-            use_tls=s.security == "tls",
-            start_tls=s.security == "starttls",
-            tls_context=context,
-        )
-        await smtp.connect()
-        if s.username is not None and self.password is not None:
-            await smtp.login(s.username, self.password.get_secret_value())
-        self._smtp = smtp
-        return smtp
+        if self._smtp is None or not self._smtp.is_connected:
+            self._smtp = await connect(self.settings, self.password)
+        return self._smtp
 
     async def _disconnect_if_idle(self) -> None:
         # A relay drops idle sessions after a few minutes; close ours rather than find out later.
@@ -311,10 +254,11 @@ class Sender:
                 await smtp.rcpt(recipient)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 refused.append(exc)
-        if refused:
-            # Our mail has one recipient; with several, a partial delivery would be worse than none.
+        if len(refused) == len(letter.rcpt_to):
             await smtp.rset()
             raise aiosmtplib.SMTPRecipientsRefused(refused)
+        # One departed agent must not silence a group: the others get it, the refusals are recorded.
+        refusals = tuple(Refusal(exc.recipient, exc.code, exc.message) for exc in refused)
         start = await smtp.execute_command(b"DATA")
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
@@ -326,13 +270,16 @@ class Sender:
             if turns is not None:
                 await turns.reserve()  # SQLite: the intake's commit is awaited here, not below
             # Deliberately synchronous: no await may come between this commit and the dot.
-            self._mark_sending(letter)
+            self._mark_sending(letter, refusals)
         except BaseException:
             smtp.close()  # without its final dot the relay discards the transaction
             raise
         finally:
             if turns is not None:
                 turns.forgo()
+        if refusals:
+            refused_to = {refusal.recipient for refusal in refusals}
+            self._in_hand = replace(letter, rcpt_to=tuple(r for r in letter.rcpt_to if r not in refused_to))
         protocol.write(b".\r\n")
         self._dot_sent = True
         reply = await protocol.read_response(timeout=self.settings.timeout)
@@ -344,6 +291,7 @@ class Sender:
         """Hand one letter to the relay, adding it and the relay's answer to `accepted`; False
         when the connection is gone and the batch should wait."""
         self._dot_sent = False
+        self._in_hand = letter
         try:
             smtp = await self._connect()
             reply = await self._transaction(smtp, letter)
@@ -358,27 +306,12 @@ class Sender:
                 self._smtp = None
             # The relay had the whole message but we never heard its answer: it may have taken it.
             unanswered = self._dot_sent and not isinstance(exc, aiosmtplib.SMTPResponseException)
-            await asyncio.to_thread(self._failed, letter, failure, unanswered)
+            await asyncio.to_thread(self._failed, self._in_hand, failure, unanswered)
             return not connection_lost
         self._last_used = asyncio.get_running_loop().time()
-        accepted.append((letter, reply))
-        log.info("sent outbox=%s to=%s", letter.id, ",".join(letter.rcpt_to))
+        accepted.append((self._in_hand, reply))
+        log.info("sent outbox=%s to=%s", letter.id, ",".join(self._in_hand.rcpt_to))
         return True
-
-    def _sent(self, accepted: list[tuple[Letter, str]]) -> None:
-        """Record a batch's accepted letters as sent, with the relay's answer, in one commit."""
-        now = utcnow()
-        with Session(self.engine) as session:
-            for letter, reply in accepted:
-                session.connection().execute(_MARK_SENT, {"row": letter.id, "now": now})
-                store.record(
-                    session,
-                    EventKind.MAIL_SENT,
-                    f"{letter.kind} to {', '.join(letter.rcpt_to)} accepted by the relay: {reply}",
-                    case_id=letter.case_id,
-                    outbox_id=letter.id,
-                )
-            session.commit()
 
     def _failed(
         self,
@@ -386,40 +319,25 @@ class Sender:
         failure: TemporaryDeliveryError | PermanentDeliveryError,
         unanswered: bool = False,
     ) -> None:
-        with Session(self.engine) as session:
-            row = session.get(OutboxMessage, letter.id)
-            assert row is not None
-            if row.claimed_by != self.instance or row.state not in (OutboxState.QUEUED, OutboxState.SENDING):
-                return  # another instance has it now
-            row.attempts += 1
-            row.last_error = str(failure)
-            row.claimed_by, row.claimed_until = "", None
-            if unanswered:
-                # Never twice beats at least once for an automatic acknowledgement.
-                row.state = OutboxState.SENT
-                row.sent_at = utcnow()
-                detail = f"{row.kind} to {', '.join(row.rcpt_to)}: no answer to the final dot ({failure})"
-                store.record(
-                    session, EventKind.MAIL_SENT_UNCONFIRMED, detail, case_id=row.case_id, outbox_id=row.id
-                )
+        error = str(failure)
+        if unanswered:
+            if outbox.unconfirmed(self.engine, letter, self.instance, error):
                 log.warning("delivery unconfirmed outbox=%s: %s", letter.id, failure)
-            elif isinstance(failure, PermanentDeliveryError):
-                row.state = OutboxState.FAILED
-                detail = f"{row.kind} to {', '.join(row.rcpt_to)} refused for good: {failure}"
-                store.record(
-                    session, EventKind.DELIVERY_FAILED, detail, case_id=row.case_id, outbox_id=row.id
-                )
+        elif isinstance(failure, PermanentDeliveryError):
+            if outbox.failed(self.engine, letter, self.instance, error):
                 log.error("delivery failed outbox=%s: %s", letter.id, failure)
-            else:
-                row.state = OutboxState.QUEUED
-                delay = backoff(row.attempts, self.settings.retry_initial, self.settings.retry_max)
-                row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        elif (age := utcnow() - letter.created_at) >= timedelta(seconds=self.settings.give_up_after):
+            if outbox.gave_up(self.engine, letter, self.instance, error, _for_a_person(age)):
+                log.error("delivery given up outbox=%s after %s: %s", letter.id, _for_a_person(age), failure)
+        else:
+            attempts = letter.attempts + 1
+            delay = self._backoff(attempts)
+            retry_at = utcnow() + timedelta(seconds=delay)
+            if outbox.deferred(self.engine, letter, self.instance, error, retry_at):
                 log.warning(
                     "delivery deferred outbox=%s attempt=%s retry_in=%.1fs: %s",
                     letter.id,
-                    row.attempts,
+                    attempts,
                     delay,
                     failure,
                 )
-            session.add(row)
-            session.commit()

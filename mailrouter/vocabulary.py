@@ -96,6 +96,7 @@ class EventKind(StrEnum):
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
     DELIVERY_FAILED = "delivery-failed"
+    RECIPIENT_REFUSED = "recipient-refused"  # one recipient of a letter; the others got it
     # mailboxes
     MAILBOX_READ_ONLY = "mailbox-read-only"
     MAILBOX_FIRST_START = "mailbox-first-start"

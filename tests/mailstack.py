@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "mailstack"
 DOMAIN = "example.test"
 DISCARD_DOMAIN = "discard.test"  # accepted, queued and dropped (scripts/mailstack)
+DEFER_DOMAIN = "defer.test"  # every recipient refused for now at RCPT, 450 (scripts/mailstack)
 
 Tls = Literal["none", "starttls", "implicit"]
 

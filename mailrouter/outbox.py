@@ -1,0 +1,384 @@
+"""outbox: the sender's row work. Claim a batch, mark a letter `sending`, record what the relay
+answered, hand rows back, and resolve what a dead instance left.
+
+Every statement is Core, built once with bound parameters: the sender runs some of them per
+letter, and composing a statement costs SQLAlchemy more than the database takes to run it; the ORM
+built an object for each row, with its letter's bytes, only to change two of its columns
+(bench/RESULTS.md). Events go through store.record, in the same transaction as the row they
+describe. Each function takes the engine and plain data and returns plain data; none talks SMTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, Update, bindparam, func, insert, or_, select, update
+from sqlmodel import Session
+
+from mailrouter import store
+from mailrouter.models import utcnow
+from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
+
+log = logging.getLogger(__name__)
+
+BATCH = 20
+
+_O = store.OUTBOX.c
+# A batch is bounded by bytes as well as rows: notifications attach the customer's whole mail.
+# The due rows' sizes come first (length() reads a value's stored size, not its bytes, in SQLite
+# and PostgreSQL alike), and only the letters that fit are claimed and read.
+_DUE = (
+    select(_O.id, func.length(_O.data).label("size"))
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.next_attempt_at <= bindparam("now"))
+    .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
+    .order_by(_O.id)
+    .limit(BATCH)
+)
+_DUE_SKIPPING_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: passes over rows being claimed
+_CLAIM = (
+    update(store.OUTBOX)
+    .where(_O.id.in_(bindparam("rows", expanding=True)))
+    .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
+    .returning(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts, _O.created_at)
+)
+_MARK_SENDING = (  # compare-and-set, only while the claim is still ours
+    update(store.OUTBOX)
+    .where(_O.id == bindparam("row"))
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.claimed_by == bindparam("instance"))
+    .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
+)
+# Some recipients refused at RCPT: the row keeps those the relay took, in the same compare-and-set.
+_MARK_SENDING_TO = _MARK_SENDING.values(rcpt_to=bindparam("rcpt_to", type_=_O.rcpt_to.type))
+# ...and those it refused for now go on in a row of their own, the letter copied in the database.
+_SPLIT_OFF = (
+    insert(store.OUTBOX)
+    .from_select(
+        [
+            *("case_id", "kind", "mail_from", "message_id", "data", "created_at"),
+            *("rcpt_to", "state", "attempts", "next_attempt_at", "last_error", "claimed_by"),
+        ],
+        select(
+            *(_O.case_id, _O.kind, _O.mail_from, _O.message_id, _O.data, _O.created_at),
+            bindparam("rcpt_to", type_=_O.rcpt_to.type),
+            bindparam("state", OutboxState.QUEUED, type_=_O.state.type),
+            _O.attempts + 1,
+            bindparam("retry_at", type_=_O.next_attempt_at.type),
+            bindparam("error", type_=_O.last_error.type),
+            bindparam("unclaimed", "", type_=_O.claimed_by.type),
+        ).where(_O.id == bindparam("row")),
+    )
+    .returning(_O.id)
+)
+_MARK_SENT = (
+    update(store.OUTBOX)
+    .where(_O.id == bindparam("row"))
+    .where(_O.state == OutboxState.SENDING)  # a bounce may have come first
+    .values(
+        state=OutboxState.SENT,
+        attempts=_O.attempts + 1,
+        sent_at=bindparam("now"),
+        last_error="",
+        claimed_by="",
+        claimed_until=None,
+    )
+)
+# A failed attempt is recorded only while the row is still ours: another instance has it otherwise.
+_ATTEMPTED = (
+    update(store.OUTBOX)
+    .where(_O.id == bindparam("row"))
+    .where(_O.claimed_by == bindparam("instance"))
+    .where(_O.state.in_([OutboxState.QUEUED, OutboxState.SENDING]))
+)
+_DEFERRED = _ATTEMPTED.values(
+    state=OutboxState.QUEUED,
+    attempts=_O.attempts + 1,
+    last_error=bindparam("error"),
+    next_attempt_at=bindparam("retry_at"),
+    claimed_by="",
+    claimed_until=None,
+)
+_FAILED = _ATTEMPTED.values(
+    state=OutboxState.FAILED,
+    attempts=_O.attempts + 1,
+    last_error=bindparam("error"),
+    claimed_by="",
+    claimed_until=None,
+)
+_UNCONFIRMED = _ATTEMPTED.values(
+    state=OutboxState.SENT,
+    attempts=_O.attempts + 1,
+    last_error=bindparam("error"),
+    sent_at=bindparam("now"),
+    claimed_by="",
+    claimed_until=None,
+)
+_UNCLAIM = (
+    update(store.OUTBOX)
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.claimed_by == bindparam("instance"))
+    .values(claimed_by="", claimed_until=None)
+)
+_UNCLAIM_ALL = (
+    update(store.OUTBOX)
+    .where(_O.state == OutboxState.QUEUED)
+    .where(_O.claimed_by != "")
+    .values(claimed_by="", claimed_until=None)
+)
+_STALE = or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now"))
+_LEFT_SENDING = {
+    exclusive: select(_O.id, _O.case_id, _O.kind, _O.rcpt_to, _O.claimed_by)
+    .where(_O.state == OutboxState.SENDING)
+    .where(or_(_STALE, _O.claimed_by != bindparam("instance")) if exclusive else _STALE)
+    for exclusive in (True, False)
+}
+# PostgreSQL: two instances recovering at once record each row once.
+_LEFT_SENDING_SKIPPING_LOCKED = {
+    exclusive: left.with_for_update(skip_locked=True) for exclusive, left in _LEFT_SENDING.items()
+}
+_COUNTED_SENT = (
+    update(store.OUTBOX)
+    .where(_O.id.in_(bindparam("rows", expanding=True)))
+    .where(_O.state == OutboxState.SENDING)
+    .values(
+        state=OutboxState.SENT,
+        sent_at=func.coalesce(_O.sent_at, bindparam("now")),
+        claimed_by="",
+        claimed_until=None,
+    )
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The relay's answer to one recipient's RCPT TO."""
+
+    recipient: str
+    code: int
+    answer: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return f"{self.recipient}: {self.code} {self.answer}"
+
+
+@dataclass(frozen=True)
+class Letter:
+    """An outbox row as the sender needs it, detached from the database."""
+
+    id: int
+    case_id: int | None
+    kind: OutboxKind
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    data: bytes
+    attempts: int
+    created_at: datetime  # when it was queued (UTC): a temporary failure is not retried for ever
+
+
+@dataclass(frozen=True)
+class Batch:
+    letters: list[Letter]
+    more: bool  # due rows were left for the next batch: it may follow at once
+
+
+def claim(engine: Engine, instance: str, lease: float, batch_bytes: int) -> Batch:
+    """Take due rows for this instance, for `lease` seconds: up to BATCH of them and
+    `batch_bytes` of letters, but always one (a letter larger than the budget goes alone)."""
+    now = utcnow()
+    due = _DUE_SKIPPING_LOCKED if engine.dialect.name == "postgresql" else _DUE
+    with engine.begin() as connection:
+        candidates = connection.execute(due, {"now": now}).all()
+        chosen: list[int] = []
+        size = 0
+        for row in candidates:
+            if chosen and size + row.size > batch_bytes:
+                break
+            chosen.append(row.id)
+            size += row.size
+        rows = []
+        if chosen:
+            claimed = {"rows": chosen, "instance": instance, "lease_until": now + timedelta(seconds=lease)}
+            rows = sorted(connection.execute(_CLAIM, claimed).all(), key=lambda row: row.id)
+    letters = [
+        Letter(
+            row.id,
+            row.case_id,
+            row.kind,
+            row.mail_from,
+            tuple(row.rcpt_to),
+            row.data,
+            row.attempts,
+            row.created_at.replace(tzinfo=UTC),  # stored naive, in UTC
+        )
+        for row in rows
+    ]
+    return Batch(letters, more=len(chosen) < len(candidates) or len(candidates) == BATCH)
+
+
+def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) -> bool:
+    """Compare-and-set queued -> sending, only while the claim is still ours; False when another
+    instance has taken the row over. A bare connection, no session: the sender commits this on the
+    event loop, between the message and its final dot."""
+    lease_until = utcnow() + timedelta(seconds=lease)
+    with engine.begin() as connection:
+        result = connection.execute(
+            _MARK_SENDING, {"row": letter_id, "instance": instance, "lease_until": lease_until}
+        )
+    return result.rowcount == 1
+
+
+def mark_sending_to_some(
+    engine: Engine,
+    letter: Letter,
+    instance: str,
+    lease: float,
+    refused: Sequence[Refusal],
+    retry_at: datetime,
+) -> bool:
+    """mark_sending when the relay refused some of the recipients: the row keeps the others (the
+    ones this transaction delivers to), each refusal is recorded on the case, and those refused
+    for now are queued again in a new row for `retry_at`. One commit, before the final dot: a
+    crash leaves either the whole letter to send again or each recipient in exactly one row, so
+    no recipient gets it twice. False when another instance has taken the row over."""
+    refused_to = {refusal.recipient for refusal in refused}
+    accepted = [recipient for recipient in letter.rcpt_to if recipient not in refused_to]
+    later = [refusal for refusal in refused if not refusal.permanent]
+    lease_until = utcnow() + timedelta(seconds=lease)
+    with Session(engine) as session:
+        connection = session.connection()
+        params = {"row": letter.id, "instance": instance, "lease_until": lease_until, "rcpt_to": accepted}
+        if connection.execute(_MARK_SENDING_TO, params).rowcount != 1:
+            return False
+        retry_row = None
+        if later:
+            split = {
+                "row": letter.id,
+                "rcpt_to": [refusal.recipient for refusal in later],
+                "retry_at": retry_at,
+                "error": "; ".join(map(str, later)),
+            }
+            retry_row = connection.execute(_SPLIT_OFF, split).scalar_one()
+        for refusal in refused:
+            if refusal.permanent:
+                outcome = "refused for good; the others get it"
+            else:
+                outcome = f"refused for now; the others get it, and it is tried again (outbox {retry_row})"
+            store.record(
+                session,
+                EventKind.RECIPIENT_REFUSED,
+                f"{letter.kind} to {refusal.recipient} {outcome}: {refusal.code} {refusal.answer}",
+                case_id=letter.case_id,
+                outbox_id=letter.id,
+                recipient=refusal.recipient,
+                answer=f"{refusal.code} {refusal.answer}",
+                retry_outbox_id=None if refusal.permanent else retry_row,
+            )
+        session.commit()
+    return True
+
+
+def mark_sent(engine: Engine, accepted: Sequence[tuple[Letter, str]]) -> None:
+    """Record accepted letters as sent, each with the relay's answer, in one commit."""
+    now = utcnow()
+    with Session(engine) as session:
+        connection = session.connection()
+        for letter, reply in accepted:
+            connection.execute(_MARK_SENT, {"row": letter.id, "now": now})
+            store.record(
+                session,
+                EventKind.MAIL_SENT,
+                f"{letter.kind} to {', '.join(letter.rcpt_to)} accepted by the relay: {reply}",
+                case_id=letter.case_id,
+                outbox_id=letter.id,
+            )
+        session.commit()
+
+
+def deferred(engine: Engine, letter: Letter, instance: str, error: str, retry_at: datetime) -> bool:
+    """A temporary failure: queued again for `retry_at`. False when the row is no longer ours."""
+    with engine.begin() as connection:
+        params = {"row": letter.id, "instance": instance, "error": error, "retry_at": retry_at}
+        return connection.execute(_DEFERRED, params).rowcount == 1
+
+
+def failed(engine: Engine, letter: Letter, instance: str, error: str) -> bool:
+    """A permanent failure, recorded on the case. False when the row is no longer ours."""
+    detail = f"{letter.kind} to {', '.join(letter.rcpt_to)} refused for good: {error}"
+    return _attempted(engine, _FAILED, letter, instance, error, EventKind.DELIVERY_FAILED, detail)
+
+
+def gave_up(engine: Engine, letter: Letter, instance: str, error: str, over: str) -> bool:
+    """A temporary failure that has lasted too long (`over`, for a person: "5 days"): failed,
+    and recorded on the case with the last error. False when the row is no longer ours."""
+    attempts = letter.attempts + 1
+    detail = (
+        f"{letter.kind} to {', '.join(letter.rcpt_to)}: gave up after {attempts} attempt(s) over "
+        f"{over}: {error}"
+    )
+    return _attempted(engine, _FAILED, letter, instance, error, EventKind.DELIVERY_FAILED, detail)
+
+
+def unconfirmed(engine: Engine, letter: Letter, instance: str, error: str) -> bool:
+    """The relay had the whole message but its answer never came: counted as sent, since never
+    twice beats at least once for automatic mail. False when the row is no longer ours."""
+    detail = f"{letter.kind} to {', '.join(letter.rcpt_to)}: no answer to the final dot ({error})"
+    return _attempted(engine, _UNCONFIRMED, letter, instance, error, EventKind.MAIL_SENT_UNCONFIRMED, detail)
+
+
+def _attempted(
+    engine: Engine,
+    statement: Update,
+    letter: Letter,
+    instance: str,
+    error: str,
+    kind: EventKind,
+    detail: str,
+) -> bool:
+    with Session(engine) as session:
+        params = {"row": letter.id, "instance": instance, "error": error, "now": utcnow()}
+        if session.connection().execute(statement, params).rowcount != 1:
+            return False
+        store.record(session, kind, detail, case_id=letter.case_id, outbox_id=letter.id)
+        session.commit()
+    return True
+
+
+def unclaim(engine: Engine, instance: str) -> None:
+    """Hand back the queued rows this instance claimed, so others need not wait for the lease."""
+    with engine.begin() as connection:
+        connection.execute(_UNCLAIM, {"instance": instance})
+
+
+def recover(engine: Engine, instance: str, *, exclusive: bool) -> None:
+    """Rows a dead instance left: interrupted final dots recorded as sent; when this instance is
+    the only one (`exclusive`: SQLite's flock) also its queued claims, which need not wait for
+    their lease to run out."""
+    now = utcnow()
+    lefts = _LEFT_SENDING_SKIPPING_LOCKED if engine.dialect.name == "postgresql" else _LEFT_SENDING
+    with Session(engine) as session:
+        connection = session.connection()
+        rows = connection.execute(lefts[exclusive], {"now": now, "instance": instance}).all()
+        for row in rows:
+            store.record(
+                session,
+                EventKind.MAIL_SENT_UNCONFIRMED,
+                f"{row.kind} to {', '.join(row.rcpt_to)}: the relay had the whole message when "
+                f"{row.claimed_by or 'the sender'} stopped before its answer; counted as sent, "
+                "not sent again",
+                case_id=row.case_id,
+                outbox_id=row.id,
+            )
+            log.warning("outbox=%s delivery unconfirmed (sender stopped mid-transaction)", row.id)
+        if rows:
+            connection.execute(_COUNTED_SENT, {"rows": [row.id for row in rows], "now": now})
+        if exclusive:
+            connection.execute(_UNCLAIM_ALL)
+        session.commit()

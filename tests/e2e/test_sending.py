@@ -1,0 +1,60 @@
+"""The sender against the real relay: recipients it refuses, and the ways production talks to it."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailrouter.vocabulary import OutboxState
+from tests.e2e.conftest import send_mail as send
+from tests.mailstack import DEFER_DOMAIN
+
+pytestmark = pytest.mark.e2e
+
+GONE = "gone@elsewhere.invalid"  # the relay refuses it at RCPT for good (550)
+BUSY = f"busy@{DEFER_DOMAIN}"  # the relay refuses it at RCPT for now (450)
+
+
+def _with_group(daemon, *extra: str) -> None:
+    """The it-agents group gets agent2 and these addresses beside agent1."""
+    agent1, agent2 = daemon.agents["agent1"].address, daemon.agents["agent2"].address
+    config = daemon.config_path.read_text()
+    members = ", ".join(f'"{a}"' for a in (agent1, agent2, *extra))
+    daemon.config_path.write_text(config.replace(f'it-agents = ["{agent1}"]', f"it-agents = [{members}]"))
+
+
+def test_one_refused_agent_does_not_silence_the_group_and_the_case_records_it(
+    installation, mailstack, customer
+):
+    daemon = installation()
+    _with_group(daemon, GONE, BUSY)
+    agent1, agent2 = daemon.agents["agent1"], daemon.agents["agent2"]
+
+    checked = daemon.cli("check", "--connect")
+    assert checked.returncode == 0, checked.stderr
+    assert f"warning: the relay refuses agent {GONE}: 550" in checked.stderr
+    assert f"warning: the relay refuses agent {BUSY}: 450" in checked.stderr
+    assert agent1.address not in checked.stderr
+
+    daemon.start(wait=True)
+    send(mailstack, customer.address, daemon.mailboxes["it"].address, "Printer", "It jams.")
+    mailstack.wait_for_messages(agent1.address, agent1.password, 1)
+    mailstack.wait_for_messages(agent2.address, agent2.password, 1)
+    daemon.wait_until(lambda: len(daemon.events("recipient-refused")) == 2, "the refusals on the case")
+
+    [case] = daemon.cases()
+    refusals = {e.data["recipient"]: e for e in daemon.events("recipient-refused")}
+    assert {e.case_id for e in refusals.values()} == {case.id}
+    assert "refused for good" in refusals[GONE].detail and "550 5.1.1" in refusals[GONE].detail
+    assert "refused for now" in refusals[BUSY].detail and "450 4.2.0" in refusals[BUSY].detail
+    daemon.wait_until(lambda: daemon.outbox("notification")[0].state == OutboxState.SENT, "the notification")
+    sent, later = daemon.outbox("notification")
+    assert sent.rcpt_to == [agent1.address, agent2.address]
+    assert later.rcpt_to == [BUSY] and later.id == refusals[BUSY].data["retry_outbox_id"]
+    # the busy recipient is tried again on its own; the others never get it twice
+    daemon.wait_until(lambda: daemon.outbox("notification")[1].attempts >= 2, "a retry for the busy one")
+    assert daemon.outbox("notification")[1].state == OutboxState.QUEUED
+    log = daemon.log()
+    assert f"the relay refuses agent {GONE}: 550" in log and f"the relay refuses agent {BUSY}: 450" in log
+    assert daemon.stop() == 0
+    assert len(mailstack.messages(agent1.address, agent1.password)) == 1
+    assert len(mailstack.messages(agent2.address, agent2.password)) == 1
