@@ -18,7 +18,7 @@ from typing import Any
 import aioimaplib
 
 from bench.corpus import small_message
-from mailrouter.config import DaemonSettings
+from mailrouter.config import DaemonSettings, ImapSettings, MailboxSettings
 from mailrouter.db import make_engine
 from mailrouter.fetch import MailboxWorker
 from mailrouter.imap import Connection, Selected
@@ -83,7 +83,13 @@ async def _poll_cost(stack: MailStack, address: str, password: str, polls: int) 
 
     # Only _drain is used: it needs no intake (nothing is new) and no mailbox lock.
     lock = MailboxLock(make_engine("sqlite://"), "bench", 60)
-    worker = MailboxWorker("bench", None, None, None, DaemonSettings(), lambda: None, lock)  # type: ignore[arg-type]
+    settings = MailboxSettings(
+        address=address,
+        display_name="bench",
+        prefix="B",
+        imap=ImapSettings(host=stack.host, user=address, password_env="UNUSED"),
+    )
+    worker = MailboxWorker("bench", settings, None, None, DaemonSettings(), lambda: None, lock)  # type: ignore[arg-type]
     selected = Selected(1, True)
     stop = asyncio.Event()
     counted = _Counted(client)

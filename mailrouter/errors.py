@@ -47,6 +47,11 @@ class ConnectionLost(MailrouterError, ConnectionError):
     """The IMAP server closed the connection or the network dropped it."""
 
 
+class AttemptsExhausted(MailrouterError):
+    """Processing of a message began as often as allowed and never finished (the process died,
+    was killed or hung each time): it is set aside without being tried again."""
+
+
 class LockLost(MailrouterError):
     """The connection that held the mailbox's lock is gone: another instance may own it now."""
 

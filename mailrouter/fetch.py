@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
-from mailrouter.errors import DatabaseUnavailable, ImapError, LockLost
+from mailrouter.errors import AttemptsExhausted, DatabaseUnavailable, ImapError, LockLost
 from mailrouter.health import MailboxHealth
 from mailrouter.imap import (
     PROCESSED_KEYWORD,
@@ -73,6 +73,13 @@ def take_batch(
     return batch
 
 
+class Failure(NamedTuple):
+    origin: Origin
+    raw: bytes
+    error: Exception
+    attempts: int  # tries begun so far, this one included
+
+
 class MailboxWorker:
     def __init__(
         self,
@@ -93,9 +100,11 @@ class MailboxWorker:
         self.daemon = daemon
         self.on_queued = on_queued
         self.lock = lock or MailboxLock(intake.engine, name, daemon.lock_check_interval)
-        self.failures: dict[tuple[int, int], int] = {}
         self._read_only_reported = False
         self.health = MailboxHealth(name)
+        # Messages whose last counted try ended in a database outage: not their fault, so
+        # their next try is not counted again.
+        self._uncounted: set[Origin] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = self.daemon.reconnect_initial
@@ -306,13 +315,13 @@ class MailboxWorker:
         if vanished:
             await asyncio.to_thread(self._record_vanished, selected, vanished)
         arrivals: list[Arrival] = []
-        unfetched: tuple[Origin, bytes, Exception] | None = None
+        unfetched: tuple[Origin, Exception] | None = None
         for uid in batch:
             origin = Origin(self.name, selected.uidvalidity, uid, arrived.get(uid))
             if uid in refused:
                 # Registering what comes after it would move the checkpoint past it: it goes
                 # first next round, and counts its failures like a message that fails to process.
-                unfetched = (origin, b"", refused[uid])
+                unfetched = (origin, refused[uid])
                 break
             raw = messages.pop(uid, None)
             if raw is not None:
@@ -328,18 +337,19 @@ class MailboxWorker:
         if registered:
             last_uid = registered[-1][0].uid
             await self._mark_all(conn, selected, registered)
-        if failure is None and len(registered) == len(arrivals):
-            failure = unfetched
+        if failure is None and unfetched is not None and len(registered) == len(arrivals):
+            origin, error = unfetched
+            failure = Failure(origin, b"", error, await asyncio.to_thread(self._count_attempt, origin))
         if failure is not None:
-            origin, raw, exc = failure
-            if isinstance(exc, DatabaseUnavailable):
-                raise exc  # the database, not the message: reconnect and try again later
-            outcome = await self._failed(raw, origin, exc)
-            if outcome is None:
-                return last_uid, True
-            self._log(origin, outcome)
-            last_uid = origin.uid
-            await self._mark_all(conn, selected, [(origin, outcome)])
+            if isinstance(failure.error, DatabaseUnavailable):
+                raise failure.error  # the database, not the message: reconnect and try again later
+            outcome = await self._failed(failure)
+            if outcome is not None:
+                self._log(failure.origin, outcome)
+                last_uid = failure.origin.uid
+                await self._mark_all(conn, selected, [(failure.origin, outcome)])
+        if registered or failure is not None:
+            await asyncio.to_thread(self._forget_attempts, selected.uidvalidity, last_uid)
         # Always SEARCH again before IDLE: mail that arrived while this batch was processed was
         # announced (EXISTS) in the answer to a FETCH or STORE, and IDLE will not announce it again.
         return last_uid, True
@@ -390,35 +400,74 @@ class MailboxWorker:
         stop: asyncio.Event,
         halt: threading.Event,
         loop: asyncio.AbstractEventLoop,
-    ) -> tuple[list[tuple[Origin, Outcome]], tuple[Origin, bytes, Exception] | None]:
+    ) -> tuple[list[tuple[Origin, Outcome]], Failure | None]:
         """Register a fetched batch back to back, each message in its own transaction, in one
         worker thread: a hop back to the event loop between messages left the intake idle while
-        the loop served the sender. Stops at the first failure, which it returns."""
+        the loop served the sender. Stops at the first failure, which it returns.
+
+        Each try is counted in the database before it begins, so a message that kills or hangs
+        the process is known after the restart: one tried MAX_ATTEMPTS times already is set
+        aside without being parsed again."""
         registered: list[tuple[Origin, Outcome]] = []
-        parses = self.parsers.submit([None if a.oversized is not None else a.raw for a in arrivals])
+        exhausted = self._exhausted(arrivals)
+        parses = self.parsers.submit(
+            [None if a.oversized is not None or a.origin.uid in exhausted else a.raw for a in arrivals]
+        )
         for (origin, raw, oversized), parsing in zip(arrivals, parses, strict=True):
             if stop.is_set() or halt.is_set():
                 break
+            attempts = exhausted.get(origin.uid, 0)
             try:
-                if oversized is not None:
-                    outcome = self.intake.refuse_oversized(raw, oversized, origin)
+                if attempts:
+                    outcome = self.intake.quarantine(
+                        raw,
+                        origin,
+                        AttemptsExhausted(
+                            f"processing began {attempts} times and never finished "
+                            "(the process died, was killed or hung each time)"
+                        ),
+                    )
                 else:
-                    outcome = self.intake.process(raw, origin, self.parsers.result(parsing))
+                    attempts = self._count_attempt(origin)
+                    if oversized is not None:
+                        outcome = self.intake.refuse_oversized(raw, oversized, origin)
+                    else:
+                        outcome = self.intake.process(raw, origin, self.parsers.result(parsing))
             except Exception as exc:  # judged by the caller: retry, quarantine, or reconnect
-                return registered, (origin, raw, exc)
-            self.failures.pop((origin.uidvalidity, origin.uid), None)
+                if isinstance(exc, DatabaseUnavailable):
+                    self._uncounted.add(origin)
+                return registered, Failure(origin, raw, exc, attempts)
             self._log(origin, outcome)
             if outcome.queued_mail:
                 loop.call_soon_threadsafe(self.on_queued)
             registered.append((origin, outcome))
         return registered, None
 
-    async def _failed(self, raw: bytes, origin: Origin, exc: Exception) -> Outcome | None:
-        """One bad message must not stop the mailbox: count the failure, wait a little and let the
-        next round try again; after MAX_ATTEMPTS quarantine it. None while it stays to be retried."""
-        key = (origin.uidvalidity, origin.uid)
-        attempts = self.failures.get(key, 0) + 1
-        self.failures[key] = attempts
+    def _exhausted(self, arrivals: list[Arrival]) -> dict[int, int]:
+        """{UID: tries begun} of the messages tried MAX_ATTEMPTS times already."""
+        if not arrivals:
+            return {}
+        uidvalidity = arrivals[0].origin.uidvalidity
+        with Session(self.intake.engine) as session:
+            tried = store.attempts_of(session, self.name, uidvalidity, [a.origin.uid for a in arrivals])
+        return {uid: n for uid, n in tried.items() if n >= MAX_ATTEMPTS}
+
+    def _count_attempt(self, origin: Origin) -> int:
+        with Session(self.intake.engine) as session:
+            attempts = store.count_attempt(session, origin, 0 if origin in self._uncounted else 1)
+            session.commit()
+        self._uncounted.discard(origin)
+        return attempts
+
+    def _forget_attempts(self, uidvalidity: int, last_uid: int) -> None:
+        with Session(self.intake.engine) as session:
+            store.forget_attempts(session, self.name, uidvalidity, last_uid)
+            session.commit()
+
+    async def _failed(self, failure: Failure) -> Outcome | None:
+        """One bad message must not stop the mailbox: wait a little and let the next round try
+        again; after MAX_ATTEMPTS quarantine it. None while it stays to be retried."""
+        origin, raw, exc, attempts = failure
         log.error(
             "mailbox=%s uid=%s processing failed (attempt %s of %s)",
             self.name,
@@ -430,10 +479,7 @@ class MailboxWorker:
         if attempts < MAX_ATTEMPTS:
             await asyncio.sleep(min(2.0**attempts, 30.0))
             return None
-        quarantined = await self._quarantine(raw, origin, exc)
-        if quarantined is not None:
-            self.failures.pop(key, None)
-        return quarantined
+        return await self._quarantine(raw, origin, exc)
 
     async def _mark_all(
         self, conn: Connection, selected: Selected, registered: list[tuple[Origin, Outcome]]

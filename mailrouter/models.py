@@ -174,3 +174,15 @@ class MailboxState(SQLModel, table=True):
     uidvalidity: int = 0
     last_uid: int = 0
     last_poll_at: datetime | None = None
+
+
+class MessageAttempt(SQLModel, table=True):
+    """How often processing of one message began: written before each try, so a message that
+    kills or hangs the process is counted across restarts. Rows at or below the mailbox's
+    checkpoint are finished with (registered or set aside) and are removed."""
+
+    mailbox: str = Field(primary_key=True)
+    uidvalidity: int = Field(primary_key=True)
+    uid: int = Field(primary_key=True)
+    attempts: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)

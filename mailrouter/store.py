@@ -16,7 +16,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction
-from sqlmodel import Session
+from sqlmodel import Session, col
+from sqlmodel import select as sql_select
 
 from mailrouter.casework import OtherCase, SentMail
 from mailrouter.models import (
@@ -26,6 +27,7 @@ from mailrouter.models import (
     Event,
     MailboxState,
     Message,
+    MessageAttempt,
     OutboxMessage,
     RawMessage,
     utcnow,
@@ -53,6 +55,7 @@ EVENT = Event.__table__  # type: ignore[attr-defined]
 CASE = Case.__table__  # type: ignore[attr-defined]
 CUSTOMER = Customer.__table__  # type: ignore[attr-defined]
 MAILBOX_STATE = MailboxState.__table__  # type: ignore[attr-defined]
+MESSAGE_ATTEMPT = MessageAttempt.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
@@ -523,3 +526,41 @@ def set_checkpoint(session: Session, mailbox: str, uidvalidity: int, last_uid: i
     state.uidvalidity = uidvalidity
     state.last_uid = last_uid
     session.add(state)
+
+
+def attempts_of(session: Session, mailbox: str, uidvalidity: int, uids: Sequence[int]) -> dict[int, int]:
+    """{UID: tries begun so far} for those of these messages that were tried before."""
+    if not uids:
+        return {}
+    rows = session.exec(
+        sql_select(MessageAttempt).where(
+            MessageAttempt.mailbox == mailbox,
+            MessageAttempt.uidvalidity == uidvalidity,
+            col(MessageAttempt.uid).in_(list(uids)),
+        )
+    ).all()
+    return {row.uid: row.attempts for row in rows}
+
+
+def count_attempt(session: Session, origin: Origin, more: int = 1) -> int:
+    """A try of this message begins: `more` is 1, or 0 where the previous one does not count;
+    returns how many tries have begun, this one included."""
+    key = (origin.mailbox, origin.uidvalidity, origin.uid)
+    row = session.get(MessageAttempt, key) or MessageAttempt(
+        mailbox=origin.mailbox, uidvalidity=origin.uidvalidity, uid=origin.uid
+    )
+    row.attempts += more
+    row.updated_at = utcnow()
+    session.add(row)
+    return row.attempts
+
+
+def forget_attempts(session: Session, mailbox: str, uidvalidity: int, up_to_uid: int) -> None:
+    """The attempts of messages the checkpoint has passed (registered or set aside), and of
+    any earlier UIDVALIDITY."""
+    session.connection().execute(
+        MESSAGE_ATTEMPT.delete().where(
+            MESSAGE_ATTEMPT.c.mailbox == mailbox,
+            (MESSAGE_ATTEMPT.c.uidvalidity != uidvalidity) | (MESSAGE_ATTEMPT.c.uid <= up_to_uid),
+        )
+    )
