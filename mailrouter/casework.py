@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 from mailrouter.agents import AgentDirectory, Authentication
 from mailrouter.commands import Command, parse_duration, read_agent_reply
+from mailrouter.compose import FileAttachment
 from mailrouter.config import Config
 from mailrouter.notices import Notices
-from mailrouter.parse import Inbound
+from mailrouter.parse import Address, Inbound, file_attachments
 from mailrouter.plan import (
     Bounce,
     CaseView,
@@ -34,7 +35,7 @@ from mailrouter.plan import (
     Raw,
 )
 from mailrouter.route import Decision
-from mailrouter.screen import PERSON_MAYBE, Kind, Verdict
+from mailrouter.screen import PERSON_MAYBE, Kind, Verdict, is_own_address
 from mailrouter.thread import ThreadMatch
 from mailrouter.vocabulary import FINISHED, AuthorRole, CaseStatus, EventKind, OutboxKind
 
@@ -74,7 +75,11 @@ class CaseFacts(Protocol):
 
     def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int: ...
 
-    def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...]] | None: ...
+    def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
+        """(Message-ID, References, everyone it went to) of the customer's last message."""
+        ...
+
+    def removed_participants(self, case_id: int) -> frozenset[str]: ...
 
     def acknowledgements_to(self, address: str, since: datetime, at_most: int) -> int: ...
 
@@ -131,6 +136,7 @@ class Casework:
             "priority": self._priority,
             "tag": self._tag,
             "followup": self._follow_up_at,
+            "uncc": self._uncc,
         }
 
     # --- which course a message takes -----------------------------------------------------------
@@ -439,7 +445,7 @@ class Casework:
         self._notify(draft, "New case", facts, inbound=inbound, raw=raw)
         return draft.plan(
             Outcome(OutcomeKind.NEW_CASE, number, decision.explanation, len(draft.mail)),
-            customer=inbound.sender,
+            customer=Address(customer.address, customer.name) if customer else None,
             incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER),
             raw=Raw(inbound.sha256, raw),
             checkpoint=origin,
@@ -639,7 +645,7 @@ class Casework:
             draft.record(EventKind.NOTE, reply.answer or "(empty note)", agent=agent)
             return f"note by {agent}"
         if reply.answer:
-            self._relay(draft, reply.answer, agent, facts)
+            self._relay(draft, inbound, raw, reply.answer, agent, facts)
             if draft.case.first_response_at is None:
                 draft.change(first_response_at=draft.now)
             if draft.case.status == status_before and draft.case.status in (
@@ -650,19 +656,64 @@ class Casework:
         done = ", ".join(str(c) for c in reply.commands) or "no commands"
         return f"agent {agent}: {done}{'; answer relayed' if reply.answer else ''}"
 
-    def _relay(self, draft: _Draft, answer: str, agent: str, facts: CaseFacts) -> None:
+    def _relay(
+        self, draft: _Draft, inbound: Inbound, raw: bytes, answer: str, agent: str, facts: CaseFacts
+    ) -> None:
         case = draft.case
         if case.customer is None or case.id is None:
             draft.record(EventKind.NOT_RELAYED, f"answer from {agent}: the case has no customer address")
             return
-        in_reply_to, references = facts.last_customer_message(case.id) or ("", ())
-        draft.mail.append(self.notices.relayed_answer(case, answer, in_reply_to, references))
+        last = facts.last_customer_message(case.id)
+        in_reply_to, references, conversation = last or ("", (), ())
+        removed = facts.removed_participants(case.id) | {
+            str(e.data["address"]) for e in draft.events if e.kind == EventKind.PARTICIPANT_REMOVED
+        }
+        cc = tuple(
+            dict.fromkeys(
+                a
+                for a in conversation
+                if a != case.customer.address
+                and a not in removed
+                and not self.agents.is_agent(a)
+                and not is_own_address(a, self.config.own_addresses())
+            )
+        )
+        files, refused = self._files_to_send(raw)
+        draft.mail.append(
+            self.notices.relayed_answer(case, answer, in_reply_to, references, cc=cc, files=files)
+        )
         department = self.config.mailboxes[case.department]
         draft.record(
             EventKind.RELAYED,
-            f"answer from {agent} relayed to {case.customer.address} as {department.address}",
+            f"answer from {agent} relayed to {case.customer.address}"
+            + (f" (Cc {', '.join(cc)})" if cc else "")
+            + f" as {department.address}"
+            + (f", with {len(files)} attachment(s)" if files else ""),
             agent=agent,
         )
+        if refused:
+            draft.mail.append(self.notices.files_not_sent(case, inbound, agent, refused))
+            draft.record(
+                EventKind.NOT_RELAYED,
+                f"attachments from {agent} not sent on (over {self.config.limits.relay_attachment_bytes} "
+                f"bytes together): {', '.join(refused)}; the agent was told",
+                agent=agent,
+            )
+
+    def _files_to_send(self, raw: bytes) -> tuple[tuple[FileAttachment, ...], tuple[str, ...]]:
+        """The agent's attachments that fit the limit, in order, and the names of those that do not."""
+        budget = self.config.limits.relay_attachment_bytes
+        files: list[FileAttachment] = []
+        refused: list[str] = []
+        for name, content_type, data in file_attachments(raw):
+            if name == "original.eml" and content_type == "message/rfc822":
+                continue  # our notification's copy of the customer's mail, forwarded back
+            if len(data) <= budget:
+                files.append(FileAttachment(name, content_type, data))
+                budget -= len(data)
+            else:
+                refused.append(name)
+        return tuple(files), tuple(refused)
 
     def _set_status(self, draft: _Draft, status: CaseStatus, who: str, why: str) -> None:
         before = draft.case.status
@@ -702,6 +753,16 @@ class Casework:
         if command.argument not in draft.case.tags:
             draft.change(tags=(*draft.case.tags, command.argument))
             draft.record(EventKind.TAGGED, f"{agent} added tag {command.argument} ({command})")
+
+    def _uncc(
+        self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts
+    ) -> None:
+        address = command.argument.lower()
+        draft.record(
+            EventKind.PARTICIPANT_REMOVED,
+            f"{agent} stopped copying {address} on the answers ({command})",
+            address=address,
+        )
 
     def _follow_up_at(
         self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts

@@ -96,6 +96,10 @@ def _duration(argument: str, _assignable: frozenset[str]) -> str | None:
     return None if parse_duration(argument) else "a duration like 30m, 4h, 2d or 1w"
 
 
+def _address(argument: str, _assignable: frozenset[str]) -> str | None:
+    return None if re.fullmatch(r"[^@\s]+@[^@\s]+", argument) else "whom? e.g. #uncc kari@kunde.example"
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     name: str
@@ -117,6 +121,7 @@ COMMANDS = (
     ),
     CommandSpec("priority", "#priority <low|normal|high|urgent>", "change the priority", _priority),
     CommandSpec("tag", "#tag <tag>", "add a tag", _tag),
+    CommandSpec("uncc", "#uncc <address>", "stop copying a participant on the answers", _address),
     CommandSpec("followup", "#followup <30m|4h|2d|1w>", "remind whoever has the case then", _duration),
 )
 _BY_NAME = {spec.name: spec for spec in COMMANDS}

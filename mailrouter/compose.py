@@ -12,14 +12,16 @@ composing, two thirds with an HTML part.
 
 from __future__ import annotations
 
+import base64
 import random
 import string
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.charset import QP, Charset
 from email.header import Header
 from email.policy import Compat32
 from email.utils import formataddr, formatdate, make_msgid
+from urllib.parse import quote
 
 from mailrouter.parse import single_line
 from mailrouter.screen import LOOP_HEADER
@@ -105,6 +107,15 @@ def _q_encoded_words(value: str, first_line: int) -> str:
 
 
 @dataclass(frozen=True)
+class FileAttachment:
+    """A file to send on, as the agent attached it."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Outgoing:
     mail_from: str
     rcpt_to: tuple[str, ...]
@@ -132,6 +143,8 @@ def compose(
     auto_submitted: str | None = None,
     reply_to: str | None = None,
     attach_original: bytes | None = None,
+    files: tuple[FileAttachment, ...] = (),
+    cc: tuple[str, ...] = (),
     instance_tag: str = "",
 ) -> Outgoing:
     """A message about a case, from the department's address: never from an agent's own."""
@@ -144,11 +157,16 @@ def compose(
         headers, content = _multipart(
             "mixed", _boundary(avoiding=original), [_entity(headers, content), original]
         )
+    if files:
+        parts = [_file_part(f) for f in files]
+        headers, content = _multipart("mixed", _boundary(), [_entity(headers, content), *parts])
     message_id = make_msgid(
         idstring=message_id_idstring(case_number, instance_tag), domain=from_address.rpartition("@")[2]
     )
     headers.append(("From", formataddr((single_line(from_name), from_address), charset="utf-8")))
     headers.append(("To", ", ".join(to)))
+    if cc:
+        headers.append(("Cc", ", ".join(cc)))
     if reply_to:
         headers.append(("Reply-To", formataddr((single_line(from_name), reply_to), charset="utf-8")))
     headers.append(("Subject", encode_header("Subject", single_line(subject))))
@@ -165,7 +183,7 @@ def compose(
     headers.append(("X-Mailrouter-Case", case_number))
     return Outgoing(
         mail_from=from_address,
-        rcpt_to=to,
+        rcpt_to=(*to, *cc),
         message_id=message_id,
         subject=single_line(subject),
         text=body.text,
@@ -216,6 +234,27 @@ def _original_part(raw: bytes) -> bytes:
         content += b"\r\n"
     encoding = b"" if content.isascii() else b"Content-Transfer-Encoding: 8bit\r\n"
     return _ORIGINAL_HEADERS + encoding + b"\r\n" + content
+
+
+def _file_part(attachment: FileAttachment) -> bytes:
+    """An attachment in base64 (its boundary cannot occur: base64 has no "=" runs of that shape)."""
+    name = single_line(attachment.filename) or "attachment"
+    disposition = "attachment; " + encode_parameter("filename", name)
+    encoded = base64.encodebytes(attachment.data).replace(b"\n", b"\r\n")
+    headers = [
+        ("Content-Type", single_line(attachment.content_type) or "application/octet-stream"),
+        ("MIME-Version", "1.0"),
+        ("Content-Transfer-Encoding", "base64"),
+        ("Content-Disposition", disposition),
+    ]
+    return _entity(headers, encoded)
+
+
+def encode_parameter(name: str, value: str) -> str:
+    """A MIME parameter, RFC 2231-encoded when it is not plain ASCII (Nordic file names)."""
+    if value.isascii() and '"' not in value and "\\" not in value:
+        return f'{name}="{value}"'
+    return f"{name}*=utf-8''{quote(value, safe='')}"
 
 
 def with_crlf(data: bytes) -> bytes:

@@ -291,6 +291,8 @@ class LimitsSettings(_Strict):
     acknowledgement_window: float = Field(default=3600.0, gt=0)
     # A sender's messages on one case that notify the agents within the window; more are recorded.
     follow_up_notifications_per_sender: int = Field(default=10, ge=0)
+    # The files an agent attaches to an answer are sent on to the customer up to this many bytes.
+    relay_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
     # A parse in a worker that takes longer is abandoned for a degraded reading (parsepool).
     parse_time_limit: float = Field(default=5.0, gt=0)

@@ -22,10 +22,10 @@ from mailrouter.db import next_case_number
 from mailrouter.errors import ParseError
 from mailrouter.models import utcnow
 from mailrouter.notices import Notices
-from mailrouter.parse import Inbound, parse
+from mailrouter.parse import Address, Inbound, parse
 from mailrouter.plan import Origin, Outcome, OutcomeKind, Plan, PlannedEvent
 from mailrouter.route import Rule, route
-from mailrouter.screen import screen
+from mailrouter.screen import is_own_address, screen
 from mailrouter.templates import Templates
 from mailrouter.thread import case_tags, thread
 
@@ -49,7 +49,13 @@ class Intake:
         self.rules = rules
         self.engine = engine
         self.agents = agents
-        notices = Notices(config.mailboxes, templates, agents.signer, config.daemon.instance_tag)
+        notices = Notices(
+            config.mailboxes,
+            templates,
+            agents.signer,
+            config.daemon.instance_tag,
+            config.limits.relay_attachment_bytes,
+        )
         self.casework = Casework(config, notices, agents)
         self.own_addresses = config.own_addresses()
         self.tags = case_tags(
@@ -123,7 +129,8 @@ class Intake:
                 regex_chars=self.config.limits.regex_text_chars,
             )
             number = next_case_number(session, self.config.mailboxes[decision.department].prefix)
-            customer = facts.customer(inbound.sender) if inbound.sender else None
+            addressee = answer_address(inbound, self.own_addresses)
+            customer = facts.customer(addressee) if addressee else None
             plan = casework.new_case(
                 inbound,
                 origin,
@@ -178,3 +185,12 @@ def _with_events_first(plan: Plan, events: tuple[PlannedEvent, ...]) -> Plan:
     if not events:
         return plan
     return dataclasses.replace(plan, events=events + plan.events)
+
+
+def answer_address(inbound: Inbound, own_addresses: frozenset[str]) -> Address | None:
+    """Who the case's customer is, so where answers go: the Reply-To a web form or a noreply
+    sender names, else From. Never one of our own addresses."""
+    for candidate in inbound.reply_to:
+        if not is_own_address(candidate.address, own_addresses):
+            return candidate
+    return inbound.sender

@@ -13,7 +13,7 @@ from typing import Any
 
 from mailrouter.agents import ReplySigner
 from mailrouter.commands import COMMAND_HELP
-from mailrouter.compose import compose, tagged_subject
+from mailrouter.compose import FileAttachment, compose, tagged_subject
 from mailrouter.config import MailboxSettings
 from mailrouter.parse import Inbound
 from mailrouter.plan import CaseView, QueuedMail
@@ -29,7 +29,9 @@ class Notices:
         templates: Templates,
         signer: ReplySigner | None,
         instance_tag: str = "",
+        relay_attachment_bytes: int = 10 * 1024 * 1024,
     ) -> None:
+        self.relay_attachment_bytes = relay_attachment_bytes
         self.mailboxes = mailboxes
         self.templates = templates
         self.signer = signer
@@ -50,6 +52,8 @@ class Notices:
         auto_submitted: str | None = None,
         signed_for: str | None = None,
         attach: bytes | None = None,
+        cc: tuple[str, ...] = (),
+        files: tuple[FileAttachment, ...] = (),
     ) -> QueuedMail:
         """`signed_for`: the agent whose signed reply address goes in Reply-To; it proves nobody else."""
         department = self.mailboxes[case.department]
@@ -69,6 +73,8 @@ class Notices:
             auto_submitted=auto_submitted,
             reply_to=reply_to,
             attach_original=attach,
+            cc=cc,
+            files=files,
         )
         return QueuedMail(kind, role, outgoing)
 
@@ -135,9 +141,17 @@ class Notices:
         ]
 
     def relayed_answer(
-        self, case: CaseView, answer: str, in_reply_to: str, references: tuple[str, ...]
+        self,
+        case: CaseView,
+        answer: str,
+        in_reply_to: str,
+        references: tuple[str, ...],
+        *,
+        cc: tuple[str, ...] = (),
+        files: tuple[FileAttachment, ...] = (),
     ) -> QueuedMail:
-        """An agent's answer, to the customer, as the department (not auto-submitted: a person wrote it)."""
+        """An agent's answer, to the customer and the participants on the conversation, as the
+        department, with the files the agent attached (not auto-submitted: a person wrote it)."""
         assert case.customer is not None, "relay only to cases with a customer"
         return self._mail(
             OutboxKind.AGENT_REPLY,
@@ -148,6 +162,30 @@ class Notices:
             role=AuthorRole.AGENT,
             in_reply_to=in_reply_to,
             references=references,
+            cc=cc,
+            files=files,
+        )
+
+    def files_not_sent(
+        self, case: CaseView, inbound: Inbound, agent: str, refused: tuple[str, ...]
+    ) -> QueuedMail:
+        limit = self.relay_attachment_bytes // (1024 * 1024)
+        text = (
+            f"{MARKER}\n\n"
+            f"Your answer on {case.number} was sent to the customer WITHOUT these attachments, "
+            f"together larger than the {limit} MiB mailrouter sends on:\n\n"
+            + "".join(f"  - {name}\n" for name in refused)
+            + "\nShare them another way (a link), and answer again.\n"
+        )
+        return self._mail(
+            OutboxKind.COMMAND_ERROR,
+            case,
+            (agent,),
+            tagged_subject(case.number, inbound.subject),
+            Rendered(text, None),
+            answering=inbound,
+            auto_submitted="auto-replied",
+            signed_for=agent,
         )
 
     def command_error(

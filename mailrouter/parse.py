@@ -16,8 +16,10 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
+from email import policy as email_policy
 from email.errors import MessageError, StartBoundaryNotFoundDefect
 from email.header import decode_header, make_header
+from email.message import EmailMessage as ModernMessage
 from email.message import Message as EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
@@ -748,3 +750,16 @@ def _tag_end(html: str, at: int) -> int:
             break
         at = close + 1
     return len(html)
+
+
+def file_attachments(raw: bytes) -> list[tuple[str, str, bytes]]:
+    """(filename, content type, decoded bytes) of each attachment: what an agent attached to an
+    answer, to be sent on to the customer. Inbound keeps only their names, sizes and hashes."""
+    message = message_from_bytes(raw, policy=email_policy.default)
+    found = []
+    if isinstance(message, ModernMessage):
+        for part in message.iter_attachments():
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                found.append((part.get_filename() or "attachment", part.get_content_type(), payload))
+    return found

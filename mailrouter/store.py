@@ -199,8 +199,11 @@ _MESSAGES_FROM = select(func.count()).select_from(
     .limit(bindparam("at_most"))
     .subquery()
 )
+_REMOVED_PARTICIPANTS = select(EVENT.c.data).where(
+    EVENT.c.case_id == bindparam("case_id"), EVENT.c.kind == EventKind.PARTICIPANT_REMOVED
+)
 _LAST_CUSTOMER_MESSAGE = (
-    select(MESSAGE.c.message_id, MESSAGE.c.references)
+    select(MESSAGE.c.message_id, MESSAGE.c.references, MESSAGE.c.to_addrs, MESSAGE.c.cc_addrs)
     .where(
         MESSAGE.c.case_id == bindparam("case_id"),
         MESSAGE.c.direction == Direction.IN,
@@ -371,9 +374,15 @@ class SqlFacts:
         params = {"case_id": case_id or 0, "organisation": organisation, "at_most": at_most}
         return self.connection.execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
 
-    def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...]] | None:
+    def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
         row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
-        return (row.message_id, tuple(row.references)) if row else None
+        if row is None:
+            return None
+        return row.message_id, tuple(row.references), (*row.to_addrs, *row.cc_addrs)
+
+    def removed_participants(self, case_id: int) -> frozenset[str]:
+        rows = self.connection.execute(_REMOVED_PARTICIPANTS, {"case_id": case_id})
+        return frozenset(str(data.get("address", "")) for (data,) in rows)
 
     def acknowledgements_to_domain(self, domain: str, since: datetime, at_most: int) -> int:
         params = {"domain": domain, "since": since, "at_most": at_most}

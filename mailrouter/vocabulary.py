@@ -96,6 +96,7 @@ class EventKind(StrEnum):
     ASSIGNED = "assigned"
     PRIORITY_CHANGED = "priority-changed"
     TAGGED = "tagged"
+    PARTICIPANT_REMOVED = "participant-removed"
     FOLLOW_UP_SET = "follow-up-set"
     STATUS_CHANGED = "status-changed"
     # the outbox

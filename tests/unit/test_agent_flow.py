@@ -2,6 +2,7 @@
 
 import email
 from datetime import timedelta
+from email.message import EmailMessage
 from email.policy import default
 
 from sqlmodel import Session, select
@@ -275,3 +276,75 @@ def test_the_organisations_open_cases_are_found_from_the_open_cases(intake):
         plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound)]
     assert any("USING INDEX ix_case_status" in step for step in plan), plan
     assert not any("ix_customer_organisation" in step for step in plan), plan
+
+
+def agent_reply_with_files(intake, notification, body, files):
+    message = EmailMessage()
+    message["From"] = "Agent One <agent1@example.test>"
+    message["To"] = str(notification["Reply-To"])
+    message["Subject"] = f"Re: {notification['Subject']}"
+    message["Message-ID"] = f"<files{next(uid)}@example.test>"
+    message["In-Reply-To"] = notification["Message-ID"]
+    message.set_content(body)
+    for name, data in files:
+        message.add_attachment(data, maintype="application", subtype="pdf", filename=name)
+    return intake.process(message.as_bytes(), Origin("it", 1, next(uid)))
+
+
+def test_an_agents_attachments_reach_the_customer_and_the_participants_on_cc(intake):
+    deliver(
+        intake,
+        sender=CUSTOMER,
+        subject="Skrivaren virker ikke",
+        headers={"Cc": "Per <per@kunde.example>, it-support@example.test"},
+    )
+    notification = outbox(intake, "notification")[0]
+    agent_reply_with_files(
+        intake, notification, "Se vedlagt veiledning.", [("veiledning-ø.pdf", b"%PDF-1.4 x")]
+    )
+    [answer] = outbox(intake, "agent-reply")
+    assert answer["To"] == "kari@kunde.example" and answer["Cc"] == "per@kunde.example"
+    [attached] = list(answer.iter_attachments())
+    assert attached.get_filename() == "veiledning-ø.pdf" and attached.get_content() == b"%PDF-1.4 x"
+    with Session(intake.engine) as session:
+        row = session.exec(select(OutboxMessage).where(OutboxMessage.kind == "agent-reply")).one()
+    assert row.rcpt_to == ["kari@kunde.example", "per@kunde.example"]
+
+
+def test_a_participant_removed_with_uncc_gets_no_more_answers(intake):
+    deliver(intake, sender=CUSTOMER, subject="Skrivaren virker ikke", headers={"Cc": "per@kunde.example"})
+    agent_reply(intake, outbox(intake, "notification")[0], "#uncc per@kunde.example\nVi ser på det.")
+    [answer] = outbox(intake, "agent-reply")
+    assert answer["Cc"] is None and answer["To"] == "kari@kunde.example"
+
+
+def test_an_attachment_over_the_limit_is_not_sent_on_and_the_agent_is_told(intake, monkeypatch):
+    config = intake.casework.config
+    limits = config.file.limits.model_copy(update={"relay_attachment_bytes": 1000})
+    monkeypatch.setattr(config, "file", config.file.model_copy(update={"limits": limits}))
+    notification = new_case(intake)
+    agent_reply_with_files(
+        intake, notification, "Her.", [("liten.pdf", b"x" * 10), ("stor.pdf", b"y" * 5000)]
+    )
+    [answer] = outbox(intake, "agent-reply")
+    assert [a.get_filename() for a in answer.iter_attachments()] == ["liten.pdf"]
+    [told] = [
+        m
+        for m in outbox(intake, "command-error")
+        if "WITHOUT these attachments" in m.get_body(("plain",)).get_content()
+    ]
+    assert told["To"] == "agent1@example.test" and "stor.pdf" in told.get_body(("plain",)).get_content()
+
+
+def test_a_web_forms_reply_to_is_the_customer_who_hears_the_answers(intake):
+    deliver(
+        intake,
+        sender="Skjema <noreply@forms.example>",
+        subject="Kontaktskjema: skriveren",
+        headers={"Reply-To": "Kari Nordmann <kari@kunde.example>"},
+    )
+    [ack] = outbox(intake, "acknowledgement")
+    assert ack["To"] == "kari@kunde.example"
+    agent_reply(intake, outbox(intake, "notification")[0], "Vi ser på det.")
+    [answer] = outbox(intake, "agent-reply")
+    assert answer["To"] == "kari@kunde.example"
