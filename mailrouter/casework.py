@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from mailrouter.agents import AgentDirectory
+from mailrouter.agents import AgentDirectory, Authentication
 from mailrouter.commands import Command, parse_duration, read_agent_reply
 from mailrouter.config import Config
 from mailrouter.notices import Notices
@@ -34,7 +34,7 @@ from mailrouter.plan import (
     Raw,
 )
 from mailrouter.route import Decision
-from mailrouter.screen import Kind, Verdict
+from mailrouter.screen import PERSON_MAYBE, Kind, Verdict
 from mailrouter.thread import ThreadMatch
 from mailrouter.vocabulary import FINISHED, AuthorRole, CaseStatus, EventKind, OutboxKind
 
@@ -43,6 +43,9 @@ RECENT = timedelta(days=90)
 # the count stops here, so that a backlog from one organisation (a whole company's staff after
 # an outage) costs each notification no more than a few cases would.
 ORGANISATION_CASES_COUNTED = 50
+# How often in an acknowledgement window an agent hears that an unproven answer was not sent:
+# enough for a person, and a forged From cannot flood the real agent.
+UNSENT_NOTICES = 3
 _DSN_STATUS = re.compile(r"^.*\b[45]\.\d{1,3}\.\d{1,3}\b.*$", re.MULTILINE)
 
 
@@ -74,6 +77,16 @@ class CaseFacts(Protocol):
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...]] | None: ...
 
     def acknowledgements_to(self, address: str, since: datetime, at_most: int) -> int: ...
+
+    def acknowledgements_to_domain(self, domain: str, since: datetime, at_most: int) -> int: ...
+
+    def acknowledgements_since(self, since: datetime, at_most: int) -> int: ...
+
+    def already_on_case(self, case_id: int, message_id: str) -> bool: ...
+
+    def addresses_on_case(self, case_id: int) -> frozenset[str]: ...
+
+    def messages_from(self, case_id: int, address: str, since: datetime | None, at_most: int) -> int: ...
 
 
 @dataclass
@@ -141,17 +154,39 @@ class Casework:
             for w in match.warnings
         )
 
-    def parse_notes(self, inbound: Inbound, origin: Origin) -> tuple[PlannedEvent, ...]:
-        """A message read only in part (its parse ran out of time) says so on its case."""
-        if not inbound.degraded:
-            return ()
-        detail = f"the message was read in part, {inbound.degraded}"
-        return (PlannedEvent(EventKind.PARSED_DEGRADED, detail, about_message=True, mailbox=origin.mailbox),)
+    def parse_notes(
+        self, inbound: Inbound, origin: Origin, reused_by: int | None
+    ) -> tuple[PlannedEvent, ...]:
+        """What a person should know of how the message was read: only in part (its parse ran out
+        of time), or under a Message-ID another, different message of the mailbox carries."""
+        notes = []
+        if inbound.degraded:
+            detail = f"the message was read in part, {inbound.degraded}"
+            notes.append(
+                PlannedEvent(EventKind.PARSED_DEGRADED, detail, about_message=True, mailbox=origin.mailbox)
+            )
+        if reused_by is not None:
+            detail = (
+                f"Message-ID {inbound.message_id} is also on message {reused_by}, whose content differs: "
+                "registered as a message of its own"
+            )
+            notes.append(
+                PlannedEvent(
+                    EventKind.MESSAGE_ID_REUSED,
+                    detail,
+                    {"other_message": reused_by},
+                    about_message=True,
+                    mailbox=origin.mailbox,
+                )
+            )
+        return tuple(notes)
 
     # --- plans for incoming mail ------------------------------------------------------------------
 
-    def duplicate(self, origin: Origin, earlier: int, key: str) -> Plan:
-        outcome = Outcome(OutcomeKind.DUPLICATE, None, f"already registered as message {earlier} ({key})")
+    def duplicate(self, origin: Origin, earlier: int, identity: str) -> Plan:
+        outcome = Outcome(
+            OutcomeKind.DUPLICATE, None, f"already registered as message {earlier} ({identity})"
+        )
         return Plan(outcome=outcome, checkpoint=origin)
 
     def without_case(
@@ -240,19 +275,99 @@ class Casework:
             "raw": Raw(inbound.sha256, raw),
             "checkpoint": origin,
         }
+        sender = inbound.sender.address if inbound.sender else "someone"
+        if facts.already_on_case(case.id or 0, inbound.message_id):
+            # The same message reached a second watched mailbox (Cc hr@): acted on once.
+            outcome = Outcome(
+                OutcomeKind.DUPLICATE, case.number, f"{inbound.message_id} is on {case.number} already"
+            )
+            return Plan(
+                outcome=outcome,
+                raw=Raw(inbound.sha256, raw),
+                checkpoint=origin,
+                events=(
+                    PlannedEvent(
+                        EventKind.DUPLICATE_COPY,
+                        f"another copy of {inbound.message_id}, received by {origin.mailbox} too: "
+                        "recorded once, acted on once",
+                        {"uid": origin.uid},
+                        case_id=case.id,
+                        on_case=False,
+                        mailbox=origin.mailbox,
+                    ),
+                ),
+            )
+        if role == AuthorRole.AGENT and verdict.kind != Kind.NORMAL:
+            draft.record(
+                EventKind.NOT_RELAYED,
+                f"automatic mail from agent {sender} ({verdict.kind.value}): recorded, never relayed, "
+                "no answer to the customer",
+            )
+            return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason), **parts)
         if role == AuthorRole.AGENT:
             summary = self._agent_reply(draft, inbound, raw, facts)
             return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, summary, len(draft.mail)), **parts)
-        if role == AuthorRole.EXTERNAL or not verdict.may_reopen:
-            # Forged agents, automatic and bulk mail are on record, and change nothing.
+        if match.unproven_agent_answer and verdict.kind == Kind.NORMAL:
+            since = now - timedelta(seconds=self.config.limits.acknowledgement_window)
+            tell = (
+                facts.messages_from(case.id or 0, sender, since=since, at_most=UNSENT_NOTICES)
+                < UNSENT_NOTICES
+            )
+            if tell:
+                draft.mail.append(self.notices.unsent_answer(case, inbound, sender))
+            draft.record(
+                EventKind.AGENT_ANSWER_NOT_SENT,
+                f"{sender} answered without proof (not to the signed reply address): nothing relayed"
+                + ("; they were told at their own address how to answer" if tell else ""),
+            )
+            return draft.plan(
+                Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason, len(draft.mail)), **parts
+            )
+        if role == AuthorRole.EXTERNAL or verdict.kind not in (Kind.NORMAL, *PERSON_MAYBE):
+            # Forged agents and automatic mail are on record, and change nothing.
             return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason), **parts)
-        sender = inbound.sender.address if inbound.sender else "someone"
-        if case.status in FINISHED:
-            self._set_status(draft, CaseStatus.OPEN, sender, "replied to a finished case: reopened")
-        elif case.status == CaseStatus.PENDING:
-            self._set_status(draft, CaseStatus.OPEN, sender, "the customer answered")
-        self._notify(draft, f"Reply from {sender}", facts, inbound=inbound, raw=raw)
+        if role == AuthorRole.PARTICIPANT and sender not in facts.addresses_on_case(case.id or 0):
+            self._stranger(draft, inbound, sender, facts)
+            parts["incoming"] = Incoming(inbound, origin, AuthorRole.STRANGER)
+            return draft.plan(
+                Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason, len(draft.mail)), **parts
+            )
+        if verdict.kind == Kind.NORMAL:
+            if case.status in FINISHED:
+                self._set_status(draft, CaseStatus.OPEN, sender, "replied to a finished case: reopened")
+            elif case.status == CaseStatus.PENDING:
+                self._set_status(draft, CaseStatus.OPEN, sender, "the customer answered")
+        if (limited := self._over_follow_up_limit(case, sender, now, facts)) is not None:
+            draft.record(EventKind.NOT_NOTIFIED, limited, rate_limited=True)
+        else:
+            self._notify(draft, f"Reply from {sender}", facts, inbound=inbound, raw=raw)
         return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason, len(draft.mail)), **parts)
+
+    def _stranger(self, draft: _Draft, inbound: Inbound, sender: str, facts: CaseFacts) -> None:
+        """Someone not on the case wrote on its tag (case numbers are guessable): on record for
+        review, the agents told once per sender and without the mail attached; never reopens."""
+        case = draft.case
+        first = facts.messages_from(case.id or 0, sender, since=None, at_most=1) == 0
+        draft.record(
+            EventKind.STRANGER_ON_CASE,
+            f"{sender} is neither the customer nor on the case: recorded for review, not reopened"
+            + ("; the agents are told once" if first else "; the agents were told already"),
+            sender=sender,
+        )
+        if first:
+            self._notify(draft, f"Mail from {sender}, who is not on the case", facts, inbound=inbound)
+
+    def _over_follow_up_limit(
+        self, case: CaseView, sender: str, now: datetime, facts: CaseFacts
+    ) -> str | None:
+        limit = self.config.limits.follow_up_notifications_per_sender
+        since = now - timedelta(seconds=self.config.limits.acknowledgement_window)
+        if facts.messages_from(case.id or 0, sender, since=since, at_most=limit) < limit:
+            return None
+        return (
+            f"rate limit: {sender} has written {limit} times on {case.number} in the last "
+            f"{self.config.limits.acknowledgement_window:.0f}s; recorded, the agents not told again"
+        )
 
     def new_case(
         self,
@@ -264,6 +379,7 @@ class Casework:
         number: str,
         customer: CustomerView | None,
         earlier: CaseView | None,
+        authentication: Authentication | None,
         now: datetime,
         facts: CaseFacts,
     ) -> Plan:
@@ -319,7 +435,7 @@ class Casework:
         )
         if verdict.kind != Kind.NORMAL:
             draft.events.append(PlannedEvent(EventKind.SCREENED, verdict.explanation, mailbox=origin.mailbox))
-        self._acknowledge(draft, inbound, origin, verdict, decision, facts)
+        self._acknowledge(draft, inbound, origin, verdict, decision, authentication, facts)
         self._notify(draft, "New case", facts, inbound=inbound, raw=raw)
         return draft.plan(
             Outcome(OutcomeKind.NEW_CASE, number, decision.explanation, len(draft.mail)),
@@ -374,6 +490,7 @@ class Casework:
         origin: Origin,
         verdict: Verdict,
         decision: Decision,
+        authentication: Authentication | None,
         facts: CaseFacts,
     ) -> None:
         case = draft.case
@@ -385,17 +502,31 @@ class Casework:
             draft.record(EventKind.NOT_ACKNOWLEDGED, "the message has no sender address")
         elif (stale := self._too_old_to_acknowledge(origin, draft.now)) is not None:
             draft.record(EventKind.NOT_ACKNOWLEDGED, stale)
-        elif (limited := self._over_acknowledgement_limit(case.customer, draft.now, facts)) is not None:
+        elif (refused := self._unauthenticated(origin, authentication)) is not None:
+            draft.record(EventKind.NOT_ACKNOWLEDGED, refused)
+        elif (limited := self._over_acknowledgement_budget(case.customer, draft.now, facts)) is not None:
             draft.record(EventKind.NOT_ACKNOWLEDGED, limited, rate_limited=True)
         else:
-            mail = self.notices.acknowledgement(case, inbound, decision.template)
+            echo = authentication is None or not authentication.trusted or authentication.dmarc_pass
+            mail = self.notices.acknowledgement(case, inbound, decision.template, echo=echo)
             draft.mail.append(mail)
             draft.record(
                 EventKind.ACKNOWLEDGEMENT_QUEUED,
                 f"acknowledgement to {case.customer.address} from template "
-                f"{case.department}/{decision.template} ({case.language})",
+                f"{case.department}/{decision.template} ({case.language})"
+                + ("" if echo else "; without the sender's name and subject: DMARC did not pass"),
                 message_id_header=mail.outgoing.message_id,
+                echoed=echo,
             )
+
+    def _unauthenticated(self, origin: Origin, authentication: Authentication | None) -> str | None:
+        mailbox = self.config.mailboxes.get(origin.mailbox)
+        if mailbox is None or mailbox.acknowledge_senders != "authenticated":
+            return None
+        if authentication is not None and authentication.authenticated:
+            return None
+        why = authentication.reason if authentication is not None else "no Authentication-Results of ours"
+        return f"{origin.mailbox} acknowledges only authenticated senders, and this one is not ({why})"
 
     def _too_old_to_acknowledge(self, origin: Origin, now: datetime) -> str | None:
         """Why mail that arrived long before we read it (a migration, an outage) gets no answer."""
@@ -409,23 +540,41 @@ class Casework:
             f"than its acknowledge_max_age ({mailbox.acknowledge_max_age})"
         )
 
-    def _over_acknowledgement_limit(
+    def _over_acknowledgement_budget(
         self, customer: CustomerView, now: datetime, facts: CaseFacts
     ) -> str | None:
-        """Why this sender gets no more acknowledgements for now, or None while under the limit."""
-        if customer.id is None:
-            return None  # their first mail
+        """Why no acknowledgement may go now: the sender's, their domain's or the whole desk's
+        budget for the window is spent (rotating forged senders spend the latter two); None while
+        under all three. Each count stops at its limit, so the check costs no more when flooded."""
         limits = self.config.limits
-        since = now - timedelta(seconds=limits.acknowledgement_window)
-        if facts.acknowledgements_to(customer.address, since, limits.acknowledgements_per_sender) < (
-            limits.acknowledgements_per_sender
+        window = limits.acknowledgement_window
+        since = now - timedelta(seconds=window)
+        domain = customer.address.rpartition("@")[2]
+        if customer.id is not None and (
+            facts.acknowledgements_to(customer.address, since, limits.acknowledgements_per_sender)
+            >= limits.acknowledgements_per_sender
         ):
-            return None
-        # The count stops at the limit, so it tells no more than that the limit is reached.
-        return (
-            f"rate limit: {customer.address} has had the most acknowledgements allowed "
-            f"({limits.acknowledgements_per_sender}) in the last {limits.acknowledgement_window:.0f}s"
-        )
+            return (
+                f"rate limit: {customer.address} has had the most acknowledgements allowed "
+                f"({limits.acknowledgements_per_sender}) in the last {window:.0f}s"
+            )
+        if (
+            facts.acknowledgements_to_domain(domain, since, limits.acknowledgements_per_domain)
+            >= limits.acknowledgements_per_domain
+        ):
+            return (
+                f"rate limit: senders at {domain} have had the most acknowledgements allowed "
+                f"({limits.acknowledgements_per_domain}) in the last {window:.0f}s"
+            )
+        if (
+            facts.acknowledgements_since(since, limits.acknowledgements_total)
+            >= limits.acknowledgements_total
+        ):
+            return (
+                f"rate limit: the desk has sent the most acknowledgements allowed "
+                f"({limits.acknowledgements_total}) in the last {window:.0f}s"
+            )
+        return None
 
     def _notify(
         self,

@@ -129,6 +129,9 @@ class MailboxSettings(_Strict):
     processed_folder: str = "Processed"
     quarantine_folder: str = "Quarantine"
     acknowledge: bool = True
+    # "authenticated": acknowledge only senders whose From domain our border MTA authenticated
+    # (aligned DKIM or DMARC pass); others get their case, and no answer.
+    acknowledge_senders: Literal["all", "authenticated"] = "all"
     template: str = "ack"
     group: str = ""  # the department's default group: notified of cases nobody is assigned to
     # Where reading begins the first time mailrouter watches the folder (no checkpoint yet):
@@ -282,7 +285,12 @@ class LimitsSettings(_Strict):
     and text one message may take from the parser and the rules' regexes."""
 
     acknowledgements_per_sender: int = Field(default=5, ge=0)
+    # Forged senders rotate addresses: a budget per sender domain, and one for the whole desk.
+    acknowledgements_per_domain: int = Field(default=50, ge=0)
+    acknowledgements_total: int = Field(default=500, ge=0)
     acknowledgement_window: float = Field(default=3600.0, gt=0)
+    # A sender's messages on one case that notify the agents within the window; more are recorded.
+    follow_up_notifications_per_sender: int = Field(default=10, ge=0)
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
     # A parse in a worker that takes longer is abandoned for a degraded reading (parsepool).
     parse_time_limit: float = Field(default=5.0, gt=0)

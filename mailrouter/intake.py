@@ -25,7 +25,7 @@ from mailrouter.notices import Notices
 from mailrouter.parse import Inbound, parse
 from mailrouter.plan import Origin, Outcome, OutcomeKind, Plan, PlannedEvent
 from mailrouter.route import Rule, route
-from mailrouter.screen import Kind, screen
+from mailrouter.screen import screen
 from mailrouter.templates import Templates
 from mailrouter.thread import case_tags, thread
 
@@ -95,16 +95,18 @@ class Intake:
         it), which rolls back with the rest."""
         facts = store.SqlFacts(session)
         casework = self.casework
-        key = store.dedupe_key(origin.mailbox, inbound)
-        earlier = facts.registered(key)
+        earlier, reused_by = facts.identity(origin.mailbox, inbound)
         if earlier is not None:
-            return casework.duplicate(origin, earlier, key)
+            return casework.duplicate(origin, earlier, inbound.message_id or inbound.sha256)
         now = utcnow()
         verdict = screen(inbound, self.own_addresses)
-        if verdict.kind == Kind.BOUNCE and (sent := facts.sent_mail(inbound.quoted_message_ids)):
+        # Only a real delivery status notification may mark our mail bounced, and only mail the
+        # relay took: anyone can send mail from mailer-daemon@ naming one of our Message-IDs.
+        if verdict.dsn is not None and (sent := facts.sent_mail(verdict.dsn.original_message_ids)):
             return casework.bounce(inbound, origin, raw, verdict, facts.case(sent[0].case_id), sent)
         match = thread(inbound, self.tags, facts, self.agents)
-        notes = casework.parse_notes(inbound, origin) + casework.warnings(match, origin)
+        notes = casework.parse_notes(inbound, origin, reused_by)
+        notes += casework.warnings(match, origin)
         case = facts.case(match.case.id) if match.case else None
         if case is not None and not casework.too_late(case, match, verdict, now):
             plan = casework.follow_up(inbound, origin, raw, verdict, match, case, now, facts)
@@ -123,7 +125,17 @@ class Intake:
             number = next_case_number(session, self.config.mailboxes[decision.department].prefix)
             customer = facts.customer(inbound.sender) if inbound.sender else None
             plan = casework.new_case(
-                inbound, origin, raw, verdict, decision, number, customer, case, now, facts
+                inbound,
+                origin,
+                raw,
+                verdict,
+                decision,
+                number,
+                customer,
+                case,
+                match.authentication,
+                now,
+                facts,
             )
         return _with_events_first(plan, notes)
 

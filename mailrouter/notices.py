@@ -7,6 +7,7 @@ command from their mail client.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,9 +81,19 @@ class Notices:
             {"case": case, "customer": case.customer, "department": department, **context},
         )
 
-    def acknowledgement(self, case: CaseView, inbound: Inbound, template: str) -> QueuedMail:
+    def acknowledgement(
+        self, case: CaseView, inbound: Inbound, template: str, *, echo: bool = True
+    ) -> QueuedMail:
+        """`echo` False: nothing the sender wrote (name, subject) goes back to them, for senders whose
+        domain our border MTA could not authenticate (a forged From would relay it as spam)."""
         assert case.customer is not None, "acknowledge only cases with a sender"
         department = self.mailboxes[case.department]
+        if not echo:
+            neutral = f"your message to {department.display_name}"
+            case = dataclasses.replace(
+                case, subject=neutral, customer=dataclasses.replace(case.customer, name="")
+            )
+            inbound = dataclasses.replace(inbound, subject=neutral, text="", html="", attachments=())
         body = self._render(case, template, (case.language, department.language), message=inbound)
         return self._mail(
             OutboxKind.ACKNOWLEDGEMENT,
@@ -153,6 +164,30 @@ class Notices:
         )
         return self._mail(
             OutboxKind.COMMAND_ERROR,
+            case,
+            (agent,),
+            tagged_subject(case.number, inbound.subject),
+            Rendered(text, None),
+            answering=inbound,
+            auto_submitted="auto-replied",
+            signed_for=agent,
+        )
+
+    def unsent_answer(self, case: CaseView, inbound: Inbound, agent: str) -> QueuedMail:
+        """To an agent whose answer came without proof (their client ignored Reply-To): at their
+        own configured address, so a forged From only ever warns the real agent."""
+        department = self.mailboxes[case.department]
+        text = (
+            f"{MARKER}\n\n"
+            f"Your answer on {case.number} was NOT sent to the customer: it came to "
+            f"{department.address} directly, and only an answer to the case's own reply address "
+            "proves it is yours.\n\n"
+            "Answer with your mail client's Reply to a notification about the case: its reply "
+            "address (in Reply-To) is made for you alone. If your client ignores Reply-To, "
+            "copy that address into To.\n\n" + COMMAND_HELP
+        )
+        return self._mail(
+            OutboxKind.UNSENT_ANSWER,
             case,
             (agent,),
             tagged_subject(case.number, inbound.subject),

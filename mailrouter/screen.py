@@ -20,6 +20,8 @@ class Kind(StrEnum):
     NORMAL = "normal"
     BULK = "bulk"
     AUTO_REPLY = "auto-reply"
+    # Only the subject reads like an automatic reply: likely a person asking about one.
+    AUTO_REPLY_SUBJECT = "auto-reply-subject"
     BOUNCE = "bounce"
     LOOP = "loop"
     SPAM = "spam"
@@ -67,12 +69,15 @@ _RULES: dict[Kind, tuple[bool, bool]] = {
     Kind.NORMAL: (True, True),
     Kind.BULK: (True, False),
     Kind.AUTO_REPLY: (False, False),
+    Kind.AUTO_REPLY_SUBJECT: (True, False),
     Kind.BOUNCE: (False, False),
     Kind.LOOP: (False, False),
     Kind.SPAM: (False, False),
 }
 _MAY_REOPEN = frozenset({Kind.NORMAL})
-_SEVERITY = [Kind.LOOP, Kind.BOUNCE, Kind.AUTO_REPLY, Kind.SPAM, Kind.BULK]
+_SEVERITY = [Kind.LOOP, Kind.BOUNCE, Kind.AUTO_REPLY, Kind.SPAM, Kind.BULK, Kind.AUTO_REPLY_SUBJECT]
+# From a person, on a case they are part of: recorded and the agents told, never reopening it.
+PERSON_MAYBE = frozenset({Kind.BULK, Kind.AUTO_REPLY_SUBJECT})
 _DAEMON_SENDERS = ("mailer-daemon@", "postmaster@", "mail-daemon@")
 # Headers auto-responders set besides RFC 3834's Auto-Submitted (vacation, Exchange, Zendesk, ...).
 _AUTO_REPLY_HEADERS = (
@@ -128,7 +133,10 @@ def screen(inbound: Inbound, own_addresses: frozenset[str]) -> Verdict:
             findings.append((Kind.AUTO_REPLY, f"{name} header present"))
     if _AUTO_REPLY_SUBJECT.match(inbound.subject):
         findings.append(
-            (Kind.AUTO_REPLY, f"the subject reads like an automatic reply: {inbound.subject[:60]!r}")
+            (
+                Kind.AUTO_REPLY_SUBJECT,
+                f"the subject reads like an automatic reply: {inbound.subject[:60]!r}, and no header says so",
+            )
         )
 
     precedence = inbound.header("precedence").strip().lower()

@@ -95,7 +95,11 @@ async def connect(settings: SmtpSettings, password: SecretStr | None) -> aiosmtp
     )
     await smtp.connect()
     if settings.username is not None and password is not None:
-        await smtp.login(settings.username, password.get_secret_value())
+        try:
+            await smtp.login(settings.username, password.get_secret_value())
+        except BaseException:
+            smtp.close()
+            raise
     return smtp
 
 
@@ -294,6 +298,14 @@ class Sender:
         self._in_hand = letter
         try:
             smtp = await self._connect()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # No session, or our login refused: not the letter's fault, whatever the reply code
+            # (a wrong password must not fail every letter for good). It waits, and is retried.
+            s = self.settings
+            failure = TemporaryDeliveryError(f"relay {s.host}:{s.port}: {classify(exc)}")
+            await asyncio.to_thread(self._failed, letter, failure)
+            return False
+        try:
             reply = await self._transaction(smtp, letter)
         except Unclaimed as exc:
             log.info("%s; skipping it", exc)

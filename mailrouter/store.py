@@ -7,8 +7,9 @@ crash leaves either nothing or everything.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, case, event, exists, func, insert, or_, select, update
@@ -71,6 +72,16 @@ _INSERT_OUTBOX = insert(OUTBOX)
 _INSERT_EVENT = insert(EVENT)
 _EVENTS = "mailrouter.events"  # a session's events not yet written (Session.info)
 _REGISTERED = select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key"))
+# One look for both questions: registered already, or another message under its Message-ID?
+_SAME_MESSAGE_ID = (
+    select(MESSAGE.c.id, MESSAGE.c.dedupe_key)
+    .where(
+        MESSAGE.c.message_id == bindparam("message_id"),
+        MESSAGE.c.mailbox == bindparam("mailbox"),
+        MESSAGE.c.direction == Direction.IN,
+    )
+    .limit(100)
+)
 _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
@@ -144,6 +155,52 @@ _ORGANISATION_OPEN_CASES = select(func.count()).select_from(
     .limit(bindparam("at_most"))
     .subquery()
 )
+# Budgets against forged senders, read from the cases created within the window (ix_case_created_at).
+_ACKNOWLEDGEMENTS_TO_DOMAIN = select(func.count()).select_from(
+    select(OUTBOX.c.id)
+    .join(CASE, CASE.c.id == OUTBOX.c.case_id)
+    .join(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
+    .where(
+        CASE.c.created_at >= bindparam("since"),
+        CUSTOMER.c.organisation == bindparam("domain"),
+        OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT,
+    )
+    .limit(bindparam("at_most"))
+    .subquery()
+)
+_ACKNOWLEDGEMENTS_IN_ALL = select(func.count()).select_from(
+    select(OUTBOX.c.id)
+    .join(CASE, CASE.c.id == OUTBOX.c.case_id)
+    .where(CASE.c.created_at >= bindparam("since"), OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT)
+    .limit(bindparam("at_most"))
+    .subquery()
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ON_CASE = (
+    select(MESSAGE.c.id)
+    .where(
+        MESSAGE.c.case_id == bindparam("case_id"),
+        MESSAGE.c.message_id == bindparam("message_id"),
+        MESSAGE.c.direction == Direction.IN,
+    )
+    .limit(1)
+)
+# Strangers' and forged agents' mail is on the case too, and makes nobody part of it.
+_ADDRESSES_ON_CASE = select(MESSAGE.c.from_addr, MESSAGE.c.to_addrs, MESSAGE.c.cc_addrs).where(
+    MESSAGE.c.case_id == bindparam("case_id"),
+    MESSAGE.c.author_role.not_in([AuthorRole.STRANGER, AuthorRole.EXTERNAL]),
+)
+_MESSAGES_FROM = select(func.count()).select_from(
+    select(MESSAGE.c.id)
+    .where(
+        MESSAGE.c.case_id == bindparam("case_id"),
+        MESSAGE.c.from_addr == bindparam("address"),
+        MESSAGE.c.direction == Direction.IN,
+        MESSAGE.c.received_at >= bindparam("since"),
+    )
+    .limit(bindparam("at_most"))
+    .subquery()
+)
 _LAST_CUSTOMER_MESSAGE = (
     select(MESSAGE.c.message_id, MESSAGE.c.references)
     .where(
@@ -157,6 +214,7 @@ _LAST_CUSTOMER_MESSAGE = (
 _SENT_BY_MESSAGE_IDS = (
     select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.kind, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
     .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_not(None))
+    .where(OUTBOX.c.state.in_([OutboxState.SENT, OutboxState.SENDING]))  # what the relay took
     .order_by(OUTBOX.c.id)
 )
 _MARK_BOUNCED = (
@@ -178,7 +236,29 @@ _CLAIM_FOLLOW_UP = (  # compare-and-set: another instance, or an agent's change,
 
 
 def dedupe_key(mailbox: str, inbound: Inbound) -> str:
-    return f"{mailbox}:{inbound.message_id or 'sha256:' + inbound.sha256}"
+    """A message's identity in a mailbox: its Message-ID and what it says. Scanners and scripts
+    reuse one Message-ID for different mail; a copy of the same mail (a UIDVALIDITY reset, a
+    second delivery with other trace headers) says the same."""
+    if not inbound.message_id:
+        return f"{mailbox}:sha256:{inbound.sha256}"
+    content = hashlib.sha256()
+    for part in (
+        inbound.sender.address if inbound.sender else "",
+        inbound.subject,
+        inbound.text,
+        *(a.sha256 for a in inbound.attachments),
+    ):
+        content.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return f"{mailbox}:{inbound.message_id}:{content.hexdigest()[:24]}"
+
+
+def _earlier_keys(mailbox: str, inbound: Inbound) -> list[str]:
+    """The keys this message may have been registered under: today's, and the Message-ID alone
+    that versions before content-aware identity wrote."""
+    keys = [dedupe_key(mailbox, inbound)]
+    if inbound.message_id:
+        keys.append(f"{mailbox}:{inbound.message_id}")
+    return keys
 
 
 def _case_view(row: Row[Any]) -> CaseView:
@@ -258,9 +338,16 @@ class SqlFacts:
             self._keep(self.connection.execute(_CASE_BY_ID, {"case_id": case_id}).one())
         return self._cases[case_id]
 
-    def registered(self, key: str) -> int | None:
-        """The id of the message registered under this dedupe key, if any."""
-        return self.connection.execute(_REGISTERED, {"key": key}).scalar()
+    def identity(self, mailbox: str, inbound: Inbound) -> tuple[int | None, int | None]:
+        """(the id of this message if the mailbox registered it already, the id of another
+        message the mailbox registered under the same Message-ID)."""
+        if not inbound.message_id:
+            return self.connection.execute(_REGISTERED, {"key": dedupe_key(mailbox, inbound)}).scalar(), None
+        keys = _earlier_keys(mailbox, inbound)
+        params = {"message_id": inbound.message_id, "mailbox": mailbox}
+        rows = self.connection.execute(_SAME_MESSAGE_ID, params).all()
+        registered = next((row.id for row in rows if row.dedupe_key in keys), None)
+        return registered, None if registered is not None or not rows else rows[0].id
 
     def customer(self, sender: Address) -> CustomerView:
         """The sender as a customer: on record, or as their first mail will record them (a name
@@ -289,6 +376,36 @@ class SqlFacts:
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...]] | None:
         row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
         return (row.message_id, tuple(row.references)) if row else None
+
+    def acknowledgements_to_domain(self, domain: str, since: datetime, at_most: int) -> int:
+        params = {"domain": domain, "since": since, "at_most": at_most}
+        return self.connection.execute(_ACKNOWLEDGEMENTS_TO_DOMAIN, params).scalar_one()
+
+    def acknowledgements_since(self, since: datetime, at_most: int) -> int:
+        return self.connection.execute(
+            _ACKNOWLEDGEMENTS_IN_ALL, {"since": since, "at_most": at_most}
+        ).scalar_one()
+
+    def already_on_case(self, case_id: int, message_id: str) -> bool:
+        """An incoming message with this Message-ID is on the case (through any mailbox)."""
+        if not message_id:
+            return False
+        params = {"case_id": case_id, "message_id": message_id}
+        return self.connection.execute(_ON_CASE, params).first() is not None
+
+    def addresses_on_case(self, case_id: int) -> frozenset[str]:
+        """Everyone a message of the case came from or went to: who may take part in it."""
+        found: set[str] = set()
+        for row in self.connection.execute(_ADDRESSES_ON_CASE, {"case_id": case_id}):
+            found.add(row.from_addr)
+            found.update(row.to_addrs)
+            found.update(row.cc_addrs)
+        return frozenset(a.lower() for a in found if a)
+
+    def messages_from(self, case_id: int, address: str, since: datetime | None, at_most: int) -> int:
+        """This sender's incoming messages on the case (since then), counted up to `at_most`."""
+        params = {"case_id": case_id, "address": address, "since": since or _EPOCH, "at_most": at_most}
+        return self.connection.execute(_MESSAGES_FROM, params).scalar_one()
 
     def acknowledgements_to(self, address: str, since: datetime, at_most: int) -> int:
         """Acknowledgements queued since then for this sender's cases, counted up to `at_most`: a

@@ -36,6 +36,7 @@ class AuthorRole(StrEnum):
     AGENT = "agent"
     PARTICIPANT = "participant"
     EXTERNAL = "external"  # claims to be an agent without proof
+    STRANGER = "stranger"  # wrote on a case they are not part of (a guessed tag)
     SYSTEM = "system"
 
 
@@ -58,6 +59,7 @@ class OutboxKind(StrEnum):
     REMINDER = "reminder"  # to the agents: a follow-up set with #followup is due
     AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
+    UNSENT_ANSWER = "unsent-answer"  # to an agent whose answer lacked proof: how to answer
 
 
 class EventKind(StrEnum):
@@ -72,6 +74,10 @@ class EventKind(StrEnum):
     SECURITY_WARNING = "security-warning"
     PARSED_DEGRADED = "parsed-degraded"
     BOUNCED = "bounced"
+    DUPLICATE_COPY = "duplicate-copy"
+    MESSAGE_ID_REUSED = "message-id-reused"
+    STRANGER_ON_CASE = "stranger-on-case"
+    AGENT_ANSWER_NOT_SENT = "agent-answer-not-sent"
     # set aside, and released again
     REFUSED = "refused"
     QUARANTINED = "quarantined"

@@ -43,6 +43,8 @@ class MailStack:
     imap_port: int = 1143
     imaps_port: int = 1993
     lmtp_port: int = 2424
+    submission_port: int = 2587  # STARTTLS and AUTH required
+    smtps_port: int = 2465  # implicit TLS, AUTH required
     host: str = "127.0.0.1"
     timeout: float = 30.0  # per SMTP/IMAP socket operation
 
@@ -62,6 +64,8 @@ class MailStack:
             "MAILSTACK_IMAP_PORT": str(self.imap_port),
             "MAILSTACK_IMAPS_PORT": str(self.imaps_port),
             "MAILSTACK_LMTP_PORT": str(self.lmtp_port),
+            "MAILSTACK_SUBMISSION_PORT": str(self.submission_port),
+            "MAILSTACK_SMTPS_PORT": str(self.smtps_port),
         }
 
     # --- the script -----------------------------------------------------------------------------
@@ -215,12 +219,15 @@ class MailStack:
 def stack_from_env() -> MailStack:
     """The stack scripts/mailstack would use with the current environment (same defaults)."""
     env = os.environ
+    smtp_port = int(env.get("MAILSTACK_SMTP_PORT", "2525"))
     return MailStack(
         dir=Path(env.get("MAILSTACK_DIR") or REPO / ".mailstack").resolve(),
-        smtp_port=int(env.get("MAILSTACK_SMTP_PORT", "2525")),
+        smtp_port=smtp_port,
         imap_port=int(env.get("MAILSTACK_IMAP_PORT", "1143")),
         imaps_port=int(env.get("MAILSTACK_IMAPS_PORT", "1993")),
         lmtp_port=int(env.get("MAILSTACK_LMTP_PORT", "2424")),
+        submission_port=int(env.get("MAILSTACK_SUBMISSION_PORT", smtp_port + 62)),
+        smtps_port=int(env.get("MAILSTACK_SMTPS_PORT", smtp_port - 60)),
     )
 
 

@@ -161,8 +161,8 @@ def second_stack() -> Iterator[MailStack]:
     # Not pytest's tmp_path: its parents are mode 0700, and Dovecot and Postfix drop root.
     directory = Path(tempfile.mkdtemp(prefix="mailstack-"))
     directory.chmod(0o755)
-    smtp, imap, imaps, lmtp = _free_ports(4)
-    stack = MailStack(directory, smtp, imap, imaps, lmtp)
+    smtp, imap, imaps, lmtp, submission, smtps = _free_ports(6)
+    stack = MailStack(directory, smtp, imap, imaps, lmtp, submission_port=submission, smtps_port=smtps)
     try:
         yield stack
     finally:

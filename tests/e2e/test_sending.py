@@ -58,3 +58,53 @@ def test_one_refused_agent_does_not_silence_the_group_and_the_case_records_it(
     assert daemon.stop() == 0
     assert len(mailstack.messages(agent1.address, agent1.password)) == 1
     assert len(mailstack.messages(agent2.address, agent2.password)) == 1
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_mail_goes_out_over_tls_with_a_login(installation, mailstack, customer, security):
+    """STARTTLS on the submission port (the default), implicit TLS on smtps; both refuse mail
+    from anyone who has not logged in, so a delivered acknowledgement proves TLS and AUTH."""
+    port = mailstack.submission_port if security == "starttls" else mailstack.smtps_port
+    daemon = installation()
+    smtp = {
+        "security": security,
+        "port": port,
+        "ca_file": str(mailstack.ca_file),
+        "username": daemon.mailboxes["it"].address,
+        "password_env": "E2E_IT_PASSWORD",
+    }
+    daemon = installation(name="tls", smtp=smtp, like=daemon)
+    daemon.start(wait=True)
+    send(mailstack, customer.address, daemon.mailboxes["it"].address, "VPN", "The VPN drops.")
+    [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1)
+    assert "VPN" in str(ack["Subject"])
+    daemon.wait_idle()
+    sent = daemon.events("mail-sent")  # the acknowledgement and the agents' notification
+    assert len(sent) == 2 and all("accepted by the relay: 250" in e.detail for e in sent)
+    checked = daemon.cli("check", "--connect")
+    assert checked.returncode == 0, checked.stderr
+    assert daemon.stop() == 0
+
+
+def test_a_refused_login_keeps_the_mail_queued_instead_of_failing_it(installation, mailstack, customer):
+    daemon = installation()
+    smtp = {
+        "security": "starttls",
+        "port": mailstack.submission_port,
+        "ca_file": str(mailstack.ca_file),
+        "username": daemon.mailboxes["it"].address,
+        "password_env": "E2E_WRONG_PASSWORD",
+    }
+    daemon = installation(name="wrong", smtp=smtp, like=daemon)
+    daemon.env["E2E_WRONG_PASSWORD"] = "not-the-password"
+
+    checked = daemon.cli("check", "--connect")
+    assert checked.returncode == 1 and "535" in checked.stderr
+
+    daemon.start(wait=True)
+    send(mailstack, customer.address, daemon.mailboxes["it"].address, "VPN", "The VPN drops.")
+    daemon.wait_until(lambda: any(o.attempts for o in daemon.outbox("acknowledgement")), "a login attempt")
+    [row] = daemon.outbox("acknowledgement")
+    assert row.state == OutboxState.QUEUED and "535" in row.last_error
+    assert daemon.events("delivery-failed") == []
+    assert daemon.stop() == 0

@@ -153,6 +153,7 @@ def test_bad_command_gets_the_agent_an_explanation_and_nothing_happens(intake):
 
 
 def test_forged_agent_is_neither_relayed_nor_obeyed_and_is_flagged(intake):
+    """The real agent, at their own address, is told that an answer in their name was not sent."""
     new_case(intake)
     outcome = deliver(
         intake,
@@ -160,11 +161,27 @@ def test_forged_agent_is_neither_relayed_nor_obeyed_and_is_flagged(intake):
         subject="Re: [IT-1001] Skrivaren virker ikke",
         body="#close\nHa ha.",
     )
-    assert outcome.kind == OutcomeKind.FOLLOW_UP and outcome.queued_mail == 0
+    assert outcome.kind == OutcomeKind.FOLLOW_UP and outcome.queued_mail == 1
     assert case(intake).status == "new"
     assert outbox(intake, "agent-reply") == []
+    [told] = outbox(intake, "unsent-answer")
+    assert told["To"] == "agent1@example.test"
+    assert "was NOT sent to the customer" in told.get_body(("plain",)).get_content()
     [warning] = events(intake, "security-warning")
     assert "claims agent agent1@example.test" in warning
+
+
+def test_an_agent_whose_client_ignored_reply_to_hears_so_at_most_three_times_an_hour(intake):
+    new_case(intake)
+    for n in range(5):
+        deliver(
+            intake,
+            sender="Agent One <agent1@example.test>",
+            subject="Re: [IT-1001] Skrivaren virker ikke",
+            body=f"Prøv igjen nå ({n}).",
+        )
+    assert len(outbox(intake, "unsent-answer")) == 3
+    assert outbox(intake, "agent-reply") == []
 
 
 def test_tampered_signed_address_is_rejected(intake):
@@ -184,8 +201,13 @@ def test_tampered_signed_address_is_rejected(intake):
     assert len(outbox(intake, "acknowledgement")) == 1
 
 
-def test_customer_follow_up_notifies_the_group_and_colleague_joins_as_participant(intake):
-    new_case(intake)
+def test_a_colleague_on_the_case_joins_as_participant_and_the_group_hears_the_reply(intake):
+    deliver(
+        intake,
+        sender=CUSTOMER,
+        subject="Skrivaren virker ikke",
+        headers={"Cc": "Per <per@kunde.example>"},
+    )
     deliver(
         intake,
         sender="Per <per@kunde.example>",
@@ -195,6 +217,24 @@ def test_customer_follow_up_notifies_the_group_and_colleague_joins_as_participan
     notifications = outbox(intake, "notification")
     assert len(notifications) == 4 and "Reply from per@kunde.example" in notifications[-1]["Subject"]
     assert any("written by the participant" in e for e in events(intake, "threaded"))
+
+
+def test_a_stranger_on_a_guessed_tag_is_recorded_told_once_and_reopens_nothing(intake):
+    """Case numbers are sequential: writing [IT-1001] does not make someone part of the case."""
+    new_case(intake)
+    agent_reply(intake, outbox(intake, "notification")[0], "#close")
+    for n in range(3):
+        deliver(
+            intake,
+            sender="Spammer <spam@elsewhere.example>",
+            subject="Re: [IT-1001] hello",
+            body=f"Buy now ({n})",
+        )
+    assert case(intake).status == "closed"
+    told = [n for n in outbox(intake, "notification") if "who is not on the case" in n["Subject"]]
+    assert len(told) == 2  # once, to each agent of the group
+    assert all(not n.is_multipart() for n in told)  # the stranger's mail is not attached
+    assert len(events(intake, "stranger-on-case")) == 3
 
 
 def notification_text(intake, number):

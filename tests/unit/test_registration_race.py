@@ -51,14 +51,14 @@ def test_losing_the_check_then_insert_race_ends_as_a_duplicate(intake, monkeypat
     """The other instance commits between our 'already registered?' look and our insert."""
     raw = make_mail()
     assert intake.process(raw, Origin("it", 7, 1)).kind == OutcomeKind.NEW_CASE
-    real = store.SqlFacts.registered
+    real = store.SqlFacts.identity
     calls = []
 
-    def blind_first_time(facts, key):
-        calls.append(key)
-        return None if len(calls) == 1 else real(facts, key)
+    def blind_first_time(facts, mailbox, inbound):
+        calls.append(mailbox)
+        return (None, None) if len(calls) == 1 else real(facts, mailbox, inbound)
 
-    monkeypatch.setattr(store.SqlFacts, "registered", blind_first_time)
+    monkeypatch.setattr(store.SqlFacts, "identity", blind_first_time)
     outcome = intake.process(raw, Origin("it", 8, 1))  # another copy, e.g. after UIDVALIDITY changed
     assert outcome.kind == OutcomeKind.DUPLICATE
     assert len(calls) == 2  # the unique constraint refused the insert; the second look saw it

@@ -88,8 +88,15 @@ def test_read_receipt_report_is_automatic():
     "subject",
     ["Out of Office: Printer", "Automatic reply: [IT-1001] Re: x", "Autosvar: skriver", "Fraværsmelding"],
 )
-def test_out_of_office_subjects_without_headers(subject):
-    assert verdict(subject=subject).kind == Kind.AUTO_REPLY
+def test_an_out_of_office_subject_alone_opens_a_case_without_an_answer(subject):
+    """A person asking "Fraværsmelding: hvordan slår jeg den på?" must not be kept out."""
+    v = verdict(subject=subject)
+    assert v.kind == Kind.AUTO_REPLY_SUBJECT and v.may_open_case and not v.may_acknowledge
+
+
+def test_an_out_of_office_subject_with_an_automatic_header_is_an_auto_reply():
+    v = verdict(subject="Fraværsmelding", headers={"X-Autoreply": "yes"})
+    assert v.kind == Kind.AUTO_REPLY and not v.may_open_case
 
 
 @pytest.mark.parametrize("subject", ["Auto reply not working in Outlook", "Out of office settings lost"])

@@ -53,7 +53,7 @@ def acknowledged(intake, uid=1):
 
 @pytest.mark.parametrize("headers_only", [False, True])
 def test_bounce_of_our_acknowledgement_marks_it_and_opens_nothing(intake, headers_only):
-    ack = acknowledged(intake)
+    ack = sent(intake, acknowledged(intake))
     outcome = intake.process(make_dsn(ack.data, headers_only=headers_only), Origin("it", 1, 2))
     assert outcome.kind == OutcomeKind.BOUNCED and outcome.case_number == "IT-1001"
     [case] = rows(intake, Case)
@@ -63,6 +63,36 @@ def test_bounce_of_our_acknowledgement_marks_it_and_opens_nothing(intake, header
     assert bounce.case_id == case.id and bounce.author_role == "system"
     [event] = events(intake, "bounced")
     assert event.case_id == case.id and "5.1.1" in event.detail
+
+
+def sent(intake, row):
+    with Session(intake.engine) as session:
+        row.state = OutboxState.SENT
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+    return row
+
+
+def test_a_forged_bounce_cannot_cancel_mail(intake):
+    """Mail merely From mailer-daemon@, naming our letter, is no delivery status notification."""
+    ack = acknowledged(intake)
+    forged = make_mail(
+        sender="MAILER-DAEMON <mailer-daemon@elsewhere.example>",
+        subject="Undelivered Mail Returned to Sender",
+        body=f"Status: 5.1.1\nMessage-ID: {ack.message_id}\n",
+        message_id="<forged-bounce@elsewhere.example>",
+    )
+    assert intake.process(forged, Origin("it", 1, 2)).kind == OutcomeKind.SCREENED
+    [row] = acknowledgements(intake)
+    assert row.state == OutboxState.QUEUED and events(intake, "bounced") == []
+
+
+def test_a_real_bounce_of_a_letter_not_yet_sent_changes_nothing(intake):
+    ack = acknowledged(intake)
+    intake.process(make_dsn(ack.data), Origin("it", 1, 2))
+    [row] = acknowledgements(intake)
+    assert row.state == OutboxState.QUEUED
 
 
 def test_bounce_of_mail_we_never_sent_is_screened(intake):
