@@ -15,8 +15,10 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import formatdate
+from typing import Any
 
-_UTF8 = Charset("utf-8")
+# Any: MIMEText takes a Charset (as documented), though typeshed types its _charset as str.
+_UTF8: Any = Charset("utf-8")
 _UTF8.body_encoding = QP
 _POLICY = compat32.clone(linesep="\r\n")
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from tests.mailstack import DISCARD_DOMAIN, MailStack
 
@@ -240,7 +240,7 @@ def cpu_by_group(daemon_pid: int) -> dict[str, float]:
     return groups
 
 
-def progress(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def progress(engine: Engine) -> tuple[int, int]:
     try:
         with engine.connect() as connection:
             registered = connection.execute(
@@ -317,7 +317,7 @@ def count_messages(stack: MailStack, address: str, password: str, folder: str = 
         typ, data = conn.status(folder, "(MESSAGES)")
         if typ != "OK":
             return 0
-        return int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))  # type: ignore[union-attr,arg-type]
+        return int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))  # type: ignore[union-attr]
 
 
 def passed_on(stack: MailStack, prefix: str) -> int:

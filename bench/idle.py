@@ -65,8 +65,8 @@ class _Counted:
             self.writes += 1
             write(data)
 
-        protocol.data_received = data_received  # type: ignore[method-assign]
-        transport.write = counted_write  # type: ignore[method-assign]
+        protocol.data_received = data_received
+        transport.write = counted_write
 
 
 async def _poll_cost(stack: MailStack, address: str, password: str, polls: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from bench.harness import Span, imap_login
 from mailrouter.db import create_schema, make_engine
 from mailrouter.models import Event
+from mailrouter.vocabulary import EventKind
 from tests.mailstack import MailStack
 
 
@@ -76,7 +77,7 @@ def commits(url: str, count: int) -> Limit:
     with Span() as span:
         for index in range(count):
             with Session(engine) as session:
-                session.add(Event(kind="bench", detail=f"commit {index}"))
+                session.add(Event(kind=EventKind.NOTE, detail=f"commit {index}"))
                 session.commit()
     engine.dispose()
     return _limit(count, span)

@@ -252,7 +252,6 @@ def single_stage_limits(
     while passed_on(stack, sink.partition("@")[0]) < count and time.monotonic() < deadline:
         time.sleep(0.2)
     return {name: asdict(limit) for name, limit in found.items()}, together
-    return found
 
 
 def latency_part(

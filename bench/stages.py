@@ -21,7 +21,7 @@ from mailrouter import notices, store
 from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import create_schema, ensure_counters, make_engine
-from mailrouter.fetch import parse_fetch, parse_search
+from mailrouter.imap import parse_fetch, parse_search
 from mailrouter.models import OutboxMessage
 from mailrouter.plan import Origin
 from mailrouter.send import Sender
@@ -89,18 +89,20 @@ def run_stages(
 
     timings: Timings = defaultdict(float)
     originals = {name: getattr(intake_module, name) for name in ("parse", "screen", "thread", "route")}
-    compose = notices.compose
+    # The stages are timed by replacing the names intake and notices look them up by, which
+    # those modules import without re-exporting: hence the attr-defined ignores.
+    compose = notices.compose  # type: ignore[attr-defined]
     render = intake.casework.notices.templates.render
     apply = store.apply
-    commit = intake_module.Session.commit
+    commit = Session.commit
     try:
-        intake_module.parse = _timed(timings, "parse", originals["parse"])
+        intake_module.parse = _timed(timings, "parse", originals["parse"])  # type: ignore[attr-defined]
         for name in ("screen", "thread", "route"):
             setattr(intake_module, name, _timed(timings, "screen/thread/route", originals[name]))
-        notices.compose = _timed(timings, "compose ack", compose)
+        notices.compose = _timed(timings, "compose ack", compose)  # type: ignore[attr-defined]
         intake.casework.notices.templates.render = _timed(timings, "compose ack", render)  # type: ignore[method-assign]
         store.apply = _timed(timings, "apply", apply)
-        intake_module.Session.commit = _timed(timings, "commit", commit)  # type: ignore[method-assign]
+        Session.commit = _timed(timings, "commit", commit)  # type: ignore[method-assign]
         started = time.perf_counter()
         for uid, raw in enumerate(messages, start=1):
             intake.process(raw, Origin("it", 1, uid))
@@ -108,9 +110,9 @@ def run_stages(
     finally:
         for name, function in originals.items():
             setattr(intake_module, name, function)
-        notices.compose = compose
+        notices.compose = compose  # type: ignore[attr-defined]
         store.apply = apply
-        intake_module.Session.commit = commit  # type: ignore[method-assign]
+        Session.commit = commit  # type: ignore[method-assign]
 
     sent_time, smtp_time, letters = _send(engine, loaded.config, send_sample)
     engine.dispose()
@@ -171,8 +173,8 @@ def _send(engine: Any, config: Any, sample: int) -> tuple[float, float, int]:
             finally:
                 marking += time.perf_counter() - started
 
-        sender._transaction = timed_transaction  # type: ignore[method-assign]
-        sender._mark_sending = timed_mark_sending  # type: ignore[method-assign]
+        sender._transaction = timed_transaction  # type: ignore[method-assign,assignment]
+        sender._mark_sending = timed_mark_sending  # type: ignore[method-assign,assignment]
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(sender.run(stop, 0.05))

@@ -19,6 +19,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, bindparam, event, inspect, text, update
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.schema import Table
 from sqlmodel import Session, create_engine, select
 
 from mailrouter.errors import DatabaseUnavailable
@@ -289,7 +290,7 @@ def ensure_counters(engine: Engine, prefixes: list[str], start: int) -> None:
         session.commit()
 
 
-_COUNTER = CaseCounter.__table__  # type: ignore[attr-defined]
+_COUNTER: Table = CaseCounter.__table__  # type: ignore[attr-defined]  # not declared by SQLModel
 # Core, not the ORM's bulk UPDATE (that evaluates the WHERE against the session); built once.
 _NEXT_NUMBER = (
     update(_COUNTER)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from sqlalchemy import Engine, func, select
+from sqlmodel import col
 
 from mailrouter import store
 from mailrouter.models import Event, utcnow
@@ -39,15 +40,17 @@ def queued_mail(engine: Engine) -> int:
 def read_facts(engine: Engine) -> DatabaseFacts:
     outbox = store.OUTBOX.c
     with engine.connect() as connection:
-        states = dict(connection.execute(select(outbox.state, func.count()).group_by(outbox.state)).all())
+        states: dict[str, int] = dict(
+            connection.execute(select(outbox.state, func.count()).group_by(outbox.state)).all()
+        )
         oldest = connection.execute(
             select(func.min(outbox.created_at)).where(outbox.state == OutboxState.QUEUED)
         ).scalar_one()
-        kinds = dict(
+        kinds: dict[EventKind, int] = dict(
             connection.execute(
-                select(Event.kind, func.count())  # type: ignore[arg-type]
-                .where(Event.kind.in_(DELIVERY_EVENTS))  # type: ignore[attr-defined]
-                .group_by(Event.kind)
+                select(col(Event.kind), func.count())
+                .where(col(Event.kind).in_(DELIVERY_EVENTS))
+                .group_by(col(Event.kind))
             ).all()
         )
     if oldest is not None and oldest.tzinfo is None:

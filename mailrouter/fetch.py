@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aioimaplib
 from pydantic import SecretStr
@@ -269,7 +269,7 @@ class MailboxWorker:
             return None if state is None else (state.uidvalidity, state.last_uid)
 
     def _restart_at(
-        self, uidvalidity: int, last_uid: int, kind: EventKind, detail: str, data: dict[str, object]
+        self, uidvalidity: int, last_uid: int, kind: EventKind, detail: str, data: dict[str, Any]
     ) -> None:
         with Session(self.intake.engine) as session:
             store.record(session, kind, detail, mailbox=self.name, **data)

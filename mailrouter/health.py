@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mailrouter.imap import ImapError
+from mailrouter.errors import ImapError
 
 # Seconds from a batch's bytes in hand to each message's commit.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -179,7 +180,7 @@ class DaemonCollector(Collector):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _token_check(token: SecretStr | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _token_check(token: SecretStr | None) -> Middleware:
     expected = f"Bearer {token.get_secret_value()}".encode() if token is not None else None
 
     @web.middleware

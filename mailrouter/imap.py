@@ -185,7 +185,7 @@ class Connection:
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await an IMAP command, but give up the moment the connection drops."""
         task = asyncio.ensure_future(awaitable)
-        await asyncio.wait({task, self.lost}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((task, self.lost), return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
         task.cancel()
@@ -273,7 +273,7 @@ class Connection:
         """Wait interval seconds, less when stopping; a connection that dies meanwhile raises."""
         stopping = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({stopping, self.lost}, timeout=interval)
+            await asyncio.wait((stopping, self.lost), timeout=interval)
         finally:
             stopping.cancel()
         if self.lost.done():

@@ -6,6 +6,7 @@ Times are timezone-aware UTC everywhere.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -28,11 +29,11 @@ def utcnow() -> datetime:
 # Python functions, not the builtins list and dict: pydantic inspects a default factory's signature
 # on every instantiation, and for a builtin that means parsing its text signature (~0.2 ms each;
 # an outgoing Message cost 0.55 ms to construct instead of 0.08 ms).
-def _empty_list() -> list:
+def _empty_list() -> list[str]:
     return []
 
 
-def _empty_dict() -> dict:
+def _empty_dict() -> dict[str, Any]:
     return {}
 
 
@@ -138,7 +139,7 @@ class Event(SQLModel, table=True):
     mailbox: str = ""
     kind: EventKind = Field(sa_column=Column(Vocabulary(EventKind), nullable=False, index=True))
     detail: str
-    data: dict = Field(default_factory=_empty_dict, sa_column=Column(JSON, nullable=False))
+    data: dict[str, Any] = Field(default_factory=_empty_dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

@@ -93,18 +93,17 @@ class Notices:
         """`echo` False: nothing the sender wrote (name, subject) goes back to them, for senders whose
         domain our border MTA could not authenticate (a forged From would relay it as spam)."""
         assert case.customer is not None, "acknowledge only cases with a sender"
+        customer = case.customer
         department = self.mailboxes[case.department]
         if not echo:
             neutral = f"your message to {department.display_name}"
-            case = dataclasses.replace(
-                case, subject=neutral, customer=dataclasses.replace(case.customer, name="")
-            )
+            case = dataclasses.replace(case, subject=neutral, customer=dataclasses.replace(customer, name=""))
             inbound = dataclasses.replace(inbound, subject=neutral, text="", html="", attachments=())
         body = self._render(case, template, (case.language, department.language), message=inbound)
         return self._mail(
             OutboxKind.ACKNOWLEDGEMENT,
             case,
-            (case.customer.address,),
+            (customer.address,),
             tagged_subject(case.number, inbound.subject),
             body,
             answering=inbound,

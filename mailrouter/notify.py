@@ -95,7 +95,7 @@ async def announce(
     stop: asyncio.Event,
     *,
     interval: float = 5.0,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[], object] | None = None,
 ) -> None:
     """READY=1 once every mailbox has logged in or failed once, then STATUS= every `interval`.
     `queued` counts the outbox's queued rows; it runs in a thread and may raise (database away)."""

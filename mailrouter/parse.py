@@ -24,6 +24,7 @@ from email.message import Message as EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from html import unescape
+from typing import Any
 
 import mailparser
 
@@ -414,7 +415,7 @@ def _first_message_id(values: tuple[str, ...]) -> str:
     return ""
 
 
-def _attachment_content(item: dict) -> bytes:
+def _attachment_content(item: dict[str, Any]) -> bytes:
     payload = item.get("payload") or ""
     if item.get("binary"):
         try:
@@ -424,7 +425,9 @@ def _attachment_content(item: dict) -> bytes:
     return payload.encode("utf-8", "replace")
 
 
-def _attachment(item: dict, content: bytes, measured: tuple[int, str] | None = None) -> AttachmentInfo:
+def _attachment(
+    item: dict[str, Any], content: bytes, measured: tuple[int, str] | None = None
+) -> AttachmentInfo:
     """`measured` (size, sha256) stands in for the content of a body cut out before parsing."""
     size, sha256 = measured or (len(content), hashlib.sha256(content).hexdigest())
     return AttachmentInfo(
@@ -643,7 +646,7 @@ def _with_boundary_recovered(message: EmailMessage) -> EmailMessage:
         return message
     payload = message.get_payload()
     found = re.search(r"^--(\S+?)\s*$", payload, re.MULTILINE) if isinstance(payload, str) else None
-    if found is None:
+    if found is None or not isinstance(payload, str):
         return message
     head = f'Content-Type: {message.get_content_type()}; boundary="{found.group(1)}"\r\n\r\n'
     return message_from_bytes((head + payload).encode("utf-8", "surrogateescape"))
@@ -655,7 +658,8 @@ def _quoted_message_ids(message: EmailMessage, text: str, own: str) -> tuple[str
         content_type = part.get_content_type()
         if content_type == "message/rfc822" and part.is_multipart():
             inner = part.get_payload(0)
-            found.extend(_MESSAGE_ID.findall(str(inner.get("message-id", ""))))
+            if isinstance(inner, EmailMessage):  # always, for a multipart; typeshed allows a str
+                found.extend(_MESSAGE_ID.findall(str(inner.get("message-id", ""))))
         elif content_type == "text/rfc822-headers":
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
@@ -672,6 +676,7 @@ def _delivery_status(message: EmailMessage) -> str:
                 return "\n\n".join(
                     "\n".join(f"{name}: {single_line(str(value))}" for name, value in block.items())
                     for block in blocks
+                    if isinstance(block, EmailMessage)  # always; typeshed allows a str
                 )
     return ""
 

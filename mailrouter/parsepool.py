@@ -111,7 +111,7 @@ class ParsePool:
         sent = [i for i, raw in enumerate(raws) if raw is not None and len(raw) <= LARGEST_SENT_TO_WORKER]
         for start in range(0, len(sent), CHUNK):
             chunk = sent[start : start + CHUNK]
-            task = self._task([raws[i] for i in chunk if raws[i] is not None], "")
+            task = self._task([raw for i in chunk if (raw := raws[i]) is not None], "")
             if task is None:
                 break
             for index, position in enumerate(chunk):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -142,9 +143,7 @@ def retry(intake: Intake, event_id: int) -> Outcome:
     return outcome
 
 
-def _record(
-    engine: Engine, kind: EventKind, detail: str, event_id: int, origin: Origin, **data: object
-) -> None:
+def _record(engine: Engine, kind: EventKind, detail: str, event_id: int, origin: Origin, **data: Any) -> None:
     with Session(engine) as session:
         store.record(
             session,

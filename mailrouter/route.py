@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import re2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -105,7 +105,7 @@ _RE2_OPTIONS.log_errors = False  # the RuleError says it, naming the file and th
 
 
 @functools.cache
-def _compile(pattern: str) -> re2._Regexp:
+def _compile(pattern: str) -> re2._Regexp[str]:
     """Rules' patterns run on text any sender writes, so they run on RE2, whose time is linear in
     the text for every pattern: with a backtracking engine `^(\\w+\\s?)*$` takes seconds on a
     25-character subject. RE2 has no backreferences or lookaround; such a pattern is refused."""
@@ -148,7 +148,7 @@ def load_rules(directory: Path, departments: frozenset[str]) -> tuple[Rule, ...]
     return tuple(rules)
 
 
-def _describe(path: Path, document: dict, error: ValidationError) -> str:
+def _describe(path: Path, document: dict[str, Any], error: ValidationError) -> str:
     lines = [f"{path}: invalid rule file"]
     for item in error.errors():
         location = list(item["loc"])
@@ -247,19 +247,20 @@ def _conditions(when: Conditions, mail: _Mail) -> Iterator[tuple[str, list[str],
         yield "body contains", _as_list(when.body_contains), lambda w: w.casefold() in mail.body_folded
     if when.body_regex is not None:
         yield "body matches", _as_list(when.body_regex), lambda w: _compile(w).search(mail.body_head)
+    # The casts tell mypy the lambdas' type: it cannot infer a lambda with a default argument.
     for name, wanted in (when.header or {}).items():
         folded = [v.casefold() for v in mail.headers.get(name.lower(), ())]
         yield (
             f"header {name} contains",
             _as_list(wanted),
-            lambda w, vs=folded: any(w.casefold() in v for v in vs),
+            cast(Callable[[str], object], lambda w, vs=folded: any(w.casefold() in v for v in vs)),
         )
     for name, wanted in (when.header_regex or {}).items():
         values = mail.headers.get(name.lower(), ())
         yield (
             f"header {name} matches",
             _as_list(wanted),
-            lambda w, vs=values: any(_compile(w).search(v) for v in vs),
+            cast(Callable[[str], object], lambda w, vs=values: any(_compile(w).search(v) for v in vs)),
         )
 
 

@@ -69,13 +69,17 @@ class Scheduler:
 
         def on_error(event: JobExecutionEvent) -> None:
             if not isinstance(event.exception, DatabaseUnavailable):
-                loop.call_soon_threadsafe(lambda: failed.done() or failed.set_result(event.exception))
+                loop.call_soon_threadsafe(fail, event.exception)
+
+        def fail(error: BaseException) -> None:
+            if not failed.done():
+                failed.set_result(error)
 
         self._scheduler.add_listener(on_error, EVENT_JOB_ERROR)
         self.start()
         stopping = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((failed, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
             self.stop()

@@ -302,7 +302,9 @@ class Sender:
             # No session, or our login refused: not the letter's fault, whatever the reply code
             # (a wrong password must not fail every letter for good). It waits, and is retried.
             s = self.settings
-            failure = TemporaryDeliveryError(f"relay {s.host}:{s.port}: {classify(exc)}")
+            failure: TemporaryDeliveryError | PermanentDeliveryError = TemporaryDeliveryError(
+                f"relay {s.host}:{s.port}: {classify(exc)}"
+            )
             await asyncio.to_thread(self._failed, letter, failure)
             return False
         try:

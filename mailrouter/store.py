@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.schema import Table
 from sqlmodel import Session, col
 from sqlmodel import select as sql_select
 
@@ -48,15 +49,16 @@ from mailrouter.vocabulary import (
 
 # Append-only rows are written with Core inserts: building and flushing an ORM object for each
 # cost more than all the rest of a message's registration (bench/RESULTS.md).
-MESSAGE = Message.__table__  # type: ignore[attr-defined]
-ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
-RAW_MESSAGE = RawMessage.__table__  # type: ignore[attr-defined]
-OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
-EVENT = Event.__table__  # type: ignore[attr-defined]
-CASE = Case.__table__  # type: ignore[attr-defined]
-CUSTOMER = Customer.__table__  # type: ignore[attr-defined]
-MAILBOX_STATE = MailboxState.__table__  # type: ignore[attr-defined]
-MESSAGE_ATTEMPT = MessageAttempt.__table__  # type: ignore[attr-defined]
+# SQLModel's classes do not declare the `__table__` SQLAlchemy gives every table class.
+MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
+ATTACHMENT: Table = Attachment.__table__  # type: ignore[attr-defined]
+RAW_MESSAGE: Table = RawMessage.__table__  # type: ignore[attr-defined]
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+EVENT: Table = Event.__table__  # type: ignore[attr-defined]
+CASE: Table = Case.__table__  # type: ignore[attr-defined]
+CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
+MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
+MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
@@ -464,9 +466,10 @@ def _customer_id(connection: Connection, plan: Plan) -> int | None:
         return None
     if known.id is None:
         values = {"address": known.address, "name": known.name, "organisation": known.organisation}
-        return connection.execute(
+        customer_id: int = connection.execute(
             _INSERT_CUSTOMER_RETURNING_ID, {**values, "created_at": plan.case.created_at}
         ).scalar_one()
+        return customer_id
     if plan.customer.name:
         connection.execute(_FILL_CUSTOMER_NAME, {"customer": known.id, "name": plan.customer.name})
     return known.id
@@ -585,7 +588,7 @@ def claim_follow_up(session: Session, case_id: int, due: datetime) -> bool:
     """Take a due follow-up for this instance; False when another instance, or an agent's
     change, came first."""
     claimed = session.connection().execute(_CLAIM_FOLLOW_UP, {"case_id": case_id, "due": due})
-    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+    return bool(claimed.rowcount == 1)
 
 
 def record(
@@ -630,7 +633,7 @@ def _forget_events(session: Session, transaction: SessionTransaction) -> None:
 
 def advance_checkpoint(session: Session, origin: Origin) -> None:
     params = {"box": origin.mailbox, "validity": origin.uidvalidity, "uid": origin.uid, "now": utcnow()}
-    if session.connection().execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:  # type: ignore[attr-defined]
+    if session.connection().execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:
         return  # the usual case; a first message or a new UIDVALIDITY goes on below
     state = session.get(MailboxState, origin.mailbox)
     if state is None or state.uidvalidity != origin.uidvalidity:

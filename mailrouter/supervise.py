@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -56,7 +57,7 @@ def judge(policy: RestartPolicy, failures: Sequence[float], now: float) -> Verdi
     return Verdict(recent >= policy.limit, delay, recent)
 
 
-def record_failure(engine: Engine, kind: EventKind, detail: str, **data: object) -> None:
+def record_failure(engine: Engine, kind: EventKind, detail: str, **data: Any) -> None:
     """The event in a short transaction of its own: the task's own may be what failed."""
     with Session(engine) as session:
         store.record(session, kind, detail, **data)

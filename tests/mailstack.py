@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "mailstack"
@@ -242,7 +242,7 @@ def _quote(folder: str) -> str:
     return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _ok(response: tuple[str, list[object]], what: str) -> list[object]:
+def _ok(response: tuple[str, list[Any]], what: str) -> list[Any]:
     typ, data = response
     if typ != "OK":
         raise AssertionError(f"IMAP {what} failed: {typ} {data!r}")

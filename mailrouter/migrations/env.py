@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 from sqlmodel import SQLModel
 
 import mailrouter.models  # noqa: F401  (registers every table with SQLModel.metadata)
+from mailrouter.errors import ConfigError
 
 target_metadata = SQLModel.metadata
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -31,6 +32,8 @@ else:  # `alembic -x url=... upgrade head` from a shell
     url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
         "sqlalchemy.url"
     )
+    if url is None:
+        raise ConfigError("alembic needs the database: -x url=... or sqlalchemy.url in alembic.ini")
     engine = create_engine(url)
     with engine.begin() as conn:
         _run(conn)
