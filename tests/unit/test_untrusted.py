@@ -284,3 +284,69 @@ def test_a_forged_authentication_results_header_gains_no_agent_powers(config_fil
     assert case.status == "new"
     assert rows(intake, OutboxMessage, OutboxMessage.kind == "agent-reply") == []
     assert len(events(intake, "security-warning")) == 2
+
+
+def test_rotating_forged_senders_meet_the_domain_and_the_desk_budgets(config_file):
+    intake = make_intake(
+        config_file, "\n[limits]\nacknowledgements_per_domain = 3\nacknowledgements_total = 5\n"
+    )
+    for n in range(6):  # a new forged sender each time, all at one domain
+        intake.process(
+            make_mail(sender=f"x{n}@spam.example", message_id=f"<s{n}@spam.example>"), Origin("it", 1, n + 1)
+        )
+    assert len(acknowledgements(intake)) == 3
+    for n in range(4):  # and at other domains: the desk's budget is spent after two more
+        intake.process(make_mail(sender=f"y@d{n}.example", message_id=f"<d{n}@x>"), Origin("it", 1, n + 10))
+    assert len(acknowledgements(intake)) == 5
+    refusals = [e.detail for e in events(intake, "not-acknowledged")]
+    assert sum("senders at spam.example have had" in r for r in refusals) == 3
+    assert sum("the desk has sent the most acknowledgements" in r for r in refusals) == 2
+    assert len(rows(intake, Case)) == 10  # every message still opened its case
+
+
+BORDER = "Received: from mail.kunde.example by mx.example.test (Postfix); 1 Dec 2026 10:00 +0000\r\n"
+
+
+def with_results(raw: bytes, results: str) -> bytes:
+    return (f"Authentication-Results: mx.example.test; {results}\r\n" + BORDER).encode() + raw
+
+
+def trusting(config_file, extra=""):
+    config_file.write_text(
+        config_file.read_text().replace(
+            "reopen_days = 7", 'reopen_days = 7\ntrusted_authserv_ids = ["mx.example.test"]'
+        )
+        + extra
+    )
+    return make_intake(config_file)
+
+
+def test_a_sender_whose_dmarc_fails_gets_an_acknowledgement_without_their_own_words(config_file):
+    intake = trusting(config_file)
+    raw = make_mail(sender="Buy Cheap Pills <kari@kunde.example>", subject="CHEAP PILLS http://spam")
+    intake.process(with_results(raw, "dmarc=fail header.from=kunde.example"), Origin("it", 1, 1))
+    [ack] = acknowledgements(intake)
+    text = email.message_from_bytes(ack.data, policy=default)
+    body = text.get_body(("plain",)).get_content()
+    assert "PILLS" not in text["Subject"] and "PILLS" not in body and "Buy Cheap" not in body
+    passing = make_mail(sender="Kari <kari@ok.example>", subject="Skriveren", message_id="<ok@ok.example>")
+    intake.process(with_results(passing, "dmarc=pass header.from=ok.example"), Origin("it", 1, 2))
+    assert (
+        "Skriveren" in email.message_from_bytes(acknowledgements(intake)[-1].data, policy=default)["Subject"]
+    )
+
+
+def test_a_mailbox_may_acknowledge_only_authenticated_senders(config_file):
+    intake = trusting(config_file)
+    text = config_file.read_text().replace(
+        'prefix = "IT"', 'prefix = "IT"\nacknowledge_senders = "authenticated"'
+    )
+    config_file.write_text(text)
+    intake = make_intake(config_file)
+    intake.process(with_results(make_mail(), "dkim=fail header.d=kunde.example"), Origin("it", 1, 1))
+    assert acknowledgements(intake) == []
+    [why] = events(intake, "not-acknowledged")
+    assert "acknowledges only authenticated senders" in why.detail
+    good = make_mail(message_id="<good@kunde.example>")
+    intake.process(with_results(good, "dkim=pass header.d=kunde.example"), Origin("it", 1, 2))
+    assert len(acknowledgements(intake)) == 1
