@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mailrouter.errors import TokenRefused
 from mailrouter.imap import ImapError
 
 # Seconds from a batch's bytes in hand to each message's commit.
@@ -55,8 +56,11 @@ class MailboxHealth:
 
     def failed(self, error: BaseException) -> None:
         """A session ended in error. A NO or BAD from the server before we were logged in is a
-        login failure (wrong password, no STARTTLS): waiting will not mend it, a person must."""
-        self.login_failed = not self.connected and isinstance(error, ImapError)
+        login failure (wrong password, no STARTTLS): waiting will not mend it, a person must. So
+        is a token the identity provider refuses, even while the session in hand still works."""
+        self.login_failed = isinstance(error, TokenRefused) or (
+            not self.connected and isinstance(error, ImapError)
+        )
         self.connected = self.idle = False
         self.attempted = True
         self.last_error = describe(error)

@@ -58,6 +58,7 @@ class OutboxKind(StrEnum):
     REMINDER = "reminder"  # to the agents: a follow-up set with #followup is due
     AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
+    ALERT = "alert"  # to ops ([alerts] to): a mailbox stopped working; no case
 
 
 class EventKind(StrEnum):
@@ -105,6 +106,9 @@ class EventKind(StrEnum):
     TASK_RESTARTED = "task-restarted"
     TASK_FAILED_REPEATEDLY = "task-failed-repeatedly"
     MESSAGE_VANISHED = "message-vanished"
+    # OAuth2 credentials
+    TOKEN_REFUSED = "token-refused"  # the identity provider refused a token: the mailbox stops
+    TOKEN_RECOVERED = "token-recovered"
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
