@@ -126,3 +126,20 @@ async def test_the_incident_is_reported_once_and_its_end_once():
     await source.token()
     await source.token()
     assert seen == ["refused invalid_grant", "recovered"]
+
+
+def test_a_client_secret_that_runs_out_within_14_days_is_warned_about_by_key(tmp_path):
+    from datetime import date
+
+    from mailrouter.oauth import expiry_warnings
+
+    extra = (
+        '[oauth2.m365]\nprovider = "microsoft"\ntenant = "t"\nclient_id = "c"\n'
+        'client_secret_env = "S"\nsecret_expires = 2027-01-10\n'
+    )
+    loaded = load_config(config(tmp_path, 'auth = "oauth2"\noauth2 = "m365"', extra), resolve_secrets=False)
+    assert expiry_warnings(loaded, date(2026, 12, 1)) == []
+    [warning] = expiry_warnings(loaded, date(2026, 12, 30))
+    assert warning.startswith(
+        "oauth2.m365: the client secret (secret_expires) expires on 2027-01-10 (11 days)"
+    )
