@@ -7,6 +7,7 @@ credentials, `${CREDENTIALS_DIRECTORY}/name`), read once at start-up.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -74,6 +75,10 @@ class SecretSource(_Strict):
 
 
 class ImapSettings(SecretSource):
+    # "password" (LOGIN) or "oauth2": SASL XOAUTH2 with a token of the [oauth2.<name>] credential
+    # named by `oauth2`, shared with every mailbox naming it.
+    auth: Literal["password", "oauth2"] = "password"
+    oauth2: str | None = None
     host: str
     port: int = Field(default=993, gt=0, lt=65536)
     # "tls": implicit TLS (993); "starttls": upgrade a plain connection (143); "none": loopback only.
@@ -83,6 +88,22 @@ class ImapSettings(SecretSource):
     tls_verify: bool = True
     user: str
     timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImapSettings:
+        """Overrides SecretSource's: a mailbox on OAuth2 has no password."""
+        has_password = self.password_env is not None or self.password_file is not None
+        if self.auth == "oauth2":
+            if self.oauth2 is None:
+                raise ValueError("auth = oauth2 needs oauth2 = the name of an [oauth2.<name>] section")
+            if has_password:
+                raise ValueError("auth = oauth2 takes no password_env or password_file")
+            return self
+        if self.oauth2 is not None:
+            raise ValueError(f"oauth2 = {self.oauth2!r} is set but auth is password: set auth = oauth2")
+        if not has_password or (self.password_env is not None and self.password_file is not None):
+            raise ValueError("set exactly one of password_env or password_file")
+        return self
 
 
 class SmtpSettings(_Strict):
@@ -94,6 +115,9 @@ class SmtpSettings(_Strict):
     username: str | None = None
     password_env: str | None = None
     password_file: str | None = None
+    # As for a mailbox: "oauth2" logs `username` in with SASL XOAUTH2 and the named credential.
+    auth: Literal["password", "oauth2"] = "password"
+    oauth2: str | None = None
     timeout: float = Field(default=30.0, gt=0)
     retry_initial: float = Field(default=30.0, gt=0)
     retry_max: float = Field(default=900.0, gt=0)
@@ -104,6 +128,14 @@ class SmtpSettings(_Strict):
 
     @model_validator(mode="after")
     def _password_with_username(self) -> SmtpSettings:
+        if self.auth == "oauth2":
+            if self.oauth2 is None or self.username is None:
+                raise ValueError("auth = oauth2 needs username and oauth2 = an [oauth2.<name>] section")
+            if self.password_env is not None or self.password_file is not None:
+                raise ValueError("auth = oauth2 takes no password_env or password_file")
+            return self
+        if self.oauth2 is not None:
+            raise ValueError(f"oauth2 = {self.oauth2!r} is set but auth is password: set auth = oauth2")
         sources = [s for s in (self.password_env, self.password_file) if s is not None]
         if self.username is not None and len(sources) != 1:
             raise ValueError("with username, set exactly one of password_env or password_file")
@@ -112,9 +144,104 @@ class SmtpSettings(_Strict):
         return self
 
     def credentials(self) -> SecretSource | None:
-        if self.username is None:
+        if self.username is None or self.auth == "oauth2":
             return None
         return SecretSource(password_env=self.password_env, password_file=self.password_file)
+
+
+OAUTH2_FLOWS = {
+    "microsoft": ("client_credentials", "delegated"),
+    "google": ("service_account", "delegated"),
+    "generic": ("client_credentials", "delegated"),
+}
+
+
+class OAuth2Settings(_Strict):
+    """One identity-provider credential, `[oauth2.<name>]`. Its token serves every mailbox (and
+    the relay) naming it; a delegated or service-account token is per mailbox user."""
+
+    provider: Literal["microsoft", "google", "generic"]
+    # client_credentials: app-only (Exchange Online); service_account: Google's domain-wide
+    # delegation; delegated: a refresh token got once with `mailrouter oauth login <mailbox>`.
+    flow: Literal["client_credentials", "service_account", "delegated"] | None = None
+    tenant: str | None = None  # microsoft: the directory (tenant id or domain)
+    client_id: str | None = None
+    # Overrides of the provider's endpoints (sovereign clouds, tests): microsoft's authority
+    # (https://login.microsoftonline.com), or any provider's token and device endpoints.
+    authority: str | None = None
+    token_endpoint: str | None = None
+    device_authorization_endpoint: str | None = None
+    scopes: list[str] | None = None
+    client_secret_env: str | None = None
+    client_secret_file: str | None = None
+    # microsoft: app-only access with a certificate instead of a secret (PEM files).
+    certificate_file: str | None = None
+    private_key_file: str | None = None
+    # google: the service account's JSON key.
+    service_account_file: str | None = None
+    # The CA bundle that verifies the identity provider's TLS (tests, private clouds).
+    ca_file: str | None = None
+    # When the client secret runs out, if known (a certificate's own expiry is read from it):
+    # warned about 14 days ahead.
+    secret_expires: date | None = None
+
+    @property
+    def grant(self) -> str:
+        return self.flow or OAUTH2_FLOWS[self.provider][0]
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuth2Settings:
+        provider, flow = self.provider, self.grant
+        if flow not in OAUTH2_FLOWS[provider]:
+            raise ValueError(f"flow: {flow!r} is not offered for provider {provider!r}")
+        missing = []
+        if provider == "microsoft" and self.tenant is None:
+            missing.append("tenant")
+        if flow != "service_account" and self.client_id is None:
+            missing.append("client_id")
+        if provider == "generic" and self.token_endpoint is None:
+            missing.append("token_endpoint")
+        if provider == "generic" and self.scopes is None:
+            missing.append("scopes")
+        if missing:
+            raise ValueError(f"provider {provider!r} needs {' and '.join(missing)}")
+        secrets = [k for k in ("client_secret_env", "client_secret_file") if getattr(self, k) is not None]
+        certificate = self.certificate_file is not None or self.private_key_file is not None
+        if len(secrets) > 1:
+            raise ValueError("set at most one of client_secret_env or client_secret_file")
+        if certificate and provider != "microsoft":
+            raise ValueError("certificate_file and private_key_file are for provider microsoft")
+        if certificate and (self.certificate_file is None or self.private_key_file is None):
+            raise ValueError("certificate_file and private_key_file go together")
+        if flow == "client_credentials" and not secrets and not certificate:
+            raise ValueError(
+                "flow client_credentials needs client_secret_env or client_secret_file"
+                + (" (or certificate_file and private_key_file)" if provider == "microsoft" else "")
+            )
+        if flow == "service_account" and self.service_account_file is None:
+            raise ValueError("flow service_account needs service_account_file (the account's JSON key)")
+        if flow != "service_account" and self.service_account_file is not None:
+            raise ValueError("service_account_file is only read with flow = service_account")
+        return self
+
+    def secret_source(self) -> SecretSource | None:
+        if self.client_secret_env is None and self.client_secret_file is None:
+            return None
+        return SecretSource(password_env=self.client_secret_env, password_file=self.client_secret_file)
+
+
+class AlertSettings(_Strict):
+    """Ops are told by mail, once per incident, when a mailbox's credential stops working."""
+
+    to: list[str] = Field(min_length=1)
+    sender: str | None = None  # the From address; the first mailbox's address when unset
+
+    @model_validator(mode="after")
+    def _addresses(self) -> AlertSettings:
+        for address in [*self.to, *([self.sender] if self.sender else [])]:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
+                raise ValueError(f"{address!r} is not an email address")
+        return self
 
 
 class MailboxSettings(_Strict):
@@ -304,11 +431,15 @@ class FileConfig(_Strict):
     database_url: str = "sqlite:///var/mailrouter.db"
     rules: str = "rules"
     templates: str = "templates"
+    # mailrouter's own files (refresh tokens from `mailrouter oauth login`), relative to this file.
+    state_dir: str = "var"
     daemon: DaemonSettings = DaemonSettings()
     limits: LimitsSettings = LimitsSettings()
     smtp: SmtpSettings
     agents: AgentSettings = AgentSettings()
     http: HttpSettings | None = None
+    oauth2: dict[str, OAuth2Settings] = {}
+    alerts: AlertSettings | None = None
     mailboxes: dict[str, MailboxSettings]
 
     @model_validator(mode="after")
@@ -316,6 +447,13 @@ class FileConfig(_Strict):
         if not self.mailboxes:
             raise ValueError("at least one [mailboxes.<department>] table is required")
         seen: dict[str, str] = {}
+        named = [(f"mailboxes.{n}.imap", m.imap.oauth2) for n, m in self.mailboxes.items()]
+        for where, credential in [*named, ("smtp", self.smtp.oauth2)]:
+            if credential is not None and credential not in self.oauth2:
+                known = ", ".join(sorted(self.oauth2)) or "none"
+                raise ValueError(
+                    f"{where}.oauth2: {credential!r} is not an [oauth2.<name>] section (there are: {known})"
+                )
         for name, mailbox in self.mailboxes.items():
             for value in (mailbox.prefix, mailbox.address.lower()):
                 if value in seen:
@@ -366,6 +504,10 @@ class Config:
         return self.base_dir / self.file.templates
 
     @property
+    def state_dir(self) -> Path:
+        return self.base_dir / self.file.state_dir
+
+    @property
     def database_url(self) -> str:
         """SQLite paths are taken relative to the config file, so the demo runs from anywhere."""
         url = self.file.database_url
@@ -401,6 +543,38 @@ def _reply_secret(source: SecretSource, where: str) -> SecretStr:
     return secret
 
 
+def _read(path: Path, file: str, where: str) -> SecretStr:
+    full = path.parent / os.path.expandvars(file)
+    try:
+        return SecretStr(full.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {full}: {exc.strerror}") from exc
+
+
+def _oauth2_secrets(name: str, credential: OAuth2Settings, path: Path) -> dict[str, SecretStr]:
+    """The credential's secret, private key or service-account key, read once at start-up."""
+    where = f"{path}: oauth2.{name}"
+    found: dict[str, SecretStr] = {}
+    source = credential.secret_source()
+    if source is not None:
+        found[f"oauth2.{name}"] = source.resolve(where)
+    if credential.private_key_file is not None:
+        found[f"oauth2.{name}.key"] = _read(path, credential.private_key_file, f"{where}.private_key_file")
+    if credential.service_account_file is not None:
+        key = _read(path, credential.service_account_file, f"{where}.service_account_file")
+        try:
+            account = json.loads(key.get_secret_value())
+            missing = [k for k in ("client_email", "private_key") if k not in account]
+        except (ValueError, TypeError):
+            missing = ["(valid JSON)"]
+        if missing:
+            raise ConfigError(
+                f"{where}.service_account_file: not a service account key: no {', '.join(missing)}"
+            )
+        found[f"oauth2.{name}"] = key
+    return found
+
+
 def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
     path = Path(path).resolve()
     try:
@@ -416,7 +590,10 @@ def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
     secrets: dict[str, SecretStr] = {}
     if resolve_secrets:
         for name, mailbox in data.mailboxes.items():
-            secrets[f"imap.{name}"] = mailbox.imap.resolve(f"{path}: mailboxes.{name}.imap")
+            if mailbox.imap.auth == "password":
+                secrets[f"imap.{name}"] = mailbox.imap.resolve(f"{path}: mailboxes.{name}.imap")
+        for name, credential in data.oauth2.items():
+            secrets.update(_oauth2_secrets(name, credential, path))
         agents = data.agents
         reply_secret = agents.secret_source()
         if reply_secret is not None:

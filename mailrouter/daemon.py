@@ -15,6 +15,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import date
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from mailrouter.agents import AgentDirectory, directory_from, reply_keys
+from mailrouter.alerts import TokenAlerts
 from mailrouter.config import Config
 from mailrouter.db import create_schema, ensure_counters, make_engine
 from mailrouter.facts import queued_mail
@@ -33,6 +35,7 @@ from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
+from mailrouter.oauth import Tokens, TokenSource, expiry_warnings
 from mailrouter.parsepool import ParsePool
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
@@ -122,6 +125,9 @@ async def serve(loaded: Loaded) -> None:
         lease=config.daemon.outbox_lease,
         exclusive=sqlite_path(config.database_url) is not None,
     )
+    tokens = Tokens(config, TokenAlerts(config, engine, sender.wake.set))
+    for warning in expiry_warnings(config, date.today()):
+        log.warning("%s", warning)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -135,7 +141,7 @@ async def serve(loaded: Loaded) -> None:
         MailboxWorker(
             name,
             mailbox,
-            _required(config, f"imap.{name}"),
+            _login(config, tokens, name),
             intake,
             config.daemon,
             sender.wake.set,
@@ -207,6 +213,13 @@ async def serve(loaded: Loaded) -> None:
         log.critical("stopped after a failure: %s", failure)
         raise failure
     log.info("stopped")
+
+
+def _login(config: Config, tokens: Tokens, mailbox: str) -> SecretStr | TokenSource:
+    imap = config.mailboxes[mailbox].imap
+    if imap.oauth2 is not None:
+        return tokens.source(imap.oauth2, imap.user, mailbox)
+    return _required(config, f"imap.{mailbox}")
 
 
 def _required(config: Config, key: str) -> SecretStr:

@@ -43,6 +43,23 @@ class ImapError(MailrouterError):
     """The IMAP server answered a command with NO or BAD, or lacks something we need."""
 
 
+class TokenRefused(MailrouterError):
+    """The identity provider refused to issue a token (invalid_grant, a disabled application, a
+    wrong secret or tenant): waiting will not mend it, a person must."""
+
+    def __init__(self, credential: str, error: str, description: str, advice: str) -> None:
+        self.credential, self.error, self.description, self.advice = credential, error, description, advice
+        super().__init__(
+            f"the identity provider refused a token for credential {credential}: {error}"
+            + (f" ({description})" if description else "")
+            + f"; {advice}"
+        )
+
+
+class TokenUnavailable(MailrouterError, ConnectionError):
+    """The identity provider could not be reached or answered nonsense: retried like a network error."""
+
+
 class ConnectionLost(MailrouterError, ConnectionError):
     """The IMAP server closed the connection or the network dropped it."""
 

@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.config import DaemonSettings, MailboxSettings
-from mailrouter.errors import AttemptsExhausted, DatabaseUnavailable, ImapError, LockLost
+from mailrouter.errors import AttemptsExhausted, DatabaseUnavailable, ImapError, LockLost, TokenRefused
 from mailrouter.health import MailboxHealth
 from mailrouter.imap import (
     PROCESSED_KEYWORD,
@@ -35,6 +35,7 @@ from mailrouter.imap import (
 )
 from mailrouter.intake import Intake
 from mailrouter.lease import MailboxLock
+from mailrouter.oauth import TokenSource
 from mailrouter.parsepool import ParsePool
 from mailrouter.plan import Origin, Outcome, OutcomeKind
 from mailrouter.vocabulary import EventKind
@@ -85,7 +86,7 @@ class MailboxWorker:
         self,
         name: str,
         settings: MailboxSettings,
-        password: SecretStr,
+        password: SecretStr | TokenSource,
         intake: Intake,
         daemon: DaemonSettings,
         on_queued: Callable[[], None],
@@ -120,6 +121,11 @@ class MailboxWorker:
                     self.health.failed(exc)
                     log.error("mailbox=%s stopped fetching: %s; trying to take it again", self.name, exc)
                     self.lock.release()
+                except TokenRefused as exc:
+                    self.health.failed(exc)  # the event and the alert are the token source's
+                    log.error(
+                        "mailbox=%s stopped fetching, retrying in about %.1fs: %s", self.name, delay, exc
+                    )
                 except DatabaseUnavailable as exc:
                     self.health.failed(exc)
                     log.error(
@@ -177,19 +183,29 @@ class MailboxWorker:
                 " (read-only)" if selected.read_only else "",
             )
             while not stop.is_set():
+                if isinstance(self.password, TokenSource):
+                    # Renewed when due (not per poll): a refusal stops this session now rather
+                    # than at the next reconnect, hours later, so the mailbox goes red at once.
+                    await self.password.token()
                 last_uid, more = await self._drain(conn, selected, last_uid, stop)
                 if more or stop.is_set():
                     continue
                 if idle:
                     self.health.idling(True)
                     try:
-                        await conn.idle_wait(stop, self.daemon.idle_timeout)
+                        await conn.idle_wait(stop, self._until_renewal(self.daemon.idle_timeout))
                     finally:
                         self.health.idling(False)
                 else:
-                    await conn.poll_wait(stop, self.daemon.poll_interval)
+                    await conn.poll_wait(stop, self._until_renewal(self.daemon.poll_interval))
         finally:
             await conn.logout()
+
+    def _until_renewal(self, wait: float) -> float:
+        """A wait (IDLE, a poll) ends when the token is due, so that it is renewed on time."""
+        if isinstance(self.password, TokenSource):
+            return min(wait, max(self.password.due_in(), 0.5))
+        return wait
 
     def _record_read_only(self) -> None:
         detail = (

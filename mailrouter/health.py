@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mailrouter.errors import ImapError
+from mailrouter.errors import ImapError, TokenRefused
 
 # Seconds from a batch's bytes in hand to each message's commit.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -55,8 +55,11 @@ class MailboxHealth:
 
     def failed(self, error: BaseException) -> None:
         """A session ended in error. A NO or BAD from the server before we were logged in is a
-        login failure (wrong password, no STARTTLS): waiting will not mend it, a person must."""
-        self.login_failed = not self.connected and isinstance(error, ImapError)
+        login failure (wrong password, no STARTTLS): waiting will not mend it, a person must. So
+        is a token the identity provider refuses, even while the session in hand still works."""
+        self.login_failed = isinstance(error, TokenRefused) or (
+            not self.connected and isinstance(error, ImapError)
+        )
         self.connected = self.idle = False
         self.attempted = True
         self.last_error = describe(error)

@@ -14,6 +14,7 @@ aioimaplib's connection-lost callback rather than at the next command's timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 
 from mailrouter.config import ImapSettings
 from mailrouter.errors import ConnectionLost, ImapError
+from mailrouter.oauth import TokenSource
 
 T = TypeVar("T")
 
@@ -321,8 +323,9 @@ async def starttls(client: aioimaplib.IMAP4, context: ssl.SSLContext, server_hos
     await asyncio.wait_for(protocol.capability(), client.timeout)
 
 
-async def connect(settings: ImapSettings, password: SecretStr) -> Connection:
-    """Connect (with TLS as configured) and log in."""
+async def connect(settings: ImapSettings, password: SecretStr | TokenSource) -> Connection:
+    """Connect (with TLS as configured) and log in: LOGIN with a password, or SASL XOAUTH2 with
+    the credential's current token (renewed once if the server refuses it)."""
     loop = asyncio.get_running_loop()
     lost: asyncio.Future[None] = loop.create_future()
 
@@ -346,11 +349,62 @@ async def connect(settings: ImapSettings, password: SecretStr) -> Connection:
     if settings.security == "starttls":
         assert context is not None
         await connection.call(starttls(client, context, settings.host))
+    if isinstance(password, TokenSource):
+        await _xoauth2(connection, settings.user, password)
+        return connection
     ok(
         await connection.call(client.login(settings.user, password.get_secret_value())),
         f"LOGIN as {settings.user}",
     )
     return connection
+
+
+class _SaslCommand(aioimaplib.Command):  # type: ignore[misc]  # aioimaplib ships no types
+    """AUTHENTICATE with the initial response (RFC 4959). A refused XOAUTH2 or OAUTHBEARER token
+    is answered with a challenge carrying the error (RFC 7628 3.2.2) that the client must answer
+    with an empty line before the NO comes; aioimaplib's own xoauth2 never does, and waits."""
+
+    def __init__(self, protocol: aioimaplib.IMAP4ClientProtocol, *args: str) -> None:
+        super().__init__("AUTHENTICATE", protocol.new_tag(), *args, loop=protocol.loop)
+        self._protocol = protocol
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        if line.startswith(b"+") and self._protocol.transport is not None:
+            self._protocol.transport.write(b"\r\n")
+        super().append_to_resp(line, result)
+
+
+async def _authenticate(client: aioimaplib.IMAP4, mechanism: str, sasl: bytes) -> aioimaplib.Response:
+    protocol = client.protocol
+    command = _SaslCommand(protocol, mechanism, base64.b64encode(sasl).decode("ascii"))
+    response = await asyncio.wait_for(protocol.execute(command), client.timeout)
+    if response.result == "OK":
+        async with protocol.state_condition:
+            protocol.state = aioimaplib.AUTH
+            protocol.state_condition.notify_all()
+    return response
+
+
+async def _xoauth2(connection: Connection, user: str, tokens: TokenSource) -> None:
+    """OAUTHBEARER (RFC 7628) where offered, else XOAUTH2. A refused token that should still be
+    good (revoked early, clocks apart) is renewed once; a second refusal is a login failure."""
+    client = connection.client
+    mechanism = "OAUTHBEARER" if client.has_capability("AUTH=OAUTHBEARER") else "XOAUTH2"
+
+    def sasl(token: SecretStr) -> bytes:
+        if mechanism == "OAUTHBEARER":
+            return f"n,a={user},\1auth=Bearer {token.get_secret_value()}\1\1".encode()
+        return f"user={user}\1auth=Bearer {token.get_secret_value()}\1\1".encode()
+
+    token = await tokens.token()
+    response = await connection.call(_authenticate(client, mechanism, sasl(token)))
+    if response.result != "OK":
+        log.warning(
+            "mailbox user %s: the server refused the token of %s; renewing it once", user, tokens.label
+        )
+        token = await tokens.renewed(token)
+        response = await connection.call(_authenticate(client, mechanism, sasl(token)))
+    ok(response, f"AUTHENTICATE {mechanism} as {user} (credential {tokens.label})")
 
 
 # A server that vanishes without a word (a NAT or firewall forgetting the session, a host that

@@ -574,6 +574,21 @@ def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMa
     )
 
 
+def queue_alert(session: Session, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes) -> None:
+    """A letter to ops about the installation itself, not about a case."""
+    session.connection().execute(
+        _INSERT_OUTBOX,
+        {
+            "case_id": None,
+            "kind": OutboxKind.ALERT,
+            "mail_from": mail_from,
+            "rcpt_to": rcpt_to,
+            "message_id": message_id,
+            "data": data,
+        },
+    )
+
+
 def keep_raw(session: Session, raw: Raw) -> None:
     """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
     statement = _KEEP_RAW[session.get_bind().dialect.name]

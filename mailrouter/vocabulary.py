@@ -60,6 +60,7 @@ class OutboxKind(StrEnum):
     AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
     UNSENT_ANSWER = "unsent-answer"  # to an agent whose answer lacked proof: how to answer
+    ALERT = "alert"  # to ops ([alerts] to): a mailbox stopped working; no case
 
 
 class EventKind(StrEnum):
@@ -112,6 +113,9 @@ class EventKind(StrEnum):
     TASK_RESTARTED = "task-restarted"
     TASK_FAILED_REPEATEDLY = "task-failed-repeatedly"
     MESSAGE_VANISHED = "message-vanished"
+    # OAuth2 credentials
+    TOKEN_REFUSED = "token-refused"  # the identity provider refused a token: the mailbox stops
+    TOKEN_RECOVERED = "token-recovered"
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})

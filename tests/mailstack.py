@@ -53,6 +53,11 @@ class MailStack:
         """The stack's self-signed certificate (SAN 127.0.0.1 and localhost): trust it for TLS."""
         return self.dir / "tls" / "cert.pem"
 
+    @property
+    def oauth_port(self) -> int:
+        """Where Dovecot's oauth2 passdb asks the tests' token server (scripts/mailstack's default)."""
+        return int(os.environ.get("MAILSTACK_OAUTH_PORT") or self.imaps_port + 1)
+
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
