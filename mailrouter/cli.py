@@ -11,11 +11,12 @@ from pathlib import Path
 
 import aiosmtplib
 from alembic.migration import MigrationContext
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from mailrouter import __version__
 from mailrouter.config import Config, load_config
-from mailrouter.daemon import Loaded, load, open_database, run
+from mailrouter.daemon import Loaded, load, open_database, open_reader, run
 from mailrouter.errors import MailrouterError, ParseError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage
@@ -196,8 +197,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
-    config = load_config(_config_path(args), resolve_secrets=False)
-    engine = open_database(config)
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     with Session(engine) as session:
         rows = session.exec(
             select(Case, Customer)
@@ -216,8 +216,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = load_config(_config_path(args), resolve_secrets=False)
-    engine = open_database(config)
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     with Session(engine) as session:
         case = session.exec(select(Case).where(Case.number == args.case)).first()
         if case is None:
@@ -251,7 +250,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_screened(args: argparse.Namespace) -> int:
     """Mail that screening kept out of any case: auto-replies, bounces, loops, spam."""
-    engine = open_database(load_config(_config_path(args), resolve_secrets=False))
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     rows = screened(engine, args.limit)
     print(f"{'id':>6} {'received':<19} {'mailbox':<11} {'verdict':<11} {'from':<28} subject / why")
     for row in rows:
@@ -265,7 +264,7 @@ def cmd_screened(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    engine = open_database(load_config(_config_path(args), resolve_secrets=False))
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     entries = set_aside(engine)
     print(f"{'id':>6} {'when':<19} {'kind':<11} {'mailbox':<11} {'uid':>6}  reason")
     for entry in entries:
@@ -282,7 +281,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     """Process kept bytes again through the daemon's own intake (after fixing a rule or template)."""
     loaded = load(load_config(_config_path(args), resolve_secrets=False))
-    engine = open_database(loaded.config)
+    engine = open_database(loaded.config, upgrade=False)
     intake = Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
     if args.all:
         ids = [entry.event_id for entry in set_aside(engine) if entry.raw_kept]
@@ -306,7 +305,7 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Upgrade the schema (what every command does on start) and say where the database stands."""
+    """Upgrade the schema (what `run` does on start) and say where the database stands."""
     config = load_config(_config_path(args), resolve_secrets=False)
     engine = open_database(config)
     with engine.connect() as connection:
@@ -373,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MailrouterError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:  # the driver's words, without the statement and its parameters
+        print(f"error: database: {str(getattr(exc, 'orig', None) or exc).strip()}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
