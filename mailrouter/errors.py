@@ -73,6 +73,10 @@ class ReviewError(MailrouterError):
     """A quarantine entry that does not exist, was already released, or has no kept bytes."""
 
 
+class OutboxError(MailrouterError):
+    """An outgoing mail that does not exist, or is not in a state a person may retry."""
+
+
 class TaskFailedTooOften(MailrouterError):
     """A supervised task failed restart_limit times within restart_window seconds."""
 
