@@ -23,16 +23,19 @@ from sqlmodel import Session, col, select
 from mailrouter import __version__, outbox, store
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import Loaded, load, open_database, open_reader, run
-from mailrouter.errors import MailrouterError, ParseError
+from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
 from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, utcnow
 from mailrouter.parse import Address, Inbound, parse
+from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
 from mailrouter.route import route
 from mailrouter.screen import screen
 from mailrouter.send import classify, refused_recipients
 from mailrouter.vocabulary import CaseStatus, OutboxState
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "config.toml"
 STATUS_HTTP_TIMEOUT = 3.0  # `status` asks the daemon's /readyz, and says so when it does not answer
@@ -459,6 +462,55 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """One message on standard input from an MTA (Postfix pipe(8), a .forward, procmail), through
+    the daemon's own intake. The exit status is what the MTA acts on (sysexits): 0 once the
+    message is ours (registered, screened, quarantined, refused but kept), EX_TEMPFAIL when it
+    is not yet (the MTA keeps it and tries again), so mail we kept is never bounced."""
+    if not args.mailbox:
+        print("error: deliver needs --mailbox NAME", file=sys.stderr)
+        return os.EX_USAGE
+    try:
+        loaded = load(load_config(_config_path(args)))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return os.EX_CONFIG
+    config = loaded.config
+    if args.mailbox not in config.mailboxes:
+        print(
+            f"error: no mailbox {args.mailbox!r}; configured: {', '.join(config.mailboxes)}", file=sys.stderr
+        )
+        return os.EX_USAGE
+    raw = sys.stdin.buffer.read()
+    try:
+        engine = open_database(config, upgrade=False)
+        intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
+        origin = Origin(args.mailbox, DELIVERED, store.next_delivery_uid(engine, args.mailbox), utcnow())
+        try:
+            outcome = intake.process(raw, origin)
+        except (DatabaseUnavailable, SchemaMismatch):
+            raise
+        except Exception as exc:  # what the fetch worker quarantines after its tries: kept, not lost
+            log.exception(
+                "mailbox=%s uid=%s delivered message failed; quarantining it", args.mailbox, origin.uid
+            )
+            outcome = intake.quarantine(raw, origin, exc)
+    except (DatabaseUnavailable, SchemaMismatch) as exc:
+        print(f"error: {exc}: not delivered; the MTA keeps the message and tries again", file=sys.stderr)
+        return os.EX_TEMPFAIL
+    except Exception as exc:
+        log.exception("mailbox=%s delivery failed", args.mailbox)
+        print(f"error: {type(exc).__name__}: not delivered; the MTA keeps the message", file=sys.stderr)
+        return os.EX_TEMPFAIL
+    case = f" {outcome.case_number}" if outcome.case_number else ""
+    print(f"{outcome.kind.value}{case}: {outcome.summary}")
+    if len(raw) > config.limits.max_message_size:
+        # Recorded, but not kept: the MTA returns it to its sender, who learns it did not arrive.
+        print(f"error: message larger than max_message_size ({config.limits.max_message_size} bytes)")
+        return os.EX_DATAERR
+    return os.EX_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade the schema (what `run` does on start) and say where the database stands."""
     config = load_config(_config_path(args), resolve_secrets=False)
@@ -535,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     requeue = mail_commands.add_parser("retry", help="queue failed or bounced mail again")
     requeue.add_argument("ids", nargs="+", type=int, metavar="ID", help="ids from `outbox list`")
     requeue.set_defaults(func=cmd_outbox_retry)
+    deliver = commands.add_parser("deliver", help="register one message from standard input (an MTA's pipe)")
+    deliver.add_argument("--mailbox", help="the department mailbox it was addressed to, e.g. it")
+    deliver.set_defaults(func=cmd_deliver)
     commands.add_parser("migrate", help="upgrade the database schema and print its revision").set_defaults(
         func=cmd_migrate
     )

@@ -12,7 +12,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, event, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    case,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as OrmSession
@@ -24,6 +37,7 @@ from mailrouter.casework import OtherCase, SentMail
 from mailrouter.models import (
     Attachment,
     Case,
+    CaseCounter,
     Customer,
     Event,
     MailboxState,
@@ -34,7 +48,7 @@ from mailrouter.models import (
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
-from mailrouter.plan import CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
+from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
     WAITING_ON_US,
@@ -504,6 +518,8 @@ def _forget_events(session: Session, transaction: SessionTransaction) -> None:
 
 
 def advance_checkpoint(session: Session, origin: Origin) -> None:
+    if origin.uidvalidity == DELIVERED:
+        return  # handed over by an MTA: not a position in the mailbox's folder
     params = {"box": origin.mailbox, "validity": origin.uidvalidity, "uid": origin.uid, "now": utcnow()}
     if session.connection().execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:  # type: ignore[attr-defined]
         return  # the usual case; a first message or a new UIDVALIDITY goes on below
@@ -667,3 +683,20 @@ def next_follow_up(session: Session) -> datetime | None:
 def _aware(moment: datetime) -> datetime:
     """SQLite returns the stored UTC time without its zone."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def next_delivery_uid(engine: Engine, mailbox: str) -> int:
+    """A UID for mail an MTA hands over to this mailbox: from a counter of its own (beside the
+    case numbers', under a name no case prefix can have), committed at once, so deliveries
+    running side by side never share one. A delivery that fails leaves a gap, nothing more."""
+    counter = CaseCounter.__table__  # type: ignore[attr-defined]
+    prefix = f"deliver:{mailbox}"
+    insert_ = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[engine.dialect.name]
+    with engine.begin() as connection:
+        connection.execute(insert_(counter).values(prefix=prefix, last_number=0).on_conflict_do_nothing())
+        return connection.execute(
+            update(counter)
+            .where(counter.c.prefix == prefix)
+            .values(last_number=counter.c.last_number + 1)
+            .returning(counter.c.last_number)
+        ).scalar_one()
