@@ -71,7 +71,12 @@ def open_database(config: Config, *, upgrade: bool = True) -> Engine:
     if not upgrade:
         reader = open_reader(config)
         reader.dispose()
-    engine = make_engine(config.database_url)
+    bounds = config.file.database
+    engine = make_engine(
+        config.database_url,
+        connect_timeout=bounds.connect_timeout,
+        statement_timeout=bounds.statement_timeout,
+    )
     if upgrade:
         create_schema(engine)
     ensure_counters(engine, [m.prefix for m in config.mailboxes.values()], config.daemon.case_number_start)
@@ -80,7 +85,12 @@ def open_database(config: Config, *, upgrade: bool = True) -> Engine:
 
 def open_reader(config: Config) -> Engine:
     """The database for a command that only reads: never created, migrated or written."""
-    engine = make_reader(config.database_url)
+    bounds = config.file.database
+    engine = make_reader(
+        config.database_url,
+        connect_timeout=bounds.connect_timeout,
+        statement_timeout=bounds.statement_timeout,
+    )
     try:
         require_current_schema(engine)
     except BaseException:

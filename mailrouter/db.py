@@ -185,9 +185,30 @@ class _TurnTakingConnection(sqlite3.Connection):
             self.give_turn()
 
 
-def make_engine(url: str) -> Engine:
+CONNECT_TIMEOUT = 10.0
+STATEMENT_TIMEOUT = 30.0
+
+
+def _postgresql_bounds(connect_timeout: float, statement_timeout: float) -> dict[str, Any]:
+    """libpq's connect_timeout (whole seconds, at least 2) and the session's statement_timeout."""
+    return {
+        "connect_timeout": max(2, round(connect_timeout)),
+        "options": f"-c statement_timeout={round(statement_timeout * 1000)}",
+    }
+
+
+def make_engine(
+    url: str, *, connect_timeout: float = CONNECT_TIMEOUT, statement_timeout: float = STATEMENT_TIMEOUT
+) -> Engine:
+    """hide_parameters everywhere: a statement's parameters are customer mail, and SQLAlchemy
+    would otherwise put them into every error message that reaches a log."""
     if not url.startswith("sqlite"):
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=_postgresql_bounds(connect_timeout, statement_timeout),
+        )
         _translate_errors(engine)
         return engine
     database = url.removeprefix("sqlite:///")
@@ -198,6 +219,7 @@ def make_engine(url: str) -> Engine:
     connection_class = type("Connection", (_TurnTakingConnection,), {"turns": turns})
     engine = create_engine(
         url,
+        hide_parameters=True,
         connect_args={
             "check_same_thread": False,
             "timeout": BUSY_TIMEOUT_SECONDS,
@@ -280,7 +302,9 @@ def create_schema(engine: Engine) -> None:
                 connection.commit()
 
 
-def make_reader(url: str) -> Engine:
+def make_reader(
+    url: str, *, connect_timeout: float = CONNECT_TIMEOUT, statement_timeout: float = STATEMENT_TIMEOUT
+) -> Engine:
     """An engine that cannot write, for the commands that only read: SQLite opened read-only (and
     never created), PostgreSQL sessions read-only by default."""
     if url.startswith("sqlite"):
@@ -289,12 +313,13 @@ def make_reader(url: str) -> Engine:
             raise DatabaseUnavailable(f"no database at {database}: `mailrouter migrate` creates it")
         engine = create_engine(
             f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true",
+            hide_parameters=True,
             connect_args={"timeout": BUSY_TIMEOUT_SECONDS},
         )
     else:
-        engine = create_engine(
-            url, pool_pre_ping=True, connect_args={"options": "-c default_transaction_read_only=on"}
-        )
+        bounds = _postgresql_bounds(connect_timeout, statement_timeout)
+        bounds["options"] += " -c default_transaction_read_only=on"
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=bounds)
     _translate_errors(engine)
     return engine
 

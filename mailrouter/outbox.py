@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, Update, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Update, bindparam, func, insert, or_, select, text, update
 from sqlmodel import Session
 
 from mailrouter import store
@@ -225,12 +225,25 @@ def claim(engine: Engine, instance: str, lease: float, batch_bytes: int) -> Batc
     return Batch(letters, more=len(chosen) < len(candidates) or len(candidates) == BATCH)
 
 
+# The `sending` mark runs on the event loop: on PostgreSQL a row lock held elsewhere, or a server
+# gone slow, may hold it this long at most (SQLite: the write turn is reserved off the loop first,
+# and its busy handler waits for other processes only). SET LOCAL ends with the transaction.
+SENDING_STATEMENT_TIMEOUT_MS = 2000
+_SENDING_TIMEOUT = text(f"SET LOCAL statement_timeout = {SENDING_STATEMENT_TIMEOUT_MS}")
+
+
+def _bound_on_the_loop(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(_SENDING_TIMEOUT)
+
+
 def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) -> bool:
     """Compare-and-set queued -> sending, only while the claim is still ours; False when another
     instance has taken the row over. A bare connection, no session: the sender commits this on the
     event loop, between the message and its final dot."""
     lease_until = utcnow() + timedelta(seconds=lease)
     with engine.begin() as connection:
+        _bound_on_the_loop(connection)
         result = connection.execute(
             _MARK_SENDING, {"row": letter_id, "instance": instance, "lease_until": lease_until}
         )
@@ -256,6 +269,7 @@ def mark_sending_to_some(
     lease_until = utcnow() + timedelta(seconds=lease)
     with Session(engine) as session:
         connection = session.connection()
+        _bound_on_the_loop(connection)
         params = {"row": letter.id, "instance": instance, "lease_until": lease_until, "rcpt_to": accepted}
         if connection.execute(_MARK_SENDING_TO, params).rowcount != 1:
             return False
