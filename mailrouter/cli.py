@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailrouter import __version__, outbox, store
+from mailrouter import __version__, logs, outbox, store
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import Loaded, load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
@@ -529,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", help=f"config file (default: $MAILROUTER_CONFIG or ./{DEFAULT_CONFIG})"
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (journald, ELK)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("run", help="run every mailbox worker and the sender until SIGTERM").set_defaults(
@@ -598,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     try:
         return args.func(args)
     except MailrouterError as exc:
