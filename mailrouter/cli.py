@@ -4,28 +4,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiosmtplib
 from alembic.migration import MigrationContext
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailrouter import __version__
-from mailrouter.config import Config, load_config
-from mailrouter.daemon import Loaded, load, open_database, run
-from mailrouter.errors import MailrouterError, ParseError
+from mailrouter import __version__, logs, outbox, store
+from mailrouter.config import Age, Config, load_config
+from mailrouter.daemon import Loaded, load, open_database, open_reader, run
+from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
+from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, utcnow
 from mailrouter.parse import Address, Inbound, parse
+from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
 from mailrouter.route import route
 from mailrouter.screen import screen
 from mailrouter.send import classify, refused_recipients
+from mailrouter.vocabulary import CaseStatus, OutboxState
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "config.toml"
+STATUS_HTTP_TIMEOUT = 3.0  # `status` asks the daemon's /readyz, and says so when it does not answer
+
+
+def _age(value: str) -> timedelta:
+    try:
+        return TypeAdapter(Age).validate_python(value)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -195,29 +215,160 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json(value: object) -> str:
+    def plain(item: object) -> object:
+        if isinstance(item, datetime):
+            return item.isoformat()
+        if is_dataclass(item) and not isinstance(item, type):
+            return asdict(item)
+        raise TypeError(f"{type(item).__name__} is not JSON")
+
+    return json.dumps(value, default=plain, ensure_ascii=False, indent=2)
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment.astimezone():%Y-%m-%d %H:%M:%S}" if moment is not None else "never"
+
+
 def cmd_cases(args: argparse.Namespace) -> int:
-    config = load_config(_config_path(args), resolve_secrets=False)
-    engine = open_database(config)
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     with Session(engine) as session:
-        rows = session.exec(
-            select(Case, Customer)
-            .join(Customer, isouter=True)
-            .order_by(col(Case.id).desc())
-            .limit(args.limit)
-        ).all()
-        print(f"{'case':<10} {'department':<11} {'status':<8} {'priority':<8} {'customer':<28} subject")
-        for case, customer in reversed(rows):
-            who = customer.address if customer else "-"
-            print(
-                f"{case.number:<10} {case.department:<11} {case.status:<8} {case.priority:<8} "
-                f"{who:<28} {case.subject}"
+        rows = store.list_cases(
+            session,
+            limit=args.limit,
+            status=args.status,
+            department=args.department,
+            assignee=args.assignee,
+            older_than=args.older_than,
+        )
+    if args.json:
+        print(_json(rows))
+        return 0
+    print(f"{'case':<10} {'department':<11} {'status':<8} {'priority':<8} {'customer':<28} subject")
+    for row in rows:
+        print(
+            f"{row.number:<10} {row.department:<11} {row.status:<8} {row.priority:<8} "
+            f"{row.customer or '-':<28} {row.subject}"
+        )
+    return 0
+
+
+def _readyz(config: Config) -> dict[str, object] | str | None:
+    """The running daemon's own /readyz answer, when [http] is configured: its live facts, or
+    why it did not answer."""
+    settings = config.file.http
+    if settings is None:
+        return None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}/readyz"
+    request = urllib.request.Request(url)
+    source = settings.token_source()
+    if source is not None:
+        token = source.resolve(f"{config.path}: http")
+        request.add_header("Authorization", f"Bearer {token.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(request, timeout=STATUS_HTTP_TIMEOUT) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:  # 503: not ready, with the same JSON body
+        body = exc.read()
+        if exc.code != 503:
+            return f"{url}: HTTP {exc.code}"
+    except (OSError, TimeoutError) as exc:
+        return f"{url}: not answering ({getattr(exc, 'reason', None) or exc})"
+    answer = json.loads(body)
+    return answer if isinstance(answer, dict) else f"{url}: unexpected answer"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What a person at a terminal wants to know: mailboxes, outbox, quarantine, the scheduler."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    engine = open_reader(config)
+    with Session(engine) as session:
+        mailboxes = store.mailbox_records(session, list(config.mailboxes))
+        follow_up = store.next_follow_up(session)
+    facts = read_facts(engine)
+    oldest = outbox.oldest_queued(engine)
+    quarantined = len(set_aside(engine))
+    live = _readyz(config)
+    engine.dispose()
+    live_mailboxes = live.get("mailboxes", {}) if isinstance(live, dict) else {}
+    assert isinstance(live_mailboxes, dict)
+    report = {
+        "mailboxes": {m.mailbox: {**asdict(m), "live": live_mailboxes.get(m.mailbox)} for m in mailboxes},
+        "outbox": facts.outbox,
+        "oldest_queued": oldest,
+        "quarantined": quarantined,
+        "next_follow_up_at": follow_up,
+        "daemon": live if live is not None else "no [http] endpoint configured",
+    }
+    if args.json:
+        print(_json(report))
+        return 0
+    for m in mailboxes:
+        here = live_mailboxes.get(m.mailbox)
+        print(f"mailbox {m.mailbox}:")
+        if isinstance(here, dict):
+            state = (
+                "connected" + (", idle" if here.get("idle") else "")
+                if here.get("connected")
+                else "NOT connected"
             )
+            print(
+                f"  {state}; last poll {here.get('seconds_since_poll')}s ago; "
+                f"last error: {here.get('last_error') or '-'}"
+            )
+        print(
+            f"  last poll recorded {_when(m.last_poll_at)}; "
+            f"checkpoint uid {m.last_uid if m.last_uid is not None else '-'}"
+        )
+        if m.last_event:
+            print(f"  latest event {_when(m.last_event_at)}: {m.last_event}")
+    states = ", ".join(f"{count} {state}" for state, count in facts.outbox.items())
+    print(f"outbox: {states}")
+    if oldest is not None:
+        print(
+            f"  oldest queued: {oldest.id} ({oldest.case_number or '-'}, {oldest.kind}) "
+            f"since {_when(oldest.created_at)}"
+        )
+    print(f"quarantine: {quarantined} message(s) (`mailrouter quarantine list`)")
+    print(f"follow-up reminders: next due {_when(follow_up) if follow_up else '-'}")
+    if isinstance(live, dict):
+        causes = live.get("causes") or []
+        assert isinstance(causes, list)
+        print("daemon: ready" if live.get("ready") else f"daemon: NOT ready: {'; '.join(map(str, causes))}")
+    else:
+        print(f"daemon: {live if live is not None else 'no [http] endpoint configured: live facts unknown'}")
+    return 0
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
+    rows = outbox.listed(engine, [args.state] if args.state else sorted(outbox.RETRYABLE), args.limit)
+    if args.json:
+        print(_json(rows))
+        return 0
+    print(f"{'id':>6} {'case':<10} {'kind':<16} {'state':<8} {'tries':>5}  to / last error")
+    for row in rows:
+        print(
+            f"{row.id:>6} {row.case_number or '-':<10} {row.kind:<16} {row.state:<8} {row.attempts:>5}  "
+            f"{', '.join(row.rcpt_to)}\n{'':>7}{row.last_error or '-'}"
+        )
+    if not rows:
+        print("(no outgoing mail in that state)")
+    return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    """A failed or bounced letter back to the queue; the running sender picks it up."""
+    engine = open_database(load_config(_config_path(args), resolve_secrets=False), upgrade=False)
+    for row_id in args.ids:
+        row = outbox.requeue(engine, row_id)
+        print(f"{row.id}: queued again ({row.kind} to {', '.join(row.rcpt_to)})")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = load_config(_config_path(args), resolve_secrets=False)
-    engine = open_database(config)
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     with Session(engine) as session:
         case = session.exec(select(Case).where(Case.number == args.case)).first()
         if case is None:
@@ -251,8 +402,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_screened(args: argparse.Namespace) -> int:
     """Mail that screening kept out of any case: auto-replies, bounces, loops, spam."""
-    engine = open_database(load_config(_config_path(args), resolve_secrets=False))
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     rows = screened(engine, args.limit)
+    if args.json:
+        print(_json(rows))
+        return 0
     print(f"{'id':>6} {'received':<19} {'mailbox':<11} {'verdict':<11} {'from':<28} subject / why")
     for row in rows:
         print(
@@ -265,8 +419,11 @@ def cmd_screened(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    engine = open_database(load_config(_config_path(args), resolve_secrets=False))
+    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     entries = set_aside(engine)
+    if args.json:
+        print(_json(entries))
+        return 0
     print(f"{'id':>6} {'when':<19} {'kind':<11} {'mailbox':<11} {'uid':>6}  reason")
     for entry in entries:
         kept = "" if entry.raw_kept else " [bytes not kept: see the quarantine folder]"
@@ -282,7 +439,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     """Process kept bytes again through the daemon's own intake (after fixing a rule or template)."""
     loaded = load(load_config(_config_path(args), resolve_secrets=False))
-    engine = open_database(loaded.config)
+    engine = open_database(loaded.config, upgrade=False)
     intake = Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
     if args.all:
         ids = [entry.event_id for entry in set_aside(engine) if entry.raw_kept]
@@ -305,8 +462,57 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """One message on standard input from an MTA (Postfix pipe(8), a .forward, procmail), through
+    the daemon's own intake. The exit status is what the MTA acts on (sysexits): 0 once the
+    message is ours (registered, screened, quarantined, refused but kept), EX_TEMPFAIL when it
+    is not yet (the MTA keeps it and tries again), so mail we kept is never bounced."""
+    if not args.mailbox:
+        print("error: deliver needs --mailbox NAME", file=sys.stderr)
+        return os.EX_USAGE
+    try:
+        loaded = load(load_config(_config_path(args)))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return os.EX_CONFIG
+    config = loaded.config
+    if args.mailbox not in config.mailboxes:
+        print(
+            f"error: no mailbox {args.mailbox!r}; configured: {', '.join(config.mailboxes)}", file=sys.stderr
+        )
+        return os.EX_USAGE
+    raw = sys.stdin.buffer.read()
+    try:
+        engine = open_database(config, upgrade=False)
+        intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
+        origin = Origin(args.mailbox, DELIVERED, store.next_delivery_uid(engine, args.mailbox), utcnow())
+        try:
+            outcome = intake.process(raw, origin)
+        except (DatabaseUnavailable, SchemaMismatch):
+            raise
+        except Exception as exc:  # what the fetch worker quarantines after its tries: kept, not lost
+            log.exception(
+                "mailbox=%s uid=%s delivered message failed; quarantining it", args.mailbox, origin.uid
+            )
+            outcome = intake.quarantine(raw, origin, exc)
+    except (DatabaseUnavailable, SchemaMismatch) as exc:
+        print(f"error: {exc}: not delivered; the MTA keeps the message and tries again", file=sys.stderr)
+        return os.EX_TEMPFAIL
+    except Exception as exc:
+        log.exception("mailbox=%s delivery failed", args.mailbox)
+        print(f"error: {type(exc).__name__}: not delivered; the MTA keeps the message", file=sys.stderr)
+        return os.EX_TEMPFAIL
+    case = f" {outcome.case_number}" if outcome.case_number else ""
+    print(f"{outcome.kind.value}{case}: {outcome.summary}")
+    if len(raw) > config.limits.max_message_size:
+        # Recorded, but not kept: the MTA returns it to its sender, who learns it did not arrive.
+        print(f"error: message larger than max_message_size ({config.limits.max_message_size} bytes)")
+        return os.EX_DATAERR
+    return os.EX_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Upgrade the schema (what every command does on start) and say where the database stands."""
+    """Upgrade the schema (what `run` does on start) and say where the database stands."""
     config = load_config(_config_path(args), resolve_secrets=False)
     engine = open_database(config)
     with engine.connect() as connection:
@@ -323,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", help=f"config file (default: $MAILROUTER_CONFIG or ./{DEFAULT_CONFIG})"
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (journald, ELK)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("run", help="run every mailbox worker and the sender until SIGTERM").set_defaults(
@@ -342,24 +554,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     cases = commands.add_parser("cases", help="list the most recent cases")
     cases.add_argument("--limit", type=int, default=20)
+    cases.add_argument("--status", type=CaseStatus, choices=list(CaseStatus))
+    cases.add_argument("--department", help="the mailbox's name in config.toml, e.g. it")
+    cases.add_argument("--assignee", help="an agent's address")
+    cases.add_argument(
+        "--older-than", type=_age, metavar="AGE", help="opened at least this long ago: 12h, 2d"
+    )
+    cases.add_argument("--json", action="store_true")
     cases.set_defaults(func=cmd_cases)
+    status = commands.add_parser("status", help="mailboxes, outbox, quarantine and the daemon's readiness")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
     show = commands.add_parser("show", help="one case with its messages, outgoing mail and events")
     show.add_argument("case", help="case number, e.g. IT-1001")
     show.set_defaults(func=cmd_show)
 
     listed = commands.add_parser("screened", help="mail that screening kept out of any case")
     listed.add_argument("--limit", type=int, default=50)
+    listed.add_argument("--json", action="store_true")
     listed.set_defaults(func=cmd_screened)
     quarantine = commands.add_parser(
         "quarantine", help="messages refused or quarantined: list them, retry them"
     ).add_subparsers(dest="quarantine_command", required=True)
-    quarantine.add_parser("list", help="refused and quarantined messages not yet released").set_defaults(
-        func=cmd_quarantine_list
-    )
+    held = quarantine.add_parser("list", help="refused and quarantined messages not yet released")
+    held.add_argument("--json", action="store_true")
+    held.set_defaults(func=cmd_quarantine_list)
     again = quarantine.add_parser("retry", help="process kept messages again through the intake")
     again.add_argument("ids", nargs="*", type=int, metavar="ID", help="ids from `quarantine list`")
     again.add_argument("--all", action="store_true", help="every listed message whose bytes were kept")
     again.set_defaults(func=cmd_quarantine_retry)
+    mail = commands.add_parser("outbox", help="outgoing mail that failed or bounced: list it, retry it")
+    mail_commands = mail.add_subparsers(dest="outbox_command", required=True)
+    rows = mail_commands.add_parser("list", help="failed and bounced mail (or another state)")
+    rows.add_argument("--state", type=OutboxState, choices=list(OutboxState))
+    rows.add_argument("--limit", type=int, default=50)
+    rows.add_argument("--json", action="store_true")
+    rows.set_defaults(func=cmd_outbox_list)
+    requeue = mail_commands.add_parser("retry", help="queue failed or bounced mail again")
+    requeue.add_argument("ids", nargs="+", type=int, metavar="ID", help="ids from `outbox list`")
+    requeue.set_defaults(func=cmd_outbox_retry)
+    deliver = commands.add_parser("deliver", help="register one message from standard input (an MTA's pipe)")
+    deliver.add_argument("--mailbox", help="the department mailbox it was addressed to, e.g. it")
+    deliver.set_defaults(func=cmd_deliver)
     commands.add_parser("migrate", help="upgrade the database schema and print its revision").set_defaults(
         func=cmd_migrate
     )
@@ -368,13 +604,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
         return code
     except MailrouterError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:  # the driver's words, without the statement and its parameters
+        print(f"error: database: {str(getattr(exc, 'orig', None) or exc).strip()}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

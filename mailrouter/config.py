@@ -427,8 +427,17 @@ class LimitsSettings(_Strict):
     regex_text_chars: int = Field(default=64 * 1024, gt=0)
 
 
+class DatabaseSettings(_Strict):
+    """Bounds on PostgreSQL, so that no database call holds a worker (or the event loop) without
+    end: a server that accepts the connection and never answers, a lock held for ever."""
+
+    connect_timeout: float = Field(default=10.0, gt=0)
+    statement_timeout: float = Field(default=30.0, gt=0)
+
+
 class FileConfig(_Strict):
     database_url: str = "sqlite:///var/mailrouter.db"
+    database: DatabaseSettings = DatabaseSettings()
     rules: str = "rules"
     templates: str = "templates"
     # mailrouter's own files (refresh tokens from `mailrouter oauth login`), relative to this file.

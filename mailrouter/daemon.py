@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from mailrouter.agents import AgentDirectory, directory_from, reply_keys
 from mailrouter.alerts import TokenAlerts
 from mailrouter.config import Config
-from mailrouter.db import create_schema, ensure_counters, make_engine
+from mailrouter.db import create_schema, ensure_counters, make_engine, make_reader, require_current_schema
 from mailrouter.facts import queued_mail
 from mailrouter.faultinjection import ENV as FAULTS_ENV
 from mailrouter.faultinjection import FaultInjection
@@ -68,10 +68,37 @@ def load(config: Config) -> Loaded:
     return Loaded(config, rules, Templates(config.templates_dir), agents)
 
 
-def open_database(config: Config) -> Engine:
-    engine = make_engine(config.database_url)
-    create_schema(engine)
+def open_database(config: Config, *, upgrade: bool = True) -> Engine:
+    """The database, upgraded to this version's schema; without `upgrade`, refused unless it is
+    at that schema already (commands other than `run` and `migrate` never change a schema)."""
+    if not upgrade:
+        reader = open_reader(config)
+        reader.dispose()
+    bounds = config.file.database
+    engine = make_engine(
+        config.database_url,
+        connect_timeout=bounds.connect_timeout,
+        statement_timeout=bounds.statement_timeout,
+    )
+    if upgrade:
+        create_schema(engine)
     ensure_counters(engine, [m.prefix for m in config.mailboxes.values()], config.daemon.case_number_start)
+    return engine
+
+
+def open_reader(config: Config) -> Engine:
+    """The database for a command that only reads: never created, migrated or written."""
+    bounds = config.file.database
+    engine = make_reader(
+        config.database_url,
+        connect_timeout=bounds.connect_timeout,
+        statement_timeout=bounds.statement_timeout,
+    )
+    try:
+        require_current_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

@@ -17,12 +17,13 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, bindparam, event, inspect, text, update
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.schema import Table
 from sqlmodel import Session, create_engine, select
 
-from mailrouter.errors import DatabaseUnavailable
+from mailrouter.errors import DatabaseUnavailable, SchemaMismatch
 from mailrouter.models import CaseCounter
 
 BUSY_TIMEOUT_SECONDS = 30
@@ -129,7 +130,7 @@ def unavailable(error: BaseException, *, disconnected: bool = False) -> str | No
         return str(error) if code is not None and code & 0xFF in _SQLITE_UNAVAILABLE else None
     sqlstate = getattr(error, "sqlstate", False)
     if sqlstate is None:  # psycopg: no answer from a server at all (refused, closed, timed out)
-        return str(error).strip()
+        return " ".join(str(error).split())  # libpq's hint on a line of its own: one line for logs
     if isinstance(sqlstate, str) and (
         sqlstate in _POSTGRES_UNAVAILABLE or sqlstate[:2] in _POSTGRES_UNAVAILABLE_CLASSES
     ):
@@ -185,9 +186,30 @@ class _TurnTakingConnection(sqlite3.Connection):
             self.give_turn()
 
 
-def make_engine(url: str) -> Engine:
+CONNECT_TIMEOUT = 10.0
+STATEMENT_TIMEOUT = 30.0
+
+
+def _postgresql_bounds(connect_timeout: float, statement_timeout: float) -> dict[str, Any]:
+    """libpq's connect_timeout (whole seconds, at least 2) and the session's statement_timeout."""
+    return {
+        "connect_timeout": max(2, round(connect_timeout)),
+        "options": f"-c statement_timeout={round(statement_timeout * 1000)}",
+    }
+
+
+def make_engine(
+    url: str, *, connect_timeout: float = CONNECT_TIMEOUT, statement_timeout: float = STATEMENT_TIMEOUT
+) -> Engine:
+    """hide_parameters everywhere: a statement's parameters are customer mail, and SQLAlchemy
+    would otherwise put them into every error message that reaches a log."""
     if not url.startswith("sqlite"):
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=_postgresql_bounds(connect_timeout, statement_timeout),
+        )
         _translate_errors(engine)
         return engine
     database = url.removeprefix("sqlite:///")
@@ -198,6 +220,7 @@ def make_engine(url: str) -> Engine:
     connection_class = type("Connection", (_TurnTakingConnection,), {"turns": turns})
     engine = create_engine(
         url,
+        hide_parameters=True,
         connect_args={
             "check_same_thread": False,
             "timeout": BUSY_TIMEOUT_SECONDS,
@@ -278,6 +301,52 @@ def create_schema(engine: Engine) -> None:
             if postgres:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 connection.commit()
+
+
+def make_reader(
+    url: str, *, connect_timeout: float = CONNECT_TIMEOUT, statement_timeout: float = STATEMENT_TIMEOUT
+) -> Engine:
+    """An engine that cannot write, for the commands that only read: SQLite opened read-only (and
+    never created), PostgreSQL sessions read-only by default."""
+    if url.startswith("sqlite"):
+        database = url.removeprefix("sqlite:///")
+        if not Path(database).is_file():
+            raise DatabaseUnavailable(f"no database at {database}: `mailrouter migrate` creates it")
+        engine = create_engine(
+            f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true",
+            hide_parameters=True,
+            connect_args={"timeout": BUSY_TIMEOUT_SECONDS},
+        )
+    else:
+        bounds = _postgresql_bounds(connect_timeout, statement_timeout)
+        bounds["options"] += " -c default_transaction_read_only=on"
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=bounds)
+    _translate_errors(engine)
+    return engine
+
+
+def require_current_schema(engine: Engine) -> None:
+    """Refuse a database whose schema is not this version's head, saying what to run."""
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" in tables:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        else:  # made by create_all() before migrations existed, or empty
+            current = BASELINE_REVISION if "case" in tables else None
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaMismatch("the database has no mailrouter schema; run `mailrouter migrate`")
+    try:
+        script.get_revision(current)
+    except CommandError:
+        raise SchemaMismatch(
+            f"the database is at schema {current}, newer than this mailrouter (head {head}): "
+            "upgrade mailrouter"
+        ) from None
+    raise SchemaMismatch(f"the database is at schema {current} (head {head}); run `mailrouter migrate`")
 
 
 def ensure_counters(engine: Engine, prefixes: list[str], start: int) -> None:

@@ -39,6 +39,11 @@ class DatabaseUnavailable(MailrouterError):
     db.py, from the driver's error code and the connection's state."""
 
 
+class SchemaMismatch(MailrouterError):
+    """The database's schema is not this mailrouter's: older (run `mailrouter migrate`), newer
+    (upgrade mailrouter) or absent. Only `run` and `migrate` change a schema."""
+
+
 class ImapError(MailrouterError):
     """The IMAP server answered a command with NO or BAD, or lacks something we need."""
 
@@ -83,6 +88,10 @@ class Unclaimed(MailrouterError):
 
 class ReviewError(MailrouterError):
     """A quarantine entry that does not exist, was already released, or has no kept bytes."""
+
+
+class OutboxError(MailrouterError):
+    """An outgoing mail that does not exist, or is not in a state a person may retry."""
 
 
 class TaskFailedTooOften(MailrouterError):

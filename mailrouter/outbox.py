@@ -14,11 +14,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, Update, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Update, bindparam, func, insert, or_, select, text, update
 from sqlmodel import Session
 
 from mailrouter import store
+from mailrouter.errors import OutboxError
 from mailrouter.models import utcnow
 from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
 
@@ -223,12 +225,25 @@ def claim(engine: Engine, instance: str, lease: float, batch_bytes: int) -> Batc
     return Batch(letters, more=len(chosen) < len(candidates) or len(candidates) == BATCH)
 
 
+# The `sending` mark runs on the event loop: on PostgreSQL a row lock held elsewhere, or a server
+# gone slow, may hold it this long at most (SQLite: the write turn is reserved off the loop first,
+# and its busy handler waits for other processes only). SET LOCAL ends with the transaction.
+SENDING_STATEMENT_TIMEOUT_MS = 2000
+_SENDING_TIMEOUT = text(f"SET LOCAL statement_timeout = {SENDING_STATEMENT_TIMEOUT_MS}")
+
+
+def _bound_on_the_loop(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(_SENDING_TIMEOUT)
+
+
 def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) -> bool:
     """Compare-and-set queued -> sending, only while the claim is still ours; False when another
     instance has taken the row over. A bare connection, no session: the sender commits this on the
     event loop, between the message and its final dot."""
     lease_until = utcnow() + timedelta(seconds=lease)
     with engine.begin() as connection:
+        _bound_on_the_loop(connection)
         result = connection.execute(
             _MARK_SENDING, {"row": letter_id, "instance": instance, "lease_until": lease_until}
         )
@@ -254,6 +269,7 @@ def mark_sending_to_some(
     lease_until = utcnow() + timedelta(seconds=lease)
     with Session(engine) as session:
         connection = session.connection()
+        _bound_on_the_loop(connection)
         params = {"row": letter.id, "instance": instance, "lease_until": lease_until, "rcpt_to": accepted}
         if connection.execute(_MARK_SENDING_TO, params).rowcount != 1:
             return False
@@ -382,3 +398,105 @@ def recover(engine: Engine, instance: str, *, exclusive: bool) -> None:
         if exclusive:
             connection.execute(_UNCLAIM_ALL)
         session.commit()
+
+
+# --- for a person: `mailrouter outbox list|retry` --------------------------------------------
+
+RETRYABLE = frozenset({OutboxState.FAILED, OutboxState.BOUNCED})
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    case_number: str
+    kind: OutboxKind
+    rcpt_to: list[str]
+    state: OutboxState
+    attempts: int
+    last_error: str
+    created_at: datetime
+    next_attempt_at: datetime
+
+
+_C = store.CASE.c
+_LISTED = select(
+    _O.id,
+    _C.number,
+    _O.kind,
+    _O.rcpt_to,
+    _O.state,
+    _O.attempts,
+    _O.last_error,
+    _O.created_at,
+    _O.next_attempt_at,
+).join(store.CASE, _C.id == _O.case_id, isouter=True)
+
+
+def _row(row: Row[*tuple[Any, ...]]) -> OutboxRow:
+    return OutboxRow(
+        id=row.id,
+        case_number=row.number or "",
+        kind=OutboxKind(row.kind),
+        rcpt_to=list(row.rcpt_to),
+        state=OutboxState(row.state),
+        attempts=row.attempts,
+        last_error=row.last_error,
+        created_at=_utc(row.created_at),
+        next_attempt_at=_utc(row.next_attempt_at),
+    )
+
+
+def listed(engine: Engine, states: Sequence[OutboxState], limit: int) -> list[OutboxRow]:
+    """Rows in these states, newest last."""
+    statement = _LISTED.where(_O.state.in_(list(states))).order_by(_O.id.desc()).limit(limit)
+    with engine.connect() as connection:
+        return [_row(row) for row in reversed(connection.execute(statement).all())]
+
+
+def oldest_queued(engine: Engine) -> OutboxRow | None:
+    statement = _LISTED.where(_O.state == OutboxState.QUEUED).order_by(_O.created_at, _O.id).limit(1)
+    with engine.connect() as connection:
+        row = connection.execute(statement).first()
+    return _row(row) if row is not None else None
+
+
+def requeue(engine: Engine, row_id: int) -> OutboxRow:
+    """A failed or bounced row queued again, as if new (its attempts and its give-up age start
+    over), with an event on the case saying what it was."""
+    with Session(engine) as session:
+        found = session.connection().execute(_LISTED.where(_O.id == row_id)).first()
+        if found is None:
+            raise OutboxError(f"no outgoing mail {row_id}")
+        row = _row(found)
+        if row.state not in RETRYABLE:
+            raise OutboxError(
+                f"outgoing mail {row_id} is {row.state}: only failed or bounced mail is retried"
+            )
+        now = utcnow()
+        session.connection().execute(
+            update(store.OUTBOX)
+            .where(_O.id == row_id, _O.state.in_(list(RETRYABLE)))
+            .values(
+                state=OutboxState.QUEUED,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                claimed_by="",
+                claimed_until=None,
+            )
+        )
+        case_id = session.connection().execute(select(_O.case_id).where(_O.id == row_id)).scalar_one()
+        store.record(
+            session,
+            EventKind.MAIL_REQUEUED,
+            f"{row.kind} to {', '.join(row.rcpt_to)} queued again by hand; it was {row.state} after "
+            f"{row.attempts} attempt(s): {row.last_error or '-'}",
+            case_id=case_id,
+            outbox_id=row_id,
+        )
+        session.commit()
+    return OutboxRow(**{**row.__dict__, "state": OutboxState.QUEUED, "attempts": 0, "next_attempt_at": now})
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -41,9 +41,15 @@ class Outcome:
     queued_mail: int = 0
 
 
+# IMAP's UIDVALIDITY is never 0 (RFC 3501: nz-number), so delivered mail never collides with a
+# fetched copy, and it moves no mailbox's checkpoint.
+DELIVERED = 0
+
+
 @dataclass(frozen=True)
 class Origin:
-    """Where an incoming message was found: the IMAP identity of that copy."""
+    """Where an incoming message was found: the IMAP identity of that copy, or for mail an MTA
+    handed over (`mailrouter deliver`) UIDVALIDITY `DELIVERED` and a UID from a counter of its own."""
 
     mailbox: str
     uidvalidity: int

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, event, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    case,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as OrmSession
@@ -25,6 +39,7 @@ from mailrouter.casework import OtherCase, SentMail
 from mailrouter.models import (
     Attachment,
     Case,
+    CaseCounter,
     Customer,
     Event,
     MailboxState,
@@ -35,7 +50,7 @@ from mailrouter.models import (
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
-from mailrouter.plan import CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
+from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
     WAITING_ON_US,
@@ -647,6 +662,8 @@ def _forget_events(session: Session, transaction: SessionTransaction) -> None:
 
 
 def advance_checkpoint(session: Session, origin: Origin) -> None:
+    if origin.uidvalidity == DELIVERED:
+        return  # handed over by an MTA: not a position in the mailbox's folder
     params = {"box": origin.mailbox, "validity": origin.uidvalidity, "uid": origin.uid, "now": utcnow()}
     if session.connection().execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:
         return  # the usual case; a first message or a new UIDVALIDITY goes on below
@@ -708,3 +725,127 @@ def forget_attempts(session: Session, mailbox: str, uidvalidity: int, up_to_uid:
             (MESSAGE_ATTEMPT.c.uidvalidity != uidvalidity) | (MESSAGE_ATTEMPT.c.uid <= up_to_uid),
         )
     )
+
+
+# --- read queries for the CLI's listings and `status` ----------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    number: str
+    department: str
+    status: CaseStatus
+    priority: str
+    assignee: str
+    group: str
+    customer: str
+    subject: str
+    created_at: datetime
+
+
+def list_cases(
+    session: Session,
+    *,
+    limit: int,
+    status: CaseStatus | None = None,
+    department: str | None = None,
+    assignee: str | None = None,
+    older_than: timedelta | None = None,
+) -> list[CaseRow]:
+    """The newest cases that pass every filter given, oldest of them first."""
+    statement = select(CASE, CUSTOMER.c.address).join(CUSTOMER, isouter=True)
+    if status is not None:
+        statement = statement.where(CASE.c.status == status)
+    if department is not None:
+        statement = statement.where(CASE.c.department == department)
+    if assignee is not None:
+        statement = statement.where(CASE.c.assignee == assignee)
+    if older_than is not None:
+        statement = statement.where(CASE.c.created_at <= utcnow() - older_than)
+    rows = session.connection().execute(statement.order_by(CASE.c.id.desc()).limit(limit)).all()
+    return [
+        CaseRow(
+            number=row.number,
+            department=row.department,
+            status=CaseStatus(row.status),
+            priority=row.priority,
+            assignee=row.assignee,
+            group=row.group,
+            customer=row.address or "",
+            subject=row.subject,
+            created_at=_aware(row.created_at),
+        )
+        for row in reversed(rows)
+    ]
+
+
+@dataclass(frozen=True)
+class MailboxRecord:
+    """What the database knows of a mailbox: its checkpoint and the latest event about it."""
+
+    mailbox: str
+    uidvalidity: int | None
+    last_uid: int | None
+    last_poll_at: datetime | None
+    last_event: str  # "kind: detail", or "" when there is none
+    last_event_at: datetime | None
+
+
+def mailbox_records(session: Session, mailboxes: Sequence[str]) -> list[MailboxRecord]:
+    records = []
+    for name in mailboxes:
+        state = session.get(MailboxState, name)
+        latest = (
+            session.connection()
+            .execute(
+                select(EVENT.c.kind, EVENT.c.detail, EVENT.c.created_at)
+                .where(EVENT.c.mailbox == name, EVENT.c.case_id.is_(None))
+                .order_by(EVENT.c.id.desc())
+                .limit(1)
+            )
+            .first()
+        )
+        records.append(
+            MailboxRecord(
+                mailbox=name,
+                uidvalidity=state.uidvalidity if state else None,
+                last_uid=state.last_uid if state else None,
+                last_poll_at=_aware(state.last_poll_at) if state and state.last_poll_at else None,
+                last_event=f"{latest.kind}: {latest.detail}" if latest else "",
+                last_event_at=_aware(latest.created_at) if latest else None,
+            )
+        )
+    return records
+
+
+def next_follow_up(session: Session) -> datetime | None:
+    """When the scheduler's follow-up job next has a reminder to send."""
+    due = session.connection().execute(select(func.min(CASE.c.follow_up_at))).scalar_one()
+    return _aware(due) if due is not None else None
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns the stored UTC time without its zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def next_delivery_uid(engine: Engine, mailbox: str) -> int:
+    """A UID for mail an MTA hands over to this mailbox: from a counter of its own (beside the
+    case numbers', under a name no case prefix can have), committed at once, so deliveries
+    running side by side never share one. A delivery that fails leaves a gap, nothing more."""
+    counter = CaseCounter.__table__  # type: ignore[attr-defined]
+    prefix = f"deliver:{mailbox}"
+    new_counter = (
+        postgresql_insert(counter).on_conflict_do_nothing()
+        if engine.dialect.name == "postgresql"
+        else sqlite_insert(counter).on_conflict_do_nothing()
+    )
+    with engine.begin() as connection:
+        connection.execute(new_counter.values(prefix=prefix, last_number=0))
+        uid: int = connection.execute(
+            update(counter)
+            .where(counter.c.prefix == prefix)
+            .values(last_number=counter.c.last_number + 1)
+            .returning(counter.c.last_number)
+        ).scalar_one()
+    return uid

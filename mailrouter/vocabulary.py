@@ -105,6 +105,7 @@ class EventKind(StrEnum):
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
     DELIVERY_FAILED = "delivery-failed"
     RECIPIENT_REFUSED = "recipient-refused"  # one recipient of a letter; the others got it
+    MAIL_REQUEUED = "mail-requeued"  # a failed or bounced letter queued again by a person
     # mailboxes
     MAILBOX_READ_ONLY = "mailbox-read-only"
     MAILBOX_FIRST_START = "mailbox-first-start"
