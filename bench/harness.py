@@ -32,6 +32,8 @@ shutdown_timeout = 10
 
 [limits]
 acknowledgements_per_sender = 100000  # the latency runs have one customer; the default (5) would stall them
+acknowledgements_per_domain = 100000  # every bench customer is at one domain
+acknowledgements_total = 100000
 max_message_size = 67108864  # the memory run's 25 MB attachment is 26.9 MB on the wire: read it
 
 [smtp]

@@ -510,7 +510,9 @@ class Casework:
             draft.record(EventKind.NOT_ACKNOWLEDGED, stale)
         elif (refused := self._unauthenticated(origin, authentication)) is not None:
             draft.record(EventKind.NOT_ACKNOWLEDGED, refused)
-        elif (limited := self._over_acknowledgement_budget(case.customer, draft.now, facts)) is not None:
+        elif (
+            limited := self._over_acknowledgement_budget(case.customer, authentication, draft.now, facts)
+        ) is not None:
             draft.record(EventKind.NOT_ACKNOWLEDGED, limited, rate_limited=True)
         else:
             echo = authentication is None or not authentication.trusted or authentication.dmarc_pass
@@ -547,11 +549,12 @@ class Casework:
         )
 
     def _over_acknowledgement_budget(
-        self, customer: CustomerView, now: datetime, facts: CaseFacts
+        self, customer: CustomerView, authentication: Authentication | None, now: datetime, facts: CaseFacts
     ) -> str | None:
         """Why no acknowledgement may go now: the sender's, their domain's or the whole desk's
-        budget for the window is spent (rotating forged senders spend the latter two); None while
-        under all three. Each count stops at its limit, so the check costs no more when flooded."""
+        budget for the window is spent (rotating forged senders spend the latter two; a sender
+        our border MTA authenticated cannot be forged, and spends only its own); None while under
+        them. Each count stops at its limit, so the check costs no more when flooded."""
         limits = self.config.limits
         window = limits.acknowledgement_window
         since = now - timedelta(seconds=window)
@@ -564,6 +567,8 @@ class Casework:
                 f"rate limit: {customer.address} has had the most acknowledgements allowed "
                 f"({limits.acknowledgements_per_sender}) in the last {window:.0f}s"
             )
+        if authentication is not None and authentication.authenticated:
+            return None
         if (
             facts.acknowledgements_to_domain(domain, since, limits.acknowledgements_per_domain)
             >= limits.acknowledgements_per_domain

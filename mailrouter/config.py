@@ -412,9 +412,11 @@ class LimitsSettings(_Strict):
     and text one message may take from the parser and the rules' regexes."""
 
     acknowledgements_per_sender: int = Field(default=5, ge=0)
-    # Forged senders rotate addresses: a budget per sender domain, and one for the whole desk.
-    acknowledgements_per_domain: int = Field(default=50, ge=0)
-    acknowledgements_total: int = Field(default=500, ge=0)
+    # Forged senders rotate addresses: a budget per sender domain, and one for the whole desk,
+    # for senders our border MTA did not authenticate (an internal desk's own staff, authenticated,
+    # are never held back by them).
+    acknowledgements_per_domain: int = Field(default=200, ge=0)
+    acknowledgements_total: int = Field(default=1000, ge=0)
     acknowledgement_window: float = Field(default=3600.0, gt=0)
     # A sender's messages on one case that notify the agents within the window; more are recorded.
     follow_up_notifications_per_sender: int = Field(default=10, ge=0)

@@ -34,7 +34,11 @@ FAST_SMTP: dict[str, object] = {"retry_initial": 0.3, "retry_max": 1, "timeout":
 FAST_IMAP: dict[str, object] = {"timeout": 5}
 # The fault tests send hundreds of mails from a few customers and count one acknowledgement per
 # case; the per-sender acknowledgement limit (a defence against mail floods) must not interfere.
-FLOOD_LIMITS: dict[str, object] = {"acknowledgements_per_sender": 100_000}
+FLOOD_LIMITS: dict[str, object] = {
+    "acknowledgements_per_sender": 100_000,
+    "acknowledgements_per_domain": 100_000,
+    "acknowledgements_total": 100_000,
+}
 
 
 @pytest.fixture

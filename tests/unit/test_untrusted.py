@@ -350,3 +350,15 @@ def test_a_mailbox_may_acknowledge_only_authenticated_senders(config_file):
     good = make_mail(message_id="<good@kunde.example>")
     intake.process(with_results(good, "dkim=pass header.d=kunde.example"), Origin("it", 1, 2))
     assert len(acknowledgements(intake)) == 1
+
+
+def test_authenticated_senders_spend_only_their_own_budget(config_file):
+    """An internal desk's own staff all write from one domain: authenticated, never held back by it."""
+    intake = trusting(config_file, "\n[limits]\nacknowledgements_per_domain = 2\n")
+    for n in range(4):
+        raw = make_mail(sender=f"ansatt{n}@kunde.example", message_id=f"<a{n}@kunde.example>")
+        intake.process(with_results(raw, "dkim=pass header.d=kunde.example"), Origin("it", 1, n + 1))
+    assert len(acknowledgements(intake)) == 4
+    raw = make_mail(sender="x@kunde.example", message_id="<x@kunde.example>")
+    intake.process(with_results(raw, "dkim=fail header.d=kunde.example"), Origin("it", 1, 9))
+    assert len(acknowledgements(intake)) == 4  # the unauthenticated one meets the spent domain budget
