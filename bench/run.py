@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import idle, latency, limits, stages
+from bench import hostile, idle, latency, limits, stages
 from bench.corpus import big_message, build, corpus
 from bench.harness import append_all, count_messages, machine_cpu, make_daemon, passed_on
 from tests.mailstack import DISCARD_DOMAIN, MailStack, stack_from_env
@@ -428,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         help="throughput runs: two agents in every group, notified of each new case and each reply "
         "with the original attached, as in production",
     )
-    parser.add_argument("--only", help="comma-separated parts: throughput,postgres,latency,idle,memory")
+    parser.add_argument(
+        "--only", help="comma-separated parts: throughput,postgres,latency,idle,memory,hostile"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -438,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         int(s)
         for s in (args.idle_sizes or ("100,1000,10000" if args.quick else "100,10000,100000")).split(",")
     ]
-    parts = set((args.only or "throughput,postgres,latency,idle,memory").split(","))
+    parts = set((args.only or "throughput,postgres,latency,idle,memory,hostile").split(","))
     if not args.postgres:
         parts.discard("postgres")
 
@@ -481,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             results["idle"] = idle_part(stack, sizes)
         if "memory" in parts:
             results["memory"] = memory_part(stack, work, args.big_mb)
+        if "hostile" in parts:
+            results["hostile"] = hostile.run(stack, work, 100 if args.quick else 300, say)
     results["loadavg_at_end"] = load_average()
     say(
         f"\nload average at the end: {results['loadavg_at_end']} "

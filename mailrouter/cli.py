@@ -18,7 +18,7 @@ import aiosmtplib
 from alembic.migration import MigrationContext
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from mailrouter import __version__, logs, outbox, store
 from mailrouter.config import Age, Config, load_config
@@ -26,7 +26,7 @@ from mailrouter.daemon import Loaded, load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
 from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, utcnow
+from mailrouter.models import Case, Customer, utcnow
 from mailrouter.parse import Address, Inbound, parse
 from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
@@ -370,33 +370,29 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     with Session(engine) as session:
-        case = session.exec(select(Case).where(Case.number == args.case)).first()
-        if case is None:
-            print(f"error: no case {args.case}", file=sys.stderr)
-            return 1
-        print(f"{case.number}  {case.subject}")
+        record = store.case_record(session, args.case)
+    if record is None:
+        print(f"error: no case {args.case}", file=sys.stderr)
+        return 1
+    case = record.case
+    print(f"{case.number}  {case.subject}")
+    print(
+        f"  department {case.department}, status {case.status}, priority {case.priority}, "
+        f"category {case.category or '-'}, group {case.group or '-'}, assignee {case.assignee or '-'}, "
+        f"tags {', '.join(case.tags) or '-'}"
+    )
+    print("messages:")
+    for m in record.messages:
         print(
-            f"  department {case.department}, status {case.status}, priority {case.priority}, "
-            f"category {case.category or '-'}, group {case.group or '-'}, assignee {case.assignee or '-'}, "
-            f"tags {', '.join(case.tags) or '-'}"
+            f"  {m.received_at:%Y-%m-%d %H:%M:%S} {m.direction:<3} {m.author_role:<11} "
+            f"{m.from_addr}  {m.subject}"
         )
-        print("messages:")
-        for m in session.exec(select(Message).where(Message.case_id == case.id).order_by(col(Message.id))):
-            print(
-                f"  {m.received_at:%Y-%m-%d %H:%M:%S} {m.direction:<3} {m.author_role:<11} "
-                f"{m.from_addr}  {m.subject}"
-            )
-        print("outgoing mail:")
-        for o in session.exec(
-            select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(col(OutboxMessage.id))
-        ):
-            print(
-                f"  {o.kind} to {', '.join(o.rcpt_to)}: {o.state} after {o.attempts} attempt(s) "
-                f"{o.last_error}"
-            )
-        print("events:")
-        for e in session.exec(select(Event).where(Event.case_id == case.id).order_by(col(Event.id))):
-            print(f"  {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:<24} {e.detail}")
+    print("outgoing mail:")
+    for o in record.outbox:
+        print(f"  {o.kind} to {', '.join(o.rcpt_to)}: {o.state} after {o.attempts} attempt(s) {o.last_error}")
+    print("events:")
+    for e in record.events:
+        print(f"  {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:<24} {e.detail}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""facts: what /metrics, /readyz and the systemd status line read from the database.
+"""facts: what /metrics, /readyz and the systemd status line read from the database (a storage
+module, read-only, beside store and outbox).
 
 Read-only and blocking: callers run these in a thread, never on the event loop.
 """

@@ -12,14 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from mailrouter import store
 from mailrouter.errors import ReviewError
 from mailrouter.intake import Intake
-from mailrouter.models import Event, Message, RawMessage
+from mailrouter.models import Event
 from mailrouter.plan import Origin, Outcome, OutcomeKind
-from mailrouter.vocabulary import SET_ASIDE, Direction, EventKind
+from mailrouter.vocabulary import SET_ASIDE, EventKind
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,7 @@ class SetAside:
 def screened(engine: Engine, limit: int = 50) -> list[Screened]:
     """Incoming mail that screening kept out of any case, newest last."""
     with Session(engine) as session:
-        rows = session.exec(
-            select(Message, Event)
-            .join(Event, col(Event.message_id) == Message.id)
-            .where(
-                col(Message.case_id).is_(None),
-                Message.direction == Direction.IN,
-                Event.kind == EventKind.SCREENED,
-            )
-            .order_by(col(Message.id).desc())
-            .limit(limit)
-        ).all()
+        rows = store.screened_messages(session, limit)
         return [
             Screened(
                 message_id=m.id or 0,
@@ -75,13 +65,6 @@ def screened(engine: Engine, limit: int = 50) -> list[Screened]:
 def set_aside(engine: Engine) -> list[SetAside]:
     """Quarantined and refused messages not yet released by a successful retry, oldest first."""
     with Session(engine) as session:
-        events = session.exec(
-            select(Event).where(col(Event.kind).in_(SET_ASIDE)).order_by(col(Event.id))
-        ).all()
-        released = {
-            e.data.get("quarantine_event")
-            for e in session.exec(select(Event).where(Event.kind == EventKind.QUARANTINE_RELEASED)).all()
-        }
         return [
             SetAside(
                 event_id=e.id or 0,
@@ -92,8 +75,7 @@ def set_aside(engine: Engine) -> list[SetAside]:
                 reason=str(e.data.get("reason") or e.detail),
                 raw_kept=bool(e.data.get("raw_sha256")),
             )
-            for e in events
-            if e.id not in released
+            for e in store.set_aside_events(session)
         ]
 
 
@@ -107,13 +89,12 @@ def retry(intake: Intake, event_id: int) -> Outcome:
         if event_id not in listed:
             raise ReviewError(f"message {event_id} was already released")
         sha256 = event.data.get("raw_sha256")
-        raw = session.get(RawMessage, sha256) if sha256 else None
-        if raw is None:
+        data = store.kept_bytes(session, sha256) if sha256 else None
+        if data is None:
             raise ReviewError(
                 f"message {event_id}: its bytes were not kept ({event.data.get('reason', event.detail)}); "
                 f"the original is in the {event.mailbox} mailbox's quarantine folder"
             )
-        data = raw.data
         origin = Origin(
             event.mailbox, int(event.data.get("uidvalidity") or 0), int(event.data.get("uid") or 0)
         )

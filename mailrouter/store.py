@@ -53,6 +53,7 @@ from mailrouter.parse import Address, Inbound
 from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
+    SET_ASIDE,
     WAITING_ON_US,
     AuthorRole,
     CaseStatus,
@@ -849,3 +850,64 @@ def next_delivery_uid(engine: Engine, mailbox: str) -> int:
             .returning(counter.c.last_number)
         ).scalar_one()
     return uid
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """A case with everything on it, for a person to read (`mailrouter show`)."""
+
+    case: Case
+    messages: list[Message]
+    outbox: list[OutboxMessage]
+    events: list[Event]
+
+
+def case_record(session: Session, number: str) -> CaseRecord | None:
+    case = session.exec(sql_select(Case).where(Case.number == number)).first()
+    if case is None:
+        return None
+    return CaseRecord(
+        case,
+        list(session.exec(sql_select(Message).where(Message.case_id == case.id).order_by(col(Message.id)))),
+        list(
+            session.exec(
+                sql_select(OutboxMessage)
+                .where(OutboxMessage.case_id == case.id)
+                .order_by(col(OutboxMessage.id))
+            )
+        ),
+        list(session.exec(sql_select(Event).where(Event.case_id == case.id).order_by(col(Event.id)))),
+    )
+
+
+def screened_messages(session: Session, limit: int) -> list[tuple[Message, Event]]:
+    """Incoming mail screening kept out of any case, with the event that says why, newest first."""
+    rows = session.exec(
+        sql_select(Message, Event)
+        .join(Event, col(Event.message_id) == Message.id)
+        .where(
+            col(Message.case_id).is_(None),
+            Message.direction == Direction.IN,
+            Event.kind == EventKind.SCREENED,
+        )
+        .order_by(col(Message.id).desc())
+        .limit(limit)
+    ).all()
+    return [(message, event) for message, event in rows]
+
+
+def set_aside_events(session: Session) -> list[Event]:
+    """Quarantine and refusal events that no successful retry has released, oldest first."""
+    events = session.exec(
+        sql_select(Event).where(col(Event.kind).in_(SET_ASIDE)).order_by(col(Event.id))
+    ).all()
+    released = {
+        e.data.get("quarantine_event")
+        for e in session.exec(sql_select(Event).where(Event.kind == EventKind.QUARANTINE_RELEASED)).all()
+    }
+    return [e for e in events if e.id not in released]
+
+
+def kept_bytes(session: Session, sha256: str) -> bytes | None:
+    raw = session.get(RawMessage, sha256)
+    return raw.data if raw is not None else None

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.e2e.conftest import Account, send_mail
+from tests.e2e.conftest import Account, make_daemon, send_mail
 from tests.messages import new_message_id
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +113,24 @@ def test_an_agents_out_of_office_and_a_strangers_mail_reach_no_customer(daemon, 
     assert now.first_response_at is None and now.status == "new"
     told = [o for o in daemon.outbox("notification") if b"who is not on the case" in o.data]
     assert len(told) == 1 and b"multipart/mixed" not in told[0].data
+
+
+def test_rotating_senders_at_one_domain_get_no_more_acknowledgements_than_its_budget(mailstack, tmp_path):
+    daemon = make_daemon(
+        mailstack,
+        tmp_path / "mailrouter",
+        f"sqlite:///{tmp_path}/mailrouter.db",
+        ("it",),
+        limits={"acknowledgements_per_domain": 2},
+    )
+    senders = [Account(*account) for account in mailstack.new_accounts(*["rotating"] * 4)]
+    daemon.start()
+    for n, sender in enumerate(senders):
+        send_mail(mailstack, sender.address, daemon.mailboxes["it"].address, f"Billige klokker {n}", "Kjøp!")
+    daemon.wait_until(lambda: len(daemon.cases()) == 4, "every message to open its case")
+    daemon.wait_idle()
+    answered = [s for s in senders if mailstack.messages(s.address, s.password)]
+    assert len(answered) == 2
+    refused = [e.detail for e in daemon.events("not-acknowledged")]
+    assert len(refused) == 2 and all("senders at example.test have had" in r for r in refused)
+    daemon.kill()
