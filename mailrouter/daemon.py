@@ -212,7 +212,8 @@ async def serve(loaded: Loaded) -> None:
     ]
     if (interval := watchdog_interval(os.environ)) is not None:
         reporters.append(asyncio.create_task(keep_alive(notifier, interval, stop)))
-    reporters.append(asyncio.create_task(warn_about_refused_agents(config, loaded.agents.agents)))
+    # Asks the relay about each agent once; it may hang with the relay, so shutdown cancels it.
+    agent_check = asyncio.create_task(warn_about_refused_agents(config, loaded.agents.agents))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,
@@ -230,7 +231,8 @@ async def serve(loaded: Loaded) -> None:
     for task in pending:
         log.warning("stopping: %s did not finish in time, cancelling it", task.get_name())
         task.cancel()
-    await asyncio.gather(*pending, *reporters, return_exceptions=True)
+    agent_check.cancel()
+    await asyncio.gather(*pending, *reporters, agent_check, return_exceptions=True)
     if endpoint is not None:
         await endpoint.close()
     notifier.close()

@@ -443,12 +443,16 @@ class MailboxWorker:
                             "(the process died, was killed or hung each time)"
                         ),
                     )
-                else:
+                elif oversized is not None:
                     attempts = self._count_attempt(origin)
-                    if oversized is not None:
-                        outcome = self.intake.refuse_oversized(raw, oversized, origin)
-                    else:
-                        outcome = self.intake.process(raw, origin, self.parsers.result(parsing))
+                    outcome = self.intake.refuse_oversized(raw, oversized, origin)
+                else:
+                    # Counted once its parse is back: the wait for a parse worker (one that is
+                    # still starting, say) is not a try, and a worker that a message kills is
+                    # the pool's to replace; what can take the daemon down comes after.
+                    parsed = self.parsers.result(parsing)
+                    attempts = self._count_attempt(origin)
+                    outcome = self.intake.process(raw, origin, parsed)
             except Exception as exc:  # judged by the caller: retry, quarantine, or reconnect
                 if isinstance(exc, DatabaseUnavailable):
                     self._uncounted.add(origin)

@@ -120,7 +120,7 @@ def test_rotating_senders_at_one_domain_get_no_more_acknowledgements_than_its_bu
         mailstack,
         tmp_path / "mailrouter",
         f"sqlite:///{tmp_path}/mailrouter.db",
-        ("it",),
+        ("it", "hr", "vaktmester"),
         limits={"acknowledgements_per_domain": 2},
     )
     senders = [Account(*account) for account in mailstack.new_accounts(*["rotating"] * 4)]
