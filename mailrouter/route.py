@@ -79,6 +79,7 @@ class Actions(BaseModel):
     tags: list[str] = []
     template: str | None = None
     acknowledge: bool | None = None
+    sla: str | None = None  # an [sla.<name>] policy of config.toml
 
 
 class Rule(BaseModel):
@@ -123,7 +124,10 @@ def _compile(pattern: str) -> re2._Regexp:
         ) from None
 
 
-def load_rules(directory: Path, departments: frozenset[str]) -> tuple[Rule, ...]:
+def load_rules(
+    directory: Path, departments: frozenset[str], policies: frozenset[str] | None = None
+) -> tuple[Rule, ...]:
+    """`policies`: the SLA policies a rule may name (None: not checked)."""
     if not directory.is_dir():
         raise RuleError(f"{directory}: rules directory not found")
     rules: list[Rule] = []
@@ -143,6 +147,9 @@ def load_rules(directory: Path, departments: frozenset[str]) -> tuple[Rule, ...]
             if rule.then.department is not None and rule.then.department not in departments:
                 known = ", ".join(sorted(departments))
                 raise RuleError(f"{where}: then.department {rule.then.department!r} is not one of: {known}")
+            if policies is not None and rule.then.sla is not None and rule.then.sla not in policies:
+                known = ", ".join(sorted(policies)) or "none are configured"
+                raise RuleError(f"{where}: then.sla {rule.then.sla!r} is not an [sla] policy ({known})")
             names[rule.name] = str(path)
             rules.append(rule.model_copy(update={"source": path.name}))
     return tuple(rules)
@@ -183,6 +190,7 @@ class Decision:
     language: str
     matched_rules: tuple[str, ...]
     verdicts: tuple[RuleVerdict, ...]
+    sla: str | None = None  # a rule's SLA policy; None: the priority's or the department's
 
     @property
     def explanation(self) -> str:
@@ -311,6 +319,7 @@ def route(
     tags: list[str] = []
     template: str | None = None
     acknowledge: bool | None = None
+    sla: str | None = None
     matched: list[str] = []
     verdicts: list[RuleVerdict] = []
     stopped = False
@@ -334,6 +343,7 @@ def route(
         tags.extend(t for t in actions.tags if t not in tags)
         template = actions.template or template
         acknowledge = actions.acknowledge if actions.acknowledge is not None else acknowledge
+        sla = actions.sla or sla
         stopped = not rule.continue_
 
     settings = mailboxes[department]
@@ -346,6 +356,7 @@ def route(
         language=detect_language(f"{inbound.subject}\n{inbound.text}", settings.language),
         matched_rules=tuple(matched),
         verdicts=tuple(verdicts),
+        sla=sla,
         **fields,
     )
 

@@ -58,6 +58,8 @@ class OutboxKind(StrEnum):
     REMINDER = "reminder"  # to the agents: a follow-up set with #followup is due
     AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
+    SLA_WARNING = "sla-warning"  # to the agents: a target is near
+    SLA_ESCALATION = "sla-escalation"  # to the escalation group or lead: a target is breached
 
 
 class EventKind(StrEnum):
@@ -92,6 +94,10 @@ class EventKind(StrEnum):
     TAGGED = "tagged"
     FOLLOW_UP_SET = "follow-up-set"
     STATUS_CHANGED = "status-changed"
+    # SLA
+    SLA_SET = "sla-set"
+    SLA_WARNING = "sla-warning"
+    SLA_BREACHED = "sla-breached"
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
