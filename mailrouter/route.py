@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mailrouter.config import MailboxSettings
 from mailrouter.errors import RuleError
+from mailrouter.language import detect_language
 from mailrouter.parse import Address, Inbound
 
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -359,90 +360,3 @@ def route(
         sla=sla,
         **fields,
     )
-
-
-_LANGUAGE_WORDS = {
-    "sv": {
-        "och",
-        "jag",
-        "inte",
-        "är",
-        "att",
-        "för",
-        "med",
-        "hej",
-        "tack",
-        "vänliga",
-        "hälsningar",
-        "fungerar",
-        "kan",
-        "har",
-        "min",
-        "mitt",
-        "vi",
-        "ni",
-        "skulle",
-        "någon",
-    },
-    "no": {
-        "og",
-        "jeg",
-        "ikke",
-        "er",
-        "å",
-        "for",
-        "med",
-        "hei",
-        "takk",
-        "vennlig",
-        "hilsen",
-        "fungerer",
-        "kan",
-        "har",
-        "min",
-        "mitt",
-        "vi",
-        "dere",
-        "skulle",
-        "noen",
-        "hilsener",
-    },
-    "en": {
-        "and",
-        "the",
-        "is",
-        "not",
-        "to",
-        "for",
-        "with",
-        "hello",
-        "hi",
-        "thanks",
-        "regards",
-        "please",
-        "my",
-        "it",
-        "can",
-        "have",
-        "we",
-        "you",
-        "would",
-        "does",
-    },
-}
-_LANGUAGE_LETTERS = {"sv": "äö", "no": "æø", "en": ""}
-
-
-def detect_language(text: str, default: str) -> str:
-    """A cheap guess among the languages we have templates for; the mailbox's language otherwise."""
-    sample = text[:2000].casefold()
-    words = re.findall(r"\w+", sample)
-    scores = {
-        language: sum(map(vocabulary.__contains__, words))
-        + 3 * sum(sample.count(letter) for letter in _LANGUAGE_LETTERS[language])
-        for language, vocabulary in _LANGUAGE_WORDS.items()
-    }
-    best = max(scores, key=lambda language: scores[language])
-    if scores[best] < 2 or list(scores.values()).count(scores[best]) > 1:
-        return default
-    return best
