@@ -13,15 +13,15 @@ import aiosmtplib
 from alembic.migration import MigrationContext
 from sqlmodel import Session, col, select
 
-from mailrouter import __version__
+from mailrouter import __version__, sla
 from mailrouter.config import Config, load_config
 from mailrouter.daemon import Loaded, load, open_database, run
 from mailrouter.errors import MailrouterError, ParseError
 from mailrouter.intake import Intake
-from mailrouter.models import Case, Customer, Event, Message, OutboxMessage
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, utcnow
 from mailrouter.parse import Address, Inbound, parse
 from mailrouter.review import retry, screened, set_aside
-from mailrouter.route import route
+from mailrouter.route import Decision, route
 from mailrouter.screen import screen
 from mailrouter.send import classify, refused_recipients
 
@@ -189,10 +189,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ("assignee", decision.assignee or "-"),
         ("tags", ", ".join(decision.tags) or "-"),
         ("acknowledge", acknowledgement),
+        ("sla", _sla_explained(config, decision)),
         ("because", decision.explanation),
     ):
         print(f"  {label:<12}{value}")
     return 0
+
+
+def _sla_explained(config: Config, decision: Decision) -> str:
+    choice = sla.choose(config, decision.sla, decision.department, decision.priority)
+    policy = sla.policy(config, choice.policy)
+    if policy is None:
+        return f"none ({choice.why})"
+    targets = f"first response {sla.duration_text(policy.first_response)}"
+    if policy.next_response is not None:
+        targets += f", next response {sla.duration_text(policy.next_response)}"
+    targets += f", resolution {sla.duration_text(policy.resolution)} of business time"
+    return f"{choice.policy} ({choice.why}): {targets}"
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
@@ -229,6 +242,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"category {case.category or '-'}, group {case.group or '-'}, assignee {case.assignee or '-'}, "
             f"tags {', '.join(case.tags) or '-'}"
         )
+        _print_sla(config, case)
         print("messages:")
         for m in session.exec(select(Message).where(Message.case_id == case.id).order_by(col(Message.id))):
             print(
@@ -247,6 +261,29 @@ def cmd_show(args: argparse.Namespace) -> int:
         for e in session.exec(select(Event).where(Event.case_id == case.id).order_by(col(Event.id))):
             print(f"  {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:<24} {e.detail}")
     return 0
+
+
+def _print_sla(config: Config, case: Case) -> None:
+    """Each target's due time and how it stands, in the department's business time."""
+    if not case.sla:
+        return
+    paused = (
+        f", paused {case.sla_paused_seconds:.0f}s of business time so far" if case.sla_paused_seconds else ""
+    )
+    print(f"sla {case.sla}{paused}:")
+    targets = (
+        (sla.Target.FIRST_RESPONSE, case.first_response_due, case.first_response_at),
+        (sla.Target.NEXT_RESPONSE, case.next_response_due, None),
+        (sla.Target.RESOLUTION, case.resolution_due, case.resolved_at),
+    )
+    now = utcnow()
+    for target, due, met_at in targets:
+        if due is None:
+            continue
+        state = sla.standing(config, case.department, target, due, met_at, case.sla_paused_at, now)
+        escalated = getattr(case, f"breached_{target.column}_at")
+        note = f"; escalated {escalated:%Y-%m-%d %H:%M} UTC" if escalated else ""
+        print(f"  {target:<15} due {due:%Y-%m-%d %H:%M:%S} UTC  {state.text()}{note}")
 
 
 def cmd_screened(args: argparse.Namespace) -> int:

@@ -138,3 +138,39 @@ def duration_text(span: timedelta) -> str:
     if minutes:
         return f"{minutes}m {seconds:02d}s"
     return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one target of a case stands, in business time: for `mailrouter show`."""
+
+    target: Target
+    due: datetime
+    met_at: datetime | None
+    left: timedelta  # to the due time from when it was met, the clock stopped, or now; < 0: overshot
+    paused: bool
+
+    def text(self) -> str:
+        margin = sla_margin(self.left)
+        if self.met_at is not None:
+            return f"met {self.met_at:%Y-%m-%d %H:%M} UTC, {margin}"
+        return margin + (" (the clock stands still: waiting on the customer)" if self.paused else "")
+
+
+def sla_margin(left: timedelta) -> str:
+    if left >= timedelta(0):
+        return f"{duration_text(left)} of business time left"
+    return f"overshot by {duration_text(left)} of business time"
+
+
+def standing(
+    config: Config,
+    department: str,
+    target: Target,
+    due: datetime,
+    met_at: datetime | None,
+    paused_at: datetime | None,
+    now: datetime,
+) -> Standing:
+    reference = met_at or paused_at or now
+    return Standing(target, due, met_at, remaining(config, department, due, reference), paused_at is not None)

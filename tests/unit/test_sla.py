@@ -6,6 +6,7 @@ import pytest
 from sqlmodel import Session, select
 
 from mailrouter import sla
+from mailrouter.cli import main
 from mailrouter.config import MailboxSettings, load_config
 from mailrouter.daemon import load, open_database
 from mailrouter.errors import ConfigError, RuleError
@@ -191,3 +192,27 @@ def test_a_rule_chooses_the_policy_and_an_unknown_one_is_refused(tmp_path):
         }
     )
     assert route(parse(make_mail()), "it", {"it": mailbox}, rules).sla == "urgent"
+
+
+def test_show_gives_each_targets_due_time_and_standing(config_file, sla_intake, capsys):
+    notification = new_case(sla_intake)
+    case = the_case(sla_intake)
+    set_case(sla_intake, first_response_due=case.created_at - timedelta(minutes=5))
+    agent_reply(sla_intake, notification, "Hello, on it.")
+    assert main(["--config", str(config_file), "show", "IT-1001"]) == 0
+    out = capsys.readouterr().out
+    assert "sla standard:" in out
+    assert "first-response  due " in out and "overshot by 5m" in out
+    assert "resolution      due " in out and "of business time left" in out
+
+
+def test_rules_explain_shows_the_sla_a_message_would_get(config_file, tmp_path, capsys):
+    with_sla(config_file)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_mail())
+    assert main(["--config", str(config_file), "rules", "explain", str(eml)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "sla         standard (department it's default sla standard): first response 4h 00m, "
+        "next response 8h 00m, resolution 2d 0h of business time"
+    ) in out
