@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from mailrouter import sla
 from mailrouter.agents import AgentDirectory, Authentication
 from mailrouter.commands import Command, parse_duration, read_agent_reply
 from mailrouter.compose import FileAttachment
@@ -40,6 +41,7 @@ from mailrouter.thread import ThreadMatch
 from mailrouter.vocabulary import FINISHED, AuthorRole, CaseStatus, EventKind, OutboxKind
 
 RECENT = timedelta(days=90)
+ZERO = timedelta(0)
 # An agent needs to know that the customer's organisation has many open cases, not how many:
 # the count stops here, so that a backlog from one organisation (a whole company's staff after
 # an outage) costs each notification no more than a few cases would.
@@ -343,6 +345,7 @@ class Casework:
                 self._set_status(draft, CaseStatus.OPEN, sender, "replied to a finished case: reopened")
             elif case.status == CaseStatus.PENDING:
                 self._set_status(draft, CaseStatus.OPEN, sender, "the customer answered")
+        self._sla_customer_replied(draft)
         if (limited := self._over_follow_up_limit(case, sender, now, facts)) is not None:
             draft.record(EventKind.NOT_NOTIFIED, limited, rate_limited=True)
         else:
@@ -407,6 +410,7 @@ class Casework:
             customer=customer,
         )
         draft = _Draft(case, now)
+        self._start_sla(draft, decision)
         draft.events.append(
             PlannedEvent(
                 EventKind.CASE_CREATED,
@@ -486,6 +490,58 @@ class Casework:
         draft = _Draft(case, now)
         self._notify(draft, "Follow-up due", facts, kind=OutboxKind.REMINDER)
         return draft.plan(Outcome(OutcomeKind.REMINDED, case.number, "follow-up due", len(draft.mail)))
+
+    def sla_warning(self, case: CaseView, target: sla.Target, now: datetime, facts: CaseFacts) -> Plan:
+        """A target is near (its policy's warn_at share has passed): tell whoever has the case."""
+        due = getattr(case, f"{target.column}_due")
+        left = sla.remaining(self.config, case.department, due, now)
+        draft = _Draft(case, now)
+        draft.record(
+            EventKind.SLA_WARNING,
+            f"{target} target of sla {case.sla} due {due:%Y-%m-%d %H:%M:%S} UTC: "
+            f"{sla.duration_text(left)} of business time left",
+            target=str(target),
+            due=due.isoformat(),
+            remaining_seconds=left.total_seconds(),
+        )
+        why = f"SLA {target} due in {sla.duration_text(left)}"
+        self._notify(draft, why, facts, kind=OutboxKind.SLA_WARNING)
+        return draft.plan(Outcome(OutcomeKind.SLA_WARNED, case.number, why, len(draft.mail)))
+
+    def sla_breach(self, case: CaseView, target: sla.Target, now: datetime, facts: CaseFacts) -> Plan:
+        """A target is missed: escalate as the policy says (tell the escalation group or lead,
+        raise the priority, move the case), all recorded on the case."""
+        policy = sla.policy(self.config, case.sla)
+        due = getattr(case, f"{target.column}_due")
+        over = -sla.remaining(self.config, case.department, due, now)
+        draft = _Draft(case, now)
+        draft.record(
+            EventKind.SLA_BREACHED,
+            f"{target} target of sla {case.sla} was due {due:%Y-%m-%d %H:%M:%S} UTC: "
+            f"overshot by {sla.duration_text(over)} of business time",
+            target=str(target),
+            due=due.isoformat(),
+            overshoot_seconds=over.total_seconds(),
+        )
+        why = f"SLA {target} breached by {sla.duration_text(over)}"
+        if policy is not None and policy.raise_priority and sla.raised(case.priority) != case.priority:
+            before = case.priority
+            draft.change(priority=sla.raised(before), updated_at=now)
+            draft.record(
+                EventKind.PRIORITY_CHANGED,
+                f"sla {case.sla}: priority {before} → {draft.case.priority} ({why})",
+            )
+        if policy is not None and policy.reassign_to:
+            self._move(draft, policy.reassign_to)
+            draft.record(EventKind.ASSIGNED, f"sla {case.sla}: moved to {policy.reassign_to} ({why})")
+        escalate_to = policy.escalate_to if policy is not None else ""
+        recipients = (escalate_to,) if "@" in escalate_to else tuple(self.agents.members(escalate_to))
+        if not recipients:
+            self._notify(draft, why, facts, kind=OutboxKind.SLA_ESCALATION)
+        elif self.agents.signer is not None:
+            draft.mail.extend(self.notices.to_agents(OutboxKind.SLA_ESCALATION, draft.case, recipients, why))
+            draft.record(EventKind.NOTIFIED, f"{why}: {OutboxKind.SLA_ESCALATION} to {', '.join(recipients)}")
+        return draft.plan(Outcome(OutcomeKind.SLA_BREACHED, case.number, why, len(draft.mail)))
 
     # --- the parts ---------------------------------------------------------------------------------
 
@@ -651,6 +707,7 @@ class Casework:
             return f"note by {agent}"
         if reply.answer:
             self._relay(draft, inbound, raw, reply.answer, agent, facts)
+            self._sla_answered(draft)
             if draft.case.first_response_at is None:
                 draft.change(first_response_at=draft.now)
             if draft.case.status == status_before and draft.case.status in (
@@ -725,6 +782,78 @@ class Casework:
         resolved_at = (draft.case.resolved_at or draft.now) if status in FINISHED else None
         draft.change(status=status, resolved_at=resolved_at, updated_at=draft.now)
         draft.record(EventKind.STATUS_CHANGED, f"{who}: {before} → {status} ({why})")
+        self._sla_status(draft, before, status)
+
+    # --- the SLA clock -------------------------------------------------------------------------------
+
+    def _start_sla(self, draft: _Draft, decision: Decision) -> None:
+        case = draft.case
+        choice = sla.choose(self.config, decision.sla, case.department, case.priority)
+        if not choice.policy:
+            return
+        clock = sla.clock(self.config, case.department, choice.policy, case.created_at, ZERO)
+        draft.change(sla=choice.policy, **clock)
+        self._record_sla(draft, choice.why)
+
+    def _record_sla(self, draft: _Draft, why: str) -> None:
+        case = draft.case
+        dues = {
+            target: getattr(case, f"{target.column}_due")
+            for target in (sla.Target.FIRST_RESPONSE, sla.Target.RESOLUTION)
+        }
+        draft.record(
+            EventKind.SLA_SET,
+            f"sla {case.sla or 'none'} ({why})"
+            + "".join(f"; {target} due {due:%Y-%m-%d %H:%M} UTC" for target, due in dues.items() if due),
+            sla=case.sla,
+            **{f"{target.column}_due": due.isoformat() if due else None for target, due in dues.items()},
+        )
+
+    def _sla_status(self, draft: _Draft, before: CaseStatus, after: CaseStatus) -> None:
+        """Waiting on the customer stops the clock; leaving `pending` starts it again, the
+        targets later by the business time it stood still."""
+        case = draft.case
+        if not case.sla:
+            return
+        if after == CaseStatus.PENDING and before != CaseStatus.PENDING:
+            draft.change(sla_paused_at=draft.now)
+        elif before == CaseStatus.PENDING and after != CaseStatus.PENDING and case.sla_paused_at is not None:
+            waited = sla.paused_for(self.config, case.department, case.sla_paused_at, draft.now)
+            paused = case.sla_paused_seconds + waited.total_seconds()
+            clock = sla.clock(
+                self.config, case.department, case.sla, case.created_at, timedelta(seconds=paused)
+            )
+            draft.change(sla_paused_at=None, sla_paused_seconds=paused, **clock)
+            self._record_sla(
+                draft, f"the clock runs again after {sla.duration_text(waited)} waiting on the customer"
+            )
+
+    def _sla_priority(self, draft: _Draft, before: str) -> None:
+        case = draft.case
+        choice = sla.rechoose(self.config, case.sla, case.department, before, case.priority)
+        if choice.policy == case.sla:
+            return
+        paused = timedelta(seconds=case.sla_paused_seconds)
+        clock = sla.clock(self.config, case.department, choice.policy, case.created_at, paused)
+        draft.change(sla=choice.policy, **clock)
+        self._record_sla(draft, choice.why)
+
+    def _sla_customer_replied(self, draft: _Draft) -> None:
+        """The customer wrote again: the next response is due (where the policy has that target)."""
+        case = draft.case
+        if case.sla and case.status not in FINISHED:
+            draft.change(**sla.next_response(self.config, case.department, case.sla, draft.now))
+
+    def _sla_answered(self, draft: _Draft) -> None:
+        if draft.case.next_response_due is not None:
+            draft.change(next_response_due=None, next_response_warn=None)
+
+    def _move(self, draft: _Draft, target: str) -> None:
+        """To a group (nobody in it assigned yet) or to one agent."""
+        if target in self.agents.groups:
+            draft.change(group=target, assignee="")
+        else:
+            draft.change(assignee=target)
 
     # --- what each agent command does (commands.COMMANDS says how it is written) --------------------
 
@@ -751,6 +880,7 @@ class Casework:
         before, value = draft.case.priority, command.argument.lower()
         draft.change(priority=value)
         draft.record(EventKind.PRIORITY_CHANGED, f"{agent} changed priority {before} → {value} ({command})")
+        self._sla_priority(draft, before)
 
     def _tag(
         self, draft: _Draft, command: Command, agent: str, _inbound: Inbound, _raw: bytes, _facts: CaseFacts

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, logs, outbox, store
+from mailrouter import __version__, logs, outbox, sla, store
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import Loaded, load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
@@ -30,7 +30,7 @@ from mailrouter.models import Case, Customer, utcnow
 from mailrouter.parse import Address, Inbound, parse
 from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
-from mailrouter.route import route
+from mailrouter.route import Decision, route
 from mailrouter.screen import screen
 from mailrouter.send import classify, refused_recipients
 from mailrouter.vocabulary import CaseStatus, OutboxState
@@ -209,6 +209,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ("assignee", decision.assignee or "-"),
         ("tags", ", ".join(decision.tags) or "-"),
         ("acknowledge", acknowledgement),
+        ("sla", _sla_explained(config, decision)),
         ("because", decision.explanation),
     ):
         print(f"  {label:<12}{value}")
@@ -228,6 +229,18 @@ def _json(value: object) -> str:
 
 def _when(moment: datetime | None) -> str:
     return f"{moment.astimezone():%Y-%m-%d %H:%M:%S}" if moment is not None else "never"
+
+
+def _sla_explained(config: Config, decision: Decision) -> str:
+    choice = sla.choose(config, decision.sla, decision.department, decision.priority)
+    policy = sla.policy(config, choice.policy)
+    if policy is None:
+        return f"none ({choice.why})"
+    targets = f"first response {sla.duration_text(policy.first_response)}"
+    if policy.next_response is not None:
+        targets += f", next response {sla.duration_text(policy.next_response)}"
+    targets += f", resolution {sla.duration_text(policy.resolution)} of business time"
+    return f"{choice.policy} ({choice.why}): {targets}"
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
@@ -368,7 +381,8 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
+    config = load_config(_config_path(args), resolve_secrets=False)
+    engine = open_reader(config)
     with Session(engine) as session:
         record = store.case_record(session, args.case)
     if record is None:
@@ -381,6 +395,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"category {case.category or '-'}, group {case.group or '-'}, assignee {case.assignee or '-'}, "
         f"tags {', '.join(case.tags) or '-'}"
     )
+    _print_sla(config, case)
     print("messages:")
     for m in record.messages:
         print(
@@ -394,6 +409,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     for e in record.events:
         print(f"  {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:<24} {e.detail}")
     return 0
+
+
+def _print_sla(config: Config, case: Case) -> None:
+    """Each target's due time and how it stands, in the department's business time."""
+    if not case.sla:
+        return
+    paused = (
+        f", paused {case.sla_paused_seconds:.0f}s of business time so far" if case.sla_paused_seconds else ""
+    )
+    print(f"sla {case.sla}{paused}:")
+    targets = (
+        (sla.Target.FIRST_RESPONSE, case.first_response_due, case.first_response_at),
+        (sla.Target.NEXT_RESPONSE, case.next_response_due, None),
+        (sla.Target.RESOLUTION, case.resolution_due, case.resolved_at),
+    )
+    now = utcnow()
+    for target, due, met_at in targets:
+        if due is None:
+            continue
+        state = sla.standing(config, case.department, target, due, met_at, case.sla_paused_at, now)
+        escalated = getattr(case, f"breached_{target.column}_at")
+        note = f"; escalated {escalated:%Y-%m-%d %H:%M} UTC" if escalated else ""
+        print(f"  {target:<15} due {due:%Y-%m-%d %H:%M:%S} UTC  {state.text()}{note}")
 
 
 def cmd_screened(args: argparse.Namespace) -> int:

@@ -26,14 +26,16 @@ from pydantic import (
 )
 
 from mailrouter.agents import KEY_ID, LOCAL_PART_MAX, MIN_SECRET_BYTES, longest_signed_local_part
+from mailrouter.businesshours import WEEKDAYS, BusinessHours, always_open, hours_of
 from mailrouter.errors import ConfigError
 
-_AGE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
-_AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def _age(value: object) -> object:
-    """ "30m", "12h", "3d", "2w"; anything else is left for pydantic to judge (and refuse)."""
+    """ "30m", "12h", "3d", "2w" (and "10s", for tests); anything else is left for pydantic to
+    judge (and refuse)."""
     if isinstance(value, str) and (match := _AGE.match(value)):
         return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
     if isinstance(value, str):
@@ -250,7 +252,7 @@ class MailboxSettings(_Strict):
     address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     display_name: str
     prefix: str = Field(pattern=r"^[A-Z][A-Z0-9]{0,9}$")
-    language: Literal["en", "sv", "no"] = "en"
+    language: Literal["en", "sv", "no", "da", "fi"] = "en"
     folder: str = "INBOX"
     after_processing: Literal["flag", "move"] = "flag"
     processed_folder: str = "Processed"
@@ -269,6 +271,10 @@ class MailboxSettings(_Strict):
     # Mail that arrived longer ago than this when it is registered opens its case unanswered:
     # an acknowledgement days late (a migration, a long outage) tells the customer nothing.
     acknowledge_max_age: Age = timedelta(days=3)
+    # SLA: the department's calendar (a [business_hours.<name>]; none: every hour counts) and
+    # the policy of cases that neither a rule nor [sla_by_priority] gives one.
+    business_hours: str = ""
+    sla: str = ""
     imap: ImapSettings
 
     @model_validator(mode="after")
@@ -437,6 +443,56 @@ class DatabaseSettings(_Strict):
     statement_timeout: float = Field(default=30.0, gt=0)
 
 
+class BusinessHoursSettings(_Strict):
+    """A calendar SLA targets count in: wall-clock hours in a time zone, less holidays."""
+
+    time_zone: str = "UTC"
+    # ISO country code for the holidays library (NO, SE, DK, FI ...); "" for no public holidays.
+    holidays: str = ""
+    subdivision: str = ""
+    # The library's categories: Sweden's Midsummer, Christmas and New Year's Eves are "de_facto".
+    holiday_categories: list[str] = ["public"]
+    closed: list[date] = []  # extra closed days
+    # Each day: "08:00-16:00", several joined by commas, "00:00-24:00" all day, "" closed.
+    monday: str = "08:00-16:00"
+    tuesday: str = "08:00-16:00"
+    wednesday: str = "08:00-16:00"
+    thursday: str = "08:00-16:00"
+    friday: str = "08:00-16:00"
+    saturday: str = ""
+    sunday: str = ""
+
+    def calendar(self) -> BusinessHours:
+        return hours_of(
+            self.time_zone,
+            [getattr(self, day) for day in WEEKDAYS],
+            closed_days=frozenset(self.closed),
+            country=self.holidays,
+            subdivision=self.subdivision,
+            categories=tuple(self.holiday_categories),
+        )
+
+    @model_validator(mode="after")
+    def _valid(self) -> BusinessHoursSettings:
+        try:
+            self.calendar()
+        except (ConfigError, ValueError, KeyError) as exc:  # zoneinfo raises KeyError subclasses
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class SlaPolicy(_Strict):
+    """Answer and resolution targets, in business time, and what a breach does."""
+
+    first_response: Age
+    resolution: Age
+    next_response: Age | None = None  # after each customer reply, until an agent answers
+    warn_at: float = Field(default=0.8, gt=0, lt=1)  # share of a target at which to warn
+    escalate_to: str = ""  # a group or an address told of a breach (else the case's people)
+    raise_priority: bool = False  # a breach raises the priority one step
+    reassign_to: str = ""  # a group or an address the case moves to on a breach
+
+
 class FileConfig(_Strict):
     database_url: str = "sqlite:///var/mailrouter.db"
     database: DatabaseSettings = DatabaseSettings()
@@ -451,6 +507,10 @@ class FileConfig(_Strict):
     http: HttpSettings | None = None
     oauth2: dict[str, OAuth2Settings] = {}
     alerts: AlertSettings | None = None
+
+    business_hours: dict[str, BusinessHoursSettings] = {}
+    sla: dict[str, SlaPolicy] = {}
+    sla_by_priority: dict[str, str] = {}  # priority (low, normal, high, urgent) -> [sla] policy
     mailboxes: dict[str, MailboxSettings]
 
     @model_validator(mode="after")
@@ -472,13 +532,33 @@ class FileConfig(_Strict):
                 seen[value] = name
             if mailbox.group and mailbox.group not in self.agents.groups:
                 raise ValueError(f"mailboxes.{name}.group {mailbox.group!r} is not in agents.groups")
+            if mailbox.business_hours and mailbox.business_hours not in self.business_hours:
+                raise ValueError(
+                    f"mailboxes.{name}.business_hours {mailbox.business_hours!r} "
+                    "is not a [business_hours] table"
+                )
+            if mailbox.sla and mailbox.sla not in self.sla:
+                raise ValueError(f"mailboxes.{name}.sla {mailbox.sla!r} is not an [sla] policy")
             longest = longest_signed_local_part(mailbox.address, f"{mailbox.prefix}-9999999", "xxx")
             if self.agents.groups and longest > LOCAL_PART_MAX:
                 raise ValueError(
                     f"mailboxes.{name}.address: signed reply addresses would need a local part of "
                     f"{longest} characters (at most {LOCAL_PART_MAX}): use a shorter address or prefix"
                 )
+        self._consistent_sla()
         return self
+
+    def _consistent_sla(self) -> None:
+        for priority, policy in self.sla_by_priority.items():
+            if priority not in ("low", "normal", "high", "urgent"):
+                raise ValueError(f"sla_by_priority.{priority}: not a priority (low, normal, high, urgent)")
+            if policy not in self.sla:
+                raise ValueError(f"sla_by_priority.{priority} {policy!r} is not an [sla] policy")
+        for name, settings in self.sla.items():
+            for key in ("escalate_to", "reassign_to"):
+                target = getattr(settings, key)
+                if target and "@" not in target and target not in self.agents.groups:
+                    raise ValueError(f"sla.{name}.{key} {target!r} is neither an address nor a group")
 
 
 class Config:
@@ -489,6 +569,7 @@ class Config:
         self.file = data
         self.base_dir = path.parent
         self._secrets = secrets
+        self._calendars: dict[str, BusinessHours] = {}
 
     @property
     def mailboxes(self) -> dict[str, MailboxSettings]:
@@ -526,6 +607,13 @@ class Config:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
             return prefix + str(self.base_dir / url[len(prefix) :])
         return url
+
+    def calendar(self, department: str) -> BusinessHours:
+        """The department's business hours, built once (the holidays library computes its years)."""
+        if department not in self._calendars:
+            name = self.mailboxes[department].business_hours
+            self._calendars[department] = self.file.business_hours[name].calendar() if name else always_open()
+        return self._calendars[department]
 
     def secret(self, key: str) -> SecretStr | None:
         return self._secrets.get(key)

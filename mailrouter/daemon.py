@@ -57,7 +57,7 @@ class Loaded:
 
 
 def load(config: Config) -> Loaded:
-    rules = load_rules(config.rules_dir, frozenset(config.mailboxes))
+    rules = load_rules(config.rules_dir, frozenset(config.mailboxes), frozenset(config.file.sla))
     settings = config.file.agents
     agents = directory_from(
         settings.groups,

@@ -79,6 +79,24 @@ class Case(SQLModel, table=True):
     related_case_id: int | None = Field(
         default=None, foreign_key="case.id"
     )  # reopened too late: the old case
+    # SLA: the policy, each target's due time and the time its warning falls due (business time
+    # counted in the department's calendar), and when the scheduler warned of and escalated it.
+    sla: str = ""
+    first_response_due: datetime | None = Field(default=None, index=True)
+    first_response_warn: datetime | None = None
+    warned_first_response_at: datetime | None = None
+    breached_first_response_at: datetime | None = None
+    next_response_due: datetime | None = Field(default=None, index=True)
+    next_response_warn: datetime | None = None
+    warned_next_response_at: datetime | None = None
+    breached_next_response_at: datetime | None = None
+    resolution_due: datetime | None = Field(default=None, index=True)
+    resolution_warn: datetime | None = None
+    warned_resolution_at: datetime | None = None
+    breached_resolution_at: datetime | None = None
+    # Waiting on the customer stops the clock: since when, and the business time so far.
+    sla_paused_at: datetime | None = None
+    sla_paused_seconds: float = 0.0
 
 
 class RawMessage(SQLModel, table=True):

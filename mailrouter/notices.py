@@ -122,7 +122,11 @@ class Notices:
     ) -> list[QueuedMail]:
         """A notification or reminder: the case, the customer, and (for a message) the original.
         One letter per agent, each with the reply address signed for that agent alone."""
-        template = "remind" if kind == OutboxKind.REMINDER else "notify"
+        template = {
+            OutboxKind.REMINDER: "remind",
+            OutboxKind.SLA_WARNING: "sla",
+            OutboxKind.SLA_ESCALATION: "sla",
+        }.get(kind, "notify")
         department = self.mailboxes[case.department]
         body = self._render(case, template, (department.language,), why=why, **context)
         return [

@@ -26,6 +26,8 @@ class OutcomeKind(StrEnum):
     QUARANTINED = "quarantined"
     BOUNCED = "bounced"
     REMINDED = "reminded"  # a scheduled follow-up, not a message
+    SLA_WARNED = "sla-warned"  # scheduled: a target is near
+    SLA_BREACHED = "sla-breached"  # scheduled: a target is missed, the case escalated
 
 
 SET_ASIDE_OUTCOMES = frozenset({OutcomeKind.REFUSED, OutcomeKind.QUARANTINED})
@@ -88,6 +90,21 @@ class CaseView:
     follow_up_at: datetime | None = None
     related_case_id: int | None = None
     customer: CustomerView | None = None
+    sla: str = ""
+    first_response_due: datetime | None = None
+    first_response_warn: datetime | None = None
+    next_response_due: datetime | None = None
+    next_response_warn: datetime | None = None
+    resolution_due: datetime | None = None
+    resolution_warn: datetime | None = None
+    warned_first_response_at: datetime | None = None
+    breached_first_response_at: datetime | None = None
+    warned_next_response_at: datetime | None = None
+    breached_next_response_at: datetime | None = None
+    warned_resolution_at: datetime | None = None
+    breached_resolution_at: datetime | None = None
+    sla_paused_at: datetime | None = None
+    sla_paused_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

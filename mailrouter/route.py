@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mailrouter.config import MailboxSettings
 from mailrouter.errors import RuleError
+from mailrouter.language import detect_language
 from mailrouter.parse import Address, Inbound
 
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -79,6 +80,7 @@ class Actions(BaseModel):
     tags: list[str] = []
     template: str | None = None
     acknowledge: bool | None = None
+    sla: str | None = None  # an [sla.<name>] policy of config.toml
 
 
 class Rule(BaseModel):
@@ -123,7 +125,10 @@ def _compile(pattern: str) -> re2._Regexp[str]:
         ) from None
 
 
-def load_rules(directory: Path, departments: frozenset[str]) -> tuple[Rule, ...]:
+def load_rules(
+    directory: Path, departments: frozenset[str], policies: frozenset[str] | None = None
+) -> tuple[Rule, ...]:
+    """`policies`: the SLA policies a rule may name (None: not checked)."""
     if not directory.is_dir():
         raise RuleError(f"{directory}: rules directory not found")
     rules: list[Rule] = []
@@ -143,6 +148,9 @@ def load_rules(directory: Path, departments: frozenset[str]) -> tuple[Rule, ...]
             if rule.then.department is not None and rule.then.department not in departments:
                 known = ", ".join(sorted(departments))
                 raise RuleError(f"{where}: then.department {rule.then.department!r} is not one of: {known}")
+            if policies is not None and rule.then.sla is not None and rule.then.sla not in policies:
+                known = ", ".join(sorted(policies)) or "none are configured"
+                raise RuleError(f"{where}: then.sla {rule.then.sla!r} is not an [sla] policy ({known})")
             names[rule.name] = str(path)
             rules.append(rule.model_copy(update={"source": path.name}))
     return tuple(rules)
@@ -183,6 +191,7 @@ class Decision:
     language: str
     matched_rules: tuple[str, ...]
     verdicts: tuple[RuleVerdict, ...]
+    sla: str | None = None  # a rule's SLA policy; None: the priority's or the department's
 
     @property
     def explanation(self) -> str:
@@ -312,6 +321,7 @@ def route(
     tags: list[str] = []
     template: str | None = None
     acknowledge: bool | None = None
+    sla: str | None = None
     matched: list[str] = []
     verdicts: list[RuleVerdict] = []
     stopped = False
@@ -335,6 +345,7 @@ def route(
         tags.extend(t for t in actions.tags if t not in tags)
         template = actions.template or template
         acknowledge = actions.acknowledge if actions.acknowledge is not None else acknowledge
+        sla = actions.sla or sla
         stopped = not rule.continue_
 
     settings = mailboxes[department]
@@ -347,92 +358,6 @@ def route(
         language=detect_language(f"{inbound.subject}\n{inbound.text}", settings.language),
         matched_rules=tuple(matched),
         verdicts=tuple(verdicts),
+        sla=sla,
         **fields,
     )
-
-
-_LANGUAGE_WORDS = {
-    "sv": {
-        "och",
-        "jag",
-        "inte",
-        "är",
-        "att",
-        "för",
-        "med",
-        "hej",
-        "tack",
-        "vänliga",
-        "hälsningar",
-        "fungerar",
-        "kan",
-        "har",
-        "min",
-        "mitt",
-        "vi",
-        "ni",
-        "skulle",
-        "någon",
-    },
-    "no": {
-        "og",
-        "jeg",
-        "ikke",
-        "er",
-        "å",
-        "for",
-        "med",
-        "hei",
-        "takk",
-        "vennlig",
-        "hilsen",
-        "fungerer",
-        "kan",
-        "har",
-        "min",
-        "mitt",
-        "vi",
-        "dere",
-        "skulle",
-        "noen",
-        "hilsener",
-    },
-    "en": {
-        "and",
-        "the",
-        "is",
-        "not",
-        "to",
-        "for",
-        "with",
-        "hello",
-        "hi",
-        "thanks",
-        "regards",
-        "please",
-        "my",
-        "it",
-        "can",
-        "have",
-        "we",
-        "you",
-        "would",
-        "does",
-    },
-}
-_LANGUAGE_LETTERS = {"sv": "äö", "no": "æø", "en": ""}
-
-
-def detect_language(text: str, default: str) -> str:
-    """A cheap guess among the languages we have templates for; the mailbox's language otherwise."""
-    sample = text[:2000].casefold()
-    words = re.findall(r"\w+", sample)
-    scores = {
-        language: sum(map(vocabulary.__contains__, words))
-        + 3 * sum(sample.count(letter) for letter in _LANGUAGE_LETTERS[language])
-        for language, vocabulary in _LANGUAGE_WORDS.items()
-    }
-    best = max(scores, key=lambda language: scores[language])
-    if scores[best] < 2 or list(scores.values()).count(scores[best]) > 1:
-        return default
-    return best

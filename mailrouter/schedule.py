@@ -1,7 +1,8 @@
 """schedule: periodic work, run by apscheduler. Jobs write outbox rows; they never talk SMTP.
 
-The first job: follow-up reminders set with #followup. Each due case is claimed with a
-compare-and-set on its follow-up time, so several instances never remind twice.
+The jobs: follow-up reminders set with #followup, and SLA warnings and escalations. Each due
+case is claimed with a compare-and-set (on its follow-up time; on the SLA target's warned and
+breached times being unset), so several instances never remind or escalate twice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from mailrouter import store
+from mailrouter import sla, store
 from mailrouter.casework import Casework
 from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import utcnow
@@ -41,6 +42,30 @@ def send_due_reminders(engine: Engine, casework: Casework) -> int:
     return queued
 
 
+def check_sla(engine: Engine, casework: Casework) -> int:
+    """Warn of the SLA targets that are near and escalate the missed ones, each once: the claim
+    and its plan commit together, so an instance that dies between them leaves it due."""
+    now = utcnow()
+    with Session(engine) as session:
+        due = store.due_sla(session, now)
+    queued = 0
+    for case_id, target, stage in due:
+        with Session(engine) as session:
+            if not store.claim_sla(session, case_id, target, stage, now):
+                continue
+            facts = store.SqlFacts(session)
+            case = facts.case(case_id)
+            if stage == sla.Stage.BREACH:
+                plan = casework.sla_breach(case, target, now, facts)
+            else:
+                plan = casework.sla_warning(case, target, now, facts)
+            store.apply(session, plan)
+            session.commit()
+            queued += len(plan.mail)
+            log.info("sla %s %s case=%s", target, stage, plan.outcome.case_number)
+    return queued
+
+
 class Scheduler:
     def __init__(
         self, engine: Engine, casework: Casework, interval: float, on_queued: Callable[[], None]
@@ -52,10 +77,17 @@ class Scheduler:
         self._scheduler.add_job(
             self._follow_ups, "interval", seconds=interval, id="follow-ups", max_instances=1, coalesce=True
         )
+        self._scheduler.add_job(
+            self._sla, "interval", seconds=interval, id="sla", max_instances=1, coalesce=True
+        )
 
     async def _follow_ups(self) -> None:
         # A failure rolls its claim back and is logged by apscheduler; the next run tries again.
         if await asyncio.to_thread(send_due_reminders, self.engine, self.casework):
+            self.on_queued()
+
+    async def _sla(self) -> None:
+        if await asyncio.to_thread(check_sla, self.engine, self.casework):
             self.on_queued()
 
     def start(self) -> None:

@@ -51,6 +51,7 @@ from mailrouter.models import (
 )
 from mailrouter.parse import Address, Inbound
 from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
+from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
     SET_ASIDE,
@@ -254,6 +255,25 @@ _CLAIM_FOLLOW_UP = (  # compare-and-set: another instance, or an agent's change,
 )
 
 
+SLA_COLUMNS = (
+    "sla",
+    "first_response_due",
+    "first_response_warn",
+    "next_response_due",
+    "next_response_warn",
+    "resolution_due",
+    "resolution_warn",
+    "warned_first_response_at",
+    "breached_first_response_at",
+    "warned_next_response_at",
+    "breached_next_response_at",
+    "warned_resolution_at",
+    "breached_resolution_at",
+    "sla_paused_at",
+    "sla_paused_seconds",
+)
+
+
 def dedupe_key(mailbox: str, inbound: Inbound) -> str:
     """A message's identity in a mailbox: its Message-ID and what it says. Scanners and scripts
     reuse one Message-ID for different mail; a copy of the same mail (a UIDVALIDITY reset, a
@@ -309,6 +329,7 @@ def _case_view(row: Row[Any]) -> CaseView:
         follow_up_at=values["follow_up_at"],
         related_case_id=values["related_case_id"],
         customer=customer,
+        **{column: values[column] for column in SLA_COLUMNS},
     )
 
 
@@ -510,6 +531,7 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
         "resolved_at": case.resolved_at,
         "follow_up_at": case.follow_up_at,
         "related_case_id": case.related_case_id,
+        **{column: getattr(case, column) for column in SLA_COLUMNS},
     }
     case_id: int = connection.execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
     return case_id
@@ -620,6 +642,47 @@ def claim_follow_up(session: Session, case_id: int, due: datetime) -> bool:
     change, came first."""
     claimed = session.connection().execute(_CLAIM_FOLLOW_UP, {"case_id": case_id, "due": due})
     return bool(claimed.rowcount == 1)
+
+
+# A target is watched while the case waits on us and is not paused: `pending` stops the clock.
+_SLA_RUNNING = (CaseStatus.NEW, CaseStatus.OPEN)
+
+
+def _sla_due(target: Target, stage: Stage, now: datetime) -> list[Any]:
+    """The conditions under which a target's warning or breach is due and not yet taken."""
+    column = target.column
+    due, breached = CASE.c[f"{column}_due"], CASE.c[f"breached_{column}_at"]
+    conditions = [CASE.c.status.in_(_SLA_RUNNING), due.is_not(None), breached.is_(None)]
+    if target == Target.FIRST_RESPONSE:
+        conditions.append(CASE.c.first_response_at.is_(None))
+    if stage == Stage.BREACH:
+        return [*conditions, due <= now]
+    warn, warned = CASE.c[f"{column}_warn"], CASE.c[f"warned_{column}_at"]
+    return [*conditions, warned.is_(None), warn <= now, due > now]
+
+
+def due_sla(session: Session, now: datetime) -> list[tuple[int, Target, Stage]]:
+    """Every warning and breach that has fallen due, breaches first."""
+    connection = session.connection()
+    return [
+        (case_id, target, stage)
+        for stage in (Stage.BREACH, Stage.WARNING)
+        for target in Target
+        for case_id in connection.execute(select(CASE.c.id).where(*_sla_due(target, stage, now))).scalars()
+    ]
+
+
+def claim_sla(session: Session, case_id: int, target: Target, stage: Stage, now: datetime) -> bool:
+    """Take a due warning or breach for this instance, compare-and-set on its still being due
+    and untaken: another instance, or an agent's answer meanwhile, makes it False. A breach
+    marks the target warned too: it is past warning."""
+    column = target.column
+    warned = CASE.c[f"warned_{column}_at"]
+    values: dict[str, Any] = {warned.name: func.coalesce(warned, now)}
+    if stage == Stage.BREACH:
+        values[f"breached_{column}_at"] = now
+    statement = update(CASE).where(CASE.c.id == case_id, *_sla_due(target, stage, now)).values(**values)
+    return bool(session.connection().execute(statement).rowcount == 1)
 
 
 def record(

@@ -61,6 +61,8 @@ class OutboxKind(StrEnum):
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
     UNSENT_ANSWER = "unsent-answer"  # to an agent whose answer lacked proof: how to answer
     ALERT = "alert"  # to ops ([alerts] to): a mailbox stopped working; no case
+    SLA_WARNING = "sla-warning"  # to the agents: a target is near
+    SLA_ESCALATION = "sla-escalation"  # to the escalation group or lead: a target is breached
 
 
 class EventKind(StrEnum):
@@ -100,6 +102,10 @@ class EventKind(StrEnum):
     PARTICIPANT_REMOVED = "participant-removed"
     FOLLOW_UP_SET = "follow-up-set"
     STATUS_CHANGED = "status-changed"
+    # SLA
+    SLA_SET = "sla-set"
+    SLA_WARNING = "sla-warning"
+    SLA_BREACHED = "sla-breached"
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"

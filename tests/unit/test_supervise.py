@@ -169,5 +169,6 @@ async def test_the_scheduler_keeps_running_while_the_database_is_away(
         raise DatabaseUnavailable("database is locked")
 
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", away)
+    monkeypatch.setattr("mailrouter.schedule.check_sla", away)
     await asyncio.wait_for(Scheduler(None, None, 0.05, lambda: None).run(stop), timeout=10)  # type: ignore[arg-type]
     assert calls >= 3
