@@ -362,3 +362,15 @@ def test_authenticated_senders_spend_only_their_own_budget(config_file):
     raw = make_mail(sender="x@kunde.example", message_id="<x@kunde.example>")
     intake.process(with_results(raw, "dkim=fail header.d=kunde.example"), Origin("it", 1, 9))
     assert len(acknowledgements(intake)) == 4  # the unauthenticated one meets the spent domain budget
+
+
+@pytest.mark.parametrize("budget", ["_ACKNOWLEDGEMENTS_IN_ALL", "_ACKNOWLEDGEMENTS_TO_DOMAIN"])
+def test_a_budget_reads_the_windows_cases_not_the_outbox_or_an_organisations_customers(intake, budget):
+    """Checked for every new case: it must cost what the window holds, not the desk's history."""
+    statement = getattr(store, budget).compile(dialect=intake.engine.dialect)
+    unbound = (None,) * len(statement.positiontup)
+    with intake.engine.connect() as connection:
+        plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound)]
+    assert any("ix_case_created_at" in step for step in plan), plan
+    assert not any(step.startswith("SCAN outboxmessage") for step in plan), plan
+    assert not any("ix_customer_organisation" in step for step in plan), plan
