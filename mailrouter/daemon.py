@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from mailrouter import language
 from mailrouter.agents import AgentDirectory, directory_from, reply_keys
 from mailrouter.alerts import TokenAlerts
 from mailrouter.config import Config
@@ -142,6 +143,9 @@ async def serve(loaded: Loaded) -> None:
     if faults is not None:
         log.warning("%s is set: TEST-ONLY faults will be injected; never use it in production", FAULTS_ENV)
     engine = open_database(config)
+    # Before any mailbox is read: a try that took the models' load along was easily cut short by
+    # a restart, and three such counted as a message that kills the process.
+    await asyncio.to_thread(language.prepare)
     intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
     instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     sender = Sender(

@@ -38,6 +38,11 @@ def _detector() -> LanguageDetector:
     return LanguageDetectorBuilder.from_languages(*_OURS).with_preloaded_language_models().build()
 
 
+def prepare() -> None:
+    """Load the models now (the daemon does at start), not in the first customer's registration."""
+    _detector()
+
+
 def detect_language(text: str, default: str) -> str:
     """The customer's language among LANGUAGES, or `default` when the text does not say."""
     sample = text[:SAMPLE_CHARS]

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -148,8 +149,9 @@ class ParsePool:
                 return task.future.result(timeout=max(0.0, task.deadline - time.monotonic()))[index]
             except FutureTimeout:
                 self._kill(task)
-            except BrokenProcessPool as exc:
-                if task.pool not in self._killed:
+            except (BrokenProcessPool, FutureCancelled) as exc:
+                # Cancelled: still queued in a pool that the kill of another task shut down.
+                if isinstance(exc, BrokenProcessPool) and task.pool not in self._killed:
                     log.warning("parser process died (%s); parsing in process until a new one starts", exc)
                     with self._guard:
                         if task.pool is self._pool:

@@ -211,3 +211,18 @@ def test_big_mail_is_parsed_in_process():
         assert parsers.submit([make_mail(body="x" * (LARGEST_SENT_TO_WORKER + 1))]) == [None]
     finally:
         parsers.shutdown()
+
+
+def test_a_batch_queued_behind_a_stuck_one_is_parsed_after_the_kill_not_lost():
+    """Killing the stuck worker shuts its pool down, which cancels what still waited in it."""
+    stuck = make_mail(subject="stuck", body="Hjelp.", message_id="<stuck@kunde.example>")
+    waiting = make_mail(subject="Sak", message_id="<waiting@kunde.example>")
+    parsers = ParsePool(1, time_limit=0.5, parse=_stuck)
+    parsers.start()
+    try:
+        [first] = parsers.submit([stuck])
+        queued = [parsers.submit([waiting])[0] for _ in range(4)]  # beyond what the pool pre-feeds
+        assert parsers.result(first).degraded.startswith("text parts only")
+        assert [parsers.result(q) for q in queued] == [parse(waiting)] * 4
+    finally:
+        parsers.shutdown()
