@@ -101,6 +101,22 @@ class BusinessHours:
             remaining -= end - start
         raise AssertionError("unreachable: _from raises past its horizon")
 
+    def is_open_day(self, day: date) -> bool:
+        return bool(self.week[day.weekday()]) and self.closed_because(day) is None
+
+    def open_days_before(self, instant: datetime, days: int) -> datetime:
+        """The same wall-clock time `days` open days before `instant`: whatever happened before
+        it has waited that many business days (a Friday's mail, on Tuesday, two)."""
+        _aware(instant)
+        local = instant.astimezone(self.zone)
+        day, counted = local.date(), 0
+        for _ in range(HORIZON_DAYS):
+            if counted == days:
+                return datetime.combine(day, local.time().replace(tzinfo=None), self.zone).astimezone(UTC)
+            day -= timedelta(days=1)
+            counted += self.is_open_day(day)
+        raise ConfigError(f"business hours have no {days} open days within {HORIZON_DAYS} days of {instant}")
+
     def elapsed(self, start: datetime, end: datetime) -> timedelta:
         """Business time between two instants; negative when `end` comes first."""
         _aware(start)

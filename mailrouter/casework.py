@@ -36,9 +36,10 @@ from mailrouter.plan import (
     Raw,
 )
 from mailrouter.route import Decision
+from mailrouter.satisfaction import Answer, answers_survey, read_answer
 from mailrouter.screen import PERSON_MAYBE, Kind, Verdict, is_own_address
 from mailrouter.thread import ThreadMatch
-from mailrouter.vocabulary import FINISHED, AuthorRole, CaseStatus, EventKind, OutboxKind
+from mailrouter.vocabulary import FINISHED, TO_CUSTOMER, AuthorRole, CaseStatus, EventKind, OutboxKind
 
 RECENT = timedelta(days=90)
 ZERO = timedelta(0)
@@ -49,6 +50,8 @@ ORGANISATION_CASES_COUNTED = 50
 # How often in an acknowledgement window an agent hears that an unproven answer was not sent:
 # enough for a person, and a forged From cannot flood the real agent.
 UNSENT_NOTICES = 3
+# The status changes the customer hears of, and the template that tells them.
+STATUS_TEMPLATES = {CaseStatus.PENDING: "status-pending", CaseStatus.RESOLVED: "status-resolved"}
 _DSN_STATUS = re.compile(r"^.*\b[45]\.\d{1,3}\.\d{1,3}\b.*$", re.MULTILINE)
 
 
@@ -114,6 +117,9 @@ class _Draft:
         self.events.append(PlannedEvent(kind, detail, data))
 
     def plan(self, outcome: Outcome, **parts: Any) -> Plan:
+        if any(mail.kind in TO_CUSTOMER for mail in self.mail):
+            # The customer heard from us: a new quiet spell begins.
+            self.change(customer_heard_at=self.now, quiet_reminded_at=None)
         return Plan(
             outcome=outcome,
             case=self.case,
@@ -143,9 +149,14 @@ class Casework:
 
     # --- which course a message takes -----------------------------------------------------------
 
-    def too_late(self, case: CaseView, match: ThreadMatch, verdict: Verdict, now: datetime) -> bool:
-        """A customer's reply to a case finished longer ago than the reopen window opens a new one."""
+    def too_late(
+        self, case: CaseView, inbound: Inbound, match: ThreadMatch, verdict: Verdict, now: datetime
+    ) -> bool:
+        """A customer's reply to a case finished longer ago than the reopen window opens a new one
+        (an answer to its satisfaction survey, however late, stays on it)."""
         if case.status not in FINISHED or not verdict.may_reopen:
+            return False
+        if answers_survey(case.survey_message_id, inbound.in_reply_to, inbound.references):
             return False
         if match.author_role not in (AuthorRole.CUSTOMER, AuthorRole.PARTICIPANT):
             return False
@@ -340,6 +351,14 @@ class Casework:
             return draft.plan(
                 Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason, len(draft.mail)), **parts
             )
+        if (answer := self._survey_answer(case, inbound, verdict, role)) is not None:
+            self._record_satisfaction(draft, answer, sender)
+            if (limited := self._over_follow_up_limit(case, sender, now, facts)) is not None:
+                draft.record(EventKind.NOT_NOTIFIED, limited, rate_limited=True)
+            else:
+                self._notify(draft, f"Satisfaction {answer.score}/5 from {sender}", facts, inbound=inbound)
+            summary = f"satisfaction {answer.score}/5 from {sender}"
+            return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, summary, len(draft.mail)), **parts)
         if verdict.kind == Kind.NORMAL:
             if case.status in FINISHED:
                 self._set_status(draft, CaseStatus.OPEN, sender, "replied to a finished case: reopened")
@@ -351,6 +370,35 @@ class Casework:
         else:
             self._notify(draft, f"Reply from {sender}", facts, inbound=inbound, raw=raw)
         return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, match.reason, len(draft.mail)), **parts)
+
+    @staticmethod
+    def _survey_answer(case: CaseView, inbound: Inbound, verdict: Verdict, role: AuthorRole) -> Answer | None:
+        """The customer's own reply to the survey of a finished case, beginning with a score."""
+        if role != AuthorRole.CUSTOMER or verdict.kind != Kind.NORMAL or case.status not in FINISHED:
+            return None
+        if not answers_survey(case.survey_message_id, inbound.in_reply_to, inbound.references):
+            return None
+        return read_answer(inbound.text)
+
+    @staticmethod
+    def _record_satisfaction(draft: _Draft, answer: Answer, sender: str) -> None:
+        """On the case, never reopening it; a later answer replaces an earlier one."""
+        earlier = draft.case.satisfaction_score
+        draft.change(
+            survey_answered_at=draft.now,
+            satisfaction_score=answer.score,
+            satisfaction_comment=answer.comment,
+        )
+        draft.record(
+            EventKind.SATISFACTION_ANSWERED,
+            f"{sender} is satisfied {answer.score} of 5"
+            + (f" (in place of {earlier})" if earlier is not None else "")
+            + (f": {answer.comment}" if answer.comment else "")
+            + "; the case stays "
+            + str(draft.case.status),
+            score=answer.score,
+            comment=answer.comment,
+        )
 
     def _stranger(self, draft: _Draft, inbound: Inbound, sender: str, facts: CaseFacts) -> None:
         """Someone not on the case wrote on its tag (case numbers are guessable): on record for
@@ -543,6 +591,38 @@ class Casework:
             draft.record(EventKind.NOTIFIED, f"{why}: {OutboxKind.SLA_ESCALATION} to {', '.join(recipients)}")
         return draft.plan(Outcome(OutcomeKind.SLA_BREACHED, case.number, why, len(draft.mail)))
 
+    def quiet_reminder(self, case: CaseView, days: int, now: datetime, facts: CaseFacts) -> Plan:
+        """The case waits on us and the customer has heard nothing for `days` business days: tell
+        whoever has it, and the customer too where the department sends them a status update."""
+        draft = _Draft(case, now)
+        heard = case.customer_heard_at
+        draft.record(
+            EventKind.CUSTOMER_QUIET,
+            f"the customer has had no mail from us for {days} business day(s)"
+            + (f", since {heard:%Y-%m-%d %H:%M} UTC" if heard else ", nor since the case opened"),
+            days=days,
+            since=heard.isoformat() if heard else None,
+        )
+        why = f"The customer has heard nothing for {days} business day(s)"
+        self._notify(draft, why, facts, kind=OutboxKind.QUIET_REMINDER)
+        if self.config.mailboxes[case.department].quiet_status_mail:
+            self._tell_status(draft, "status-quiet", facts)
+        return draft.plan(Outcome(OutcomeKind.QUIET, case.number, why, len(draft.mail)))
+
+    def auto_resolve(self, case: CaseView, after: timedelta, now: datetime, facts: CaseFacts) -> Plan:
+        """Pending for `after` with no answer from the customer: resolved, and the customer told."""
+        draft = _Draft(case, now)
+        why = f"no answer from the customer in {sla.duration_text(after)}"
+        self._set_status(draft, CaseStatus.RESOLVED, "mailrouter", why)
+        self._tell_status(draft, "status-auto-resolved", facts)
+        return draft.plan(Outcome(OutcomeKind.AUTO_RESOLVED, case.number, why, len(draft.mail)))
+
+    def auto_close(self, case: CaseView, after: timedelta, now: datetime) -> Plan:
+        draft = _Draft(case, now)
+        why = f"resolved for {sla.duration_text(after)}"
+        self._set_status(draft, CaseStatus.CLOSED, "mailrouter", why)
+        return draft.plan(Outcome(OutcomeKind.AUTO_CLOSED, case.number, why))
+
     # --- the parts ---------------------------------------------------------------------------------
 
     def _acknowledge(
@@ -702,7 +782,13 @@ class Casework:
         status_before = draft.case.status
         for command in reply.commands:
             self._effects[command.name](draft, command, agent, inbound, raw, facts)
+        told = draft.case.status != status_before and draft.case.status in STATUS_TEMPLATES
         if reply.is_note:
+            if told:
+                draft.record(
+                    EventKind.CUSTOMER_NOT_TOLD,
+                    f"{draft.case.status} by an internal note of {agent}: the customer is not told",
+                )
             draft.record(EventKind.NOTE, reply.answer or "(empty note)", agent=agent)
             return f"note by {agent}"
         if reply.answer:
@@ -715,6 +801,8 @@ class Casework:
                 CaseStatus.PENDING,
             ):
                 self._set_status(draft, CaseStatus.OPEN, agent, "answered the customer")
+        if told:  # after the answer, which the customer reads first
+            self._tell_status(draft, STATUS_TEMPLATES[draft.case.status], facts)
         done = ", ".join(str(c) for c in reply.commands) or "no commands"
         return f"agent {agent}: {done}{'; answer relayed' if reply.answer else ''}"
 
@@ -780,9 +868,68 @@ class Casework:
     def _set_status(self, draft: _Draft, status: CaseStatus, who: str, why: str) -> None:
         before = draft.case.status
         resolved_at = (draft.case.resolved_at or draft.now) if status in FINISHED else None
-        draft.change(status=status, resolved_at=resolved_at, updated_at=draft.now)
+        pending_since = (draft.case.pending_since or draft.now) if status == CaseStatus.PENDING else None
+        draft.change(
+            status=status, resolved_at=resolved_at, pending_since=pending_since, updated_at=draft.now
+        )
         draft.record(EventKind.STATUS_CHANGED, f"{who}: {before} → {status} ({why})")
         self._sla_status(draft, before, status)
+
+    # --- the customer hears how it goes ---------------------------------------------------------------
+
+    def _tell_status(self, draft: _Draft, template: str, facts: CaseFacts, **context: Any) -> None:
+        """A status update to the customer, where the department sends them; resolving asks the
+        satisfaction question too, where the department asks it."""
+        case = draft.case
+        department = self.config.mailboxes[case.department]
+        if case.customer is None or case.id is None:
+            draft.record(EventKind.CUSTOMER_NOT_TOLD, f"{template}: the case has no customer address")
+            return
+        last = facts.last_customer_message(case.id)
+        in_reply_to, references, _ = last or ("", (), ())
+        if department.status_mail:
+            reopen_days = self.config.file.agents.reopen_days
+            mail = self.notices.to_customer(
+                OutboxKind.STATUS_UPDATE,
+                case,
+                template,
+                in_reply_to,
+                references,
+                reopen_days=reopen_days,
+                **context,
+            )
+            draft.mail.append(mail)
+            draft.record(
+                EventKind.CUSTOMER_TOLD,
+                f"{template} to {case.customer.address} ({case.language}) from {department.address}",
+                template=template,
+                message_id_header=mail.outgoing.message_id,
+            )
+        else:
+            draft.record(EventKind.CUSTOMER_NOT_TOLD, f"{template}: {case.department} sends no status mail")
+        if case.status == CaseStatus.RESOLVED and department.satisfaction_survey:
+            self._ask_satisfaction(draft, in_reply_to, references)
+
+    def _ask_satisfaction(self, draft: _Draft, in_reply_to: str, references: tuple[str, ...]) -> None:
+        """Once per case: a case resolved again after a reopening is not asked again, so each
+        case counts once in the response rate."""
+        case = draft.case
+        assert case.customer is not None
+        if case.survey_sent_at is not None:
+            draft.record(
+                EventKind.CUSTOMER_NOT_TOLD,
+                f"no satisfaction survey: one went on {case.survey_sent_at:%Y-%m-%d %H:%M} UTC already",
+            )
+            return
+        mail = self.notices.to_customer(OutboxKind.SURVEY, case, "survey", in_reply_to, references)
+        draft.mail.append(mail)
+        draft.change(survey_message_id=mail.outgoing.message_id, survey_sent_at=draft.now)
+        draft.record(
+            EventKind.SURVEY_SENT,
+            f"satisfaction survey to {case.customer.address} ({case.language}): a reply to it that "
+            "begins with 1 to 5 is its answer",
+            message_id_header=mail.outgoing.message_id,
+        )
 
     # --- the SLA clock -------------------------------------------------------------------------------
 

@@ -275,6 +275,20 @@ class MailboxSettings(_Strict):
     # the policy of cases that neither a rule nor [sla_by_priority] gives one.
     business_hours: str = ""
     sla: str = ""
+    # The customer hears how it goes: a mail from the status_update template when an agent sets
+    # the case pending (waiting for you) or resolved (with how to reopen).
+    status_mail: bool = True
+    # A case waiting on us whose customer has had no mail from us for this many business days
+    # (the department's calendar) reminds its assignee or group, once per silence; with
+    # quiet_status_mail the customer gets a status update too. 0: never.
+    quiet_days: int = Field(default=0, ge=0)
+    quiet_status_mail: bool = False
+    # Pending this long with no answer from the customer: resolved, and the customer told.
+    auto_resolve_after: Age | None = None
+    # Resolved this long (and not reopened): closed.
+    auto_close_after: Age | None = None
+    # A resolved case's customer is asked one question: how satisfied, 1 to 5, by replying.
+    satisfaction_survey: bool = False
     imap: ImapSettings
 
     @model_validator(mode="after")

@@ -114,7 +114,7 @@ class Intake:
         notes = casework.parse_notes(inbound, origin, reused_by)
         notes += casework.warnings(match, origin)
         case = facts.case(match.case.id) if match.case else None
-        if case is not None and not casework.too_late(case, match, verdict, now):
+        if case is not None and not casework.too_late(case, inbound, match, verdict, now):
             plan = casework.follow_up(inbound, origin, raw, verdict, match, case, now, facts)
         elif match.tampered:
             plan = casework.without_case(inbound, origin, raw, "a forged or tampered signed reply address")

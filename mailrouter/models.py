@@ -97,6 +97,18 @@ class Case(SQLModel, table=True):
     # Waiting on the customer stops the clock: since when, and the business time so far.
     sla_paused_at: datetime | None = None
     sla_paused_seconds: float = 0.0
+    # The customer hears how it goes: since when the case waits on them (auto-resolve), our last
+    # mail to them and whether the agents were told of the silence since (quiet reminders).
+    pending_since: datetime | None = None
+    customer_heard_at: datetime | None = None
+    quiet_reminded_at: datetime | None = None
+    # Satisfaction: the survey's Message-ID (only a reply to it is an answer), when it went, and
+    # the answer (score 1-5 and what else the customer wrote), for the reports.
+    survey_message_id: str = ""
+    survey_sent_at: datetime | None = None
+    survey_answered_at: datetime | None = None
+    satisfaction_score: int | None = None
+    satisfaction_comment: str = ""
 
 
 class RawMessage(SQLModel, table=True):

@@ -1,5 +1,6 @@
 """notices: the mail a case queues (acknowledgement, notification, reminder, relayed answer,
-command error), rendered and composed, never sent: the plan carries it to the outbox.
+status update and survey, command error), rendered and composed, never sent: the plan carries
+it to the outbox.
 
 From the department's address; to agents with the signed Reply-To that lets them answer and
 command from their mail client.
@@ -126,6 +127,7 @@ class Notices:
             OutboxKind.REMINDER: "remind",
             OutboxKind.SLA_WARNING: "sla",
             OutboxKind.SLA_ESCALATION: "sla",
+            OutboxKind.QUIET_REMINDER: "quiet",
         }.get(kind, "notify")
         department = self.mailboxes[case.department]
         body = self._render(case, template, (department.language,), why=why, **context)
@@ -142,6 +144,31 @@ class Notices:
             )
             for recipient in recipients
         ]
+
+    def to_customer(
+        self,
+        kind: OutboxKind,
+        case: CaseView,
+        template: str,
+        in_reply_to: str,
+        references: tuple[str, ...],
+        **context: Any,
+    ) -> QueuedMail:
+        """A status update or the satisfaction survey: from the department, in the customer's
+        language, threaded to their last message; automatic, so no responder answers it."""
+        assert case.customer is not None, "tell only cases with a customer"
+        department = self.mailboxes[case.department]
+        body = self._render(case, template, (case.language, department.language), **context)
+        return self._mail(
+            kind,
+            case,
+            (case.customer.address,),
+            tagged_subject(case.number, case.subject),
+            body,
+            in_reply_to=in_reply_to,
+            references=references,
+            auto_submitted="auto-generated",
+        )
 
     def relayed_answer(
         self,

@@ -28,6 +28,9 @@ class OutcomeKind(StrEnum):
     REMINDED = "reminded"  # a scheduled follow-up, not a message
     SLA_WARNED = "sla-warned"  # scheduled: a target is near
     SLA_BREACHED = "sla-breached"  # scheduled: a target is missed, the case escalated
+    QUIET = "quiet"  # scheduled: the customer has heard nothing for days
+    AUTO_RESOLVED = "auto-resolved"  # scheduled: pending with no answer from the customer
+    AUTO_CLOSED = "auto-closed"  # scheduled: resolved long enough
 
 
 SET_ASIDE_OUTCOMES = frozenset({OutcomeKind.REFUSED, OutcomeKind.QUARANTINED})
@@ -105,6 +108,14 @@ class CaseView:
     breached_resolution_at: datetime | None = None
     sla_paused_at: datetime | None = None
     sla_paused_seconds: float = 0.0
+    pending_since: datetime | None = None
+    customer_heard_at: datetime | None = None  # our last mail to the customer
+    quiet_reminded_at: datetime | None = None  # the agents were told the customer heard nothing
+    survey_message_id: str = ""
+    survey_sent_at: datetime | None = None
+    survey_answered_at: datetime | None = None
+    satisfaction_score: int | None = None
+    satisfaction_comment: str = ""
 
 
 @dataclass(frozen=True)

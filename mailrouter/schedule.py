@@ -1,8 +1,11 @@
 """schedule: periodic work, run by apscheduler. Jobs write outbox rows; they never talk SMTP.
 
-The jobs: follow-up reminders set with #followup, and SLA warnings and escalations. Each due
-case is claimed with a compare-and-set (on its follow-up time; on the SLA target's warned and
-breached times being unset), so several instances never remind or escalate twice.
+The jobs: follow-up reminders set with #followup, SLA warnings and escalations, and the
+customer's side: reminders of cases whose customer has heard nothing, pending cases resolved
+for want of an answer, resolved cases closed. Each due case is claimed with a compare-and-set
+(on its follow-up time; on the SLA target's warned and breached times being unset; on its
+quiet mark, pending time or last change), so several instances never act on it twice. Each job
+takes `now`, so tests can run it at a moment of their choosing.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -18,6 +22,7 @@ from sqlmodel import Session
 
 from mailrouter import sla, store
 from mailrouter.casework import Casework
+from mailrouter.config import Config
 from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import utcnow
 
@@ -66,6 +71,87 @@ def check_sla(engine: Engine, casework: Casework) -> int:
     return queued
 
 
+def _cutoffs(config: Config, now: datetime) -> dict[str, datetime]:
+    """Per department with quiet reminders: mail to the customer before this is quiet_days old."""
+    return {
+        name: config.calendar(name).open_days_before(now, mailbox.quiet_days)
+        for name, mailbox in config.mailboxes.items()
+        if mailbox.quiet_days
+    }
+
+
+def remind_quiet_cases(engine: Engine, casework: Casework, now: datetime | None = None) -> int:
+    """Tell whoever has a case waiting on us that its customer has heard nothing for the
+    department's quiet_days, once per silence; returns the letters queued."""
+    now = now or utcnow()
+    cutoffs = _cutoffs(casework.config, now)
+    with Session(engine) as session:
+        due = store.due_quiet(session, cutoffs)
+    queued = 0
+    for case_id, department in due:
+        with Session(engine) as session:
+            if not store.claim_quiet(session, case_id, department, cutoffs[department], now):
+                continue
+            facts = store.SqlFacts(session)
+            days = casework.config.mailboxes[department].quiet_days
+            plan = casework.quiet_reminder(facts.case(case_id), days, now, facts)
+            store.apply(session, plan)
+            session.commit()
+            queued += len(plan.mail)
+            log.info("customer quiet case=%s", plan.outcome.case_number)
+    return queued
+
+
+def resolve_unanswered(engine: Engine, casework: Casework, now: datetime | None = None) -> int:
+    """Resolve the cases pending longer than their department's auto_resolve_after, telling the
+    customer; returns the letters queued."""
+    now = now or utcnow()
+    after = {n: m.auto_resolve_after for n, m in casework.config.mailboxes.items() if m.auto_resolve_after}
+    with Session(engine) as session:
+        due = store.due_auto_resolve(session, {name: now - span for name, span in after.items()})
+    queued = 0
+    for case_id, department, pending_since in due:
+        with Session(engine) as session:
+            if not store.claim_auto_resolve(session, case_id, pending_since):
+                continue
+            facts = store.SqlFacts(session)
+            plan = casework.auto_resolve(facts.case(case_id), after[department], now, facts)
+            store.apply(session, plan)
+            session.commit()
+            queued += len(plan.mail)
+            log.info("auto-resolved case=%s", plan.outcome.case_number)
+    return queued
+
+
+def close_resolved(engine: Engine, casework: Casework, now: datetime | None = None) -> int:
+    """Close the cases resolved longer than their department's auto_close_after; returns how many."""
+    now = now or utcnow()
+    after = {n: m.auto_close_after for n, m in casework.config.mailboxes.items() if m.auto_close_after}
+    with Session(engine) as session:
+        due = store.due_auto_close(session, {name: now - span for name, span in after.items()})
+    closed = 0
+    for case_id, updated_at in due:
+        with Session(engine) as session:
+            if not store.claim_auto_close(session, case_id, updated_at, now):
+                continue
+            facts = store.SqlFacts(session)
+            case = facts.case(case_id)
+            plan = casework.auto_close(case, after[case.department], now)
+            store.apply(session, plan)
+            session.commit()
+            closed += 1
+            log.info("auto-closed case=%s", plan.outcome.case_number)
+    return closed
+
+
+def follow_through(engine: Engine, casework: Casework, now: datetime | None = None) -> int:
+    """The customer's side of the schedule, in one job; returns the letters queued."""
+    now = now or utcnow()
+    queued = remind_quiet_cases(engine, casework, now) + resolve_unanswered(engine, casework, now)
+    close_resolved(engine, casework, now)
+    return queued
+
+
 class Scheduler:
     def __init__(
         self, engine: Engine, casework: Casework, interval: float, on_queued: Callable[[], None]
@@ -80,6 +166,14 @@ class Scheduler:
         self._scheduler.add_job(
             self._sla, "interval", seconds=interval, id="sla", max_instances=1, coalesce=True
         )
+        self._scheduler.add_job(
+            self._follow_through,
+            "interval",
+            seconds=interval,
+            id="follow-through",
+            max_instances=1,
+            coalesce=True,
+        )
 
     async def _follow_ups(self) -> None:
         # A failure rolls its claim back and is logged by apscheduler; the next run tries again.
@@ -88,6 +182,10 @@ class Scheduler:
 
     async def _sla(self) -> None:
         if await asyncio.to_thread(check_sla, self.engine, self.casework):
+            self.on_queued()
+
+    async def _follow_through(self) -> None:
+        if await asyncio.to_thread(follow_through, self.engine, self.casework):
             self.on_queued()
 
     def start(self) -> None:

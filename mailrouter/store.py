@@ -273,6 +273,16 @@ SLA_COLUMNS = (
     "sla_paused_at",
     "sla_paused_seconds",
 )
+CUSTOMER_UPDATE_COLUMNS = (
+    "pending_since",
+    "customer_heard_at",
+    "quiet_reminded_at",
+    "survey_message_id",
+    "survey_sent_at",
+    "survey_answered_at",
+    "satisfaction_score",
+    "satisfaction_comment",
+)
 
 
 def dedupe_key(mailbox: str, inbound: Inbound) -> str:
@@ -330,7 +340,7 @@ def _case_view(row: Row[Any]) -> CaseView:
         follow_up_at=values["follow_up_at"],
         related_case_id=values["related_case_id"],
         customer=customer,
-        **{column: values[column] for column in SLA_COLUMNS},
+        **{column: values[column] for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS)},
     )
 
 
@@ -532,7 +542,7 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
         "resolved_at": case.resolved_at,
         "follow_up_at": case.follow_up_at,
         "related_case_id": case.related_case_id,
-        **{column: getattr(case, column) for column in SLA_COLUMNS},
+        **{column: getattr(case, column) for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS)},
     }
     case_id: int = connection.execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
     return case_id
@@ -683,6 +693,102 @@ def claim_sla(session: Session, case_id: int, target: Target, stage: Stage, now:
     if stage == Stage.BREACH:
         values[f"breached_{column}_at"] = now
     statement = update(CASE).where(CASE.c.id == case_id, *_sla_due(target, stage, now)).values(**values)
+    return bool(session.connection().execute(statement).rowcount == 1)
+
+
+# --- the customer hears how it goes: quiet spells, auto-resolve, auto-close --------------------------
+# Each job's cases are found per department (each has its own limits), and each is claimed with a
+# compare-and-set in the transaction that applies its plan, so several instances act on it once.
+
+
+def _quiet(department: str, cutoff: datetime) -> list[Any]:
+    """Waiting on us (not on the customer), untold since before `cutoff`, not reminded yet."""
+    heard = func.coalesce(CASE.c.customer_heard_at, CASE.c.created_at)
+    return [
+        CASE.c.department == department,
+        CASE.c.status.in_(_SLA_RUNNING),
+        CASE.c.quiet_reminded_at.is_(None),
+        heard <= cutoff,
+    ]
+
+
+def due_quiet(session: Session, cutoffs: dict[str, datetime]) -> list[tuple[int, str]]:
+    """(case, department) of the cases whose customer has heard nothing since their department's cutoff."""
+    connection = session.connection()
+    return [
+        (case_id, department)
+        for department, cutoff in cutoffs.items()
+        for case_id in connection.execute(select(CASE.c.id).where(*_quiet(department, cutoff))).scalars()
+    ]
+
+
+def claim_quiet(session: Session, case_id: int, department: str, cutoff: datetime, now: datetime) -> bool:
+    """Take a quiet case's reminder: once per silence (mail to the customer clears the mark)."""
+    statement = (
+        update(CASE).where(CASE.c.id == case_id, *_quiet(department, cutoff)).values(quiet_reminded_at=now)
+    )
+    return bool(session.connection().execute(statement).rowcount == 1)
+
+
+def due_auto_resolve(session: Session, cutoffs: dict[str, datetime]) -> list[tuple[int, str, datetime]]:
+    """(case, department, pending since) of the cases pending since before their department's cutoff."""
+    connection = session.connection()
+    return [
+        (row.id, department, row.pending_since)
+        for department, cutoff in cutoffs.items()
+        for row in connection.execute(
+            select(CASE.c.id, CASE.c.pending_since).where(
+                CASE.c.department == department,
+                CASE.c.status == CaseStatus.PENDING,
+                CASE.c.pending_since <= cutoff,
+            )
+        )
+    ]
+
+
+def claim_auto_resolve(session: Session, case_id: int, pending_since: datetime) -> bool:
+    """Compare-and-set on the case being pending since then still: another instance, or the
+    customer's answer meanwhile, makes it False."""
+    statement = (
+        update(CASE)
+        .where(
+            CASE.c.id == case_id,
+            CASE.c.status == CaseStatus.PENDING,
+            CASE.c.pending_since == pending_since,
+        )
+        .values(pending_since=None)
+    )
+    return bool(session.connection().execute(statement).rowcount == 1)
+
+
+def due_auto_close(session: Session, cutoffs: dict[str, datetime]) -> list[tuple[int, datetime]]:
+    """(case, last change) of the cases resolved since before their department's cutoff."""
+    connection = session.connection()
+    return [
+        (row.id, row.updated_at)
+        for department, cutoff in cutoffs.items()
+        for row in connection.execute(
+            select(CASE.c.id, CASE.c.updated_at).where(
+                CASE.c.department == department,
+                CASE.c.status == CaseStatus.RESOLVED,
+                CASE.c.resolved_at <= cutoff,
+            )
+        )
+    ]
+
+
+def claim_auto_close(session: Session, case_id: int, updated_at: datetime, now: datetime) -> bool:
+    """Compare-and-set on the case being resolved and unchanged since it was found: another
+    instance, or anything happening on it meanwhile (a survey answer), makes it False."""
+    statement = (
+        update(CASE)
+        .where(
+            CASE.c.id == case_id,
+            CASE.c.status == CaseStatus.RESOLVED,
+            CASE.c.updated_at == updated_at,
+        )
+        .values(updated_at=now)
+    )
     return bool(session.connection().execute(statement).rowcount == 1)
 
 

@@ -63,6 +63,15 @@ class OutboxKind(StrEnum):
     ALERT = "alert"  # to ops ([alerts] to): a mailbox stopped working; no case
     SLA_WARNING = "sla-warning"  # to the agents: a target is near
     SLA_ESCALATION = "sla-escalation"  # to the escalation group or lead: a target is breached
+    STATUS_UPDATE = "status-update"  # to the customer: waiting for you, resolved, how it goes
+    SURVEY = "survey"  # to the customer: how satisfied are you, 1 to 5
+    QUIET_REMINDER = "quiet-reminder"  # to the agents: the customer has heard nothing for days
+
+
+# What the customer receives: any of it ends a quiet spell (casework's quiet reminders).
+TO_CUSTOMER = frozenset(
+    {OutboxKind.ACKNOWLEDGEMENT, OutboxKind.AGENT_REPLY, OutboxKind.STATUS_UPDATE, OutboxKind.SURVEY}
+)
 
 
 class EventKind(StrEnum):
@@ -102,6 +111,12 @@ class EventKind(StrEnum):
     PARTICIPANT_REMOVED = "participant-removed"
     FOLLOW_UP_SET = "follow-up-set"
     STATUS_CHANGED = "status-changed"
+    # the customer hears how it goes
+    CUSTOMER_TOLD = "customer-told"  # a status update queued to the customer
+    CUSTOMER_NOT_TOLD = "customer-not-told"  # and why none was
+    CUSTOMER_QUIET = "customer-quiet"  # waiting on us, and the customer has heard nothing for days
+    SURVEY_SENT = "survey-sent"
+    SATISFACTION_ANSWERED = "satisfaction-answered"
     # SLA
     SLA_SET = "sla-set"
     SLA_WARNING = "sla-warning"

@@ -145,3 +145,15 @@ def test_never_open_is_a_config_error() -> None:
 def test_naive_instants_are_refused() -> None:
     with pytest.raises(ValueError):
         always_open().add(datetime(2026, 1, 1), timedelta(hours=1))
+
+
+def test_open_days_before_skips_the_weekend() -> None:
+    hours = hours_of("Europe/Oslo", WORKDAYS)
+    # Tuesday 12 May 2026 10:00, two open days back: Monday, then Friday 8 May, at 10:00.
+    assert hours.open_days_before(oslo(2026, 5, 12, 10, 0), 2) == oslo(2026, 5, 8, 10, 0)
+    assert hours.open_days_before(oslo(2026, 5, 12, 10, 0), 0) == oslo(2026, 5, 12, 10, 0)
+
+
+def test_open_days_before_skips_a_holiday() -> None:
+    # Thursday 18 May 2028, one open day back: Wednesday 17 May is Constitution Day.
+    assert norway().open_days_before(oslo(2028, 5, 18, 9, 0), 1) == oslo(2028, 5, 16, 9, 0)

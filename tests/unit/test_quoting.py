@@ -63,6 +63,8 @@ def notification(language: str = "en") -> str:
         group="it-agents",
         status="new",
         tags=["printer"],
+        satisfaction_score=None,
+        satisfaction_comment="",
     )
     context = {
         "why": "New case",

@@ -170,5 +170,6 @@ async def test_the_scheduler_keeps_running_while_the_database_is_away(
 
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", away)
     monkeypatch.setattr("mailrouter.schedule.check_sla", away)
+    monkeypatch.setattr("mailrouter.schedule.follow_through", away)
     await asyncio.wait_for(Scheduler(None, None, 0.05, lambda: None).run(stop), timeout=10)  # type: ignore[arg-type]
     assert calls >= 3
