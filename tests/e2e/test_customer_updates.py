@@ -9,6 +9,7 @@ import pytest
 from tests.e2e.conftest import Account, Daemon, send_mail
 from tests.e2e.test_agents import reply_as
 from tests.mailstack import MailStack
+from tests.postgres import temporary_database
 
 pytestmark = pytest.mark.e2e
 
@@ -75,24 +76,38 @@ def test_pending_then_resolved_mail_and_a_survey_answered_with_4(
     assert daemon.stop() == 0
 
 
-def test_a_pending_case_without_an_answer_is_resolved_then_closed_by_the_scheduler(
+def test_a_pending_case_without_an_answer_is_resolved_then_closed_once_by_two_instances(
     installation, mailstack: MailStack, customer: Account
 ) -> None:
-    daemon: Daemon = installation(
-        daemon={"schedule_interval": 0.3},
-        mailbox={"it": {"auto_resolve_after": "2s", "auto_close_after": "2s"}},
-    )
-    it, agent = daemon.mailboxes["it"], daemon.agents["agent1"]
-    daemon.start()
-    send_mail(mailstack, f"Mette <{customer.address}>", it.address, "Computeren starter ikke", DANISH)
-    [notification] = inbox_with(mailstack, agent, 1)
-    reply_as(mailstack, agent, notification, "#pending\nKan du sende et billede af skærmen?")
-    messages = inbox_with(mailstack, customer, 4)  # acknowledgement, answer, pending, auto-resolved
-    texts = [body(m) for m in messages]
-    assert any("venter på dig" in t for t in texts)
-    assert "ventet på svar fra dig" in texts[-1] and "markeret sagen som løst" in texts[-1]
-    daemon.wait_until(lambda: daemon.cases()[0].status == "closed", "the case to close")
-    changes = [e.detail for e in daemon.events("status-changed")]
-    assert any("pending → resolved (no answer from the customer in 2s)" in c for c in changes)
-    assert any("resolved → closed" in c for c in changes)
-    assert daemon.stop() == 0
+    settings = {
+        "daemon": {"schedule_interval": 0.3},
+        "mailbox": {"it": {"auto_resolve_after": "2s", "auto_close_after": "2s"}},
+    }
+    with temporary_database() as url:
+        first: Daemon = installation("a", url, **settings)
+        second: Daemon = installation("b", url, like=first, **settings)
+        it, agent = first.mailboxes["it"], first.agents["agent1"]
+        try:
+            first.start(wait=True)
+            second.start(wait=True)
+            send_mail(mailstack, f"Mette <{customer.address}>", it.address, "Computeren starter ikke", DANISH)
+            [notification] = inbox_with(mailstack, agent, 1)
+            reply_as(mailstack, agent, notification, "#pending\nKan du sende et billede af skærmen?")
+            # acknowledgement, the agent's question, pending, auto-resolved
+            messages = inbox_with(mailstack, customer, 4)
+            texts = [body(m) for m in messages]
+            assert any("venter på dig" in t for t in texts)
+            assert "ventet på svar fra dig" in texts[-1] and "markeret sagen som løst" in texts[-1]
+            first.wait_until(lambda: first.cases()[0].status == "closed", "the case to close")
+            first.wait_idle()
+            changes = [e.detail for e in first.events("status-changed")]
+            assert [c for c in changes if "pending → resolved" in c] == [
+                "mailrouter: pending → resolved (no answer from the customer in 2s)"
+            ]
+            assert len([c for c in changes if "resolved → closed" in c]) == 1
+            assert len(mailstack.messages(customer.address, customer.password)) == 4  # told once
+            assert first.stop() == 0
+            assert second.stop() == 0
+        finally:
+            first.kill()
+            second.kill()
