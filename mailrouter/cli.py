@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from mailrouter import __version__, logs, outbox, sla, store
-from mailrouter.config import Age, Config, load_config
+from mailrouter.config import Age, Config, MailboxSettings, load_config
 from mailrouter.daemon import Loaded, load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
 from mailrouter.facts import read_facts
@@ -89,7 +89,20 @@ def _sample_context(loaded: Loaded, department: str) -> dict[str, object]:
         "other_cases": [case],
         "organisation_open_cases": 2,
         "organisation_open_cases_or_more": False,
+        "reopen_days": loaded.config.file.agents.reopen_days,
     }
+
+
+def _customer_update_templates(mailbox: MailboxSettings) -> list[str]:
+    """The templates a department's settings make it send its customers."""
+    wanted = {
+        "status-pending": mailbox.status_mail,
+        "status-resolved": mailbox.status_mail,
+        "status-auto-resolved": mailbox.status_mail and mailbox.auto_resolve_after is not None,
+        "status-quiet": mailbox.quiet_status_mail and mailbox.quiet_days > 0,
+        "survey": mailbox.satisfaction_survey,
+    }
+    return [template for template, sent in wanted.items() if sent]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -121,6 +134,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             templates.update((d, rule.then.template) for d in departments)
     if loaded.agents.signer is not None:
         templates.update((name, kind) for name in loaded.config.mailboxes for kind in ("notify", "remind"))
+    for name, mailbox in loaded.config.mailboxes.items():
+        templates.update((name, template) for template in _customer_update_templates(mailbox))
+        if mailbox.quiet_days and loaded.agents.signer is not None:
+            templates.add((name, "quiet"))
     for department, template in sorted(templates):
         languages = ("en", "sv", "no")
         try:

@@ -72,6 +72,14 @@ def test_check_names_a_template_that_does_not_render(shipped, capsys):
     assert "template it/ack" in err and "numbr" in err
 
 
+def test_check_renders_the_survey_of_a_department_that_sends_it(shipped, capsys):
+    # The shipped it department asks for satisfaction: its survey is rendered with sample data.
+    (shipped / "templates" / "it" / "survey.en.txt.j2").write_text("{{ case.scroe }}\n")
+    code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")
+    assert code == 1
+    assert "template it/survey" in err and "scroe" in err
+
+
 def test_check_names_a_template_syntax_error_with_its_line(shipped, capsys):
     (shipped / "templates" / "hr" / "ack.sv.txt.j2").write_text("Hej\n{% if %}\n")
     code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")
