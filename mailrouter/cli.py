@@ -451,7 +451,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         print("error: deliver needs --mailbox NAME", file=sys.stderr)
         return os.EX_USAGE
     try:
-        loaded = load(load_config(_config_path(args)))
+        loaded = load(load_config(_config_path(args), reply_only=True))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return os.EX_CONFIG

@@ -700,9 +700,11 @@ def _oauth2_secrets(name: str, credential: OAuth2Settings, path: Path) -> dict[s
     return found
 
 
-def _resolve_secrets(data: FileConfig, path: Path) -> tuple[dict[str, SecretStr], list[str]]:
-    """Every secret the file names, each read once; the ones that cannot be read, one line each
-    (`mailrouter check` names them all, not only the first)."""
+def _resolve_secrets(
+    data: FileConfig, path: Path, *, reply_only: bool = False
+) -> tuple[dict[str, SecretStr], list[str]]:
+    """Every secret the file names (or only the reply secrets), each read once; the ones that
+    cannot be read, one line each (`mailrouter check` names them all, not only the first)."""
     secrets: dict[str, SecretStr] = {}
     problems: list[str] = []
 
@@ -712,14 +714,6 @@ def _resolve_secrets(data: FileConfig, path: Path) -> tuple[dict[str, SecretStr]
         except ConfigError as exc:
             problems.append(str(exc))
 
-    for name, mailbox in data.mailboxes.items():
-        if mailbox.imap.auth == "password":
-            read(f"imap.{name}", mailbox.imap, f"{path}: mailboxes.{name}.imap")
-    for name, credential in data.oauth2.items():
-        try:
-            secrets.update(_oauth2_secrets(name, credential, path))
-        except ConfigError as exc:
-            problems.append(str(exc))
     agents = data.agents
     reply_secret = agents.secret_source()
     if reply_secret is not None:
@@ -728,6 +722,16 @@ def _resolve_secrets(data: FileConfig, path: Path) -> tuple[dict[str, SecretStr]
             source = SecretSource(password_env=retired.env, password_file=retired.file)
             where = f"{path}: agents.previous_reply_secrets (reply key {retired.id})"
             read(f"reply.{retired.id}", source, where, reply=True)
+    if reply_only:
+        return secrets, problems
+    for name, mailbox in data.mailboxes.items():
+        if mailbox.imap.auth == "password":
+            read(f"imap.{name}", mailbox.imap, f"{path}: mailboxes.{name}.imap")
+    for name, credential in data.oauth2.items():
+        try:
+            secrets.update(_oauth2_secrets(name, credential, path))
+        except ConfigError as exc:
+            problems.append(str(exc))
     token = data.http.token_source() if data.http is not None else None
     if token is not None:
         read("http", token, f"{path}: http")
@@ -737,7 +741,9 @@ def _resolve_secrets(data: FileConfig, path: Path) -> tuple[dict[str, SecretStr]
     return secrets, problems
 
 
-def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
+def load_config(path: Path | str, *, resolve_secrets: bool = True, reply_only: bool = False) -> Config:
+    """`reply_only`: of the secrets, only the reply secrets (`deliver` signs agents' reply
+    addresses with them; the MTA runs it as a user that may read no mailbox's or relay's password)."""
     path = Path(path).resolve()
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -751,7 +757,7 @@ def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
         raise ConfigError(_describe(exc, path)) from None
     secrets: dict[str, SecretStr] = {}
     if resolve_secrets:
-        secrets, problems = _resolve_secrets(data, path)
+        secrets, problems = _resolve_secrets(data, path, reply_only=reply_only)
         if problems:
             raise ConfigError("\n".join(problems))
     return Config(path, data, secrets)
