@@ -61,6 +61,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     with --connect also every mailbox's login, the relay's and the database."""
     path = _config_path(args)
     problems: list[str] = []
+    secrets_read = True
     try:
         config = load_config(path)
     except ConfigError as exc:  # invalid: nothing else can be judged; unreadable secrets: go on
@@ -70,6 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             _print_problems(str(exc).splitlines())
             return 1
         problems.extend(str(exc).splitlines())
+        secrets_read = False
     try:
         rules = load_rules(config.rules_dir, frozenset(config.mailboxes), frozenset(config.file.sla))
     except ConfigError as exc:
@@ -81,12 +83,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.extend(preflight.template_problems(config, Templates(config.templates_dir), needed))
     except ConfigError as exc:
         problems.append(str(exc))
-    if args.connect and not problems:
+    if args.connect and secrets_read:
         agents = {m.lower() for members in config.file.agents.groups.values() for m in members}
         found, warnings = preflight.connect_problems(config, agents)
         problems.extend(found)
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+    elif args.connect:
+        print("warning: --connect skipped: no login is tried until every secret is read", file=sys.stderr)
     if problems:
         _print_problems(problems)
         return 1
