@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from mailrouter.cli import main
+from mailrouter.config import load_config
 from tests.messages import make_mail
 
 SECRETS = (
@@ -255,3 +256,29 @@ def test_check_connect_names_a_sqlite_database_at_a_newer_schema(shipped, capsys
     code, _, err = run(capsys, "--config", str(config), "check", "--connect")
     assert code == 1
     assert "database_url: the database is at schema 9999, newer than this mailrouter" in err
+
+
+def test_the_systemd_config_reads_every_secret_from_a_credential_the_unit_loads(
+    tmp_path, request, monkeypatch, capsys
+):
+    """systemd/config.toml passes check with $CREDENTIALS_DIRECTORY holding exactly the files the
+    unit's LoadCredential= lines name, and keeps its database in $STATE_DIRECTORY."""
+    root = request.config.rootpath
+    etc = tmp_path / "etc"
+    for name in ("rules", "templates"):
+        shutil.copytree(root / name, etc / name)
+    shutil.copy(root / "systemd" / "config.toml", etc / "config.toml")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    unit = (root / "systemd" / "mailrouter.service").read_text().splitlines()
+    for line in unit:
+        if line.startswith("LoadCredential="):
+            (credentials / line.removeprefix("LoadCredential=").partition(":")[0]).write_text("x" * 32)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    code, out, err = run(capsys, "--config", str(etc / "config.toml"), "check")
+    assert code == 0, err
+    assert "ok — 3 mailbox(es)" in out
+    config = load_config(etc / "config.toml")
+    assert config.database_url == f"sqlite:///{tmp_path}/state/mailrouter.db"
+    assert config.state_dir == tmp_path / "state"
