@@ -649,11 +649,12 @@ class Config:
 
 
 def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid configuration"]
+    """One line per problem, each naming the file and the key."""
+    lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}")
+        lines.append(f"{path}: {key}: {message}")
     return "\n".join(lines)
 
 

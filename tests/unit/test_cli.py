@@ -86,11 +86,16 @@ def test_check_names_a_missing_secret(shipped, capsys, monkeypatch):
     assert code == 1 and "mailboxes.hr.imap: environment variable MAILROUTER_HR_PASSWORD is not set" in err
 
 
-def test_check_names_a_bad_config_key(shipped, capsys):
+def test_check_names_every_bad_config_key_on_a_line_of_its_own(shipped, capsys):
     path = shipped / "config.toml"
     path.write_text(path.read_text().replace('prefix = "VM"', 'prefix = "VM"\nprefx = "X"'))
+    path.write_text(path.read_text().replace("port = 2525", 'port = "smtp"'))
     code, _, err = run(capsys, "--config", str(path), "check")
-    assert code == 1 and "mailboxes.vaktmester.prefx: unknown key" in err
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: {path}: smtp.port: Input should be a valid integer, unable to parse string as an integer",
+        f"error: {path}: mailboxes.vaktmester.prefx: unknown key",
+    ]
 
 
 def test_explain_shows_every_rule_and_the_decision(shipped, capsys, tmp_path):
