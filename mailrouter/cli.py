@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -14,25 +13,24 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import aiosmtplib
 from alembic.migration import MigrationContext
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, logs, outbox, sla, store
-from mailrouter.config import Age, Config, MailboxSettings, load_config
-from mailrouter.daemon import Loaded, load, open_database, open_reader, run
+from mailrouter import __version__, logs, outbox, preflight, sla, store
+from mailrouter.config import Age, Config, load_config
+from mailrouter.daemon import load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
 from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
-from mailrouter.models import Case, Customer, utcnow
-from mailrouter.parse import Address, Inbound, parse
+from mailrouter.models import Case, utcnow
+from mailrouter.parse import Inbound, parse
 from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
-from mailrouter.route import Decision, route
+from mailrouter.route import Decision, load_rules, route
 from mailrouter.screen import screen
-from mailrouter.send import classify, refused_recipients
+from mailrouter.templates import Templates
 from mailrouter.vocabulary import CaseStatus, OutboxState
 
 log = logging.getLogger(__name__)
@@ -57,121 +55,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_context(loaded: Loaded, department: str) -> dict[str, object]:
-    mailbox = loaded.config.mailboxes[department]
-    sample = Inbound(
-        sha256="0" * 64,
-        size=0,
-        message_id="<sample@example.invalid>",
-        in_reply_to="",
-        references=(),
-        sender=Address("kari.nordmann@example.invalid", "Kari Nordmann"),
-        reply_to=(),
-        to=(),
-        cc=(),
-        subject="Skrivaren på plan 3 fungerar inte",
-        text="Hej!",
-        html="",
-        headers={},
-    )
-    case = Case(number=f"{mailbox.prefix}-1001", department=department, subject=sample.subject, tags=[])
-    customer = Customer(
-        address="kari.nordmann@example.invalid",
-        name="Kari Nordmann",
-        organisation="example.invalid",
-    )
-    return {
-        "case": case,
-        "customer": customer,
-        "department": mailbox,
-        "message": sample,
-        "why": "New case",
-        "other_cases": [case],
-        "organisation_open_cases": 2,
-        "organisation_open_cases_or_more": False,
-        "reopen_days": loaded.config.file.agents.reopen_days,
-    }
-
-
-def _customer_update_templates(mailbox: MailboxSettings) -> list[str]:
-    """The templates a department's settings make it send its customers."""
-    wanted = {
-        "status-pending": mailbox.status_mail,
-        "status-resolved": mailbox.status_mail,
-        "status-auto-resolved": mailbox.status_mail and mailbox.auto_resolve_after is not None,
-        "status-quiet": mailbox.quiet_status_mail and mailbox.quiet_days > 0,
-        "survey": mailbox.satisfaction_survey,
-    }
-    return [template for template, sent in wanted.items() if sent]
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate config, rules and templates; render every acknowledgement once with sample data."""
+    """Everything that would fail at run time, each problem one line naming the file and key:
+    config, secrets, rules, templates (every file rendered), the groups and agents rules name;
+    with --connect also every mailbox's login, the relay's and the database."""
     path = _config_path(args)
     problems: list[str] = []
+    secrets_read = True
     try:
-        loaded = load(load_config(path))
-    except MailrouterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    problems.extend(loaded.templates.check())
-    groups = loaded.agents.groups
-    for rule in loaded.rules:
-        if groups and rule.then.group and rule.then.group not in groups:
-            problems.append(
-                f"rule {rule.name!r} ({rule.source}): then.group {rule.then.group!r} is not in agents.groups"
-            )
-    templates = {(name, m.template) for name, m in loaded.config.mailboxes.items() if m.acknowledge}
-    for rule in loaded.rules:
-        if rule.then.template:
-            when_mailboxes = rule.when.mailbox
-            if rule.then.department:
-                departments = [rule.then.department]
-            elif when_mailboxes:
-                departments = [when_mailboxes] if isinstance(when_mailboxes, str) else when_mailboxes
-            else:
-                departments = list(loaded.config.mailboxes)
-            templates.update((d, rule.then.template) for d in departments)
-    if loaded.agents.signer is not None:
-        templates.update((name, kind) for name in loaded.config.mailboxes for kind in ("notify", "remind"))
-    for name, mailbox in loaded.config.mailboxes.items():
-        templates.update((name, template) for template in _customer_update_templates(mailbox))
-        if mailbox.quiet_days and loaded.agents.signer is not None:
-            templates.add((name, "quiet"))
-    for department, template in sorted(templates):
-        languages = ("en", "sv", "no")
+        config = load_config(path)
+    except ConfigError as exc:  # invalid: nothing else can be judged; unreadable secrets: go on
         try:
-            loaded.templates.render(department, template, languages, _sample_context(loaded, department))
-        except MailrouterError as exc:
-            problems.append(f"template {department}/{template}: {exc}")
-    if args.connect:
-        problems.extend(_check_relay(loaded))
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+            config = load_config(path, resolve_secrets=False)
+        except ConfigError:
+            _print_problems(str(exc).splitlines())
+            return 1
+        problems.extend(str(exc).splitlines())
+        secrets_read = False
+    try:
+        rules = load_rules(config.rules_dir, frozenset(config.mailboxes), frozenset(config.file.sla))
+    except ConfigError as exc:
+        problems.extend(str(exc).splitlines())
+        rules = ()
+    problems.extend(preflight.rule_problems(config, rules))
+    needed = preflight.needed_templates(config, rules)
+    try:
+        problems.extend(preflight.template_problems(config, Templates(config.templates_dir), needed))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if args.connect and secrets_read:
+        agents = {m.lower() for members in config.file.agents.groups.values() for m in members}
+        found, warnings = preflight.connect_problems(config, agents)
+        problems.extend(found)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    elif args.connect:
+        print("warning: --connect skipped: no login is tried until every secret is read", file=sys.stderr)
     if problems:
+        _print_problems(problems)
         return 1
-    config = loaded.config
+    connected = " (logins, relay and database checked)" if args.connect else ""
     print(
-        f"{config.path}: ok — {len(config.mailboxes)} mailbox(es), {len(loaded.rules)} rule(s), "
-        f"{len(templates)} template(s)"
+        f"{config.path}: ok — {len(config.mailboxes)} mailbox(es), {len(rules)} rule(s), "
+        f"{len(needed)} template(s){connected}"
     )
     return 0
 
 
-def _check_relay(loaded: Loaded) -> list[str]:
-    """Connect and log in to the relay, and warn of the agents it refuses (RCPT TO, no DATA)."""
-    config = loaded.config
-    mail_from = next(iter(config.mailboxes.values())).address
-    agents = sorted(loaded.agents.agents)
-    try:
-        refused = asyncio.run(refused_recipients(config.smtp, config.secret("smtp"), mail_from, agents))
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        return [f"smtp relay {config.smtp.host}:{config.smtp.port}: {classify(exc)}"]
-    groups = loaded.agents.groups
-    for refusal in refused:
-        of = ", ".join(sorted(name for name, members in groups.items() if refusal.recipient in members))
-        print(f"warning: the relay refuses agent {refusal} (group {of})", file=sys.stderr)
-    return []
+def _print_problems(problems: list[str]) -> None:
+    for problem in problems:
+        print(f"error: {problem.strip()}", file=sys.stderr)
 
 
 def _guess_mailbox(config: Config, inbound: Inbound) -> str:
@@ -413,7 +346,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"tags {', '.join(case.tags) or '-'}"
     )
     _print_sla(config, case)
-    _print_satisfaction(case)
     print("messages:")
     for m in record.messages:
         print(
@@ -450,18 +382,6 @@ def _print_sla(config: Config, case: Case) -> None:
         escalated = getattr(case, f"breached_{target.column}_at")
         note = f"; escalated {escalated:%Y-%m-%d %H:%M} UTC" if escalated else ""
         print(f"  {target:<15} due {due:%Y-%m-%d %H:%M:%S} UTC  {state.text()}{note}")
-
-
-def _print_satisfaction(case: Case) -> None:
-    if case.survey_sent_at is None:
-        return
-    asked = f"satisfaction: asked {case.survey_sent_at:%Y-%m-%d %H:%M} UTC"
-    if case.survey_answered_at is None or case.satisfaction_score is None:
-        print(f"{asked}, no answer yet")
-        return
-    comment = f": {case.satisfaction_comment}" if case.satisfaction_comment else ""
-    answered = f"answered {case.survey_answered_at:%Y-%m-%d %H:%M} UTC"
-    print(f"{asked}; {case.satisfaction_score} of 5, {answered}{comment}")
 
 
 def cmd_screened(args: argparse.Namespace) -> int:
@@ -535,7 +455,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         print("error: deliver needs --mailbox NAME", file=sys.stderr)
         return os.EX_USAGE
     try:
-        loaded = load(load_config(_config_path(args)))
+        loaded = load(load_config(_config_path(args), reply_only=True))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return os.EX_CONFIG
@@ -604,8 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run every mailbox worker and the sender until SIGTERM").set_defaults(
         func=cmd_run
     )
-    check = commands.add_parser("check", help="validate config, rules and templates")
-    check.add_argument("--connect", action="store_true", help="also log in to the relay and try each agent")
+    check = commands.add_parser(
+        "check", help="find what would fail at run time: config, secrets, rules, templates"
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in to every mailbox and the relay (asking about each agent) and open the database",
+    )
     check.set_defaults(func=cmd_check)
 
     rules = commands.add_parser("rules", help="routing rules").add_subparsers(

@@ -1,7 +1,9 @@
 """config.toml: parsed once, validated completely, every error names the file and the key.
 
 Secrets never live in the file: each one names an environment variable or a file (for systemd
-credentials, `${CREDENTIALS_DIRECTORY}/name`), read once at start-up.
+credentials, `${CREDENTIALS_DIRECTORY}/name`), read once at start-up. Paths (database_url,
+state_dir, secret files) may name environment variables as `${NAME}` or `${NAME:-default}`: under
+systemd the database lives in `${STATE_DIRECTORY}`, never beside a read-only config.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ from mailrouter.errors import ConfigError
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(value: str, where: str) -> str:
+    """`${NAME}` and `${NAME:-default}` replaced from the environment. An unset variable without a
+    default is an error naming the key: left in place, it would become a directory named `${...}`."""
+
+    def variable(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        found = os.environ.get(name) or default
+        if found is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return found
+
+    return _VARIABLE.sub(variable, value)
 
 
 def _age(value: object) -> object:
@@ -67,13 +86,18 @@ class SecretSource(_Strict):
             value = os.environ.get(self.password_env)
             if value is None:
                 raise ConfigError(f"{where}: environment variable {self.password_env} is not set")
+            if not value:
+                raise ConfigError(f"{where}: environment variable {self.password_env} is empty")
             return SecretStr(value)
         assert self.password_file is not None
-        path = Path(os.path.expandvars(self.password_file))
+        path = Path(expand(self.password_file, where))
         try:
-            return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read password_file {path}: {exc.strerror}") from exc
+        if not value:
+            raise ConfigError(f"{where}: password_file {path} is empty")
+        return SecretStr(value)
 
 
 class ImapSettings(SecretSource):
@@ -584,6 +608,8 @@ class Config:
         self.base_dir = path.parent
         self._secrets = secrets
         self._calendars: dict[str, BusinessHours] = {}
+        self._database_url = expand(data.database_url, f"{path}: database_url")
+        self._state_dir = expand(data.state_dir, f"{path}: state_dir")
 
     @property
     def mailboxes(self) -> dict[str, MailboxSettings]:
@@ -611,12 +637,12 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        return self.base_dir / self.file.state_dir
+        return self.base_dir / self._state_dir
 
     @property
     def database_url(self) -> str:
         """SQLite paths are taken relative to the config file, so the demo runs from anywhere."""
-        url = self.file.database_url
+        url = self._database_url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
             return prefix + str(self.base_dir / url[len(prefix) :])
@@ -637,11 +663,12 @@ class Config:
 
 
 def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid configuration"]
+    """One line per problem, each naming the file and the key."""
+    lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}")
+        lines.append(f"{path}: {key}: {message}")
     return "\n".join(lines)
 
 
@@ -657,7 +684,7 @@ def _reply_secret(source: SecretSource, where: str) -> SecretStr:
 
 
 def _read(path: Path, file: str, where: str) -> SecretStr:
-    full = path.parent / os.path.expandvars(file)
+    full = path.parent / expand(file, where)
     try:
         return SecretStr(full.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -688,7 +715,50 @@ def _oauth2_secrets(name: str, credential: OAuth2Settings, path: Path) -> dict[s
     return found
 
 
-def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
+def _resolve_secrets(
+    data: FileConfig, path: Path, *, reply_only: bool = False
+) -> tuple[dict[str, SecretStr], list[str]]:
+    """Every secret the file names (or only the reply secrets), each read once; the ones that
+    cannot be read, one line each (`mailrouter check` names them all, not only the first)."""
+    secrets: dict[str, SecretStr] = {}
+    problems: list[str] = []
+
+    def read(key: str, source: SecretSource, where: str, *, reply: bool = False) -> None:
+        try:
+            secrets[key] = _reply_secret(source, where) if reply else source.resolve(where)
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+    agents = data.agents
+    reply_secret = agents.secret_source()
+    if reply_secret is not None:
+        read("reply", reply_secret, f"{path}: agents (reply key {agents.reply_key_id})", reply=True)
+        for retired in agents.previous_reply_secrets:
+            source = SecretSource(password_env=retired.env, password_file=retired.file)
+            where = f"{path}: agents.previous_reply_secrets (reply key {retired.id})"
+            read(f"reply.{retired.id}", source, where, reply=True)
+    if reply_only:
+        return secrets, problems
+    for name, mailbox in data.mailboxes.items():
+        if mailbox.imap.auth == "password":
+            read(f"imap.{name}", mailbox.imap, f"{path}: mailboxes.{name}.imap")
+    for name, credential in data.oauth2.items():
+        try:
+            secrets.update(_oauth2_secrets(name, credential, path))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    token = data.http.token_source() if data.http is not None else None
+    if token is not None:
+        read("http", token, f"{path}: http")
+    smtp_credentials = data.smtp.credentials()
+    if smtp_credentials is not None:
+        read("smtp", smtp_credentials, f"{path}: smtp")
+    return secrets, problems
+
+
+def load_config(path: Path | str, *, resolve_secrets: bool = True, reply_only: bool = False) -> Config:
+    """`reply_only`: of the secrets, only the reply secrets (`deliver` signs agents' reply
+    addresses with them; the MTA runs it as a user that may read no mailbox's or relay's password)."""
     path = Path(path).resolve()
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -702,24 +772,7 @@ def load_config(path: Path | str, *, resolve_secrets: bool = True) -> Config:
         raise ConfigError(_describe(exc, path)) from None
     secrets: dict[str, SecretStr] = {}
     if resolve_secrets:
-        for name, mailbox in data.mailboxes.items():
-            if mailbox.imap.auth == "password":
-                secrets[f"imap.{name}"] = mailbox.imap.resolve(f"{path}: mailboxes.{name}.imap")
-        for name, credential in data.oauth2.items():
-            secrets.update(_oauth2_secrets(name, credential, path))
-        agents = data.agents
-        reply_secret = agents.secret_source()
-        if reply_secret is not None:
-            where = f"{path}: agents (reply key {agents.reply_key_id})"
-            secrets["reply"] = _reply_secret(reply_secret, where)
-            for retired in agents.previous_reply_secrets:
-                source = SecretSource(password_env=retired.env, password_file=retired.file)
-                where = f"{path}: agents.previous_reply_secrets (reply key {retired.id})"
-                secrets[f"reply.{retired.id}"] = _reply_secret(source, where)
-        token = data.http.token_source() if data.http is not None else None
-        if token is not None:
-            secrets["http"] = token.resolve(f"{path}: http")
-        smtp_credentials = data.smtp.credentials()
-        if smtp_credentials is not None:
-            secrets["smtp"] = smtp_credentials.resolve(f"{path}: smtp")
+        secrets, problems = _resolve_secrets(data, path, reply_only=reply_only)
+        if problems:
+            raise ConfigError("\n".join(problems))
     return Config(path, data, secrets)

@@ -344,7 +344,8 @@ def require_current_schema(engine: Engine) -> None:
     except CommandError:
         raise SchemaMismatch(
             f"the database is at schema {current}, newer than this mailrouter (head {head}): "
-            "upgrade mailrouter"
+            "upgrade mailrouter",
+            newer=True,
         ) from None
     raise SchemaMismatch(f"the database is at schema {current} (head {head}); run `mailrouter migrate`")
 

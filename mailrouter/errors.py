@@ -43,6 +43,10 @@ class SchemaMismatch(MailrouterError):
     """The database's schema is not this mailrouter's: older (run `mailrouter migrate`), newer
     (upgrade mailrouter) or absent. Only `run` and `migrate` change a schema."""
 
+    def __init__(self, message: str, *, newer: bool = False) -> None:
+        super().__init__(message)
+        self.newer = newer  # `run` cannot upgrade it: this mailrouter is the older one
+
 
 class ImapError(MailrouterError):
     """The IMAP server answered a command with NO or BAD, or lacks something we need."""

@@ -128,36 +128,42 @@ def _compile(pattern: str) -> re2._Regexp[str]:
 def load_rules(
     directory: Path, departments: frozenset[str], policies: frozenset[str] | None = None
 ) -> tuple[Rule, ...]:
-    """`policies`: the SLA policies a rule may name (None: not checked)."""
+    """`policies`: the SLA policies a rule may name (None: not checked). Every problem of every
+    file is found before any is raised: the RuleError has one line each, naming file, rule and key."""
     if not directory.is_dir():
         raise RuleError(f"{directory}: rules directory not found")
     rules: list[Rule] = []
     names: dict[str, str] = {}
+    problems: list[str] = []
     for path in sorted(directory.glob("*.toml")):
         try:
             document = tomllib.loads(path.read_text(encoding="utf-8"))
             parsed = _RuleFile.model_validate(document)
         except tomllib.TOMLDecodeError as exc:
-            raise RuleError(f"{path}: not valid TOML: {exc}") from exc
+            problems.append(f"{path}: not valid TOML: {exc}")
+            continue
         except ValidationError as exc:
-            raise RuleError(_describe(path, document, exc)) from None
+            problems.extend(_describe(path, document, exc))
+            continue
         for rule in parsed.rule:
             where = f"{path}: rule {rule.name!r}"
             if rule.name in names:
-                raise RuleError(f"{where}: the name is already used in {names[rule.name]}")
+                problems.append(f"{where}: the name is already used in {names[rule.name]}")
             if rule.then.department is not None and rule.then.department not in departments:
                 known = ", ".join(sorted(departments))
-                raise RuleError(f"{where}: then.department {rule.then.department!r} is not one of: {known}")
+                problems.append(f"{where}: then.department {rule.then.department!r} is not one of: {known}")
             if policies is not None and rule.then.sla is not None and rule.then.sla not in policies:
                 known = ", ".join(sorted(policies)) or "none are configured"
-                raise RuleError(f"{where}: then.sla {rule.then.sla!r} is not an [sla] policy ({known})")
+                problems.append(f"{where}: then.sla {rule.then.sla!r} is not an [sla] policy ({known})")
             names[rule.name] = str(path)
             rules.append(rule.model_copy(update={"source": path.name}))
+    if problems:
+        raise RuleError("\n".join(problems))
     return tuple(rules)
 
 
-def _describe(path: Path, document: dict[str, Any], error: ValidationError) -> str:
-    lines = [f"{path}: invalid rule file"]
+def _describe(path: Path, document: dict[str, Any], error: ValidationError) -> list[str]:
+    lines = []
     for item in error.errors():
         location = list(item["loc"])
         if len(location) >= 2 and location[0] == "rule" and isinstance(location[1], int):
@@ -166,8 +172,8 @@ def _describe(path: Path, document: dict[str, Any], error: ValidationError) -> s
             location = [f"rule {name!r}", *location[2:]]
         key = ".".join(str(part) for part in location)
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        lines.append(f"{path}: {key}: {message}")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,7 @@ class Templates:
     def render(
         self, department: str, name: str, languages: Iterable[str], context: dict[str, Any]
     ) -> Rendered:
-        languages = list(dict.fromkeys([*languages, "en"]))
-        tried = [f"{folder}/{name}.{lang}.txt.j2" for folder in (department, DEFAULT) for lang in languages]
-        text_name = next((t for t in tried if (self.directory / t).is_file()), None)
-        if text_name is None:
-            raise TemplateError(f"{self.directory}: none of {', '.join(tried)} exists")
+        text_name = self.text_file(department, name, languages)
         html_name = text_name.removesuffix(".txt.j2") + ".html.j2"  # same language as the text
         try:
             text = self._env.get_template(text_name).render(context)
@@ -65,14 +61,25 @@ class Templates:
             raise TemplateError(f"{self.directory}: {text_name}: {exc}") from exc
         return Rendered(text=text, html=html)
 
-    def check(self) -> list[str]:
-        """Syntax errors in every template file, for `mailrouter check`."""
-        problems = []
-        for path in sorted(self.directory.rglob("*.j2")):
-            relative = path.relative_to(self.directory).as_posix()
-            try:
-                self._env.get_template(relative)
-            except JinjaError as exc:
-                line = getattr(exc, "lineno", None)
-                problems.append(f"{path}{f':{line}' if line else ''}: {exc}")
-        return problems
+    def text_file(self, department: str, name: str, languages: Iterable[str]) -> str:
+        """The text part `render` would use: the first language asked for (then English) that
+        the department has, else that _default/ has."""
+        languages = list(dict.fromkeys([*languages, "en"]))
+        tried = [f"{folder}/{name}.{lang}.txt.j2" for folder in (department, DEFAULT) for lang in languages]
+        found = next((t for t in tried if (self.directory / t).is_file()), None)
+        if found is None:
+            raise TemplateError(f"{self.directory}: none of {', '.join(tried)} exists")
+        return found
+
+    def files(self) -> list[str]:
+        """Every template file, relative to the directory: <department or _default>/<name>.<lang>.<part>.j2"""
+        return sorted(p.relative_to(self.directory).as_posix() for p in self.directory.rglob("*.j2"))
+
+    def render_file(self, relative: str, context: dict[str, Any]) -> str | None:
+        """One file rendered, for `mailrouter check`; the problem (with its line) when it fails."""
+        try:
+            self._env.get_template(relative).render(context)
+        except JinjaError as exc:
+            line = getattr(exc, "lineno", None)
+            return f"{self.directory / relative}{f':{line}' if line else ''}: {exc}"
+        return None

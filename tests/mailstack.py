@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
+import json
 import os
 import smtplib
 import ssl
@@ -28,6 +29,8 @@ SCRIPT = REPO / "scripts" / "mailstack"
 DOMAIN = "example.test"
 DISCARD_DOMAIN = "discard.test"  # accepted, queued and dropped (scripts/mailstack)
 DEFER_DOMAIN = "defer.test"  # every recipient refused for now at RCPT, 450 (scripts/mailstack)
+PIPE_DOMAIN = "pipe.test"  # NAME.pipe.test is piped to pipe/NAME.pipe.test/deliver (scripts/mailstack)
+PIPE_USER = "mail"  # who pipe(8) runs that program as (scripts/mailstack)
 
 Tls = Literal["none", "starttls", "implicit"]
 
@@ -57,6 +60,11 @@ class MailStack:
     def oauth_port(self) -> int:
         """Where Dovecot's oauth2 passdb asks the tests' token server (scripts/mailstack's default)."""
         return int(os.environ.get("MAILSTACK_OAUTH_PORT") or self.imaps_port + 1)
+
+    @property
+    def pipe_dir(self) -> Path:
+        """Where the programs live that Postfix pipes NAME.pipe.test mail to: pipe/<domain>/deliver."""
+        return self.dir / "pipe"
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
@@ -142,6 +150,41 @@ class MailStack:
                 options = ["SMTPUTF8", "BODY=8BITMIME"] if not msg.isascii() else []
                 return smtp.sendmail(sender, to, msg, mail_options=options)
             return smtp.send_message(msg, from_addr=sender, to_addrs=to)
+
+    def submit(self, raw: bytes, sender: str, recipient: str) -> str:
+        """Submit one message over SMTP; returns the queue id Postfix gave it."""
+        with smtplib.SMTP(self.host, self.smtp_port, timeout=self.timeout) as smtp:
+            smtp.ehlo()
+            smtp.mail(sender)
+            code, answer = smtp.rcpt(recipient)
+            assert code == 250, f"RCPT {recipient}: {code} {answer!r}"
+            code, answer = smtp.data(raw)
+        assert code == 250, f"DATA: {code} {answer!r}"
+        return answer.decode().rpartition("queued as ")[2].strip()
+
+    def delivery_attempts(self, queue_id: str) -> list[str]:
+        """What Postfix's log says of each attempt to deliver the queued message: status=... (why)."""
+        log = (self.dir / "log" / "postfix.log").read_text(errors="replace")
+        return [
+            line.partition(", status=")[2]
+            for line in log.splitlines()
+            if f" {queue_id}: to=<" in line and ", status=" in line
+        ]
+
+    def queued(self) -> set[str]:
+        """The queue ids of the messages Postfix holds (deferred or about to be tried)."""
+        out = subprocess.run(
+            ["postqueue", "-c", str(self.dir / "postfix" / "etc"), "-j"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return {json.loads(line)["queue_id"] for line in out.splitlines() if line.strip()}
+
+    def deliver_now(self, queue_id: str) -> None:
+        """Try a deferred message again now, instead of after Postfix's backoff."""
+        conf = str(self.dir / "postfix" / "etc")
+        subprocess.run(["postqueue", "-c", conf, "-i", queue_id], check=True, capture_output=True)
 
     # --- IMAP -----------------------------------------------------------------------------------
 

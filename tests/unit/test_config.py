@@ -130,3 +130,49 @@ def test_a_mailbox_starts_now_and_ages_are_read_as_people_write_them(config_file
     it, hr = config.mailboxes["it"], config.mailboxes["hr"]
     assert (it.start, it.since, it.acknowledge_max_age) == ("now", None, timedelta(hours=12))
     assert (hr.since, hr.acknowledge_max_age) == (date(2026, 11, 1), timedelta(days=3))
+
+
+def test_paths_take_state_and_credentials_directories_from_the_environment(
+    config_file, tmp_path, monkeypatch
+):
+    """Under systemd the database lives in $STATE_DIRECTORY, secrets in $CREDENTIALS_DIRECTORY."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "hr-imap").write_text("from-a-credential\n")
+    text = config_file.read_text()
+    text = text.replace(f'"{tmp_path / "hr-secret"}"', '"${CREDENTIALS_DIRECTORY}/hr-imap"')
+    text = text.replace(f"sqlite:///{tmp_path / 'db.sqlite'}", "sqlite:///${STATE_DIRECTORY}/mailrouter.db")
+    config_file.write_text('state_dir = "${STATE_DIRECTORY:-/var/lib/mailrouter}"\n' + text)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv("STATE_DIRECTORY", "/srv/state")
+    config = load_config(config_file)
+    assert config.secret("imap.hr").get_secret_value() == "from-a-credential"
+    assert config.database_url == "sqlite:////srv/state/mailrouter.db"
+    assert str(config.state_dir) == "/srv/state"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    with pytest.raises(ConfigError, match=r"database_url: environment variable STATE_DIRECTORY is not set"):
+        load_config(config_file)
+
+
+def test_a_state_dir_default_applies_when_the_variable_is_unset(config_file, monkeypatch):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    default = 'state_dir = "${STATE_DIRECTORY:-/var/lib/mailrouter}"\n'
+    config_file.write_text(default + config_file.read_text())
+    assert str(load_config(config_file).state_dir) == "/var/lib/mailrouter"
+
+
+def test_every_unreadable_secret_is_named_at_once(config_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_IT_PASSWORD")
+    (tmp_path / "hr-secret").unlink()
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2
+    assert "mailboxes.it.imap: environment variable TEST_IT_PASSWORD is not set" in lines[0]
+    assert "mailboxes.hr.imap: cannot read password_file" in lines[1] and "No such file" in lines[1]
+
+
+def test_an_empty_secret_is_refused(config_file, tmp_path, monkeypatch):
+    (tmp_path / "hr-secret").write_text("\n")
+    with pytest.raises(ConfigError, match=r"mailboxes\.hr\.imap: password_file .*hr-secret is empty"):
+        load_config(config_file)

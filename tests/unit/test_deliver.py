@@ -112,3 +112,12 @@ def test_usage_and_config_errors_have_their_sysexits(intake, config_file, monkey
     missing = tmp_path / "missing.toml"
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(make_mail())))
     assert main(["--config", str(missing), "deliver", "--mailbox", "it"]) == os.EX_CONFIG
+
+
+def test_deliver_reads_no_mailbox_password(intake, config_file, monkeypatch, capsys):
+    """The MTA runs deliver as a user of its own, which may read the reply secret and nothing else."""
+    monkeypatch.delenv("TEST_IT_PASSWORD")
+    (config_file.parent / "hr-secret").unlink()
+    code, out, err = deliver(monkeypatch, capsys, config_file, make_mail(), "--mailbox", "it")
+    assert code == os.EX_OK, err
+    assert out.startswith("new-case")
