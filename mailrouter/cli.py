@@ -346,6 +346,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"tags {', '.join(case.tags) or '-'}"
     )
     _print_sla(config, case)
+    _print_satisfaction(case)
     print("messages:")
     for m in record.messages:
         print(
@@ -382,6 +383,18 @@ def _print_sla(config: Config, case: Case) -> None:
         escalated = getattr(case, f"breached_{target.column}_at")
         note = f"; escalated {escalated:%Y-%m-%d %H:%M} UTC" if escalated else ""
         print(f"  {target:<15} due {due:%Y-%m-%d %H:%M:%S} UTC  {state.text()}{note}")
+
+
+def _print_satisfaction(case: Case) -> None:
+    if case.survey_sent_at is None:
+        return
+    asked = f"satisfaction: asked {case.survey_sent_at:%Y-%m-%d %H:%M} UTC"
+    if case.survey_answered_at is None or case.satisfaction_score is None:
+        print(f"{asked}, no answer yet")
+        return
+    comment = f": {case.satisfaction_comment}" if case.satisfaction_comment else ""
+    answered = f"answered {case.survey_answered_at:%Y-%m-%d %H:%M} UTC"
+    print(f"{asked}; {case.satisfaction_score} of 5, {answered}{comment}")
 
 
 def cmd_screened(args: argparse.Namespace) -> int:

@@ -73,6 +73,7 @@ def sample_context(config: Config, department: str) -> dict[str, Any]:
         "other_cases": [case],
         "organisation_open_cases": 2,
         "organisation_open_cases_or_more": False,
+        "reopen_days": config.file.agents.reopen_days,
     }
 
 

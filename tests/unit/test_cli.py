@@ -78,7 +78,7 @@ def test_check_renders_the_survey_of_a_department_that_sends_it(shipped, capsys)
     (shipped / "templates" / "it" / "survey.en.txt.j2").write_text("{{ case.scroe }}\n")
     code, _, err = run(capsys, "--config", str(shipped / "config.toml"), "check")
     assert code == 1
-    assert "template it/survey" in err and "scroe" in err
+    assert "it/survey.en.txt.j2" in err and "scroe" in err
 
 
 def test_check_names_a_template_syntax_error_with_its_line(shipped, capsys):
