@@ -19,8 +19,7 @@ from pydantic import SecretStr
 
 from mailrouter import imap
 from mailrouter.config import Config
-from mailrouter.daemon import sqlite_path
-from mailrouter.db import make_reader, require_current_schema
+from mailrouter.daemon import open_reader, sqlite_path
 from mailrouter.errors import MailrouterError, SchemaMismatch
 from mailrouter.models import Case, Customer
 from mailrouter.oauth import Tokens, TokenSource
@@ -207,17 +206,8 @@ def _database(config: Config) -> tuple[str | None, str | None]:
         for writable in (path, path.parent):  # SQLite writes its journal beside the file
             if not os.access(writable, os.W_OK):
                 return f"{where}: {writable} is not writable", None
-    bounds = config.file.database
     try:
-        engine = make_reader(
-            config.database_url,
-            connect_timeout=bounds.connect_timeout,
-            statement_timeout=bounds.statement_timeout,
-        )
-        try:
-            require_current_schema(engine)
-        finally:
-            engine.dispose()
+        open_reader(config).dispose()
     except SchemaMismatch as exc:
         if exc.newer:
             return f"{where}: {exc}", None
