@@ -539,13 +539,13 @@ class MailboxWorker:
 
     def _log(self, origin: Origin, outcome: Outcome) -> None:
         self.health.counted(outcome.kind)
+        # Not the summary: it may quote a subject or name a sender; the case's events say it all.
         log.info(
-            "mailbox=%s uid=%s %s%s: %s",
+            "mailbox=%s uid=%s %s%s",
             self.name,
             origin.uid,
             outcome.kind.value,
             f" case={outcome.case_number}" if outcome.case_number else "",
-            outcome.summary,
         )
 
     async def _mark(

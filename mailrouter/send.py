@@ -134,8 +134,12 @@ async def warn_about_refused_agents(config: Config, agents: Iterable[str]) -> No
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         log.warning("could not ask the relay about the agents' addresses: %s", classify(exc))
         return
-    for refusal in refused:
-        log.warning("the relay refuses agent %s: their notifications will not reach them", refusal)
+    if refused:
+        log.warning(
+            "the relay refuses %s agent address(es) of [agents.groups]: their notifications will not "
+            "reach them (`mailrouter check --connect` names them)",
+            len(refused),
+        )
 
 
 class Sender:
@@ -324,7 +328,7 @@ class Sender:
             return not connection_lost
         self._last_used = asyncio.get_running_loop().time()
         accepted.append((self._in_hand, reply))
-        log.info("sent outbox=%s to=%s", letter.id, ",".join(self._in_hand.rcpt_to))
+        log.info("sent outbox=%s to %s recipient(s)", letter.id, len(self._in_hand.rcpt_to))
         return True
 
     def _failed(

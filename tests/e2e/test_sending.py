@@ -59,7 +59,8 @@ def test_one_refused_agent_does_not_silence_the_group_and_the_case_records_it(
     )
     assert by_recipient[(agent1.address,)].state == by_recipient[(agent2.address,)].state == OutboxState.SENT
     log = daemon.log()
-    assert f"the relay refuses agent {GONE}: 550" in log and f"the relay refuses agent {BUSY}: 450" in log
+    # The log counts them and names nobody (check --connect names them, at a terminal).
+    assert "the relay refuses 2 agent address(es)" in log and GONE not in log and BUSY not in log
     assert daemon.stop() == 0
     assert len(mailstack.messages(agent1.address, agent1.password)) == 1
     assert len(mailstack.messages(agent2.address, agent2.password)) == 1
