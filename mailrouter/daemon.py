@@ -8,6 +8,7 @@ still running after the shutdown timeout is cancelled, which the transactions ma
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -45,6 +46,9 @@ from mailrouter.supervise import RestartPolicy, Supervisor
 from mailrouter.templates import Templates
 
 log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3  # mallopt(3)
+BIG_BUFFER = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,23 @@ def warn_about_insecure_tls(config: Config) -> None:
         log.warning("smtp.tls_verify = false: the relay's certificate is NOT verified. Test servers only.")
 
 
+def return_big_buffers_to_the_system() -> None:
+    """Every buffer of BIG_BUFFER or more in a mapping of its own, unmapped when it is freed.
+
+    glibc raises its mmap threshold to the size of each big block freed (up to 32 MiB), so after
+    the first big mail the next ones' copies are carved from the heap, whose freed space the
+    process keeps: a batch of big mails then costs their sum again for every round of copies.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:  # not glibc: its allocator has its own policy
+        return
+    mallopt(M_MMAP_THRESHOLD, BIG_BUFFER)
+
+
 def run(loaded: Loaded) -> None:
     """`mailrouter run`: one process per SQLite database, as many as wanted on PostgreSQL."""
+    return_big_buffers_to_the_system()
     path = sqlite_path(loaded.config.database_url)
     instance_lock = InstanceLock(path) if path is not None else None
     if instance_lock is not None:
