@@ -34,6 +34,7 @@ from mailrouter.plan import (
     PlannedEvent,
     QueuedMail,
     Raw,
+    Transition,
 )
 from mailrouter.route import Decision
 from mailrouter.satisfaction import Answer, answers_survey, read_answer
@@ -108,6 +109,7 @@ class _Draft:
     changes: dict[str, Any] = field(default_factory=dict)
     events: list[PlannedEvent] = field(default_factory=list)
     mail: list[QueuedMail] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
 
     def change(self, **values: Any) -> None:
         self.case = dataclasses.replace(self.case, **values)
@@ -126,6 +128,7 @@ class _Draft:
             changes=self.changes,
             events=tuple(self.events),
             mail=tuple(self.mail),
+            transitions=tuple(self.transitions),
             **parts,
         )
 
@@ -360,6 +363,7 @@ class Casework:
             summary = f"satisfaction {answer.score}/5 from {sender}"
             return draft.plan(Outcome(OutcomeKind.FOLLOW_UP, case.number, summary, len(draft.mail)), **parts)
         if verdict.kind == Kind.NORMAL:
+            draft.change(customer_replied_at=now)
             if case.status in FINISHED:
                 self._set_status(draft, CaseStatus.OPEN, sender, "replied to a finished case: reopened")
             elif case.status == CaseStatus.PENDING:
@@ -780,6 +784,10 @@ class Casework:
             draft.record(EventKind.COMMANDS_REJECTED, f"from {agent}: {'; '.join(reply.errors)}")
             return f"commands from {agent} rejected: {'; '.join(reply.errors)}"
         status_before = draft.case.status
+        answering = bool(reply.answer) and not reply.is_note
+        if answering:
+            # Counted before the commands: "#resolve" with an answer resolves after that answer.
+            self._count_answer(draft)
         for command in reply.commands:
             self._effects[command.name](draft, command, agent, inbound, raw, facts)
         told = draft.case.status != status_before and draft.case.status in STATUS_TEMPLATES
@@ -794,8 +802,6 @@ class Casework:
         if reply.answer:
             self._relay(draft, inbound, raw, reply.answer, agent, facts)
             self._sla_answered(draft)
-            if draft.case.first_response_at is None:
-                draft.change(first_response_at=draft.now)
             if draft.case.status == status_before and draft.case.status in (
                 CaseStatus.NEW,
                 CaseStatus.PENDING,
@@ -874,6 +880,51 @@ class Casework:
         )
         draft.record(EventKind.STATUS_CHANGED, f"{who}: {before} → {status} ({why})")
         self._sla_status(draft, before, status)
+        if status != before:
+            draft.transitions.append(Transition(draft.now, before, status))
+            self._history(draft, before, status)
+
+    # --- the reports' history: written once, as it happens, never cleared by a reopen ------------
+
+    def _taken(self, draft: _Draft, target: sla.Target) -> dict[str, Any]:
+        """How long the case took to this moment, for a target's columns: calendar seconds,
+        business seconds less the waits on the customer, and whether its SLA target was met."""
+        case = draft.case
+        spent = sla.working_time(
+            self.config,
+            case.department,
+            case.created_at,
+            draft.now,
+            case.sla_paused_seconds,
+            case.sla_paused_at,
+        )
+        stem = target.column
+        return {
+            f"{stem}_seconds": (draft.now - case.created_at).total_seconds(),
+            f"{stem}_business_seconds": spent.total_seconds(),
+            f"{stem}_met": sla.met(self.config, case.sla, target, spent),
+        }
+
+    def _count_answer(self, draft: _Draft) -> None:
+        case = draft.case
+        draft.change(agent_replies=case.agent_replies + 1)
+        if case.first_response_at is None:
+            draft.change(first_response_at=draft.now, **self._taken(draft, sla.Target.FIRST_RESPONSE))
+
+    def _history(self, draft: _Draft, before: CaseStatus, after: CaseStatus) -> None:
+        case = draft.case
+        if after in FINISHED and before not in FINISHED and case.first_resolved_at is None:
+            answered = case.first_response_at
+            wrote = case.customer_replied_at
+            draft.change(
+                first_resolved_at=draft.now,
+                resolution_replies=case.agent_replies,
+                first_contact_resolution=case.agent_replies == 1
+                and (wrote is None or (answered is not None and wrote <= answered)),
+                **self._taken(draft, sla.Target.RESOLUTION),
+            )
+        if after == CaseStatus.CLOSED and case.closed_at is None:
+            draft.change(closed_at=draft.now)
 
     # --- the customer hears how it goes ---------------------------------------------------------------
 
@@ -957,20 +1008,22 @@ class Casework:
         )
 
     def _sla_status(self, draft: _Draft, before: CaseStatus, after: CaseStatus) -> None:
-        """Waiting on the customer stops the clock; leaving `pending` starts it again, the
-        targets later by the business time it stood still."""
+        """Waiting on the customer stops the clock, on every case (the reports count business
+        time less the waits); leaving `pending` starts it again, an SLA's targets later by the
+        business time it stood still."""
         case = draft.case
-        if not case.sla:
-            return
         if after == CaseStatus.PENDING and before != CaseStatus.PENDING:
             draft.change(sla_paused_at=draft.now)
         elif before == CaseStatus.PENDING and after != CaseStatus.PENDING and case.sla_paused_at is not None:
             waited = sla.paused_for(self.config, case.department, case.sla_paused_at, draft.now)
             paused = case.sla_paused_seconds + waited.total_seconds()
+            draft.change(sla_paused_at=None, sla_paused_seconds=paused)
+            if not case.sla:
+                return
             clock = sla.clock(
                 self.config, case.department, case.sla, case.created_at, timedelta(seconds=paused)
             )
-            draft.change(sla_paused_at=None, sla_paused_seconds=paused, **clock)
+            draft.change(**clock)
             self._record_sla(
                 draft, f"the clock runs again after {sla.duration_text(waited)} waiting on the customer"
             )

@@ -8,6 +8,7 @@ still running after the shutdown timeout is cancelled, which the transactions ma
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -36,15 +37,18 @@ from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
-from mailrouter.oauth import Tokens, TokenSource, expiry_warnings
+from mailrouter.oauth import RELAY, Tokens, TokenSource, expiry_warnings
 from mailrouter.parsepool import ParsePool
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
-from mailrouter.send import Sender, warn_about_refused_agents
+from mailrouter.send import RelayLogin, Sender, warn_about_refused_agents
 from mailrouter.supervise import RestartPolicy, Supervisor
 from mailrouter.templates import Templates
 
 log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3  # mallopt(3)
+BIG_BUFFER = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,23 @@ def warn_about_insecure_tls(config: Config) -> None:
         log.warning("smtp.tls_verify = false: the relay's certificate is NOT verified. Test servers only.")
 
 
+def return_big_buffers_to_the_system() -> None:
+    """Every buffer of BIG_BUFFER or more in a mapping of its own, unmapped when it is freed.
+
+    glibc raises its mmap threshold to the size of each big block freed (up to 32 MiB), so after
+    the first big mail the next ones' copies are carved from the heap, whose freed space the
+    process keeps: a batch of big mails then costs their sum again for every round of copies.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:  # not glibc: its allocator has its own policy
+        return
+    mallopt(M_MMAP_THRESHOLD, BIG_BUFFER)
+
+
 def run(loaded: Loaded) -> None:
     """`mailrouter run`: one process per SQLite database, as many as wanted on PostgreSQL."""
+    return_big_buffers_to_the_system()
     path = sqlite_path(loaded.config.database_url)
     instance_lock = InstanceLock(path) if path is not None else None
     if instance_lock is not None:
@@ -148,15 +167,18 @@ async def serve(loaded: Loaded) -> None:
     await asyncio.to_thread(language.prepare)
     intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
     instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    wake_sender = asyncio.Event()  # set when mail is queued: the sender looks at once
+    tokens = Tokens(config, TokenAlerts(config, engine, wake_sender.set))
+    relay = relay_login(config, tokens)
     sender = Sender(
         engine,
         config.smtp,
-        config.secret("smtp"),
+        relay,
         instance=instance,
         lease=config.daemon.outbox_lease,
         exclusive=sqlite_path(config.database_url) is not None,
+        wake=wake_sender,
     )
-    tokens = Tokens(config, TokenAlerts(config, engine, sender.wake.set))
     for warning in expiry_warnings(config, date.today()):
         log.warning("%s", warning)
     stop = asyncio.Event()
@@ -217,7 +239,7 @@ async def serve(loaded: Loaded) -> None:
     if (interval := watchdog_interval(os.environ)) is not None:
         reporters.append(asyncio.create_task(keep_alive(notifier, interval, stop)))
     # Asks the relay about each agent once; it may hang with the relay, so shutdown cancels it.
-    agent_check = asyncio.create_task(warn_about_refused_agents(config, loaded.agents.agents))
+    agent_check = asyncio.create_task(warn_about_refused_agents(config, relay, loaded.agents.agents))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,
@@ -246,6 +268,16 @@ async def serve(loaded: Loaded) -> None:
         log.critical("stopped after a failure: %s", failure)
         raise failure
     log.info("stopped")
+
+
+def relay_login(config: Config, tokens: Tokens) -> RelayLogin:
+    """The relay's password, or its token source: the one the mailboxes of the same app-only
+    credential use (one token, renewed once for all)."""
+    smtp = config.smtp
+    if smtp.oauth2 is not None:
+        assert smtp.username is not None, "validated: auth = oauth2 needs username"
+        return tokens.source(smtp.oauth2, smtp.username, RELAY)
+    return config.secret("smtp")
 
 
 def _login(config: Config, tokens: Tokens, mailbox: str) -> SecretStr | TokenSource:

@@ -94,6 +94,10 @@ class ReviewError(MailrouterError):
     """A quarantine entry that does not exist, was already released, or has no kept bytes."""
 
 
+class ReportError(MailrouterError):
+    """A report asked for what cannot be reported: an unknown period, no departments."""
+
+
 class OutboxError(MailrouterError):
     """An outgoing mail that does not exist, or is not in a state a person may retry."""
 

@@ -73,7 +73,7 @@ class Case(SQLModel, table=True):
     customer_id: int | None = Field(default=None, foreign_key="customer.id", index=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
-    first_response_at: datetime | None = None
+    first_response_at: datetime | None = Field(default=None, index=True)
     resolved_at: datetime | None = None
     follow_up_at: datetime | None = Field(default=None, index=True)  # set by #followup, for the scheduler
     related_case_id: int | None = Field(
@@ -105,10 +105,43 @@ class Case(SQLModel, table=True):
     # Satisfaction: the survey's Message-ID (only a reply to it is an answer), when it went, and
     # the answer (score 1-5 and what else the customer wrote), for the reports.
     survey_message_id: str = ""
-    survey_sent_at: datetime | None = None
-    survey_answered_at: datetime | None = None
+    survey_sent_at: datetime | None = Field(default=None, index=True)
+    survey_answered_at: datetime | None = Field(default=None, index=True)
     satisfaction_score: int | None = None
     satisfaction_comment: str = ""
+    # The reports' history, written once as it happens and never cleared by a reopen: the first
+    # answer's and the first resolution's durations (calendar seconds, and business seconds less
+    # the time spent waiting on the customer), whether each met its SLA target, and at the first
+    # resolution the agent answers so far and whether that one answer settled it.
+    agent_replies: int = 0
+    customer_replied_at: datetime | None = None  # the customer's latest follow-up
+    first_response_seconds: float | None = None
+    first_response_business_seconds: float | None = None
+    first_response_met: bool | None = None
+    first_resolved_at: datetime | None = Field(default=None, index=True)
+    resolution_seconds: float | None = None
+    resolution_business_seconds: float | None = None
+    resolution_met: bool | None = None
+    resolution_replies: int | None = None
+    first_contact_resolution: bool | None = None
+    closed_at: datetime | None = Field(default=None, index=True)  # first closed
+
+
+class StatusChange(SQLModel, table=True):
+    """Every status transition of a case with its time: the history the reports count, which a
+    reopen adds to and never rewrites."""
+
+    __table_args__ = (
+        Index("ix_statuschange_case_id_at", "case_id", "at"),
+        Index("ix_statuschange_to_status_at", "to_status", "at"),
+        Index("ix_statuschange_from_status_at", "from_status", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="case.id")
+    at: datetime = Field(index=True)
+    from_status: CaseStatus = Field(sa_column=Column(Vocabulary(CaseStatus), nullable=False))
+    to_status: CaseStatus = Field(sa_column=Column(Vocabulary(CaseStatus), nullable=False))
 
 
 class RawMessage(SQLModel, table=True):

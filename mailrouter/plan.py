@@ -116,6 +116,27 @@ class CaseView:
     survey_answered_at: datetime | None = None
     satisfaction_score: int | None = None
     satisfaction_comment: str = ""
+    agent_replies: int = 0
+    customer_replied_at: datetime | None = None
+    first_response_seconds: float | None = None
+    first_response_business_seconds: float | None = None
+    first_response_met: bool | None = None
+    first_resolved_at: datetime | None = None
+    resolution_seconds: float | None = None
+    resolution_business_seconds: float | None = None
+    resolution_met: bool | None = None
+    resolution_replies: int | None = None
+    first_contact_resolution: bool | None = None
+    closed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status change of the plan's case, kept in its history for the reports."""
+
+    at: datetime
+    from_status: CaseStatus
+    to_status: CaseStatus
 
 
 @dataclass(frozen=True)
@@ -171,4 +192,5 @@ class Plan:
     events: tuple[PlannedEvent, ...] = ()
     mail: tuple[QueuedMail, ...] = ()
     bounces: tuple[Bounce, ...] = ()
+    transitions: tuple[Transition, ...] = ()
     checkpoint: Origin | None = None  # the mailbox position this message moves past

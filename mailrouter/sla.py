@@ -114,6 +114,36 @@ def paused_for(config: Config, department: str, since: datetime, until: datetime
     return config.calendar(department).elapsed(since, until)
 
 
+def working_time(
+    config: Config,
+    department: str,
+    opened: datetime,
+    at: datetime,
+    paused_seconds: float,
+    paused_at: datetime | None,
+) -> timedelta:
+    """Business time from opening to `at` less the business time spent waiting on the customer
+    (a wait still going on included): what a target's span is held against."""
+    paused = timedelta(seconds=paused_seconds)
+    if paused_at is not None:
+        paused += paused_for(config, department, paused_at, at)
+    return config.calendar(department).elapsed(opened, at) - paused
+
+
+def met(config: Config, name: str, target: Target, spent: timedelta) -> bool | None:
+    """Whether `spent` business time is within the policy's span for the target; None without a
+    policy (or a target it has not)."""
+    chosen = policy(config, name)
+    if chosen is None:
+        return None
+    span = {
+        Target.FIRST_RESPONSE: chosen.first_response,
+        Target.NEXT_RESPONSE: chosen.next_response,
+        Target.RESOLUTION: chosen.resolution,
+    }[target]
+    return None if span is None else spent <= span
+
+
 def remaining(config: Config, department: str, due: datetime, now: datetime) -> timedelta:
     """Business time left until `due`; negative: the overshoot."""
     return config.calendar(department).elapsed(now, due)

@@ -48,6 +48,7 @@ from mailrouter.models import (
     MessageAttempt,
     OutboxMessage,
     RawMessage,
+    StatusChange,
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
@@ -77,6 +78,7 @@ CASE: Table = Case.__table__  # type: ignore[attr-defined]
 CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
 MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
+STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
@@ -88,6 +90,7 @@ _INSERT_MESSAGE_RETURNING_ID = insert(MESSAGE).returning(MESSAGE.c.id)
 _INSERT_ATTACHMENT = insert(ATTACHMENT)
 _INSERT_OUTBOX = insert(OUTBOX)
 _INSERT_EVENT = insert(EVENT)
+_INSERT_STATUS_CHANGE = insert(STATUS_CHANGE)
 _EVENTS = "mailrouter.events"  # a session's events not yet written (Session.info)
 _REGISTERED = select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key"))
 # One look for both questions: registered already, or another message under its Message-ID?
@@ -284,6 +287,20 @@ CUSTOMER_UPDATE_COLUMNS = (
     "satisfaction_score",
     "satisfaction_comment",
 )
+REPORT_COLUMNS = (
+    "agent_replies",
+    "customer_replied_at",
+    "first_response_seconds",
+    "first_response_business_seconds",
+    "first_response_met",
+    "first_resolved_at",
+    "resolution_seconds",
+    "resolution_business_seconds",
+    "resolution_met",
+    "resolution_replies",
+    "first_contact_resolution",
+    "closed_at",
+)
 
 
 def dedupe_key(mailbox: str, inbound: Inbound) -> str:
@@ -341,7 +358,7 @@ def _case_view(row: Row[Any]) -> CaseView:
         follow_up_at=values["follow_up_at"],
         related_case_id=values["related_case_id"],
         customer=customer,
-        **{column: values[column] for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS)},
+        **{column: values[column] for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)},
     )
 
 
@@ -473,7 +490,8 @@ class SqlFacts:
 
 
 def apply(session: Session, plan: Plan) -> None:
-    """Write a plan: raw copy, customer, case, message, bounces, queued mail, events, checkpoint.
+    """Write a plan: raw copy, customer, case, status changes, message, bounces, queued mail,
+    events, checkpoint.
     Core statements built once, on the session's connection: ORM objects for each row cost more
     than the rest of a message's registration (bench/RESULTS.md)."""
     connection = session.connection()
@@ -485,6 +503,15 @@ def apply(session: Session, plan: Plan) -> None:
     elif plan.changes:
         values = {key: list(value) if key == "tags" else value for key, value in plan.changes.items()}
         connection.execute(update(CASE).where(CASE.c.id == case_id).values(**values))
+    if plan.transitions:
+        assert case_id is not None, "a status changes on a case"
+        connection.execute(
+            _INSERT_STATUS_CHANGE,
+            [
+                {"case_id": case_id, "at": t.at, "from_status": t.from_status, "to_status": t.to_status}
+                for t in plan.transitions
+            ],
+        )
     message_id = None
     if plan.incoming is not None:
         message_id = _insert_incoming(connection, plan.incoming, case_id if plan.incoming.on_case else None)
@@ -543,7 +570,10 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
         "resolved_at": case.resolved_at,
         "follow_up_at": case.follow_up_at,
         "related_case_id": case.related_case_id,
-        **{column: getattr(case, column) for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS)},
+        **{
+            column: getattr(case, column)
+            for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)
+        },
     }
     case_id: int = connection.execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
     return case_id

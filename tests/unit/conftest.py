@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from mailrouter.config import MailboxSettings, load_config
@@ -71,3 +73,28 @@ def intake(config_file):
     """The real intake on a fresh SQLite database: no IMAP, no SMTP."""
     loaded = load(load_config(config_file))
     return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
+
+
+START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday
+
+
+class Clock:
+    """The intake's `now`, moved on by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **span: float) -> datetime:
+        self.now += timedelta(**span)
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """The intake's clock, at START until the test moves it."""
+    clock = Clock(START)
+    monkeypatch.setattr("mailrouter.intake.utcnow", clock)
+    return clock
