@@ -80,7 +80,7 @@ def test_migrate_command_upgrades_and_prints_the_revision(config_file, capsys):
     assert f"schema at revision {HEAD}" in capsys.readouterr().out
 
 
-def test_0008_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byte(database_url):
+def test_0009_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byte(database_url):
     from sqlmodel import Session, select
 
     from mailrouter.compose import compose
@@ -142,7 +142,7 @@ def test_0008_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byt
             return row.data, row.original_sha256, row.original_at
 
     with engine.connect() as connection:
-        command.downgrade(alembic_config(connection), "0007")
+        command.downgrade(alembic_config(connection), "0008")
         connection.commit()
     assert letter() == (outgoing.data, None, None)  # the whole letter again, as composed
     create_schema(engine)

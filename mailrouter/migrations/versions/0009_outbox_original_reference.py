@@ -1,7 +1,7 @@
 """an outbox letter refers to the original it attaches in the raw store instead of holding a copy
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-03 09:00:00
 
 The data migration finds each letter's attached original among the raw messages of its case
@@ -18,8 +18,8 @@ from alembic import op
 from mailrouter.compose import original_part
 from mailrouter.store import with_original
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
