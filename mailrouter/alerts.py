@@ -18,14 +18,14 @@ from sqlmodel import Session
 from mailrouter import store
 from mailrouter.config import Config
 from mailrouter.errors import TokenRefused
-from mailrouter.oauth import TokenSource
+from mailrouter.oauth import RELAY, TokenSource
 from mailrouter.vocabulary import EventKind
 
 
 def users_of(config: Config, credential: str) -> list[str]:
     """The mailboxes (and "smtp", the relay) that log in with the credential."""
     names = [n for n, m in config.mailboxes.items() if m.imap.oauth2 == credential]
-    return names + (["smtp"] if config.smtp.oauth2 == credential else [])
+    return names + ([RELAY] if config.smtp.oauth2 == credential else [])
 
 
 def alert_mail(config: Config, subject: str, text: str) -> tuple[str, list[str], str, bytes] | None:
@@ -86,7 +86,7 @@ class TokenAlerts:
         mail = alert_mail(self.config, subject, text) if subject and text else None
         with Session(self.engine) as session:
             for user in users:
-                store.record(session, kind, detail, mailbox=user if user != "smtp" else "", **data)
+                store.record(session, kind, detail, mailbox=user if user != RELAY else "", **data)
             if mail is not None:
                 store.queue_alert(session, *mail)
             session.commit()

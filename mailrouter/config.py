@@ -141,7 +141,8 @@ class SmtpSettings(_Strict):
     username: str | None = None
     password_env: str | None = None
     password_file: str | None = None
-    # As for a mailbox: "oauth2" logs `username` in with SASL XOAUTH2 and the named credential.
+    # As for a mailbox: "oauth2" logs `username` in with SASL OAUTHBEARER (where the relay offers
+    # it, else XOAUTH2) and a token of the named credential, the one its mailboxes share.
     auth: Literal["password", "oauth2"] = "password"
     oauth2: str | None = None
     timeout: float = Field(default=30.0, gt=0)

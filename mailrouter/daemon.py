@@ -37,11 +37,11 @@ from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
-from mailrouter.oauth import Tokens, TokenSource, expiry_warnings
+from mailrouter.oauth import RELAY, Tokens, TokenSource, expiry_warnings
 from mailrouter.parsepool import ParsePool
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
-from mailrouter.send import Sender, warn_about_refused_agents
+from mailrouter.send import RelayLogin, Sender, warn_about_refused_agents
 from mailrouter.supervise import RestartPolicy, Supervisor
 from mailrouter.templates import Templates
 
@@ -167,15 +167,18 @@ async def serve(loaded: Loaded) -> None:
     await asyncio.to_thread(language.prepare)
     intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
     instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    wake_sender = asyncio.Event()  # set when mail is queued: the sender looks at once
+    tokens = Tokens(config, TokenAlerts(config, engine, wake_sender.set))
+    relay = relay_login(config, tokens)
     sender = Sender(
         engine,
         config.smtp,
-        config.secret("smtp"),
+        relay,
         instance=instance,
         lease=config.daemon.outbox_lease,
         exclusive=sqlite_path(config.database_url) is not None,
+        wake=wake_sender,
     )
-    tokens = Tokens(config, TokenAlerts(config, engine, sender.wake.set))
     for warning in expiry_warnings(config, date.today()):
         log.warning("%s", warning)
     stop = asyncio.Event()
@@ -236,7 +239,7 @@ async def serve(loaded: Loaded) -> None:
     if (interval := watchdog_interval(os.environ)) is not None:
         reporters.append(asyncio.create_task(keep_alive(notifier, interval, stop)))
     # Asks the relay about each agent once; it may hang with the relay, so shutdown cancels it.
-    agent_check = asyncio.create_task(warn_about_refused_agents(config, loaded.agents.agents))
+    agent_check = asyncio.create_task(warn_about_refused_agents(config, relay, loaded.agents.agents))
     log.info(
         "mailrouter running as %s: %s mailbox(es), database %s",
         instance,
@@ -265,6 +268,16 @@ async def serve(loaded: Loaded) -> None:
         log.critical("stopped after a failure: %s", failure)
         raise failure
     log.info("stopped")
+
+
+def relay_login(config: Config, tokens: Tokens) -> RelayLogin:
+    """The relay's password, or its token source: the one the mailboxes of the same app-only
+    credential use (one token, renewed once for all)."""
+    smtp = config.smtp
+    if smtp.oauth2 is not None:
+        assert smtp.username is not None, "validated: auth = oauth2 needs username"
+        return tokens.source(smtp.oauth2, smtp.username, RELAY)
+    return config.secret("smtp")
 
 
 def _login(config: Config, tokens: Tokens, mailbox: str) -> SecretStr | TokenSource:

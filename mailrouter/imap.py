@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from mailrouter.config import ImapSettings
 from mailrouter.errors import ConnectionLost, ImapError
-from mailrouter.oauth import TokenSource
+from mailrouter.oauth import TokenSource, sasl_bearer
 
 T = TypeVar("T")
 
@@ -390,20 +390,15 @@ async def _xoauth2(connection: Connection, user: str, tokens: TokenSource) -> No
     good (revoked early, clocks apart) is renewed once; a second refusal is a login failure."""
     client = connection.client
     mechanism = "OAUTHBEARER" if client.has_capability("AUTH=OAUTHBEARER") else "XOAUTH2"
-
-    def sasl(token: SecretStr) -> bytes:
-        if mechanism == "OAUTHBEARER":
-            return f"n,a={user},\1auth=Bearer {token.get_secret_value()}\1\1".encode()
-        return f"user={user}\1auth=Bearer {token.get_secret_value()}\1\1".encode()
-
     token = await tokens.token()
-    response = await connection.call(_authenticate(client, mechanism, sasl(token)))
+    sasl = sasl_bearer(mechanism, user, token)
+    response = await connection.call(_authenticate(client, mechanism, sasl))
     if response.result != "OK":
         log.warning(
             "mailbox user %s: the server refused the token of %s; renewing it once", user, tokens.label
         )
-        token = await tokens.renewed(token)
-        response = await connection.call(_authenticate(client, mechanism, sasl(token)))
+        sasl = sasl_bearer(mechanism, user, await tokens.renewed(token))
+        response = await connection.call(_authenticate(client, mechanism, sasl))
     ok(response, f"AUTHENTICATE {mechanism} as {user} (credential {tokens.label})")
 
 

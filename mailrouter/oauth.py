@@ -44,6 +44,8 @@ RENEW_AT = 0.8  # of a token's lifetime
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 EXPIRY_WARNING_DAYS = 14
+# The relay's name beside the mailboxes among a credential's users (alerts, refresh-token files).
+RELAY = "smtp"
 
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"
@@ -95,6 +97,13 @@ class Grant(Protocol):
     """One way of getting a token; synchronous (the libraries are), run in a thread."""
 
     def fetch(self) -> Token: ...
+
+
+def sasl_bearer(mechanism: str, user: str, token: SecretStr) -> bytes:
+    """The initial response of SASL OAUTHBEARER (RFC 7628) or XOAUTH2, for IMAP and SMTP alike."""
+    if mechanism.upper() == "OAUTHBEARER":
+        return f"n,a={user},\1auth=Bearer {token.get_secret_value()}\1\1".encode()
+    return f"user={user}\1auth=Bearer {token.get_secret_value()}\1\1".encode()
 
 
 def _token(value: object, expires_in: object, now: float) -> Token:

@@ -19,14 +19,14 @@ from pydantic import SecretStr
 
 from mailrouter import imap
 from mailrouter.config import Config
-from mailrouter.daemon import open_reader, sqlite_path
+from mailrouter.daemon import open_reader, relay_login, sqlite_path
 from mailrouter.errors import MailrouterError, SchemaMismatch
 from mailrouter.models import Case, Customer
 from mailrouter.oauth import Tokens, TokenSource
 from mailrouter.outbox import Refusal
 from mailrouter.parse import Address, AttachmentInfo, Inbound
 from mailrouter.route import Rule
-from mailrouter.send import classify, refused_recipients
+from mailrouter.send import RelayLogin, classify, refused_recipients
 from mailrouter.templates import DEFAULT, Templates
 
 # The templates the daemon renders besides the acknowledgements mailboxes and rules name.
@@ -149,7 +149,7 @@ async def _connect(config: Config, agents: list[str]) -> tuple[list[str], list[s
     logins = asyncio.gather(*(_mailbox_problem(config, tokens, name) for name in config.mailboxes))
     database = asyncio.to_thread(_database, config)
     mailbox_problems, (relay_problem, refusals), (database_problem, database_warning) = await asyncio.gather(
-        logins, _relay(config, agents), database
+        logins, _relay(config, relay_login(config, tokens), agents), database
     )
     problems = [p for p in (*mailbox_problems, relay_problem, database_problem) if p is not None]
     groups = config.file.agents.groups
@@ -180,15 +180,16 @@ async def _mailbox_problem(config: Config, tokens: Tokens, name: str) -> str | N
     return None
 
 
-async def _relay(config: Config, agents: list[str]) -> tuple[str | None, list[Refusal]]:
+async def _relay(config: Config, login: RelayLogin, agents: list[str]) -> tuple[str | None, list[Refusal]]:
     """Log in to the relay (SMTP AUTH where configured) and ask about each agent (RCPT TO, no DATA)."""
     smtp = config.smtp
     mail_from = next(iter(config.mailboxes.values())).address
     try:
-        return None, await refused_recipients(smtp, config.secret("smtp"), mail_from, agents)
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        login = f" as {smtp.username}" if smtp.username else ""
-        return f"{config.path}: smtp: relay {smtp.host}:{smtp.port}{login}: {classify(exc)}", []
+        return None, await refused_recipients(smtp, login, mail_from, agents)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, MailrouterError) as exc:
+        reason = exc if isinstance(exc, MailrouterError) else classify(exc)
+        user = f" as {smtp.username}" if smtp.username else ""
+        return f"{config.path}: smtp: relay {smtp.host}:{smtp.port}{user}: {reason}", []
 
 
 def _database(config: Config) -> tuple[str | None, str | None]:

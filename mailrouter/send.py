@@ -17,6 +17,7 @@ commit's round trip (durable on the server before we hear back) plus one write t
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import aiosmtplib
+from aiosmtplib.status import SMTPStatus
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
@@ -31,9 +33,16 @@ from mailrouter import outbox
 from mailrouter.compose import with_crlf
 from mailrouter.config import Config, SmtpSettings
 from mailrouter.db import write_turns
-from mailrouter.errors import DatabaseUnavailable, PermanentDeliveryError, TemporaryDeliveryError, Unclaimed
+from mailrouter.errors import (
+    DatabaseUnavailable,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+    TokenRefused,
+    Unclaimed,
+)
 from mailrouter.imap import tls_context
 from mailrouter.models import utcnow
+from mailrouter.oauth import TokenSource, sasl_bearer
 from mailrouter.outbox import Letter, Refusal
 
 log = logging.getLogger(__name__)
@@ -82,8 +91,13 @@ def dot_stuffed(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-async def connect(settings: SmtpSettings, password: SecretStr | None) -> aiosmtplib.SMTP:
-    """A session with the relay as configured: TLS (implicit or STARTTLS) and login."""
+# How the sender logs in to the relay: a password, a token of an [oauth2] credential, or not at all.
+RelayLogin = SecretStr | TokenSource | None
+
+
+async def connect(settings: SmtpSettings, login: RelayLogin) -> aiosmtplib.SMTP:
+    """A session with the relay as configured: TLS (implicit or STARTTLS) and login (AUTH with
+    the password, or SASL OAUTHBEARER/XOAUTH2 with the credential's current token)."""
     context = tls_context(settings.ca_file, settings.tls_verify) if settings.security != "none" else None
     smtp = aiosmtplib.SMTP(
         hostname=settings.host,
@@ -94,20 +108,58 @@ async def connect(settings: SmtpSettings, password: SecretStr | None) -> aiosmtp
         tls_context=context,
     )
     await smtp.connect()
-    if settings.username is not None and password is not None:
+    if settings.username is not None and login is not None:
         try:
-            await smtp.login(settings.username, password.get_secret_value())
+            if isinstance(login, TokenSource):
+                await _bearer_login(smtp, settings.username, login)
+            else:
+                await smtp.login(settings.username, login.get_secret_value())
         except BaseException:
             smtp.close()
             raise
     return smtp
 
 
+async def _bearer_login(smtp: aiosmtplib.SMTP, user: str, tokens: TokenSource) -> None:
+    """OAUTHBEARER (RFC 7628) where the relay offers it, else XOAUTH2. A token the relay refuses
+    that should still be good (revoked early, clocks apart) is renewed once; a second refusal is
+    a login failure like a wrong password's."""
+    if smtp.is_ehlo_or_helo_needed:
+        await smtp.ehlo()  # after STARTTLS the AUTH mechanisms are only known from a new EHLO
+    mechanism = "OAUTHBEARER" if "oauthbearer" in smtp.server_auth_methods else "XOAUTH2"
+    token = await tokens.token()
+    try:
+        await _authenticate(smtp, mechanism, user, token)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        log.warning(
+            "relay user %s: the relay refused the token of %s (%s %s); renewing it once",
+            user,
+            tokens.label,
+            exc.code,
+            exc.message,
+        )
+        await _authenticate(smtp, mechanism, user, await tokens.renewed(token))
+
+
+async def _authenticate(smtp: aiosmtplib.SMTP, mechanism: str, user: str, token: SecretStr) -> None:
+    """AUTH with the initial response. A refusal comes first as a 334 challenge carrying the
+    error (RFC 7628 3.2.2), which the client answers (OAUTHBEARER: %x01) to hear the 5xx."""
+    if mechanism == "XOAUTH2":
+        await smtp.auth_xoauth2(user, token.get_secret_value())  # aiosmtplib answers the challenge
+        return
+    sasl = base64.b64encode(sasl_bearer(mechanism, user, token))
+    response = await smtp.execute_command(b"AUTH", mechanism.encode(), sasl)
+    if response.code == SMTPStatus.auth_continue:
+        response = await smtp.execute_command(base64.b64encode(b"\1"))
+    if response.code != SMTPStatus.auth_successful:
+        raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
+
+
 async def refused_recipients(
-    settings: SmtpSettings, password: SecretStr | None, mail_from: str, recipients: Iterable[str]
+    settings: SmtpSettings, login: RelayLogin, mail_from: str, recipients: Iterable[str]
 ) -> list[Refusal]:
     """The recipients the relay refuses at RCPT TO; no DATA, so nothing is sent."""
-    smtp = await connect(settings, password)
+    smtp = await connect(settings, login)
     refused: list[Refusal] = []
     try:
         await smtp.mail(mail_from)
@@ -123,16 +175,17 @@ async def refused_recipients(
     return refused
 
 
-async def warn_about_refused_agents(config: Config, agents: Iterable[str]) -> None:
+async def warn_about_refused_agents(config: Config, login: RelayLogin, agents: Iterable[str]) -> None:
     """At start: name the agents whose address the relay refuses (one who left, a typo), before
     a case needs them. Their notifications still reach the others of their group."""
     if not agents or not config.mailboxes:
         return
     mail_from = next(iter(config.mailboxes.values())).address
     try:
-        refused = await refused_recipients(config.smtp, config.secret("smtp"), mail_from, sorted(agents))
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        log.warning("could not ask the relay about the agents' addresses: %s", classify(exc))
+        refused = await refused_recipients(config.smtp, login, mail_from, sorted(agents))
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, TokenRefused) as exc:
+        reason = exc if isinstance(exc, TokenRefused) else classify(exc)
+        log.warning("could not ask the relay about the agents' addresses: %s", reason)
         return
     if refused:
         log.warning(
@@ -147,20 +200,21 @@ class Sender:
         self,
         engine: Engine,
         settings: SmtpSettings,
-        password: SecretStr | None,
+        login: RelayLogin,
         *,
         instance: str = "mailrouter",
         lease: float = 300.0,
         exclusive: bool = True,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
-        self.password = password
+        self.login = login
         self.instance = instance
         self.lease = lease
         # SQLite: the only instance (flock), so claims left by a dead predecessor are void at start.
         self.exclusive = exclusive
-        self.wake = asyncio.Event()
+        self.wake = wake or asyncio.Event()
         self._smtp: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
         self._recovered_at = -lease
@@ -234,7 +288,7 @@ class Sender:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         if self._smtp is None or not self._smtp.is_connected:
-            self._smtp = await connect(self.settings, self.password)
+            self._smtp = await connect(self.settings, self.login)
         return self._smtp
 
     async def _disconnect_if_idle(self) -> None:
@@ -302,12 +356,14 @@ class Sender:
         self._in_hand = letter
         try:
             smtp = await self._connect()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # No session, or our login refused: not the letter's fault, whatever the reply code
-            # (a wrong password must not fail every letter for good). It waits, and is retried.
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, TokenRefused) as exc:
+            # No session, or our login refused (or no token for it): not the letter's fault,
+            # whatever the reply code (a wrong password must not fail every letter for good).
+            # It waits, and is retried; a refused token is also an incident of its credential.
             s = self.settings
+            reason = exc if isinstance(exc, TokenRefused) else classify(exc)
             failure: TemporaryDeliveryError | PermanentDeliveryError = TemporaryDeliveryError(
-                f"relay {s.host}:{s.port}: {classify(exc)}"
+                f"relay {s.host}:{s.port}: {reason}"
             )
             await asyncio.to_thread(self._failed, letter, failure)
             return False

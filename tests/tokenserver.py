@@ -10,8 +10,8 @@ token is parsed by hand. It speaks what mailrouter and Dovecot need:
 - introspection at /introspect, the token as a bearer (Dovecot's introspection_mode
   auth), answered as RFC 7662 does.
 Tokens live `lifetime` seconds. A test can disable a client (every token of it is refused at
-once, and so is every new grant: invalid_client) and enable it again, approve a device code,
-and read counters of what was issued and asked.
+once, and so is every new grant: invalid_client) and enable it again, revoke the tokens a client
+holds (new ones are issued), approve a device code, and read counters of what was issued and asked.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class TokenServer:
     _key: str = field(default_factory=lambda: secrets.token_hex(32))
     _refresh: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (client, user)
     _devices: dict[str, Device] = field(default_factory=dict)  # device code -> Device
+    _jtis: dict[str, set[str]] = field(default_factory=dict)  # the access tokens issued, by client
+    _revoked: set[str] = field(default_factory=set)  # jti of tokens revoked before their expiry
+    expires: dict[str, float] = field(default_factory=dict)  # the latest token's expiry, by client
     _runners: list[web.AppRunner] = field(default_factory=list)
     base_url: str = ""
 
@@ -74,6 +77,11 @@ class TokenServer:
 
     def enable(self, client_id: str) -> None:
         self.clients[client_id].enabled = True
+
+    def revoke_tokens(self, client_id: str) -> None:
+        """The client's access tokens issued so far are refused from now on (as after a
+        password reset); new ones are issued as before."""
+        self._revoked |= self._jtis.get(client_id, set())
 
     def approve(self, user_code: str, user: str) -> None:
         device = next(d for d in self._devices.values() if d.user_code == user_code)
@@ -153,6 +161,8 @@ class TokenServer:
         if user is not None:
             claims["upn"] = user
         self.issued[client_id] += 1
+        self._jtis.setdefault(client_id, set()).add(str(claims["jti"]))
+        self.expires[client_id] = float(claims["exp"])
         body: dict[str, object] = {
             "token_type": "Bearer",
             "access_token": jwt.encode(claims, self._key, algorithm="HS256"),
@@ -241,7 +251,7 @@ class TokenServer:
         except jwt.PyJWTError:
             claims = {}
         client = self.clients.get(str(claims.get("azp", "")))
-        if client is None or not client.enabled:
+        if client is None or not client.enabled or claims.get("jti") in self._revoked:
             self.introspected["inactive"] += 1
             return web.json_response({"active": False})
         self.introspected["active"] += 1

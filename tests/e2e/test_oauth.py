@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from mailrouter.vocabulary import EventKind, OutboxKind
+from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
 from tests.e2e.conftest import Account, Daemon
 from tests.e2e.conftest import send_mail as send
 from tests.e2e.test_http import readiness, wait_ready, with_http
@@ -55,9 +56,12 @@ to = ["{ops}"]
 
 
 def failed_logins(stack: MailStack, daemon: Daemon) -> list[str]:
-    log = (stack.dir / "log" / "dovecot.log").read_text(errors="replace")
-    addresses = [re.escape(m.address) for m in daemon.mailboxes.values()]
-    return re.findall(rf".*(?:oauth2 failed|auth failed|Password mismatch).*(?:{'|'.join(addresses)}).*", log)
+    """Dovecot's lines of a refused login by one of the daemon's mailboxes (the passdb names the
+    user before the failure, imap-login after it)."""
+    log = (stack.dir / "log" / "dovecot.log").read_text(errors="replace").splitlines()
+    failure = re.compile("oauth2 failed|auth failed|Password mismatch")
+    addresses = {m.address for m in daemon.mailboxes.values()}
+    return [line for line in log if failure.search(line) and any(a in line for a in addresses)]
 
 
 def case_for(daemon: Daemon, subject: str) -> bool:
@@ -129,3 +133,91 @@ def test_a_revoked_client_turns_its_mailboxes_red_with_one_alert_and_green_again
     assert {e.mailbox for e in daemon.events(EventKind.TOKEN_RECOVERED)} == {"it", "hr"}
     assert len(daemon.outbox(OutboxKind.ALERT)) == 1
     assert readiness(base)[0] == 200
+
+
+RELAY_CLIENT, RELAY_SECRET = "mailrouter-relay", "relay-secret-for-tests"
+
+
+def relay_on_oauth2(installation, mailstack: MailStack, server: TokenServer) -> Daemon:
+    """Mailboxes on passwords; the relay (submission: STARTTLS, AUTH through Dovecot, which asks
+    the token server) logs in as the it mailbox with app-only tokens of a credential of its own."""
+    first = installation()
+    smtp = {
+        "security": "starttls",
+        "port": mailstack.submission_port,
+        "ca_file": str(mailstack.ca_file),
+        "username": first.mailboxes["it"].address,
+        "auth": "oauth2",
+        "oauth2": "relay",
+    }
+    daemon = installation(name="relay", smtp=smtp, like=first)
+    daemon.config_path.write_text(
+        daemon.config_path.read_text()
+        + f"""
+[oauth2.relay]
+provider = "microsoft"
+tenant = "contoso"
+client_id = "{RELAY_CLIENT}"
+client_secret_env = "E2E_RELAY_SECRET"
+authority = "{server.base_url}"
+ca_file = "{mailstack.ca_file}"
+"""
+    )
+    daemon.env["E2E_RELAY_SECRET"] = RELAY_SECRET
+    server.add_client(RELAY_CLIENT, RELAY_SECRET, {first.mailboxes["it"].address})
+    return daemon
+
+
+def restart_relay(mailstack: MailStack) -> None:
+    """Postfix restarts, as a relay does: the sender's next letter opens a session and logs in anew."""
+    mailstack.stop_smtp()
+    mailstack.start_smtp()
+
+
+def test_acknowledgements_go_out_through_the_relay_on_three_second_tokens_renewed_for_each_new_login(
+    installation, mailstack, token_server, customer: Account
+):
+    daemon = relay_on_oauth2(installation, mailstack, token_server)
+    daemon.start(wait=True)
+    for round_ in range(3):
+        if round_:
+            expires = token_server.expires[RELAY_CLIENT]
+            daemon.wait_until(lambda e=expires: time.time() > e, "the relay's token to run out", 10)
+            restart_relay(mailstack)
+        issued = token_server.issued[RELAY_CLIENT]
+        send(mailstack, customer.address, daemon.mailboxes["it"].address, f"printer {round_}", "hi")
+        acks = mailstack.wait_for_messages(customer.address, customer.password, round_ + 1)
+        assert f"printer {round_}" in str(acks[-1]["Subject"])
+        if round_:  # the session after the restart could not log in with the expired token
+            assert token_server.issued[RELAY_CLIENT] > issued
+    daemon.wait_idle()
+    assert {o.state for o in daemon.outbox()} == {OutboxState.SENT}
+    assert token_server.introspected["inactive"] == 0
+    assert failed_logins(mailstack, daemon) == []
+    assert "refused the token" not in daemon.log()
+    assert daemon.stop() == 0
+
+
+def test_a_token_the_relay_refuses_before_its_expiry_is_renewed_once_and_the_letter_goes_out(
+    installation, mailstack, token_server, customer: Account
+):
+    token_server.lifetime = 300  # never due during the test: only the refusal renews it
+    daemon = relay_on_oauth2(installation, mailstack, token_server)
+    daemon.start(wait=True)
+    send(mailstack, customer.address, daemon.mailboxes["it"].address, "before", "hi")
+    mailstack.wait_for_messages(customer.address, customer.password, 1)
+    issued = token_server.issued[RELAY_CLIENT]
+
+    token_server.revoke_tokens(RELAY_CLIENT)
+    restart_relay(mailstack)
+    send(mailstack, customer.address, daemon.mailboxes["it"].address, "after", "hi")
+    acks = mailstack.wait_for_messages(customer.address, customer.password, 2)
+    assert "after" in str(acks[-1]["Subject"])
+    assert token_server.issued[RELAY_CLIENT] == issued + 1
+    assert daemon.log().count("the relay refused the token of relay") == 1
+    # one refused login (Dovecot tries the password passdb after the oauth2 one, and logs both)
+    assert len([line for line in failed_logins(mailstack, daemon) if "oauth2 failed" in line]) == 1
+    daemon.wait_idle()
+    assert {o.state for o in daemon.outbox()} == {OutboxState.SENT}
+    assert daemon.events(EventKind.TOKEN_REFUSED) == []
+    assert daemon.stop() == 0
