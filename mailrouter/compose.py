@@ -123,6 +123,9 @@ class Outgoing:
     subject: str
     text: str
     data: bytes
+    # Where the attached original (`original_part`) sits in `data`: the outbox keeps the letter
+    # without it and refers to the raw store instead.
+    original_at: int | None = None
 
 
 def tagged_subject(case_number: str, subject: str) -> str:
@@ -152,8 +155,9 @@ def compose(
     if body.html is not None:
         html = _text_part(body.html, "html")
         headers, content = _multipart("alternative", _boundary(), [_entity(headers, content), _entity(*html)])
+    original = b""
     if attach_original is not None:
-        original = _original_part(attach_original)
+        original = original_part(attach_original)
         headers, content = _multipart(
             "mixed", _boundary(avoiding=original), [_entity(headers, content), original]
         )
@@ -181,13 +185,15 @@ def compose(
         headers.append(("X-Auto-Response-Suppress", "All"))
     headers.append((LOOP_HEADER, from_address))
     headers.append(("X-Mailrouter-Case", case_number))
+    data = _entity(headers, content)
     return Outgoing(
         mail_from=from_address,
         rcpt_to=(*to, *cc),
         message_id=message_id,
         subject=single_line(subject),
         text=body.text,
-        data=_entity(headers, content),
+        data=data,
+        original_at=data.find(original) if original else None,
     )
 
 
@@ -225,7 +231,7 @@ def _boundary(avoiding: bytes = b"") -> str:
             return boundary
 
 
-def _original_part(raw: bytes) -> bytes:
+def original_part(raw: bytes) -> bytes:
     """The mail we were sent as a message/rfc822 part, byte for byte but for CRLF line ends:
     parsed and written out again by email, it cost more than the rest of a notification, and
     could come out changed."""

@@ -390,7 +390,8 @@ def _group(
 
     def timing(calendar: Any, business: Any) -> Timing:
         return Timing(
-            durations[calendar].get(key, _EMPTY_DURATIONS), durations[business].get(key, _EMPTY_DURATIONS)
+            durations.get(calendar, {}).get(key, _EMPTY_DURATIONS),
+            durations.get(business, {}).get(key, _EMPTY_DURATIONS),
         )
 
     distribution = tuple(scores or [0] * len(SCORES))

@@ -215,7 +215,12 @@ class OutboxMessage(SQLModel, table=True):
     mail_from: str
     rcpt_to: list[str] = Field(sa_column=Column(JSON, nullable=False))
     message_id: str = Field(index=True)
+    # The letter as sent, except the customer's original when it attaches one: that stays in the
+    # raw store, once (`original_sha256`), and goes back in at `original_at` when it is sent.
+    # Emptied a while after it was sent ([privacy] sent_body_days).
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    original_sha256: str | None = Field(default=None, foreign_key="rawmessage.sha256")
+    original_at: int | None = None
     state: OutboxState = Field(
         default=OutboxState.QUEUED,
         sa_column=Column(Vocabulary(OutboxState), nullable=False, index=True, default=OutboxState.QUEUED),

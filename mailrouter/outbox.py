@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 BATCH = 20
 
 _O = store.OUTBOX.c
+_R = store.RAW_MESSAGE.c
 # A batch is bounded by bytes as well as rows: notifications attach the customer's whole mail.
 # The due rows' sizes come first (length() reads a value's stored size, not its bytes, in SQLite
-# and PostgreSQL alike), and only the letters that fit are claimed and read.
+# and PostgreSQL alike; an attached original's is the raw store's), and only the letters that
+# fit are claimed and read.
+_ORIGINAL_SIZE = select(_R.size).where(_R.sha256 == _O.original_sha256).scalar_subquery()
 _DUE = (
-    select(_O.id, func.length(_O.data).label("size"))
+    select(_O.id, (func.length(_O.data) + func.coalesce(_ORIGINAL_SIZE, 0)).label("size"))
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.next_attempt_at <= bindparam("now"))
     .where(or_(_O.claimed_until.is_(None), _O.claimed_until < bindparam("now")))
@@ -45,8 +48,12 @@ _CLAIM = (
     update(store.OUTBOX)
     .where(_O.id.in_(bindparam("rows", expanding=True)))
     .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
-    .returning(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts, _O.created_at)
+    .returning(
+        *(_O.id, _O.case_id, _O.kind, _O.mail_from, _O.rcpt_to, _O.data, _O.attempts, _O.created_at),
+        *(_O.original_sha256, _O.original_at),
+    )
 )
+_ORIGINALS = select(_R.sha256, _R.data).where(_R.sha256.in_(bindparam("shas", expanding=True)))
 _MARK_SENDING = (  # compare-and-set, only while the claim is still ours
     update(store.OUTBOX)
     .where(_O.id == bindparam("row"))
@@ -62,10 +69,12 @@ _SPLIT_OFF = (
     .from_select(
         [
             *("case_id", "kind", "mail_from", "message_id", "data", "created_at"),
+            *("original_sha256", "original_at"),
             *("rcpt_to", "state", "attempts", "next_attempt_at", "last_error", "claimed_by"),
         ],
         select(
             *(_O.case_id, _O.kind, _O.mail_from, _O.message_id, _O.data, _O.created_at),
+            *(_O.original_sha256, _O.original_at),
             bindparam("rcpt_to", type_=_O.rcpt_to.type),
             bindparam("state", OutboxState.QUEUED, type_=_O.state.type),
             _O.attempts + 1,
@@ -206,9 +215,13 @@ def claim(engine: Engine, instance: str, lease: float, batch_bytes: int) -> Batc
             chosen.append(row.id)
             size += row.size
         rows = []
+        originals: dict[str, bytes] = {}
         if chosen:
             claimed = {"rows": chosen, "instance": instance, "lease_until": now + timedelta(seconds=lease)}
             rows = sorted(connection.execute(_CLAIM, claimed).all(), key=lambda row: row.id)
+            shas = sorted({row.original_sha256 for row in rows if row.original_sha256})
+            if shas:
+                originals = {sha: data for sha, data in connection.execute(_ORIGINALS, {"shas": shas})}
     letters = [
         Letter(
             row.id,
@@ -216,7 +229,9 @@ def claim(engine: Engine, instance: str, lease: float, batch_bytes: int) -> Batc
             row.kind,
             row.mail_from,
             tuple(row.rcpt_to),
-            row.data,
+            store.with_original(row.data, row.original_at, originals[row.original_sha256])
+            if row.original_sha256
+            else row.data,
             row.attempts,
             row.created_at.replace(tzinfo=UTC),  # stored naive, in UTC
         )

@@ -36,6 +36,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as sql_select
 
 from mailrouter.casework import OtherCase, SentMail
+from mailrouter.compose import original_part
 from mailrouter.models import (
     Attachment,
     Case,
@@ -519,7 +520,7 @@ def apply(session: Session, plan: Plan) -> None:
     if plan.mail:
         assert plan.case is not None and case_id is not None, "mail is queued on a case"
         for mail in plan.mail:
-            _queue(connection, case_id, plan.case.department, mail)
+            _queue(connection, case_id, plan.case.department, mail, plan.raw)
     for planned in plan.events:
         record(
             session,
@@ -621,9 +622,15 @@ def _insert_incoming(connection: Connection, incoming: Incoming, case_id: int | 
     return message_id
 
 
-def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMail) -> None:
-    """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID."""
+def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMail, raw: Raw | None) -> None:
+    """The outbox row and the matching outgoing Message, so replies to it thread by Message-ID.
+    An attached original is the plan's own raw message: the row refers to it, not a copy."""
     outgoing = mail.outgoing
+    data, original_sha256 = outgoing.data, None
+    if outgoing.original_at is not None:
+        assert raw is not None, "the attached original is the plan's raw message"
+        data = without_original(outgoing.data, outgoing.original_at, raw.data)
+        original_sha256 = raw.sha256
     connection.execute(
         _INSERT_MESSAGE,
         {
@@ -648,9 +655,22 @@ def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMa
             "mail_from": outgoing.mail_from,
             "rcpt_to": list(outgoing.rcpt_to),
             "message_id": outgoing.message_id,
-            "data": outgoing.data,
+            "data": data,
+            "original_sha256": original_sha256,
+            "original_at": outgoing.original_at,
         },
     )
+
+
+def without_original(data: bytes, at: int, raw: bytes) -> bytes:
+    part = original_part(raw)
+    assert data[at : at + len(part)] == part, "the original sits where compose said"
+    return data[:at] + data[at + len(part) :]
+
+
+def with_original(data: bytes, at: int, raw: bytes) -> bytes:
+    """The letter as composed: its original back in place."""
+    return data[:at] + original_part(raw) + data[at:]
 
 
 def queue_alert(session: Session, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes) -> None:

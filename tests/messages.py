@@ -75,3 +75,13 @@ def make_dsn(
         + returned_part
         + b"\r\n--B--\r\n"
     )
+
+
+def whole_letter(session, row) -> bytes:
+    """An outbox row's letter as the sender sends it: its attached original back from the raw store."""
+    from mailrouter.models import RawMessage
+    from mailrouter.store import with_original
+
+    if row.original_sha256 is None:
+        return row.data
+    return with_original(row.data, row.original_at, session.get(RawMessage, row.original_sha256).data)

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from mailrouter.models import Case, Event, OutboxMessage, utcnow
 from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.store import _ORGANISATION_OPEN_CASES
-from tests.messages import make_mail
+from tests.messages import make_mail, whole_letter
 
 CUSTOMER = "Kari Nordmann <kari@kunde.example>"
 uid = iter(range(1, 1000))
@@ -24,7 +24,11 @@ def deliver(intake, **mail):
 def outbox(intake, kind=None):
     with Session(intake.engine) as session:
         rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
-    return [email.message_from_bytes(r.data, policy=default) for r in rows if kind in (None, r.kind)]
+        return [
+            email.message_from_bytes(whole_letter(session, r), policy=default)
+            for r in rows
+            if kind in (None, r.kind)
+        ]
 
 
 def events(intake, kind):

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from mailrouter import quoting
 from mailrouter.models import OutboxMessage
 from mailrouter.plan import Origin
-from tests.messages import make_mail
+from tests.messages import make_mail, whole_letter
 
 uid = iter(range(1, 1000))
 
@@ -25,7 +25,7 @@ def outbox(intake, kind):
         rows = session.exec(
             select(OutboxMessage).where(OutboxMessage.kind == kind).order_by(OutboxMessage.id)
         )
-        return [email.message_from_bytes(r.data, policy=default) for r in rows.all()]
+        return [email.message_from_bytes(whole_letter(session, r), policy=default) for r in rows.all()]
 
 
 def to_agent1(messages):

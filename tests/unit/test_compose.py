@@ -197,7 +197,7 @@ def _by_email_mime(
     if attach_original is None:
         return data
     closing = f"--{mixed}--\r\n".encode()
-    original = module._original_part(attach_original)
+    original = module.original_part(attach_original)
     return data.removesuffix(closing) + f"--{mixed}\r\n".encode() + original + b"\r\n" + closing
 
 

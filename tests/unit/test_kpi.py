@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from email.message import Message
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from mailrouter import kpi
-from tests.unit.test_agent_flow import agent_reply, new_case
+from mailrouter.daemon import load, open_database
+from mailrouter.intake import Intake
+from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver, new_case, outbox
 from tests.unit.test_history import customer_writes
+from tests.unit.test_sla import with_sla
 
 OSLO = ZoneInfo("Europe/Oslo")
 NOVEMBER = kpi.Period(date(2026, 11, 1), date(2026, 11, 30), "last-month")
@@ -42,3 +48,154 @@ def test_last_months_figures_do_not_change_when_a_case_is_reopened_today(intake,
         1,
         1,
     )
+
+
+# --- one November on a desk with business hours (Oslo, 08-16 on weekdays) and an SLA -----------
+# first response 4h and resolution 2d (16h) of business time. Oslo is UTC+1 all November.
+
+HOURS = 3600
+
+
+@pytest.fixture
+def desk(config_file):
+    department = 'sla = "standard"\nbusiness_hours = "oslo"\nsatisfaction_survey = true\n'
+    loaded = load(with_sla(config_file, department=department))
+    return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
+
+
+def at(day: int, hour: int, minute: int = 0, month: int = 11) -> datetime:
+    return datetime(2026, month, day, hour, minute, tzinfo=UTC)
+
+
+def open_case(intake, clock, moment: datetime, subject: str) -> tuple[str, Message]:
+    clock.now = moment
+    number = deliver(intake, sender=CUSTOMER, subject=subject).case_number
+    [notification, *_] = [m for m in outbox(intake, "notification") if f"[{number}]" in m["Subject"]]
+    return number, notification
+
+
+def answer(intake, clock, moment: datetime, notification: Message, body: str) -> None:
+    clock.now = moment
+    agent_reply(intake, notification, body)
+
+
+def writes(intake, clock, moment: datetime, number: str, body: str = "Still broken.") -> None:
+    clock.now = moment
+    deliver(intake, sender=CUSTOMER, subject=f"Re: [{number}] it", body=body)
+
+
+def rates(intake, clock, moment: datetime, number: str, score: str) -> None:
+    clock.now = moment
+    [survey] = [m for m in outbox(intake, "survey") if f"[{number}]" in m["Subject"]]
+    headers = {"In-Reply-To": survey["Message-ID"], "References": survey["Message-ID"]}
+    deliver(intake, sender=CUSTOMER, subject=f"Re: {survey['Subject']}", body=score, headers=headers)
+
+
+@pytest.fixture
+def november(desk, clock):
+    """Six cases; the expected figures are worked out by hand in the tests below."""
+    open_case(desk, clock, at(31, 23, 30, month=10), "E: arrives at 00:30 on 1 November in Oslo")
+    a, a_mail = open_case(desk, clock, at(2, 8), "A")  # 09:00 Monday in Oslo
+    answer(desk, clock, at(2, 10), a_mail, "Try the other tray.")  # 2h, 2h of business
+    answer(desk, clock, at(2, 12), a_mail, "#resolve")  # 4h, 4h; one answer: first contact
+    b, b_mail = open_case(desk, clock, at(2, 14), "B")  # 15:00, an hour before closing
+    answer(desk, clock, at(3, 9), b_mail, "#pending\nWhich floor?")  # 19h; 1h + 2h of business
+    writes(desk, clock, at(4, 10), a)  # A reopened
+    answer(desk, clock, at(4, 11), a_mail, "#resolve")  # resolved again: its first figures stay
+    rates(desk, clock, at(4, 12), a, "5 - thanks!")
+    writes(desk, clock, at(5, 10), b, "Third floor.")  # pending 6h + 8h + 3h of business
+    answer(desk, clock, at(5, 12), b_mail, "#resolve\nFixed.")  # 70h; 22h - 17h = 5h of business
+    open_case(desk, clock, at(6, 15, 30), "C")  # Friday 16:30, after closing: never answered
+    _, f_mail = open_case(desk, clock, at(10, 8), "F")  # Tuesday 09:00
+    answer(desk, clock, at(11, 8), f_mail, "Replaced the toner.")  # 24h; 7h + 1h: over 4h
+    answer(desk, clock, at(11, 9), f_mail, "#resolve")  # 25h, 9h
+    open_case(desk, clock, at(29, 23, 30), "D: arrives at 00:30 on Monday 30 November in Oslo")
+    return desk
+
+
+def test_counts_follow_the_status_history(november):
+    kpis = figures(november, now=at(3, 12, month=12)).total.kpis
+    assert (kpis.created, kpis.resolved, kpis.reopened, kpis.closed) == (6, 3, 1, 0)
+    assert kpis.reopen_rate == pytest.approx(1 / 3)
+
+
+def test_the_backlog_is_counted_at_the_periods_end_by_age(november):
+    """End: midnight in Oslo, 23:00 UTC on 30 November. E is 29 days and 23.5 hours old, C 24
+    days, D 23.5 hours."""
+    kpis = figures(november, now=at(3, 12, month=12)).total.kpis
+    assert kpis.backlog == (1, 0, 0, 2, 0)
+
+
+def test_answer_and_resolution_times_in_calendar_and_business_time(november):
+    kpis = figures(november, now=at(3, 12, month=12)).total.kpis
+    assert kpis.first_response == kpi.Timing(
+        calendar=kpi.Durations(3, 19.0 * HOURS, 24.0 * HOURS),
+        business=kpi.Durations(3, 3.0 * HOURS, 8.0 * HOURS),
+    )
+    assert kpis.resolution == kpi.Timing(
+        calendar=kpi.Durations(3, 25.0 * HOURS, 70.0 * HOURS),
+        business=kpi.Durations(3, 5.0 * HOURS, 9.0 * HOURS),
+    )
+
+
+def test_sla_compliance_per_target(november):
+    kpis = figures(november, now=at(3, 12, month=12)).total.kpis
+    assert kpis.sla_first_response == kpi.Compliance(met=2, missed=1)
+    assert kpis.sla_resolution == kpi.Compliance(met=3, missed=0)
+    assert kpis.sla_first_response.rate == pytest.approx(2 / 3)
+
+
+def test_first_contact_resolution_and_replies_per_case(november):
+    """A and F were settled by their one answer; B took two, and the customer wrote between."""
+    kpis = figures(november, now=at(3, 12, month=12)).total.kpis
+    assert (kpis.first_resolutions, kpis.first_contact_resolutions, kpis.agent_replies) == (3, 2, 4)
+    assert kpis.replies_per_case == pytest.approx(4 / 3)
+
+
+def test_satisfaction(november):
+    satisfaction = figures(november, now=at(3, 12, month=12)).total.satisfaction
+    assert (satisfaction.surveys_sent, satisfaction.surveys_answered, satisfaction.answers) == (3, 1, 1)
+    assert satisfaction.mean == 5.0 and satisfaction.distribution == (0, 0, 0, 0, 1)
+    assert satisfaction.response_rate == pytest.approx(1 / 3)
+
+
+def test_arrivals_by_weekday_and_hour_in_the_departments_time_zone(november):
+    arrivals = figures(november, now=at(3, 12, month=12)).arrivals
+    counted = {(day, hour): n for day, hours in enumerate(arrivals) for hour, n in enumerate(hours) if n}
+    monday, tuesday, friday, sunday = 0, 1, 4, 6
+    assert counted == {
+        (sunday, 0): 1,
+        (monday, 9): 1,
+        (monday, 15): 1,
+        (friday, 16): 1,
+        (tuesday, 9): 1,
+        (monday, 0): 1,
+    }
+
+
+def test_a_case_arriving_before_midnight_utc_belongs_to_the_next_local_day(november):
+    october = figures(november, kpi.Period(date(2026, 10, 1), date(2026, 10, 31), "october"))
+    assert october.total.kpis.created == 0
+    utc = kpi.figures(november.engine, NOVEMBER, {"it": ZoneInfo("UTC")}, now=at(3, 12, month=12))
+    assert utc.total.kpis.created == 5  # in UTC, E arrived on 31 October
+
+
+def test_the_breakdowns_group_the_same_figures(november):
+    result = figures(november, now=at(3, 12, month=12))
+    [it] = result.breakdown(kpi.Dimension.DEPARTMENT).groups
+    assert it.key == "it" and it.kpis == result.total.kpis
+    [organisation] = result.breakdown(kpi.Dimension.ORGANISATION).groups
+    assert organisation.key == "kunde.example" and organisation.kpis.created == 6
+    [customer] = result.breakdown(kpi.Dimension.CUSTOMER).groups
+    assert customer.key == "kari@kunde.example"
+    assert {g.key for g in result.breakdown(kpi.Dimension.PRIORITY).groups} == {"normal"}
+
+
+def test_the_hour_of_arrival_is_local_on_either_side_of_a_clock_change(intake, clock):
+    """Oslo's clocks go back at 01:00 UTC on 25 October: 00:30 and 01:30 UTC are both 02:30."""
+    for moment in (at(25, 0, 30, month=10), at(25, 1, 30, month=10)):
+        clock.now = moment
+        deliver(intake, sender=CUSTOMER, subject="Clock change")
+    arrivals = figures(intake, kpi.Period(date(2026, 10, 25), date(2026, 10, 25), "day")).arrivals
+    sunday = 6
+    assert arrivals[sunday][2] == 2 and sum(map(sum, arrivals)) == 2

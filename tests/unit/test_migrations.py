@@ -78,3 +78,77 @@ def test_migrate_command_upgrades_and_prints_the_revision(config_file, capsys):
 
     assert main(["--config", str(config_file), "migrate"]) == 0
     assert f"schema at revision {HEAD}" in capsys.readouterr().out
+
+
+def test_0009_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byte(database_url):
+    from sqlmodel import Session, select
+
+    from mailrouter.compose import compose
+    from mailrouter.models import Case, Message, OutboxMessage, RawMessage
+    from mailrouter.store import without_original
+    from mailrouter.templates import Rendered
+    from tests.messages import make_mail
+
+    raw = make_mail(body="Kari's mail, attached to the notification")
+    outgoing = compose(
+        case_number="IT-1001",
+        from_address="it-support@example.test",
+        from_name="IT",
+        to=("agent1@example.test",),
+        subject="New case",
+        body=Rendered("A new case\n", None),
+        attach_original=raw,
+    )
+    assert outgoing.original_at is not None
+    engine = make_engine(database_url)
+    create_schema(engine)
+    with Session(engine) as session:
+        case = Case(number="IT-1001", department="it", subject="Printer")
+        session.add(case)
+        session.add(RawMessage(sha256="a" * 64, size=len(raw), data=raw))
+        session.flush()
+        session.add(
+            Message(
+                case_id=case.id,
+                direction="in",
+                author_role="customer",
+                mailbox="it",
+                message_id="<m1@k>",
+                raw_sha256="a" * 64,
+            )
+        )
+        session.add(
+            OutboxMessage(
+                case_id=case.id,
+                kind="notification",
+                mail_from=outgoing.mail_from,
+                rcpt_to=list(outgoing.rcpt_to),
+                message_id=outgoing.message_id,
+                data=without_original(outgoing.data, outgoing.original_at, raw),
+                original_sha256="a" * 64,
+                original_at=outgoing.original_at,
+            )
+        )
+        session.commit()
+
+    def letter() -> tuple[bytes, str | None, int | None]:
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("outboxmessage")}
+            if "original_at" not in columns:
+                return connection.execute(text("SELECT data FROM outboxmessage")).scalar_one(), None, None
+            row = connection.execute(
+                text("SELECT data, original_sha256, original_at FROM outboxmessage")
+            ).one()
+            return row.data, row.original_sha256, row.original_at
+
+    with engine.connect() as connection:
+        command.downgrade(alembic_config(connection), "0008")
+        connection.commit()
+    assert letter() == (outgoing.data, None, None)  # the whole letter again, as composed
+    create_schema(engine)
+    data, sha, at = letter()
+    assert (sha, at) == ("a" * 64, outgoing.original_at) and len(data) < len(outgoing.data)
+    assert data == without_original(outgoing.data, outgoing.original_at, raw)
+    with Session(engine) as session:
+        assert session.exec(select(OutboxMessage)).one().original_sha256 == "a" * 64
+    engine.dispose()

@@ -1,21 +1,29 @@
 """The sender's pure parts (the DATA payload it writes by hand, its backoff) and its outbox rows."""
 
 import asyncio
+import email
 import random
 import re
 from datetime import timedelta
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import default
 
 import pytest
 from sqlmodel import Session, select
 
 from mailrouter import outbox
+from mailrouter.compose import original_part, with_crlf
 from mailrouter.config import SmtpSettings
 from mailrouter.db import create_schema, make_engine
 from mailrouter.errors import TemporaryDeliveryError
-from mailrouter.models import Event, OutboxMessage, utcnow
+from mailrouter.models import Event, Message, OutboxMessage, utcnow
 from mailrouter.outbox import Letter, Refusal
+from mailrouter.plan import Origin
 from mailrouter.send import Sender, backoff, dot_stuffed
 from mailrouter.vocabulary import OutboxState
+from tests.messages import make_mail
 from tests.postgres import temporary_database
 
 BUDGET = 16 * 1024 * 1024
@@ -309,3 +317,43 @@ def test_a_claimed_batch_is_bounded_by_bytes_but_always_takes_one_letter(engine)
             (ids[4:5], False),
         ]
     )
+
+
+def test_a_notification_refers_to_the_original_in_the_raw_store_and_is_sent_whole(intake):
+    """The outbox keeps no second copy of the customer's mail: the row refers to the raw store,
+    and the letter claimed for sending carries the original, byte for byte, as its attachment."""
+    body = "The attached spreadsheet is broken " * 200
+    raw = make_mail(body=body)
+    intake.process(raw, Origin("it", 7, 1))
+    with Session(intake.engine) as session:
+        [incoming] = session.exec(select(Message).where(Message.direction == "in")).all()
+        notifications = session.exec(select(OutboxMessage).where(OutboxMessage.kind == "notification")).all()
+    assert len(notifications) == 2  # one per agent of it-agents
+    for row in notifications:
+        assert row.original_sha256 == incoming.raw_sha256 and row.original_at is not None
+        assert with_crlf(raw) not in row.data
+    letters = {letter.id: letter for letter in outbox.claim(intake.engine, "a", 60, BUDGET).letters}
+    for row in notifications:
+        assert len(letters[row.id].data) == len(row.data) + len(original_part(raw))
+        sent = email.message_from_bytes(letters[row.id].data, policy=default)
+        [original] = [part for part in sent.walk() if part.get_filename() == "original.eml"]
+        assert original.get_content_type() == "message/rfc822"
+        assert letters[row.id].data.count(with_crlf(raw)) == 1
+
+
+def test_a_batchs_byte_budget_counts_the_original_each_letter_attaches(intake):
+    mail = MIMEMultipart()
+    mail["From"], mail["To"], mail["Subject"] = "kari@kunde.example", "it-support@example.test", "Logs"
+    mail.attach(MIMEText("The logs are attached."))
+    mail.attach(MIMEApplication(b"x" * 200_000, Name="logs.bin"))
+    raw = mail.as_bytes()
+    intake.process(raw, Origin("it", 7, 1))
+    with Session(intake.engine) as session:
+        rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    assert [row.kind for row in rows] == ["acknowledgement", "notification", "notification"]
+    assert all(len(row.data) < 20_000 for row in rows)
+    budget = len(rows[0].data) + len(rows[1].data) + len(raw)  # the first notification, not the second
+    assert [letter.id for letter in outbox.claim(intake.engine, "a", 60, budget).letters] == [
+        rows[0].id,
+        rows[1].id,
+    ]
