@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, devicelogin, logs, outbox, preflight, sla, store
+from mailrouter import __version__, devicelogin, logs, outbox, preflight, reportmail, sla, store
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
@@ -100,6 +100,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{config.path}: ok — {len(config.mailboxes)} mailbox(es), {len(rules)} rule(s), "
         f"{len(needed)} template(s){connected}"
     )
+    for report in config.file.reports:
+        print(f"  {reportmail.describe(config, report, utcnow())}")
     return 0
 
 
