@@ -18,13 +18,14 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, kpi, logs, outbox, preflight, report, sla, store
+from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, report, sla, store
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
 from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
 from mailrouter.models import Case, utcnow
+from mailrouter.oauth import RELAY
 from mailrouter.parse import Inbound, parse
 from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
@@ -548,6 +549,18 @@ def _date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, not {value!r}") from None
 
 
+def cmd_oauth_login(args: argparse.Namespace) -> int:
+    """The device-code sign-in of a mailbox on a delegated credential (devicelogin.py)."""
+    config = load_config(_config_path(args))
+
+    def tell(prompt: devicelogin.Prompt) -> None:
+        print(prompt, flush=True)  # the person reads it while we wait
+
+    path = devicelogin.login(config, args.mailbox, tell)
+    print(f"signed in: the refresh token is in {path} (mode 0600); `mailrouter run` uses it")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade the schema (what `run` does on start) and say where the database stands."""
     config = load_config(_config_path(args), resolve_secrets=False)
@@ -648,6 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--department", help="one department (default: all of them)")
     figures.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
     figures.set_defaults(func=cmd_report)
+    oauth = commands.add_parser("oauth", help="OAuth2 credentials").add_subparsers(
+        dest="oauth_command", required=True
+    )
+    sign_in = oauth.add_parser(
+        "login",
+        help="sign a mailbox on a delegated credential in once (device code), keeping its refresh token",
+    )
+    sign_in.add_argument("mailbox", help=f"the mailbox (its [mailboxes.<name>]), or {RELAY} for the relay")
+    sign_in.set_defaults(func=cmd_oauth_login)
     commands.add_parser("migrate", help="upgrade the database schema and print its revision").set_defaults(
         func=cmd_migrate
     )

@@ -136,7 +136,7 @@ class MicrosoftAppOnly:
             ) from exc
         if "access_token" not in result:
             self.app = None
-            raise _refused(
+            raise refused(
                 self.name, "client_credentials", result.get("error"), result.get("error_description")
             )
         return _token(result["access_token"], result.get("expires_in"), now)
@@ -166,7 +166,7 @@ class AuthlibGrant:
             else:
                 result = self.session.fetch_token(self.endpoint, grant_type="client_credentials")
         except OAuthError as exc:
-            raise _refused(self.name, self.flow, exc.error, exc.description) from None
+            raise refused(self.name, self.flow, exc.error, exc.description) from None
         except requests.RequestException as exc:
             raise TokenUnavailable(
                 f"credential {self.name}: the identity provider is unreachable: {exc}"
@@ -174,7 +174,7 @@ class AuthlibGrant:
         return _token(result["access_token"], result.get("expires_in"), now)
 
 
-def _refused(name: str, flow: str, error: object, description: object) -> TokenRefused:
+def refused(name: str, flow: str, error: object, description: object) -> TokenRefused:
     error, description = str(error or "error"), str(description or "").strip()
     return TokenRefused(name, error, description, advice(error, description, flow))
 
@@ -242,6 +242,37 @@ def _verified(session: requests.Session, settings: OAuth2Settings, config: Confi
     return session
 
 
+def msal_options(config: Config, name: str) -> dict[str, Any]:
+    """MSAL's application settings for credential `name`, confidential or public alike."""
+    settings = config.file.oauth2[name]
+    authority = (settings.authority or MICROSOFT_AUTHORITY).rstrip("/")
+    return {
+        "client_id": settings.client_id,
+        "authority": f"{authority}/{settings.tenant}",
+        # Entra's instance discovery knows only Microsoft's own hosts: a configured authority
+        # (a sovereign cloud, a test server) is trusted as written.
+        "instance_discovery": settings.authority is None,
+        "validate_authority": settings.authority is None,
+        "http_client": _verified(requests.Session(), settings, config),
+        "token_cache": msal.TokenCache(),
+    }
+
+
+def oauth2_session(config: Config, name: str) -> OAuth2Session:
+    """authlib's client for credential `name`: a confidential client with its secret, a public
+    one (a device-code sign-in without a secret) by its id alone."""
+    settings = config.file.oauth2[name]
+    secret = config.secret(f"oauth2.{name}")
+    session = OAuth2Session(
+        settings.client_id,
+        secret.get_secret_value() if secret is not None else None,
+        scope=" ".join(scopes(settings)),
+        token_endpoint_auth_method="client_secret_post" if secret is not None else "none",
+    )
+    _verified(session, settings, config)
+    return session
+
+
 def build_grant(config: Config, name: str, subject: str | None, mailbox: str | None) -> Grant:
     """The grant of credential `name`; `subject` is the mailbox user a service account acts for,
     `mailbox` the one whose refresh token a delegated credential reads."""
@@ -260,18 +291,8 @@ def build_grant(config: Config, name: str, subject: str | None, mailbox: str | N
         else:
             assert secret is not None
             credential = secret.get_secret_value()
-        authority = (settings.authority or MICROSOFT_AUTHORITY).rstrip("/")
         app = functools.partial(
-            msal.ConfidentialClientApplication,
-            settings.client_id,
-            client_credential=credential,
-            authority=f"{authority}/{settings.tenant}",
-            # Entra's instance discovery knows only Microsoft's own hosts: a configured authority
-            # (a sovereign cloud, a test server) is trusted as written.
-            instance_discovery=settings.authority is None,
-            validate_authority=settings.authority is None,
-            http_client=_verified(requests.Session(), settings, config),
-            token_cache=msal.TokenCache(),
+            msal.ConfidentialClientApplication, client_credential=credential, **msal_options(config, name)
         )
         return MicrosoftAppOnly(app, scopes(settings), name)
     if settings.grant == "service_account":
@@ -290,13 +311,7 @@ def build_grant(config: Config, name: str, subject: str | None, mailbox: str | N
         )
         _verified(session, settings, config)
         return AuthlibGrant(session, endpoint, "service_account", name)
-    session = OAuth2Session(
-        settings.client_id,
-        secret.get_secret_value() if secret is not None else None,
-        scope=" ".join(scopes(settings)),
-        token_endpoint_auth_method="client_secret_post" if secret is not None else "none",
-    )
-    _verified(session, settings, config)
+    session = oauth2_session(config, name)
     if settings.grant == "delegated":
         if mailbox is None:
             raise ConfigError(f"oauth2.{name}: a delegated credential serves one mailbox user at a time")

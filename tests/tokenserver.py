@@ -6,7 +6,8 @@ token is parsed by hand. It speaks what mailrouter and Dovecot need:
 - the token endpoint with the client-credentials, refresh-token, device-code and JWT-bearer
   (RFC 7523, Google's service accounts) grants, Entra-style at /<tenant>/oauth2/v2.0/token,
   with the OpenID discovery document MSAL reads first;
-- device authorization (RFC 8628) at /<tenant>/oauth2/v2.0/devicecode;
+- device authorization (RFC 8628) at /<tenant>/oauth2/v2.0/devicecode, and the page the person
+  approves the code on at /device (a form POST with user_code and user, as if signed in);
 - introspection at /introspect, the token as a bearer (Dovecot's introspection_mode
   auth), answered as RFC 7662 does.
 Tokens live `lifetime` seconds. A test can disable a client (every token of it is refused at
@@ -100,6 +101,8 @@ class TokenServer:
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", self._devicecode)
         app.router.add_get("/introspect", self._introspect)
+        app.router.add_get("/device", self._device_page)
+        app.router.add_post("/device", self._device_approval)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
@@ -240,6 +243,22 @@ class TokenServer:
                 "message": f"To sign in, open {self.base_url}/device and enter the code {user_code}.",
             }
         )
+
+    async def _device_page(self, request: web.Request) -> web.Response:
+        """Where the person goes: a form for the code (and, as if signed in, who they are)."""
+        return web.Response(
+            content_type="text/html",
+            text='<form method="post"><input name="user_code"><input name="user"><button>Go</button></form>',
+        )
+
+    async def _device_approval(self, request: web.Request) -> web.Response:
+        """The form sent: the code is approved for that user, as by a person in the browser."""
+        form = await request.post()
+        code, user = str(form.get("user_code", "")), str(form.get("user", ""))
+        if not any(d.user_code == code for d in self._devices.values()) or not user:
+            return web.Response(status=400, text="unknown or expired code")
+        self.approve(code, user)
+        return web.Response(text=f"signed in as {user}: you may close this window")
 
     async def _introspect(self, request: web.Request) -> web.Response:
         """Active when the signature and expiry hold and the client is enabled. The username is
