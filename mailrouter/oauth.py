@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import msal
 import requests
-from authlib.integrations.base_client.errors import OAuthError
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import AssertionSession, OAuth2Session
 from pydantic import SecretStr
 
@@ -78,6 +78,11 @@ def advice(error: str, description: str, flow: str) -> str:
     text = f"{error} {description}".lower()
     if "tenant" in text or "aadsts90002" in text:
         return "the tenant is wrong or unknown: check tenant (or authority) in the [oauth2] section"
+    if error == "unauthorized_client" and flow == "service_account":
+        return (
+            "the service account may not act for this user: in the Google Admin console (Security, "
+            "API controls, Domain-wide delegation) authorize its client id for the scopes"
+        )
     if "disabled" in text or error == "unauthorized_client":
         return "the application is disabled or not allowed this grant: re-enable it in the provider's console"
     if error == "invalid_client":
@@ -162,10 +167,10 @@ class AuthlibGrant:
                 if result.get("refresh_token") and result["refresh_token"] != stored:
                     store_refresh_token(self.refresh_file, str(result["refresh_token"]))
             elif isinstance(self.session, AssertionSession):
-                result = self.session.fetch_token()
+                result = self.session.refresh_token()  # a new assertion, signed now
             else:
                 result = self.session.fetch_token(self.endpoint, grant_type="client_credentials")
-        except OAuthError as exc:
+        except AuthlibBaseError as exc:  # the provider's error answer (OAuthError, OAuth2Error)
             raise refused(self.name, self.flow, exc.error, exc.description) from None
         except requests.RequestException as exc:
             raise TokenUnavailable(

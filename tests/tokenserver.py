@@ -183,7 +183,7 @@ class TokenServer:
         form = {k: str(v) for k, v in (await request.post()).items()}
         grant = form.get("grant_type", "")
         if grant == JWT_BEARER_GRANT:
-            return self._jwt_bearer(form)
+            return self._jwt_bearer(form, request)
         found = self._client(form, request)
         client_id = form.get("client_id", "?")
         if found is None:
@@ -210,20 +210,33 @@ class TokenServer:
             return self._issue(client_id, device.user, refresh=True)
         return self._error(client_id, "unsupported_grant_type", f"grant {grant!r} is not offered")
 
-    def _jwt_bearer(self, form: dict[str, str]) -> web.Response:
-        """Google's service-account grant: an assertion signed with the account's private key,
-        naming the account (iss) and the user it acts for (sub)."""
+    def _jwt_bearer(self, form: dict[str, str], request: web.Request) -> web.Response:
+        """Google's service-account grant (RFC 7523): an assertion signed with the account's
+        private key, for this token endpoint (aud), naming the account (iss) and the user it acts
+        for (sub), who must be one the domain-wide delegation covers (the client's mailboxes)."""
         assertion = form.get("assertion", "")
         try:
             unverified = jwt.decode(assertion, options={"verify_signature": False})
             client_id = str(unverified["iss"])
             client = self.clients[client_id]
             assert client.public_key is not None
-            claims = jwt.decode(assertion, client.public_key, algorithms=["RS256"], audience=self.base_url)
+            audience = str(request.url)
+            claims = jwt.decode(assertion, client.public_key, algorithms=["RS256"], audience=audience)
         except (jwt.PyJWTError, KeyError, AssertionError) as exc:
             return self._error("?", "invalid_grant", f"Invalid JWT: {exc}")
         if not client.enabled:
             return self._error(client_id, "invalid_grant", "Invalid grant: account not found")
+        if not form.get("scope"):
+            return self._error(
+                client_id, "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+            )
+        if claims.get("sub") not in client.mailboxes:
+            return self._error(
+                client_id,
+                "unauthorized_client",
+                "Client is unauthorized to retrieve access tokens using this method, or client not "
+                "authorized for any of the scopes requested.",
+            )
         return self._issue(client_id, str(claims["sub"]), refresh=False)
 
     async def _devicecode(self, request: web.Request) -> web.Response:

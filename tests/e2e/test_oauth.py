@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
 from tests.e2e.conftest import Account, Daemon
@@ -321,3 +323,69 @@ def test_oauth_login_by_device_code_keeps_a_0600_refresh_token_that_logs_the_mai
     assert all(
         refresh_token.encode() not in f.read_bytes() for f in database.parent.glob(database.name + "*")
     )
+
+
+SERVICE_ACCOUNT = "mailrouter@helpdesk-project.iam.gserviceaccount.com"
+
+
+def on_service_account(
+    daemon: Daemon, server: TokenServer, mailboxes: tuple[str, ...], delegated: tuple[str, ...]
+) -> None:
+    """The mailboxes log in through Google's domain-wide delegation: a service account's key
+    (the JSON file Google hands out) signs an assertion for each mailbox user; the delegation
+    covers the users of `delegated`."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    account = {
+        "type": "service_account",
+        "client_email": SERVICE_ACCOUNT,
+        "private_key_id": "k1",
+        "private_key": private.decode(),
+        "token_uri": f"{server.base_url}/google/oauth2/v2.0/token",
+    }
+    key_file = daemon.directory / "service-account.json"
+    key_file.write_text(json.dumps(account))
+    key_file.chmod(0o600)
+    text = daemon.config_path.read_text()
+    for name in mailboxes:
+        text = text.replace(
+            f'password_env = "E2E_{name.upper()}_PASSWORD"', 'auth = "oauth2"\noauth2 = "gws"'
+        )
+    daemon.config_path.write_text(
+        text
+        + f"""
+[oauth2.gws]
+provider = "google"
+service_account_file = "{key_file}"
+ca_file = "{daemon.stack.ca_file}"
+"""
+    )
+    users = {daemon.mailboxes[n].address for n in delegated}
+    server.add_client(SERVICE_ACCOUNT, "", users, public_key=public.decode())
+
+
+def test_a_google_service_account_signs_an_assertion_for_each_mailbox_user_and_they_log_in(
+    installation, mailstack, token_server, customer: Account
+):
+    """it and hr are covered by the domain-wide delegation, vaktmester is not: Google's
+    unauthorized_client, said by key with what to do in the Admin console."""
+    daemon = installation()
+    on_service_account(daemon, token_server, ("it", "hr", "vaktmester"), delegated=("it", "hr"))
+    daemon.start(wait=True)
+    for name in ("it", "hr"):
+        send(mailstack, customer.address, daemon.mailboxes[name].address, f"{name} via google", "hi")
+    for name in ("it", "hr"):
+        daemon.wait_until(lambda n=name: case_for(daemon, f"{n} via google"), f"the {name} case")
+    # One token per user (each assertion names its own sub), renewed every 2.4 s.
+    assert token_server.issued[SERVICE_ACCOUNT] >= 2
+    daemon.wait_until(lambda: daemon.events(EventKind.TOKEN_REFUSED), "vaktmester's refusal")
+    [refused] = daemon.events(EventKind.TOKEN_REFUSED)
+    assert refused.mailbox == "vaktmester"  # its own token: the others are not stopped
+    assert "unauthorized_client" in refused.detail and "Domain-wide delegation" in refused.detail
+    assert failed_logins(mailstack, daemon) == []
+    assert daemon.stop() == 0
