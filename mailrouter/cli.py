@@ -18,7 +18,8 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, report, sla, store
+from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, reportmail, sla, store
+from mailrouter import report as formats  # `report` names the [[reports]] entries here
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
@@ -100,6 +101,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{config.path}: ok — {len(config.mailboxes)} mailbox(es), {len(rules)} rule(s), "
         f"{len(needed)} template(s){connected}"
     )
+    for report in config.file.reports:
+        print(f"  {reportmail.describe(config, report, utcnow())}")
     return 0
 
 
@@ -531,14 +534,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     names = {d: config.mailboxes[d].display_name for d in departments}
     if args.format == "csv":
         sys.stdout.flush()
-        sys.stdout.buffer.write(report.csv_bytes(figures, names))
+        sys.stdout.buffer.write(formats.csv_bytes(figures, names))
         sys.stdout.buffer.flush()
     elif args.format == "json":
-        print(report.as_json(figures), end="")
+        print(formats.as_json(figures), end="")
     elif args.format == "html":
-        print(report.html(figures, names), end="")
+        print(formats.html(figures, names), end="")
     else:
-        print(report.table(figures, names), end="")
+        print(formats.table(figures, names), end="")
     return 0
 
 
