@@ -19,11 +19,15 @@ from mailrouter import store
 from mailrouter.config import Config
 from mailrouter.errors import TokenRefused
 from mailrouter.oauth import RELAY, TokenSource
-from mailrouter.vocabulary import EventKind
+from mailrouter.vocabulary import EventKind, OutboxKind
 
 
-def users_of(config: Config, credential: str) -> list[str]:
-    """The mailboxes (and "smtp", the relay) that log in with the credential."""
+def users_of(config: Config, source: TokenSource) -> list[str]:
+    """The mailboxes (and "smtp", the relay) that log in with the source's token: its one user's
+    (a service account's or delegated token), or every one of an app-only credential."""
+    if source.user is not None:
+        return [source.user]
+    credential = source.credential
     names = [n for n, m in config.mailboxes.items() if m.imap.oauth2 == credential]
     return names + ([RELAY] if config.smtp.oauth2 == credential else [])
 
@@ -54,7 +58,7 @@ class TokenAlerts:
         self.wake = wake
 
     async def refused(self, source: TokenSource, error: TokenRefused) -> None:
-        users = users_of(self.config, source.credential)
+        users = users_of(self.config, source)
         detail = f"{error}. Mailboxes stopped until it is mended: {', '.join(users)}"
         subject = f"mailrouter: credential {source.label} refused, {', '.join(users)} stopped"
         text = (
@@ -67,7 +71,7 @@ class TokenAlerts:
         await asyncio.to_thread(self._write, EventKind.TOKEN_REFUSED, users, detail, subject, text, error)
 
     async def recovered(self, source: TokenSource) -> None:
-        users = users_of(self.config, source.credential)
+        users = users_of(self.config, source)
         detail = f"credential {source.label} works again: {', '.join(users)} resume"
         await asyncio.to_thread(self._write, EventKind.TOKEN_RECOVERED, users, detail, None, None, None)
 
@@ -88,7 +92,7 @@ class TokenAlerts:
             for user in users:
                 store.record(session, kind, detail, mailbox=user if user != RELAY else "", **data)
             if mail is not None:
-                store.queue_alert(session, *mail)
+                store.queue_letter(session, OutboxKind.ALERT, *mail)
             session.commit()
         if mail is not None:
             self.wake()

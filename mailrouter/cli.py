@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from alembic.migration import MigrationContext
@@ -18,13 +18,15 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, logs, outbox, preflight, sla, store
+from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, reportmail, sla, store
+from mailrouter import report as formats  # `report` names the [[reports]] entries here
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
 from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
 from mailrouter.models import Case, utcnow
+from mailrouter.oauth import RELAY
 from mailrouter.parse import Inbound, parse
 from mailrouter.plan import DELIVERED, Origin
 from mailrouter.review import retry, screened, set_aside
@@ -99,6 +101,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{config.path}: ok — {len(config.mailboxes)} mailbox(es), {len(rules)} rule(s), "
         f"{len(needed)} template(s){connected}"
     )
+    for report in config.file.reports:
+        print(f"  {reportmail.describe(config, report, utcnow())}")
     return 0
 
 
@@ -158,6 +162,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ("group", decision.group or "-"),
         ("assignee", decision.assignee or "-"),
         ("tags", ", ".join(decision.tags) or "-"),
+        ("sensitive", "yes: agents get the number, category and an excerpt" if decision.sensitive else "no"),
         ("acknowledge", acknowledgement),
         ("sla", _sla_explained(config, decision)),
         ("because", decision.explanation),
@@ -343,7 +348,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(
         f"  department {case.department}, status {case.status}, priority {case.priority}, "
         f"category {case.category or '-'}, group {case.group or '-'}, assignee {case.assignee or '-'}, "
-        f"tags {', '.join(case.tags) or '-'}"
+        f"tags {', '.join(case.tags) or '-'}" + (", SENSITIVE" if case.sensitive else "")
     )
     _print_sla(config, case)
     _print_satisfaction(case)
@@ -353,6 +358,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  {m.received_at:%Y-%m-%d %H:%M:%S} {m.direction:<3} {m.author_role:<11} "
             f"{m.from_addr}  {m.subject}"
         )
+        if args.text and m.text:
+            print("".join(f"      {line}\n" for line in m.text.splitlines()), end="")
     print("outgoing mail:")
     for o in record.outbox:
         print(f"  {o.kind} to {', '.join(o.rcpt_to)}: {o.state} after {o.attempts} attempt(s) {o.last_error}")
@@ -508,6 +515,58 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     return os.EX_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The figures of a period, for one department or all, in local dates of the departments."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    if args.department and args.department not in config.mailboxes:
+        print(
+            f"error: no department {args.department!r}; configured: {', '.join(config.mailboxes)}",
+            file=sys.stderr,
+        )
+        return 2
+    departments = [args.department] if args.department else list(config.mailboxes)
+    zones = {d: config.calendar(d).zone for d in departments}
+    if (args.start is None) != (args.end is None):
+        print("error: --from and --to go together", file=sys.stderr)
+        return 2
+    if args.start is not None:
+        period = kpi.dates_period(args.start, args.end)
+    else:  # "today" as the first department's clock has it
+        period = kpi.named_period(args.period, utcnow().astimezone(zones[departments[0]]).date())
+    figures = kpi.figures(open_reader(config), period, zones)
+    names = {d: config.mailboxes[d].display_name for d in departments}
+    if args.format == "csv":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(formats.csv_bytes(figures, names))
+        sys.stdout.buffer.flush()
+    elif args.format == "json":
+        print(formats.as_json(figures), end="")
+    elif args.format == "html":
+        print(formats.html(figures, names), end="")
+    else:
+        print(formats.table(figures, names), end="")
+    return 0
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, not {value!r}") from None
+
+
+def cmd_oauth_login(args: argparse.Namespace) -> int:
+    """The device-code sign-in of a mailbox on a delegated credential (devicelogin.py)."""
+    config = load_config(_config_path(args))
+
+    def tell(prompt: devicelogin.Prompt) -> None:
+        print(prompt, flush=True)  # the person reads it while we wait
+
+    path = devicelogin.login(config, args.mailbox, tell)
+    print(f"signed in: the refresh token is in {path} (mode 0600); `mailrouter run` uses it")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade the schema (what `run` does on start) and say where the database stands."""
     config = load_config(_config_path(args), resolve_secrets=False)
@@ -570,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     show = commands.add_parser("show", help="one case with its messages, outgoing mail and events")
     show.add_argument("case", help="case number, e.g. IT-1001")
+    show.add_argument("--text", action="store_true", help="each message's text too (a sensitive case's)")
     show.set_defaults(func=cmd_show)
 
     listed = commands.add_parser("screened", help="mail that screening kept out of any case")
@@ -599,6 +659,24 @@ def build_parser() -> argparse.ArgumentParser:
     deliver = commands.add_parser("deliver", help="register one message from standard input (an MTA's pipe)")
     deliver.add_argument("--mailbox", help="the department mailbox it was addressed to, e.g. it")
     deliver.set_defaults(func=cmd_deliver)
+    figures = commands.add_parser(
+        "report", help="the desk's figures over a period (README: Reports defines each one)"
+    )
+    figures.add_argument("--period", choices=kpi.PERIODS, default="last-week")
+    figures.add_argument("--from", dest="start", type=_date, metavar="DATE", help="first day, YYYY-MM-DD")
+    figures.add_argument("--to", dest="end", type=_date, metavar="DATE", help="last day, included")
+    figures.add_argument("--department", help="one department (default: all of them)")
+    figures.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
+    figures.set_defaults(func=cmd_report)
+    oauth = commands.add_parser("oauth", help="OAuth2 credentials").add_subparsers(
+        dest="oauth_command", required=True
+    )
+    sign_in = oauth.add_parser(
+        "login",
+        help="sign a mailbox on a delegated credential in once (device code), keeping its refresh token",
+    )
+    sign_in.add_argument("mailbox", help=f"the mailbox (its [mailboxes.<name>]), or {RELAY} for the relay")
+    sign_in.set_defaults(func=cmd_oauth_login)
     commands.add_parser("migrate", help="upgrade the database schema and print its revision").set_defaults(
         func=cmd_migrate
     )

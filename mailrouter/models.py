@@ -125,6 +125,9 @@ class Case(SQLModel, table=True):
     resolution_replies: int | None = None
     first_contact_resolution: bool | None = None
     closed_at: datetime | None = Field(default=None, index=True)  # first closed
+    # Health data, say (HR's sick leave): agents' mail carries number, category and an excerpt,
+    # and reports show the case only as a count, never with its subject or customer.
+    sensitive: bool = False
 
 
 class StatusChange(SQLModel, table=True):
@@ -255,3 +258,13 @@ class MessageAttempt(SQLModel, table=True):
     uid: int = Field(primary_key=True)
     attempts: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ReportSlot(SQLModel, table=True):
+    """A scheduled report's slot, taken by the instance that queues its mail in the same
+    transaction: the primary key lets one instance, once, have each slot of each report."""
+
+    report: str = Field(primary_key=True)
+    slot_at: datetime = Field(primary_key=True)
+    claimed_by: str
+    created_at: datetime = Field(default_factory=utcnow)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import msal
 import requests
-from authlib.integrations.base_client.errors import OAuthError
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import AssertionSession, OAuth2Session
 from pydantic import SecretStr
 
@@ -78,6 +78,11 @@ def advice(error: str, description: str, flow: str) -> str:
     text = f"{error} {description}".lower()
     if "tenant" in text or "aadsts90002" in text:
         return "the tenant is wrong or unknown: check tenant (or authority) in the [oauth2] section"
+    if error == "unauthorized_client" and flow == "service_account":
+        return (
+            "the service account may not act for this user: in the Google Admin console (Security, "
+            "API controls, Domain-wide delegation) authorize its client id for the scopes"
+        )
     if "disabled" in text or error == "unauthorized_client":
         return "the application is disabled or not allowed this grant: re-enable it in the provider's console"
     if error == "invalid_client":
@@ -136,7 +141,7 @@ class MicrosoftAppOnly:
             ) from exc
         if "access_token" not in result:
             self.app = None
-            raise _refused(
+            raise refused(
                 self.name, "client_credentials", result.get("error"), result.get("error_description")
             )
         return _token(result["access_token"], result.get("expires_in"), now)
@@ -162,11 +167,11 @@ class AuthlibGrant:
                 if result.get("refresh_token") and result["refresh_token"] != stored:
                     store_refresh_token(self.refresh_file, str(result["refresh_token"]))
             elif isinstance(self.session, AssertionSession):
-                result = self.session.fetch_token()
+                result = self.session.refresh_token()  # a new assertion, signed now
             else:
                 result = self.session.fetch_token(self.endpoint, grant_type="client_credentials")
-        except OAuthError as exc:
-            raise _refused(self.name, self.flow, exc.error, exc.description) from None
+        except AuthlibBaseError as exc:  # the provider's error answer (OAuthError, OAuth2Error)
+            raise refused(self.name, self.flow, exc.error, exc.description) from None
         except requests.RequestException as exc:
             raise TokenUnavailable(
                 f"credential {self.name}: the identity provider is unreachable: {exc}"
@@ -174,7 +179,7 @@ class AuthlibGrant:
         return _token(result["access_token"], result.get("expires_in"), now)
 
 
-def _refused(name: str, flow: str, error: object, description: object) -> TokenRefused:
+def refused(name: str, flow: str, error: object, description: object) -> TokenRefused:
     error, description = str(error or "error"), str(description or "").strip()
     return TokenRefused(name, error, description, advice(error, description, flow))
 
@@ -242,6 +247,37 @@ def _verified(session: requests.Session, settings: OAuth2Settings, config: Confi
     return session
 
 
+def msal_options(config: Config, name: str) -> dict[str, Any]:
+    """MSAL's application settings for credential `name`, confidential or public alike."""
+    settings = config.file.oauth2[name]
+    authority = (settings.authority or MICROSOFT_AUTHORITY).rstrip("/")
+    return {
+        "client_id": settings.client_id,
+        "authority": f"{authority}/{settings.tenant}",
+        # Entra's instance discovery knows only Microsoft's own hosts: a configured authority
+        # (a sovereign cloud, a test server) is trusted as written.
+        "instance_discovery": settings.authority is None,
+        "validate_authority": settings.authority is None,
+        "http_client": _verified(requests.Session(), settings, config),
+        "token_cache": msal.TokenCache(),
+    }
+
+
+def oauth2_session(config: Config, name: str) -> OAuth2Session:
+    """authlib's client for credential `name`: a confidential client with its secret, a public
+    one (a device-code sign-in without a secret) by its id alone."""
+    settings = config.file.oauth2[name]
+    secret = config.secret(f"oauth2.{name}")
+    session = OAuth2Session(
+        settings.client_id,
+        secret.get_secret_value() if secret is not None else None,
+        scope=" ".join(scopes(settings)),
+        token_endpoint_auth_method="client_secret_post" if secret is not None else "none",
+    )
+    _verified(session, settings, config)
+    return session
+
+
 def build_grant(config: Config, name: str, subject: str | None, mailbox: str | None) -> Grant:
     """The grant of credential `name`; `subject` is the mailbox user a service account acts for,
     `mailbox` the one whose refresh token a delegated credential reads."""
@@ -260,18 +296,8 @@ def build_grant(config: Config, name: str, subject: str | None, mailbox: str | N
         else:
             assert secret is not None
             credential = secret.get_secret_value()
-        authority = (settings.authority or MICROSOFT_AUTHORITY).rstrip("/")
         app = functools.partial(
-            msal.ConfidentialClientApplication,
-            settings.client_id,
-            client_credential=credential,
-            authority=f"{authority}/{settings.tenant}",
-            # Entra's instance discovery knows only Microsoft's own hosts: a configured authority
-            # (a sovereign cloud, a test server) is trusted as written.
-            instance_discovery=settings.authority is None,
-            validate_authority=settings.authority is None,
-            http_client=_verified(requests.Session(), settings, config),
-            token_cache=msal.TokenCache(),
+            msal.ConfidentialClientApplication, client_credential=credential, **msal_options(config, name)
         )
         return MicrosoftAppOnly(app, scopes(settings), name)
     if settings.grant == "service_account":
@@ -290,13 +316,7 @@ def build_grant(config: Config, name: str, subject: str | None, mailbox: str | N
         )
         _verified(session, settings, config)
         return AuthlibGrant(session, endpoint, "service_account", name)
-    session = OAuth2Session(
-        settings.client_id,
-        secret.get_secret_value() if secret is not None else None,
-        scope=" ".join(scopes(settings)),
-        token_endpoint_auth_method="client_secret_post" if secret is not None else "none",
-    )
-    _verified(session, settings, config)
+    session = oauth2_session(config, name)
     if settings.grant == "delegated":
         if mailbox is None:
             raise ConfigError(f"oauth2.{name}: a delegated credential serves one mailbox user at a time")

@@ -48,11 +48,23 @@ from mailrouter.models import (
     MessageAttempt,
     OutboxMessage,
     RawMessage,
+    ReportSlot,
     StatusChange,
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
-from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
+from mailrouter.plan import (
+    DELIVERED,
+    SENSITIVE_SUBJECT,
+    CaseView,
+    CustomerView,
+    Incoming,
+    Origin,
+    Plan,
+    QueuedMail,
+    Raw,
+    ShownMessage,
+)
 from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
@@ -78,6 +90,7 @@ CASE: Table = Case.__table__  # type: ignore[attr-defined]
 CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
 MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
+REPORT_SLOT: Table = ReportSlot.__table__  # type: ignore[attr-defined]
 STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
@@ -107,6 +120,13 @@ _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
+_CLAIM_REPORT_SLOT = {
+    dialect: insert_for(REPORT_SLOT).on_conflict_do_nothing(index_elements=["report", "slot_at"])
+    for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+_REPORT_SLOT = select(REPORT_SLOT.c.claimed_by).where(
+    REPORT_SLOT.c.report == bindparam("report"), REPORT_SLOT.c.slot_at == bindparam("slot_at")
+)
 _CUSTOMER_BY_ADDRESS = select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address"))
 _INSERT_CUSTOMER_RETURNING_ID = insert(CUSTOMER).returning(CUSTOMER.c.id)
 _ADVANCE_CHECKPOINT = (  # same UIDVALIDITY: the UID only ever grows
@@ -156,11 +176,27 @@ _ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
 )
 # A case not yet inserted has no id: 0 leaves nothing out (ids start at 1).
 _OTHER_CASES = (
-    select(CASE.c.number, CASE.c.status, CASE.c.subject)
+    select(
+        CASE.c.number,
+        CASE.c.status,
+        case((CASE.c.sensitive, SENSITIVE_SUBJECT), else_=CASE.c.subject).label("subject"),
+    )
     .where(CASE.c.customer_id == bindparam("customer_id"), CASE.c.id != bindparam("case_id"))
     .where(or_(CASE.c.status != CaseStatus.CLOSED, CASE.c.created_at > bindparam("recent")))
     .order_by(CASE.c.id.desc())
     .limit(10)
+)
+_CONVERSATION = (
+    select(*(MESSAGE.c[name] for name in ("id", "received_at", "author_role", "from_addr", "from_name")))
+    .add_columns(MESSAGE.c.subject, MESSAGE.c.text)
+    .where(MESSAGE.c.case_id == bindparam("case_id"), MESSAGE.c.direction == Direction.IN)
+    .order_by(MESSAGE.c.id)
+)
+_CONVERSATION_ATTACHMENTS = (
+    select(ATTACHMENT.c.message_id, ATTACHMENT.c.filename)
+    .join(MESSAGE, MESSAGE.c.id == ATTACHMENT.c.message_id)
+    .where(MESSAGE.c.case_id == bindparam("case_id"))
+    .order_by(ATTACHMENT.c.id)
 )
 # From the open cases, not from the organisation's customers: those have every case they ever
 # opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
@@ -357,6 +393,7 @@ def _case_view(row: Row[Any]) -> CaseView:
         resolved_at=values["resolved_at"],
         follow_up_at=values["follow_up_at"],
         related_case_id=values["related_case_id"],
+        sensitive=values["sensitive"],
         customer=customer,
         **{column: values[column] for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)},
     )
@@ -441,6 +478,23 @@ class SqlFacts:
     def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int:
         params = {"case_id": case_id or 0, "organisation": organisation, "at_most": at_most}
         return self.connection.execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
+
+    def conversation(self, case_id: int) -> list[ShownMessage]:
+        attachments: dict[int, list[str]] = {}
+        for message_id, filename in self.connection.execute(_CONVERSATION_ATTACHMENTS, {"case_id": case_id}):
+            attachments.setdefault(message_id, []).append(filename)
+        return [
+            ShownMessage(
+                row.received_at,
+                row.author_role,
+                row.from_addr,
+                row.from_name,
+                row.subject,
+                row.text,
+                tuple(attachments.get(row.id, ())),
+            )
+            for row in self.connection.execute(_CONVERSATION, {"case_id": case_id})
+        ]
 
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
         row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
@@ -570,6 +624,7 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
         "resolved_at": case.resolved_at,
         "follow_up_at": case.follow_up_at,
         "related_case_id": case.related_case_id,
+        "sensitive": case.sensitive,
         **{
             column: getattr(case, column)
             for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)
@@ -673,19 +728,37 @@ def with_original(data: bytes, at: int, raw: bytes) -> bytes:
     return data[:at] + original_part(raw) + data[at:]
 
 
-def queue_alert(session: Session, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes) -> None:
-    """A letter to ops about the installation itself, not about a case."""
+def queue_letter(
+    session: Session, kind: OutboxKind, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes
+) -> None:
+    """A letter about the installation itself (an alert to ops, a scheduled report), not a case."""
     session.connection().execute(
         _INSERT_OUTBOX,
         {
             "case_id": None,
-            "kind": OutboxKind.ALERT,
+            "kind": kind,
             "mail_from": mail_from,
             "rcpt_to": rcpt_to,
             "message_id": message_id,
             "data": data,
         },
     )
+
+
+def claim_report_slot(session: Session, report: str, slot_at: datetime, instance: str) -> bool:
+    """Take a report's slot for this instance, in the session's transaction; False when another
+    instance has it (or had it, before a restart). On PostgreSQL a second instance's insert waits
+    for the first one's transaction, and then finds the slot taken."""
+    statement = _CLAIM_REPORT_SLOT[session.get_bind().dialect.name]
+    claimed = session.connection().execute(
+        statement, {"report": report, "slot_at": slot_at, "claimed_by": instance, "created_at": utcnow()}
+    )
+    return bool(claimed.rowcount == 1)
+
+
+def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str | None:
+    """The instance that took the slot, if one did: a report is not drawn again for nothing."""
+    return session.connection().execute(_REPORT_SLOT, {"report": report, "slot_at": slot_at}).scalar()
 
 
 def keep_raw(session: Session, raw: Raw) -> None:
@@ -709,13 +782,19 @@ def claim_follow_up(session: Session, case_id: int, due: datetime) -> bool:
 _SLA_RUNNING = (CaseStatus.NEW, CaseStatus.OPEN)
 
 
+def _sla_running(target: Target) -> list[Any]:
+    """The conditions under which a case's target is running (its clock not stopped, not met)."""
+    conditions = [CASE.c.status.in_(_SLA_RUNNING), CASE.c[f"{target.column}_due"].is_not(None)]
+    if target == Target.FIRST_RESPONSE:
+        conditions.append(CASE.c.first_response_at.is_(None))
+    return conditions
+
+
 def _sla_due(target: Target, stage: Stage, now: datetime) -> list[Any]:
     """The conditions under which a target's warning or breach is due and not yet taken."""
     column = target.column
     due, breached = CASE.c[f"{column}_due"], CASE.c[f"breached_{column}_at"]
-    conditions = [CASE.c.status.in_(_SLA_RUNNING), due.is_not(None), breached.is_(None)]
-    if target == Target.FIRST_RESPONSE:
-        conditions.append(CASE.c.first_response_at.is_(None))
+    conditions = [*_sla_running(target), breached.is_(None)]
     if stage == Stage.BREACH:
         return [*conditions, due <= now]
     warn, warned = CASE.c[f"{column}_warn"], CASE.c[f"warned_{column}_at"]

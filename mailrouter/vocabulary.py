@@ -59,6 +59,7 @@ class OutboxKind(StrEnum):
     REMINDER = "reminder"  # to the agents: a follow-up set with #followup is due
     AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
+    CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail, to the agent who asked
     UNSENT_ANSWER = "unsent-answer"  # to an agent whose answer lacked proof: how to answer
     ALERT = "alert"  # to ops ([alerts] to): a mailbox stopped working; no case
     SLA_WARNING = "sla-warning"  # to the agents: a target is near
@@ -66,6 +67,7 @@ class OutboxKind(StrEnum):
     STATUS_UPDATE = "status-update"  # to the customer: waiting for you, resolved, how it goes
     SURVEY = "survey"  # to the customer: how satisfied are you, 1 to 5
     QUIET_REMINDER = "quiet-reminder"  # to the agents: the customer has heard nothing for days
+    REPORT = "report"  # to the people in charge: a scheduled report ([[reports]]); no case
 
 
 # What the customer receives: any of it ends a quiet spell (casework's quiet reminders).
@@ -104,6 +106,7 @@ class EventKind(StrEnum):
     NOT_RELAYED = "not-relayed"
     # agents' work
     NOTE = "note"
+    CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail sent to the agent who asked
     COMMANDS_REJECTED = "commands-rejected"
     ASSIGNED = "assigned"
     PRIORITY_CHANGED = "priority-changed"
@@ -121,6 +124,8 @@ class EventKind(StrEnum):
     SLA_SET = "sla-set"
     SLA_WARNING = "sla-warning"
     SLA_BREACHED = "sla-breached"
+    # scheduled reports
+    REPORT_QUEUED = "report-queued"  # a slot's report mail queued, by which instance
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
@@ -141,6 +146,19 @@ class EventKind(StrEnum):
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
+
+
+class PeriodName(StrEnum):
+    """The periods a report may name (`--period`, `[[reports]] period`): kpi.named_period."""
+
+    TODAY = "today"
+    YESTERDAY = "yesterday"
+    THIS_WEEK = "this-week"
+    LAST_WEEK = "last-week"
+    THIS_MONTH = "this-month"
+    LAST_MONTH = "last-month"
+    THIS_YEAR = "this-year"
+    LAST_YEAR = "last-year"
 
 
 class Vocabulary(TypeDecorator[StrEnum]):

@@ -6,7 +6,8 @@ token is parsed by hand. It speaks what mailrouter and Dovecot need:
 - the token endpoint with the client-credentials, refresh-token, device-code and JWT-bearer
   (RFC 7523, Google's service accounts) grants, Entra-style at /<tenant>/oauth2/v2.0/token,
   with the OpenID discovery document MSAL reads first;
-- device authorization (RFC 8628) at /<tenant>/oauth2/v2.0/devicecode;
+- device authorization (RFC 8628) at /<tenant>/oauth2/v2.0/devicecode, and the page the person
+  approves the code on at /device (a form POST with user_code and user, as if signed in);
 - introspection at /introspect, the token as a bearer (Dovecot's introspection_mode
   auth), answered as RFC 7662 does.
 Tokens live `lifetime` seconds. A test can disable a client (every token of it is refused at
@@ -100,6 +101,8 @@ class TokenServer:
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", self._devicecode)
         app.router.add_get("/introspect", self._introspect)
+        app.router.add_get("/device", self._device_page)
+        app.router.add_post("/device", self._device_approval)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
@@ -180,7 +183,7 @@ class TokenServer:
         form = {k: str(v) for k, v in (await request.post()).items()}
         grant = form.get("grant_type", "")
         if grant == JWT_BEARER_GRANT:
-            return self._jwt_bearer(form)
+            return self._jwt_bearer(form, request)
         found = self._client(form, request)
         client_id = form.get("client_id", "?")
         if found is None:
@@ -207,20 +210,33 @@ class TokenServer:
             return self._issue(client_id, device.user, refresh=True)
         return self._error(client_id, "unsupported_grant_type", f"grant {grant!r} is not offered")
 
-    def _jwt_bearer(self, form: dict[str, str]) -> web.Response:
-        """Google's service-account grant: an assertion signed with the account's private key,
-        naming the account (iss) and the user it acts for (sub)."""
+    def _jwt_bearer(self, form: dict[str, str], request: web.Request) -> web.Response:
+        """Google's service-account grant (RFC 7523): an assertion signed with the account's
+        private key, for this token endpoint (aud), naming the account (iss) and the user it acts
+        for (sub), who must be one the domain-wide delegation covers (the client's mailboxes)."""
         assertion = form.get("assertion", "")
         try:
             unverified = jwt.decode(assertion, options={"verify_signature": False})
             client_id = str(unverified["iss"])
             client = self.clients[client_id]
             assert client.public_key is not None
-            claims = jwt.decode(assertion, client.public_key, algorithms=["RS256"], audience=self.base_url)
+            audience = str(request.url)
+            claims = jwt.decode(assertion, client.public_key, algorithms=["RS256"], audience=audience)
         except (jwt.PyJWTError, KeyError, AssertionError) as exc:
             return self._error("?", "invalid_grant", f"Invalid JWT: {exc}")
         if not client.enabled:
             return self._error(client_id, "invalid_grant", "Invalid grant: account not found")
+        if not form.get("scope"):
+            return self._error(
+                client_id, "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+            )
+        if claims.get("sub") not in client.mailboxes:
+            return self._error(
+                client_id,
+                "unauthorized_client",
+                "Client is unauthorized to retrieve access tokens using this method, or client not "
+                "authorized for any of the scopes requested.",
+            )
         return self._issue(client_id, str(claims["sub"]), refresh=False)
 
     async def _devicecode(self, request: web.Request) -> web.Response:
@@ -240,6 +256,22 @@ class TokenServer:
                 "message": f"To sign in, open {self.base_url}/device and enter the code {user_code}.",
             }
         )
+
+    async def _device_page(self, request: web.Request) -> web.Response:
+        """Where the person goes: a form for the code (and, as if signed in, who they are)."""
+        return web.Response(
+            content_type="text/html",
+            text='<form method="post"><input name="user_code"><input name="user"><button>Go</button></form>',
+        )
+
+    async def _device_approval(self, request: web.Request) -> web.Response:
+        """The form sent: the code is approved for that user, as by a person in the browser."""
+        form = await request.post()
+        code, user = str(form.get("user_code", "")), str(form.get("user", ""))
+        if not any(d.user_code == code for d in self._devices.values()) or not user:
+            return web.Response(status=400, text="unknown or expired code")
+        self.approve(code, user)
+        return web.Response(text=f"signed in as {user}: you may close this window")
 
     async def _introspect(self, request: web.Request) -> web.Response:
         """Active when the signature and expiry hold and the client is enabled. The username is

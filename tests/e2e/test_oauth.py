@@ -4,12 +4,21 @@ and the tokens live three seconds."""
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
+import stat
+import subprocess
+import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
 from tests.e2e.conftest import Account, Daemon
@@ -220,4 +229,163 @@ def test_a_token_the_relay_refuses_before_its_expiry_is_renewed_once_and_the_let
     daemon.wait_idle()
     assert {o.state for o in daemon.outbox()} == {OutboxState.SENT}
     assert daemon.events(EventKind.TOKEN_REFUSED) == []
+    assert daemon.stop() == 0
+
+
+PUBLIC_CLIENT = "mailrouter-signin"  # a public client: the device-code sign-in has no secret
+
+
+def on_delegated(daemon: Daemon, server: TokenServer, provider: str) -> None:
+    """The it mailbox logs in with a delegated credential (a refresh token got by signing in)."""
+    text = daemon.config_path.read_text().replace(
+        'password_env = "E2E_IT_PASSWORD"', 'auth = "oauth2"\noauth2 = "signin"'
+    )
+    if provider == "microsoft":
+        endpoints = f'tenant = "contoso"\nauthority = "{server.base_url}"'
+    else:
+        base = f"{server.base_url}/generic/oauth2/v2.0"
+        endpoints = (
+            f'token_endpoint = "{base}/token"\ndevice_authorization_endpoint = "{base}/devicecode"\n'
+            'scopes = ["mail.read", "mail.send"]'
+        )
+    daemon.config_path.write_text(
+        text
+        + f"""
+[oauth2.signin]
+provider = "{provider}"
+flow = "delegated"
+client_id = "{PUBLIC_CLIENT}"
+ca_file = "{daemon.stack.ca_file}"
+{endpoints}
+"""
+    )
+    server.add_client(PUBLIC_CLIENT, "", set())
+
+
+def sign_in_in_the_browser(url: str, code: str, user: str, stack: MailStack) -> str:
+    form = urllib.parse.urlencode({"user_code": code, "user": user}).encode()
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    with urllib.request.urlopen(url, form, timeout=10, context=context) as answer:
+        return answer.read().decode()
+
+
+@pytest.mark.parametrize("provider", ["microsoft", "generic"])
+def test_oauth_login_by_device_code_keeps_a_0600_refresh_token_that_logs_the_mailbox_in(
+    installation, mailstack, token_server, customer: Account, provider
+):
+    """microsoft: MSAL's device flow; generic: authlib's client. The person approves the code
+    over HTTP as in a browser, while `mailrouter oauth login it` polls."""
+    daemon = installation()
+    on_delegated(daemon, token_server, provider)
+    it = daemon.mailboxes["it"].address
+    command = [
+        sys.executable,
+        "-m",
+        "mailrouter",
+        "--config",
+        str(daemon.config_path),
+        "oauth",
+        "login",
+        "it",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=daemon.env,
+        cwd=daemon.directory,
+    )
+    try:
+        assert process.stdout is not None
+        prompt = process.stdout.readline()
+        found = re.search(r"To sign in (\S+) for mailrouter, open (\S+) and enter the code (\S+) ", prompt)
+        assert found is not None and found[1] == it, prompt
+        assert "signed in as" in sign_in_in_the_browser(found[2], found[3], it, mailstack)
+        rest = process.stdout.read()
+        assert process.wait(timeout=30) == 0, prompt + rest
+    finally:
+        process.kill()
+    path = daemon.directory / "var" / "oauth" / "it.refresh-token"
+    assert f"signed in: the refresh token is in {path} (mode 0600)" in rest
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    refresh_token = json.loads(path.read_text())["refresh_token"]
+    assert refresh_token not in prompt + rest
+
+    daemon.start(wait=True)
+    send(mailstack, customer.address, it, "signed in", "hi")
+    daemon.wait_until(lambda: case_for(daemon, "signed in"), "the it case")
+    assert token_server.issued[PUBLIC_CLIENT] >= 2  # the sign-in's token, then the daemon's renewal
+    assert failed_logins(mailstack, daemon) == []
+    assert daemon.stop() == 0
+    assert refresh_token not in daemon.log()
+    database = Path(daemon.database_url.removeprefix("sqlite:///"))
+    assert all(
+        refresh_token.encode() not in f.read_bytes() for f in database.parent.glob(database.name + "*")
+    )
+
+
+SERVICE_ACCOUNT = "mailrouter@helpdesk-project.iam.gserviceaccount.com"
+
+
+def on_service_account(
+    daemon: Daemon, server: TokenServer, mailboxes: tuple[str, ...], delegated: tuple[str, ...]
+) -> None:
+    """The mailboxes log in through Google's domain-wide delegation: a service account's key
+    (the JSON file Google hands out) signs an assertion for each mailbox user; the delegation
+    covers the users of `delegated`."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    account = {
+        "type": "service_account",
+        "client_email": SERVICE_ACCOUNT,
+        "private_key_id": "k1",
+        "private_key": private.decode(),
+        "token_uri": f"{server.base_url}/google/oauth2/v2.0/token",
+    }
+    key_file = daemon.directory / "service-account.json"
+    key_file.write_text(json.dumps(account))
+    key_file.chmod(0o600)
+    text = daemon.config_path.read_text()
+    for name in mailboxes:
+        text = text.replace(
+            f'password_env = "E2E_{name.upper()}_PASSWORD"', 'auth = "oauth2"\noauth2 = "gws"'
+        )
+    daemon.config_path.write_text(
+        text
+        + f"""
+[oauth2.gws]
+provider = "google"
+service_account_file = "{key_file}"
+ca_file = "{daemon.stack.ca_file}"
+"""
+    )
+    users = {daemon.mailboxes[n].address for n in delegated}
+    server.add_client(SERVICE_ACCOUNT, "", users, public_key=public.decode())
+
+
+def test_a_google_service_account_signs_an_assertion_for_each_mailbox_user_and_they_log_in(
+    installation, mailstack, token_server, customer: Account
+):
+    """it and hr are covered by the domain-wide delegation, vaktmester is not: Google's
+    unauthorized_client, said by key with what to do in the Admin console."""
+    daemon = installation()
+    on_service_account(daemon, token_server, ("it", "hr", "vaktmester"), delegated=("it", "hr"))
+    daemon.start(wait=True)
+    for name in ("it", "hr"):
+        send(mailstack, customer.address, daemon.mailboxes[name].address, f"{name} via google", "hi")
+    for name in ("it", "hr"):
+        daemon.wait_until(lambda n=name: case_for(daemon, f"{n} via google"), f"the {name} case")
+    # One token per user (each assertion names its own sub), renewed every 2.4 s.
+    assert token_server.issued[SERVICE_ACCOUNT] >= 2
+    daemon.wait_until(lambda: daemon.events(EventKind.TOKEN_REFUSED), "vaktmester's refusal")
+    [refused] = daemon.events(EventKind.TOKEN_REFUSED)
+    assert refused.mailbox == "vaktmester"  # its own token: the others are not stopped
+    assert "unauthorized_client" in refused.detail and "Domain-wide delegation" in refused.detail
+    assert failed_logins(mailstack, daemon) == []
     assert daemon.stop() == 0

@@ -143,3 +143,35 @@ def test_a_client_secret_that_runs_out_within_14_days_is_warned_about_by_key(tmp
     assert warning.startswith(
         "oauth2.m365: the client secret (secret_expires) expires on 2027-01-10 (11 days)"
     )
+
+
+@pytest.mark.parametrize(
+    ("imap", "extra", "name", "message"),
+    [
+        ('password_env = "P"', "", "it", "mailboxes.it.imap: auth is not oauth2"),
+        ('password_env = "P"', "", "nope", "no mailbox 'nope' (there are: it, smtp)"),
+        (
+            'auth = "oauth2"\noauth2 = "m365"',
+            '[oauth2.m365]\nprovider = "microsoft"\ntenant = "t"\nclient_id = "c"\nclient_secret_env = "S"',
+            "it",
+            "oauth2.m365: flow is client_credentials, which needs no sign-in",
+        ),
+    ],
+)
+def test_oauth_login_names_the_key_when_a_mailbox_has_no_delegated_credential(
+    tmp_path, imap, extra, name, message
+):
+    from mailrouter.devicelogin import credential_for
+
+    loaded = load_config(config(tmp_path, imap, extra), resolve_secrets=False)
+    with pytest.raises(ConfigError) as error:
+        credential_for(loaded, name)
+    assert message in str(error.value)
+
+
+def test_oauth_login_signs_in_the_mailbox_user_of_a_delegated_credential(tmp_path):
+    from mailrouter.devicelogin import credential_for
+
+    extra = '[oauth2.me]\nprovider = "google"\nflow = "delegated"\nclient_id = "c"'
+    loaded = load_config(config(tmp_path, 'auth = "oauth2"\noauth2 = "me"', extra), resolve_secrets=False)
+    assert credential_for(loaded, "it") == ("me", "it@example.test")
