@@ -9,7 +9,7 @@ numbers, targets, priorities and who has them. Figures are kpi's, the same as `m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from mailrouter import kpi, pictures, store, summary
 from mailrouter.config import Config
+from mailrouter.sla import duration_text
 from mailrouter.summary import Line
 
 REFRESH = 60  # seconds between the page's own reloads
@@ -81,7 +82,8 @@ def _line(engine: Engine, config: Config, department: str, name: str, now: datet
 
 def _watch_row(watched: store.Watched, now: datetime) -> WatchRow:
     left = (watched.due - now).total_seconds()
-    when = f"{summary.duration(-left)} late" if left < 0 else f"in {summary.duration(left)}"
+    span = duration_text(timedelta(seconds=left))
+    when = f"{span} late" if left < 0 else f"in {span}"
     return WatchRow(
         watched.number, watched.target, watched.priority, watched.owner, when, left < 0, 0 <= left < SOON
     )
@@ -101,8 +103,8 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
         department=department,
         display_name=mailbox.display_name,
         updated=now.astimezone(config.calendar(department).zone).strftime(_UPDATED),
-        today=summary.line(mailbox.display_name, today.total.kpis, today.total.satisfaction),
-        week=summary.line(mailbox.display_name, week.total.kpis, week.total.satisfaction),
+        today=summary.line(mailbox.display_name, today.total),
+        week=summary.line(mailbox.display_name, week.total),
         backlog=tuple(zip((label for label, _ in kpi.AGE_BANDS), backlog, strict=True)),
         backlog_total=sum(backlog),
         late=late,
