@@ -316,6 +316,11 @@ class MailboxSettings(_Strict):
     auto_close_after: Age | None = None
     # A resolved case's customer is asked one question: how satisfied, 1 to 5, by replying.
     satisfaction_survey: bool = False
+    # Sensitive cases (health data: sick leave): every case of the department, or those of these
+    # categories (a rule's then.sensitive decides first). Agents' mail carries the case number,
+    # the category and an excerpt; `#show` or `mailrouter show` gives the rest.
+    sensitive: bool = False
+    sensitive_categories: list[str] = []
     imap: ImapSettings
 
     @model_validator(mode="after")
@@ -558,6 +563,13 @@ class ReportSettings(_Strict):
         return self
 
 
+class PrivacySettings(_Strict):
+    """What personal data goes where (README, "Personal data")."""
+
+    # How much of a sensitive case's mail its notification quotes.
+    excerpt_chars: int = Field(default=120, ge=0, le=1000)
+
+
 class FileConfig(_Strict):
     database_url: str = "sqlite:///var/mailrouter.db"
     database: DatabaseSettings = DatabaseSettings()
@@ -572,6 +584,7 @@ class FileConfig(_Strict):
     http: HttpSettings | None = None
     oauth2: dict[str, OAuth2Settings] = {}
     alerts: AlertSettings | None = None
+    privacy: PrivacySettings = PrivacySettings()
 
     business_hours: dict[str, BusinessHoursSettings] = {}
     sla: dict[str, SlaPolicy] = {}

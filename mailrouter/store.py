@@ -54,7 +54,18 @@ from mailrouter.models import (
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
-from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
+from mailrouter.plan import (
+    DELIVERED,
+    SENSITIVE_SUBJECT,
+    CaseView,
+    CustomerView,
+    Incoming,
+    Origin,
+    Plan,
+    QueuedMail,
+    Raw,
+    ShownMessage,
+)
 from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
@@ -166,11 +177,27 @@ _ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
 )
 # A case not yet inserted has no id: 0 leaves nothing out (ids start at 1).
 _OTHER_CASES = (
-    select(CASE.c.number, CASE.c.status, CASE.c.subject)
+    select(
+        CASE.c.number,
+        CASE.c.status,
+        case((CASE.c.sensitive, SENSITIVE_SUBJECT), else_=CASE.c.subject).label("subject"),
+    )
     .where(CASE.c.customer_id == bindparam("customer_id"), CASE.c.id != bindparam("case_id"))
     .where(or_(CASE.c.status != CaseStatus.CLOSED, CASE.c.created_at > bindparam("recent")))
     .order_by(CASE.c.id.desc())
     .limit(10)
+)
+_CONVERSATION = (
+    select(*(MESSAGE.c[name] for name in ("id", "received_at", "author_role", "from_addr", "from_name")))
+    .add_columns(MESSAGE.c.subject, MESSAGE.c.text)
+    .where(MESSAGE.c.case_id == bindparam("case_id"), MESSAGE.c.direction == Direction.IN)
+    .order_by(MESSAGE.c.id)
+)
+_CONVERSATION_ATTACHMENTS = (
+    select(ATTACHMENT.c.message_id, ATTACHMENT.c.filename)
+    .join(MESSAGE, MESSAGE.c.id == ATTACHMENT.c.message_id)
+    .where(MESSAGE.c.case_id == bindparam("case_id"))
+    .order_by(ATTACHMENT.c.id)
 )
 # From the open cases, not from the organisation's customers: those have every case they ever
 # opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
@@ -367,6 +394,7 @@ def _case_view(row: Row[Any]) -> CaseView:
         resolved_at=values["resolved_at"],
         follow_up_at=values["follow_up_at"],
         related_case_id=values["related_case_id"],
+        sensitive=values["sensitive"],
         customer=customer,
         **{column: values[column] for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)},
     )
@@ -451,6 +479,23 @@ class SqlFacts:
     def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int:
         params = {"case_id": case_id or 0, "organisation": organisation, "at_most": at_most}
         return self.connection.execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
+
+    def conversation(self, case_id: int) -> list[ShownMessage]:
+        attachments: dict[int, list[str]] = {}
+        for message_id, filename in self.connection.execute(_CONVERSATION_ATTACHMENTS, {"case_id": case_id}):
+            attachments.setdefault(message_id, []).append(filename)
+        return [
+            ShownMessage(
+                row.received_at,
+                row.author_role,
+                row.from_addr,
+                row.from_name,
+                row.subject,
+                row.text,
+                tuple(attachments.get(row.id, ())),
+            )
+            for row in self.connection.execute(_CONVERSATION, {"case_id": case_id})
+        ]
 
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
         row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
@@ -580,6 +625,7 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
         "resolved_at": case.resolved_at,
         "follow_up_at": case.follow_up_at,
         "related_case_id": case.related_case_id,
+        "sensitive": case.sensitive,
         **{
             column: getattr(case, column)
             for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)
