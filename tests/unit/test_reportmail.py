@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import email
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.policy import default
 
 import pytest
-from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from mailrouter import store
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
-from mailrouter.db import create_schema, make_engine
 from mailrouter.errors import ConfigError
 from mailrouter.intake import Intake
 from mailrouter.models import Event, OutboxMessage, ReportSlot
 from mailrouter.reportmail import Reports, period_of
 from mailrouter.vocabulary import EventKind, OutboxKind
-from tests.postgres import temporary_database
 from tests.unit.test_agent_flow import agent_reply, new_case
 
 REPORT = """
@@ -118,27 +114,12 @@ def test_a_slot_is_queued_once_however_many_instances_ask(reporting, clock):
     assert "by host-a:1" in event.detail and "lead@example.test" not in event.detail
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def schema(request, tmp_path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/slots.db")
-        create_schema(engine)
-        yield engine
-        engine.dispose()
-        return
-    with temporary_database() as url:
-        engine = make_engine(url)
-        create_schema(engine)
-        yield engine
-        engine.dispose()
-
-
-def test_the_claim_itself_refuses_a_second_taker_of_the_slot(schema):
+def test_the_claim_itself_refuses_a_second_taker_of_the_slot(engine):
     """The last word, for two instances that both found the slot free and drew the mail."""
-    with Session(schema) as session:
+    with Session(engine) as session:
         assert store.claim_report_slot(session, "weekly", SLOT, "a")
         session.commit()
-    with Session(schema) as session:
+    with Session(engine) as session:
         assert not store.claim_report_slot(session, "weekly", SLOT, "b")
         assert store.report_slot_taken(session, "weekly", SLOT) == "a"
         assert store.claim_report_slot(session, "weekly", SLOT + timedelta(days=7), "b")
