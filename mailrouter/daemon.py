@@ -230,7 +230,7 @@ async def serve(loaded: Loaded) -> None:
     endpoint = None
     if config.file.http is not None:
         endpoint = Endpoint(
-            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout
+            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout, config
         )
         await endpoint.start()
     parsers.start()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    and_,
     bindparam,
     case,
     event,
@@ -810,6 +811,50 @@ def due_sla(session: Session, now: datetime) -> list[tuple[int, Target, Stage]]:
         for target in Target
         for case_id in connection.execute(select(CASE.c.id).where(*_sla_due(target, stage, now))).scalars()
     ]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A case whose SLA target is the nearest to falling due, or past it: what a wall screen may
+    show of it (nothing a customer wrote)."""
+
+    number: str
+    department: str
+    priority: str
+    owner: str  # the assignee, else the group
+    target: Target
+    due: datetime
+
+
+def sla_watch(session: Session, departments: Sequence[str], limit: int) -> list[Watched]:
+    """The `limit` running targets due soonest (overdue ones first, being the soonest) in these
+    departments: one query per target, each served by its due-time index."""
+    connection = session.connection()
+    found = []
+    for target in Target:
+        due = CASE.c[f"{target.column}_due"]
+        statement = (
+            select(CASE.c.number, CASE.c.department, CASE.c.priority, CASE.c.assignee, CASE.c.group, due)
+            .where(*_sla_running(target), CASE.c.department.in_(departments))
+            .order_by(due)
+            .limit(limit)
+        )
+        found += [
+            Watched(row.number, row.department, row.priority, row.assignee or row.group, target, row[5])
+            for row in connection.execute(statement)
+        ]
+    return sorted(found, key=lambda watched: watched.due)[:limit]
+
+
+def sla_late(session: Session, departments: Sequence[str], now: datetime) -> dict[str, int]:
+    """Per department, the cases with a running target past its due time."""
+    late = or_(*(and_(*_sla_running(t), CASE.c[f"{t.column}_due"] <= now) for t in Target))
+    statement = (
+        select(CASE.c.department, func.count())
+        .where(late, CASE.c.department.in_(departments))
+        .group_by(CASE.c.department)
+    )
+    return {department: count for department, count in session.connection().execute(statement)}
 
 
 def claim_sla(session: Session, case_id: int, target: Target, stage: Stage, now: datetime) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter.db import create_schema, make_engine
 from mailrouter.errors import DatabaseUnavailable, InjectedFault, TaskFailedTooOften
@@ -29,7 +29,7 @@ def engine(tmp_path: Path) -> Engine:
 
 def events(engine: Engine, kind: str) -> list[Event]:
     with Session(engine) as session:
-        return list(session.exec(select(Event).where(Event.kind == kind).order_by(Event.id)).all())
+        return list(session.exec(select(Event).where(Event.kind == kind).order_by(col(Event.id))).all())
 
 
 def test_backoff_doubles_with_each_recent_failure_up_to_the_cap() -> None:
@@ -150,6 +150,7 @@ async def test_the_schedulers_run_ends_with_a_jobs_unexpected_error(monkeypatch:
         raise RuntimeError("job bug")
 
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", broken)
+    # No engine or casework: the monkeypatched jobs that would be handed them take neither.
     scheduler = Scheduler(None, None, 0.05, lambda: None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="job bug"):
         await asyncio.wait_for(scheduler.run(asyncio.Event()), timeout=10)
@@ -171,5 +172,6 @@ async def test_the_scheduler_keeps_running_while_the_database_is_away(
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", away)
     monkeypatch.setattr("mailrouter.schedule.check_sla", away)
     monkeypatch.setattr("mailrouter.schedule.follow_through", away)
-    await asyncio.wait_for(Scheduler(None, None, 0.05, lambda: None).run(stop), timeout=10)  # type: ignore[arg-type]
+    jobless = Scheduler(None, None, 0.05, lambda: None)  # type: ignore[arg-type]  # as above: the jobs take neither
+    await asyncio.wait_for(jobless.run(stop), timeout=10)
     assert calls >= 3
