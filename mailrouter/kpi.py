@@ -269,7 +269,7 @@ def daily_created(
         with bind.connect() as connection:
             return daily_created(connection, period, departments)
     scope = _scope(bind, period, departments, None)
-    day = (_local_seconds(scope) / 86400 - (period.first - date(1970, 1, 1)).days).label("day")
+    day = (_local_seconds(scope) // 86400 - (period.first - date(1970, 1, 1)).days).label("day")
     days = [0] * ((period.last - period.first).days + 1)
     for row in bind.execute(
         select(day, func.count().label("cases"))
@@ -680,8 +680,8 @@ def _arrivals(connection: Connection, scope: _Scope) -> tuple[tuple[int, ...], .
     offset at that instant (a CASE over the offset changes the period contains), divided out."""
     local = _local_seconds(scope)
     # 1970-01-01 was a Thursday: day number + 3, modulo 7, counts from Monday.
-    weekday = ((local / 86400 + 3) % 7).label("weekday")
-    hour = ((local % 86400) / 3600).label("hour")
+    weekday = ((local // 86400 + 3) % 7).label("weekday")
+    hour = ((local % 86400) // 3600).label("hour")
     grid = [[0] * 24 for _ in range(7)]
     for row in connection.execute(
         select(weekday, hour, func.count().label("cases"))
