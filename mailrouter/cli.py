@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, reportmail, sla, store
+from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, privacy, reportmail, sla, store
 from mailrouter import report as formats  # `report` names the [[reports]] entries here
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
@@ -422,6 +422,20 @@ def cmd_screened(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Retention now, or (--dry-run) what the next run would remove."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    rules = privacy.policy(config, utcnow())
+    if args.dry_run:
+        with open_reader(config).connect() as connection:
+            counts = privacy.due(connection, rules)
+        print(f"the next retention run would remove: {counts}")
+        return 0
+    counts = privacy.run(open_database(config, upgrade=False), rules, config.file.privacy.retention_batch)
+    print(f"retention: {counts}")
+    return 0
+
+
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     entries = set_aside(engine)
@@ -631,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("case", help="case number, e.g. IT-1001")
     show.add_argument("--text", action="store_true", help="each message's text too (a sensitive case's)")
     show.set_defaults(func=cmd_show)
+
+    retention = commands.add_parser(
+        "retention", help="delete and anonymise what is past its retention now (the daemon does it daily)"
+    )
+    retention.add_argument("--dry-run", action="store_true", help="only count what the run would remove")
+    retention.set_defaults(func=cmd_retention)
 
     listed = commands.add_parser("screened", help="mail that screening kept out of any case")
     listed.add_argument("--limit", type=int, default=50)

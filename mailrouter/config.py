@@ -321,6 +321,9 @@ class MailboxSettings(_Strict):
     # the category and an excerpt; `#show` or `mailrouter show` gives the rest.
     sensitive: bool = False
     sensitive_categories: list[str] = []
+    # A case closed (and left alone) this many months loses its mail and personal data; what
+    # the reports count stays. None: kept for ever.
+    retain_months: int | None = Field(default=None, gt=0)
     imap: ImapSettings
 
     @model_validator(mode="after")
@@ -568,6 +571,14 @@ class PrivacySettings(_Strict):
 
     # How much of a sensitive case's mail its notification quotes.
     excerpt_chars: int = Field(default=120, ge=0, le=1000)
+    # Retention, run daily (a case's own: [mailboxes.<department>] retain_months): mail that
+    # screening kept out of any case, quarantined and refused mail's kept bytes, and the bodies
+    # of sent letters are deleted this many days after they arrived or went.
+    screened_days: int = Field(default=30, gt=0)
+    quarantine_days: int = Field(default=90, gt=0)
+    sent_body_days: int = Field(default=7, ge=0)
+    # At most this many cases, messages or letters in one transaction of a retention run.
+    retention_batch: int = Field(default=200, gt=0, le=10000)
 
 
 class FileConfig(_Strict):

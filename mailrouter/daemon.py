@@ -212,6 +212,7 @@ async def serve(loaded: Loaded) -> None:
             config.daemon.schedule_interval,
             sender.wake.set,
             Reports(engine, config, loaded.templates, instance),
+            instance,
         )
 
     starts: dict[str, Callable[[], Awaitable[None]]] = {

@@ -122,7 +122,10 @@ _KEEP_RAW = {
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 _CLAIM_REPORT_SLOT = {
-    dialect: insert_for(REPORT_SLOT).on_conflict_do_nothing(index_elements=["report", "slot_at"])
+    # RETURNING says whether the row went in: psycopg reports no rowcount for ON CONFLICT.
+    dialect: insert_for(REPORT_SLOT)
+    .on_conflict_do_nothing(index_elements=["report", "slot_at"])
+    .returning(REPORT_SLOT.c.report)
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 _REPORT_SLOT = select(REPORT_SLOT.c.claimed_by).where(
@@ -754,7 +757,7 @@ def claim_report_slot(session: Session, report: str, slot_at: datetime, instance
     claimed = session.connection().execute(
         statement, {"report": report, "slot_at": slot_at, "claimed_by": instance, "created_at": utcnow()}
     )
-    return bool(claimed.rowcount == 1)
+    return claimed.first() is not None
 
 
 def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str | None:

@@ -105,6 +105,7 @@ class EventKind(StrEnum):
     RELAYED = "relayed"
     NOT_RELAYED = "not-relayed"
     # agents' work
+    RETENTION_RUN = "retention-run"  # counts only: what a retention run deleted and anonymised
     NOTE = "note"
     CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail sent to the agent who asked
     COMMANDS_REJECTED = "commands-rejected"

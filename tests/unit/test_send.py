@@ -24,7 +24,6 @@ from mailrouter.plan import Origin
 from mailrouter.send import Sender, backoff, dot_stuffed
 from mailrouter.vocabulary import OutboxState
 from tests.messages import make_mail
-from tests.postgres import temporary_database
 
 BUDGET = 16 * 1024 * 1024
 
@@ -204,21 +203,6 @@ def test_recovery_counts_a_dead_instances_sending_rows_as_sent_and_frees_its_cla
     with Session(engine) as session:
         [event] = session.exec(select(Event)).all()
     assert event.kind == "mail-sent-unconfirmed" and event.data["outbox_id"] == sending.id
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/send.db")
-        create_schema(engine)
-        yield engine
-        engine.dispose()
-        return
-    with temporary_database() as url:
-        engine = make_engine(url)
-        create_schema(engine)
-        yield engine
-        engine.dispose()
 
 
 def test_a_letter_refused_for_some_recipients_goes_to_the_others_and_each_refusal_is_recorded(engine):
