@@ -567,7 +567,8 @@ def _percentiles(
         .where(scope.within(anchor), column.is_not(None))
         .subquery()
     )
-    wanted = [cast((ranked.c.n * p + 99) / 100, SqlInteger) for p in PERCENTILES]
+    # Floor division: `/` is true division in SQLAlchemy, and PostgreSQL rounds the cast of it.
+    wanted = [(ranked.c.n * p + 99) // 100 for p in PERCENTILES]
     picked: dict[str, dict[int, float]] = {}
     counts: dict[str, int] = {}
     for row in connection.execute(
