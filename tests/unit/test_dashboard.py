@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from sqlmodel import Session, select
@@ -43,7 +44,7 @@ def desk(config_file, clock):
     return intake
 
 
-async def client_for(intake, token: SecretStr | None = None) -> TestClient:
+async def client_for(intake, token: SecretStr | None = None) -> TestClient[web.Request, web.Application]:
     endpoint = Endpoint(HttpSettings(), token, Health({}), intake.engine, 60, intake.config)
     client = TestClient(TestServer(endpoint.app))
     await client.start_server()
