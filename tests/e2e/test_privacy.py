@@ -97,7 +97,7 @@ def back_date(engine, case_id: int) -> None:
             times = [c for c in table.c if isinstance(c.type, DateTime)]
             if key is None or not times:
                 continue
-            for row in connection.execute(table.select().where(key == case_id)).mappings():
+            for row in connection.execute(table.select().where(key == case_id)).mappings().all():
                 shifted = {c.name: _utc(row[c.name]) - SHIFT for c in times if row[c.name] is not None}
                 if shifted:
                     pk = next(iter(table.primary_key.columns))
