@@ -150,6 +150,7 @@ async def test_the_schedulers_run_ends_with_a_jobs_unexpected_error(monkeypatch:
         raise RuntimeError("job bug")
 
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", broken)
+    monkeypatch.setattr("mailrouter.schedule.warn_of_expiring_credentials", lambda *_: 0)
     scheduler = Scheduler(None, None, 0.05, lambda: None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="job bug"):
         await asyncio.wait_for(scheduler.run(asyncio.Event()), timeout=10)
@@ -171,5 +172,6 @@ async def test_the_scheduler_keeps_running_while_the_database_is_away(
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", away)
     monkeypatch.setattr("mailrouter.schedule.check_sla", away)
     monkeypatch.setattr("mailrouter.schedule.follow_through", away)
+    monkeypatch.setattr("mailrouter.schedule.warn_of_expiring_credentials", away)
     await asyncio.wait_for(Scheduler(None, None, 0.05, lambda: None).run(stop), timeout=10)  # type: ignore[arg-type]
     assert calls >= 3
