@@ -19,7 +19,7 @@ from mailrouter import store
 from mailrouter.config import Config
 from mailrouter.errors import TokenRefused
 from mailrouter.oauth import RELAY, TokenSource
-from mailrouter.vocabulary import EventKind
+from mailrouter.vocabulary import EventKind, OutboxKind
 
 
 def users_of(config: Config, source: TokenSource) -> list[str]:
@@ -96,7 +96,7 @@ class TokenAlerts:
             for user in users:
                 store.record(session, kind, detail, mailbox=user if user != RELAY else "", **data)
             if mail is not None:
-                store.queue_alert(session, *mail)
+                store.queue_letter(session, OutboxKind.ALERT, *mail)
             session.commit()
         if mail is not None:
             self.wake()

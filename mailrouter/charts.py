@@ -33,28 +33,34 @@ class Words:
     hours: str
     no_cases: str
     weekdays: tuple[str, str, str, str, str, str, str]
+    ages: tuple[str, ...]  # kpi.AGE_BANDS in words
 
 
 WORDS = {
     "en": Words(
         "this period", "previous period", "SLA target", "hours", "no cases",
         ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+        ("< 1 day", "1–3 days", "3–7 days", "7–30 days", "> 30 days"),
     ),
     "sv": Words(
         "denna period", "föregående period", "SLA-mål", "timmar", "inga ärenden",
         ("mån", "tis", "ons", "tor", "fre", "lör", "sön"),
+        ("< 1 dag", "1–3 dagar", "3–7 dagar", "7–30 dagar", "> 30 dagar"),
     ),
     "no": Words(
         "denne perioden", "forrige periode", "SLA-mål", "timer", "ingen saker",
         ("man", "tir", "ons", "tor", "fre", "lør", "søn"),
+        ("< 1 dag", "1–3 dager", "3–7 dager", "7–30 dager", "> 30 dager"),
     ),
     "da": Words(
         "denne periode", "forrige periode", "SLA-mål", "timer", "ingen sager",
         ("man", "tir", "ons", "tor", "fre", "lør", "søn"),
+        ("< 1 dag", "1–3 dage", "3–7 dage", "7–30 dage", "> 30 dage"),
     ),
     "fi": Words(
         "tämä jakso", "edellinen jakso", "SLA-tavoite", "tuntia", "ei tapauksia",
         ("ma", "ti", "ke", "to", "pe", "la", "su"),
+        ("< 1 pv", "1–3 pv", "3–7 pv", "7–30 pv", "> 30 pv"),
     ),
 }  # fmt: skip
 
@@ -155,4 +161,5 @@ def busiest_hours(by_weekday_hour: Sequence[Sequence[int]], words: Words) -> byt
     axes.spines[["left", "bottom"]].set_visible(False)
     colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.01)
     colorbar.ax.tick_params(labelsize=7)
+    colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _png(figure)

@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from alembic.migration import MigrationContext
@@ -18,7 +18,8 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, devicelogin, logs, outbox, preflight, sla, store
+from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, reportmail, sla, store
+from mailrouter import report as formats  # `report` names the [[reports]] entries here
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
 from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
@@ -100,6 +101,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{config.path}: ok — {len(config.mailboxes)} mailbox(es), {len(rules)} rule(s), "
         f"{len(needed)} template(s){connected}"
     )
+    for report in config.file.reports:
+        print(f"  {reportmail.describe(config, report, utcnow())}")
     return 0
 
 
@@ -509,6 +512,46 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     return os.EX_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The figures of a period, for one department or all, in local dates of the departments."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    if args.department and args.department not in config.mailboxes:
+        print(
+            f"error: no department {args.department!r}; configured: {', '.join(config.mailboxes)}",
+            file=sys.stderr,
+        )
+        return 2
+    departments = [args.department] if args.department else list(config.mailboxes)
+    zones = {d: config.calendar(d).zone for d in departments}
+    if (args.start is None) != (args.end is None):
+        print("error: --from and --to go together", file=sys.stderr)
+        return 2
+    if args.start is not None:
+        period = kpi.dates_period(args.start, args.end)
+    else:  # "today" as the first department's clock has it
+        period = kpi.named_period(args.period, utcnow().astimezone(zones[departments[0]]).date())
+    figures = kpi.figures(open_reader(config), period, zones)
+    names = {d: config.mailboxes[d].display_name for d in departments}
+    if args.format == "csv":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(formats.csv_bytes(figures, names))
+        sys.stdout.buffer.flush()
+    elif args.format == "json":
+        print(formats.as_json(figures), end="")
+    elif args.format == "html":
+        print(formats.html(figures, names), end="")
+    else:
+        print(formats.table(figures, names), end="")
+    return 0
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, not {value!r}") from None
+
+
 def cmd_oauth_login(args: argparse.Namespace) -> int:
     """The device-code sign-in of a mailbox on a delegated credential (devicelogin.py)."""
     config = load_config(_config_path(args))
@@ -612,6 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     deliver = commands.add_parser("deliver", help="register one message from standard input (an MTA's pipe)")
     deliver.add_argument("--mailbox", help="the department mailbox it was addressed to, e.g. it")
     deliver.set_defaults(func=cmd_deliver)
+    figures = commands.add_parser(
+        "report", help="the desk's figures over a period (README: Reports defines each one)"
+    )
+    figures.add_argument("--period", choices=kpi.PERIODS, default="last-week")
+    figures.add_argument("--from", dest="start", type=_date, metavar="DATE", help="first day, YYYY-MM-DD")
+    figures.add_argument("--to", dest="end", type=_date, metavar="DATE", help="last day, included")
+    figures.add_argument("--department", help="one department (default: all of them)")
+    figures.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
+    figures.set_defaults(func=cmd_report)
     oauth = commands.add_parser("oauth", help="OAuth2 credentials").add_subparsers(
         dest="oauth_command", required=True
     )

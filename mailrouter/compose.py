@@ -197,6 +197,61 @@ def compose(
     )
 
 
+@dataclass(frozen=True)
+class InlineImage:
+    """A picture the HTML part shows as <img src="cid:{content_id}">."""
+
+    content_id: str
+    filename: str
+    data: bytes = field(repr=False)
+
+
+def compose_report(
+    *,
+    from_address: str,
+    from_name: str,
+    to: tuple[str, ...],
+    subject: str,
+    body: Rendered,
+    images: tuple[InlineImage, ...],
+    files: tuple[FileAttachment, ...],
+) -> Outgoing:
+    """A scheduled report, the shape Outlook and Gmail both show with its pictures in place:
+    mixed[alternative[text, related[html, images]], files]."""
+    assert body.html is not None, "a report has an HTML part"
+    html = _multipart(
+        "related", _boundary(), [_entity(*_text_part(body.html, "html")), *map(_image_part, images)]
+    )
+    headers, content = _multipart(
+        "alternative", _boundary(), [_entity(*_text_part(body.text, "plain")), _entity(*html)]
+    )
+    headers, content = _multipart("mixed", _boundary(), [_entity(headers, content), *map(_file_part, files)])
+    message_id = make_msgid(idstring="report", domain=from_address.rpartition("@")[2])
+    headers += [
+        ("From", formataddr((single_line(from_name), from_address), charset="utf-8")),
+        ("To", ", ".join(to)),
+        ("Subject", encode_header("Subject", single_line(subject))),
+        ("Date", formatdate(localtime=False, usegmt=True)),
+        ("Message-ID", message_id),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Auto-Response-Suppress", "All"),
+        (LOOP_HEADER, from_address),
+    ]
+    return Outgoing(from_address, to, message_id, single_line(subject), body.text, _entity(headers, content))
+
+
+def _image_part(image: InlineImage) -> bytes:
+    encoded = base64.encodebytes(image.data).replace(b"\n", b"\r\n")
+    headers = [
+        ("Content-Type", "image/png"),
+        ("MIME-Version", "1.0"),
+        ("Content-Transfer-Encoding", "base64"),
+        ("Content-ID", f"<{image.content_id}>"),
+        ("Content-Disposition", "inline; " + encode_parameter("filename", image.filename)),
+    ]
+    return _entity(headers, encoded)
+
+
 Headers = list[tuple[str, str]]
 
 

@@ -30,6 +30,8 @@ from pydantic import (
 from mailrouter.agents import KEY_ID, LOCAL_PART_MAX, MIN_SECRET_BYTES, longest_signed_local_part
 from mailrouter.businesshours import WEEKDAYS, BusinessHours, always_open, hours_of
 from mailrouter.errors import ConfigError
+from mailrouter.slots import trigger
+from mailrouter.vocabulary import PeriodName
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -532,6 +534,30 @@ class SlaPolicy(_Strict):
     reassign_to: str = ""  # a group or an address the case moves to on a breach
 
 
+class ReportSettings(_Strict):
+    """A report mailed on a schedule (`[[reports]]`): the figures of a period, with charts and
+    the CSV, from the (first) department's address; once per slot however many instances run."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")  # names its slots in the database
+    # "mon 07:00", "mon-fri 06:30", "daily 07:00", or a crontab line "0 7 * * mon".
+    schedule: str
+    time_zone: str = "UTC"
+    recipients: list[str] = Field(min_length=1)
+    departments: list[str] = []  # every department when empty
+    period: PeriodName = PeriodName.LAST_WEEK
+    language: Literal["en", "sv", "no", "da", "fi"] = "en"
+    # A slot missed while no instance ran is sent at start if it is at most this old.
+    grace: Age = timedelta(hours=6)
+
+    @model_validator(mode="after")
+    def _valid(self) -> ReportSettings:
+        trigger(self.schedule, self.time_zone)
+        for address in self.recipients:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
+                raise ValueError(f"recipients: {address!r} is not an email address")
+        return self
+
+
 class FileConfig(_Strict):
     database_url: str = "sqlite:///var/mailrouter.db"
     database: DatabaseSettings = DatabaseSettings()
@@ -551,6 +577,7 @@ class FileConfig(_Strict):
     sla: dict[str, SlaPolicy] = {}
     sla_by_priority: dict[str, str] = {}  # priority (low, normal, high, urgent) -> [sla] policy
     mailboxes: dict[str, MailboxSettings]
+    reports: list[ReportSettings] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> FileConfig:
@@ -585,7 +612,20 @@ class FileConfig(_Strict):
                     f"{longest} characters (at most {LOCAL_PART_MAX}): use a shorter address or prefix"
                 )
         self._consistent_sla()
+        self._consistent_reports()
         return self
+
+    def _consistent_reports(self) -> None:
+        names: set[str] = set()
+        for index, report in enumerate(self.reports):
+            if report.name in names:
+                raise ValueError(f"reports.{index}.name {report.name!r}: another report has that name")
+            names.add(report.name)
+            for department in report.departments:
+                if department not in self.mailboxes:
+                    raise ValueError(
+                        f"reports.{index}.departments: {department!r} is not a [mailboxes.<department>]"
+                    )
 
     def _consistent_sla(self) -> None:
         for priority, policy in self.sla_by_priority.items():

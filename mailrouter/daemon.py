@@ -38,6 +38,7 @@ from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
 from mailrouter.oauth import RELAY, Tokens, TokenSource
 from mailrouter.parsepool import ParsePool
+from mailrouter.reportmail import Reports
 from mailrouter.route import Rule, load_rules
 from mailrouter.schedule import Scheduler
 from mailrouter.send import RelayLogin, Sender, warn_about_refused_agents
@@ -202,7 +203,13 @@ async def serve(loaded: Loaded) -> None:
     health = Health({w.name: w.health for w in workers})
 
     def scheduler() -> Scheduler:  # a new one for each (re)start
-        return Scheduler(engine, intake.casework, config.daemon.schedule_interval, sender.wake.set)
+        return Scheduler(
+            engine,
+            intake.casework,
+            config.daemon.schedule_interval,
+            sender.wake.set,
+            Reports(engine, config, loaded.templates, instance),
+        )
 
     starts: dict[str, Callable[[], Awaitable[None]]] = {
         "sender": lambda: sender.run(stop, config.daemon.send_interval),

@@ -40,7 +40,7 @@ from sqlalchemy.sql import Select
 
 from mailrouter.errors import ReportError
 from mailrouter.store import CASE, CUSTOMER, STATUS_CHANGE
-from mailrouter.vocabulary import FINISHED, WAITING_ON_US, CaseStatus
+from mailrouter.vocabulary import FINISHED, WAITING_ON_US, CaseStatus, PeriodName
 
 PERCENTILES = (50, 90)
 TOP_CUSTOMERS = 10
@@ -67,16 +67,7 @@ class Dimension(StrEnum):
     CUSTOMER = "customer"  # the top customers by cases created in the period
 
 
-PERIODS = (
-    "today",
-    "yesterday",
-    "this-week",
-    "last-week",
-    "this-month",
-    "last-month",
-    "this-year",
-    "last-year",
-)
+PERIODS = tuple(PeriodName)
 
 
 @dataclass(frozen=True)
@@ -251,12 +242,7 @@ def figures(
     if isinstance(bind, Engine):
         with bind.connect() as connection:
             return figures(connection, period, departments, dimensions, now)
-    scope = _Scope(
-        bind.dialect.name,
-        {d: period.bounds(z) for d, z in departments.items()},
-        departments,
-        now or datetime.now(UTC),
-    )
+    scope = _scope(bind, period, departments, now)
     total = _groups(bind, scope, literal("")).get("") or _group("", {}, None, None, {})
     breakdowns = []
     for dimension in dimensions:
@@ -275,6 +261,48 @@ def figures(
     )
 
 
+def daily_created(
+    bind: Engine | Connection, period: Period, departments: Mapping[str, ZoneInfo]
+) -> tuple[int, ...]:
+    """Cases created on each local day of the period, first to last (the report's volume chart)."""
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return daily_created(connection, period, departments)
+    scope = _scope(bind, period, departments, None)
+    day = (_local_seconds(scope) / 86400 - (period.first - date(1970, 1, 1)).days).label("day")
+    days = [0] * ((period.last - period.first).days + 1)
+    for row in bind.execute(
+        select(day, func.count().label("cases"))
+        .select_from(CASE)
+        .where(scope.within(CASE.c.created_at))
+        .group_by(day)
+    ):
+        days[int(row.day)] += row.cases
+    return tuple(days)
+
+
+def first_response_bands(
+    bind: Engine | Connection, period: Period, departments: Mapping[str, ZoneInfo], edges: Sequence[float]
+) -> tuple[int, ...]:
+    """Cases first answered in the period by the business seconds it took, one count per band
+    from edges[i] to edges[i + 1] (the last band open-ended): the answer-time chart."""
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return first_response_bands(connection, period, departments, edges)
+    scope = _scope(bind, period, departments, None)
+    seconds = CASE.c.first_response_business_seconds
+    band = case(*((seconds < edge, index) for index, edge in enumerate(edges[1:])), else_=len(edges) - 2)
+    bands = [0] * (len(edges) - 1)
+    for row in bind.execute(
+        select(band.label("band"), func.count().label("cases"))
+        .select_from(CASE)
+        .where(scope.within(CASE.c.first_response_at), seconds.is_not(None))
+        .group_by(band)
+    ):
+        bands[int(row.band)] += row.cases
+    return tuple(bands)
+
+
 # --- the SQL ----------------------------------------------------------------------------------
 
 _SOURCE = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
@@ -287,6 +315,17 @@ _KEYS: dict[Dimension, ColumnElement[Any]] = {
     Dimension.ORGANISATION: func.coalesce(CUSTOMER.c.organisation, ""),
     Dimension.CUSTOMER: func.coalesce(CUSTOMER.c.address, ""),
 }
+
+
+def _scope(
+    connection: Connection, period: Period, departments: Mapping[str, ZoneInfo], now: datetime | None
+) -> _Scope:
+    return _Scope(
+        connection.dialect.name,
+        {d: period.bounds(z) for d, z in departments.items()},
+        departments,
+        now or datetime.now(UTC),
+    )
 
 
 @dataclass(frozen=True)
@@ -538,12 +577,7 @@ def _percentiles(
 def _arrivals(connection: Connection, scope: _Scope) -> tuple[tuple[int, ...], ...]:
     """Cases created per local weekday and hour: seconds since the epoch in UTC, plus the zone's
     offset at that instant (a CASE over the offset changes the period contains), divided out."""
-    local = scope.per_department(
-        {
-            d: _epoch(scope.dialect, CASE.c.created_at) + _offset(zone, *scope.bounds[d])
-            for d, zone in scope.zones.items()
-        }
-    )
+    local = _local_seconds(scope)
     # 1970-01-01 was a Thursday: day number + 3, modulo 7, counts from Monday.
     weekday = ((local / 86400 + 3) % 7).label("weekday")
     hour = ((local % 86400) / 3600).label("hour")
@@ -556,6 +590,16 @@ def _arrivals(connection: Connection, scope: _Scope) -> tuple[tuple[int, ...], .
     ):
         grid[int(row.weekday)][int(row.hour)] += row.cases
     return tuple(tuple(day) for day in grid)
+
+
+def _local_seconds(scope: _Scope) -> ColumnElement[int]:
+    """CASE.created_at as seconds since the epoch on its department's local clock."""
+    return scope.per_department(
+        {
+            d: _epoch(scope.dialect, CASE.c.created_at) + _offset(zone, *scope.bounds[d])
+            for d, zone in scope.zones.items()
+        }
+    )
 
 
 def _epoch(dialect: str, column: ColumnElement[Any]) -> ColumnElement[int]:

@@ -255,3 +255,13 @@ class MessageAttempt(SQLModel, table=True):
     uid: int = Field(primary_key=True)
     attempts: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ReportSlot(SQLModel, table=True):
+    """A scheduled report's slot, taken by the instance that queues its mail in the same
+    transaction: the primary key lets one instance, once, have each slot of each report."""
+
+    report: str = Field(primary_key=True)
+    slot_at: datetime = Field(primary_key=True)
+    claimed_by: str
+    created_at: datetime = Field(default_factory=utcnow)

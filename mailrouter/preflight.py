@@ -25,13 +25,40 @@ from mailrouter.models import Case, Customer
 from mailrouter.oauth import Tokens, TokenSource
 from mailrouter.outbox import Refusal
 from mailrouter.parse import Address, AttachmentInfo, Inbound
+from mailrouter.reportmail import TEMPLATE, ReportView, departments_of
 from mailrouter.route import Rule
 from mailrouter.send import RelayLogin, classify, refused_recipients
+from mailrouter.summary import Line
 from mailrouter.templates import DEFAULT, Templates
 
 # The templates the daemon renders besides the acknowledgements mailboxes and rules name.
 AGENT_TEMPLATES = ("notify", "remind")  # with agent groups: new cases, replies, follow-ups
 SLA_TEMPLATE = "sla"  # with [sla] policies: warnings and escalations
+
+
+_SAMPLE_LINE = Line(
+    "IT Support",
+    42,
+    38,
+    3,
+    30,
+    17,
+    "1 h 05 min / 6 h 40 min",
+    "1 d 2 h / 4 d 1 h",
+    "93 %",
+    "88 %",
+    "61 %",
+    "4.4 (12)",
+)
+SAMPLE_REPORT = ReportView(
+    name="weekly",
+    departments="IT Support",
+    period="2026-11-23 – 2026-11-29",
+    slot="2026-11-30 07:00:00 CET",
+    lines=(_SAMPLE_LINE,),
+    total=_SAMPLE_LINE,
+    charts={"volume": "v@x", "answer_times": "a@x", "backlog": "b@x", "busiest_hours": "h@x"},
+)
 
 
 def sample_context(config: Config, department: str) -> dict[str, Any]:
@@ -73,6 +100,7 @@ def sample_context(config: Config, department: str) -> dict[str, Any]:
         "organisation_open_cases": 2,
         "organisation_open_cases_or_more": False,
         "reopen_days": config.file.agents.reopen_days,
+        "report": SAMPLE_REPORT,
     }
 
 
@@ -94,15 +122,20 @@ def needed_templates(config: Config, rules: Iterable[Rule]) -> set[tuple[str, st
     if config.file.sla:
         kinds.append(SLA_TEMPLATE)
     needed.update((name, kind) for name in config.mailboxes for kind in kinds)
+    needed.update((departments_of(config, r)[0], TEMPLATE) for r in config.file.reports)
     return needed
 
 
 def template_problems(config: Config, templates: Templates, needed: set[tuple[str, str]]) -> list[str]:
     """Every file (each language, text and HTML) rendered with sample data: a department's own
-    with its mailbox, _default/'s with each mailbox; then each needed template that no file serves."""
+    with its mailbox, _default/'s with each mailbox (parts named _*, through the files that
+    include them); then each needed template that no file serves."""
     problems = []
     for relative in templates.files():
-        folder = relative.partition("/")[0]
+        folder, _, name = relative.partition("/")
+        if name.startswith("_"):
+            continue  # a part other templates include: rendered through them
+
         departments = list(config.mailboxes) if folder == DEFAULT else [folder]
         for department in departments:
             if department not in config.mailboxes:

@@ -3,11 +3,11 @@
 The jobs: follow-up reminders set with #followup, SLA warnings and escalations, the daily
 warning of OAuth2 secrets and certificates about to run out, and the customer's side:
 reminders of cases whose customer has heard nothing, pending cases resolved for want of an
-answer, resolved cases closed. Each due case is claimed with a compare-and-set (on its
-follow-up time; on the SLA target's warned and breached times being unset; on its quiet mark,
-pending time or last change), so several instances never act on it twice; a credential's
-warning is claimed against the day's events. Each job takes `now`, so tests can run it at a
-moment of their choosing.
+answer, resolved cases closed; and the scheduled reports (reportmail), each slot claimed once.
+Each due case is claimed with a compare-and-set (on its follow-up time; on the SLA target's
+warned and breached times being unset; on its quiet mark, pending time or last change), so
+several instances never act on it twice; a credential's warning is claimed against the day's
+events. Each job takes `now`, so tests can run it at a moment of their choosing.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from mailrouter import sla, store
+from mailrouter import reportmail, sla, slots, store
 from mailrouter.alerts import alert_mail, credential_users
 from mailrouter.casework import Casework
 from mailrouter.config import Config
 from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import utcnow
 from mailrouter.oauth import expiry_warnings
-from mailrouter.vocabulary import EventKind
+from mailrouter.vocabulary import EventKind, OutboxKind
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def warn_of_expiring_credentials(engine: Engine, casework: Casework, now: dateti
                 continue  # another instance warned today
             store.record(session, EventKind.CREDENTIAL_EXPIRING, str(expiry), expires=str(expiry.expires))
             if mail is not None:
-                store.queue_alert(session, *mail)
+                store.queue_letter(session, OutboxKind.ALERT, *mail)
             session.commit()
         log.warning("%s", expiry)
         queued += mail is not None
@@ -186,12 +186,32 @@ def warn_of_expiring_credentials(engine: Engine, casework: Casework, now: dateti
 
 class Scheduler:
     def __init__(
-        self, engine: Engine, casework: Casework, interval: float, on_queued: Callable[[], None]
+        self,
+        engine: Engine,
+        casework: Casework,
+        interval: float,
+        on_queued: Callable[[], None],
+        reports: reportmail.Reports | None = None,
     ) -> None:
         self.engine = engine
         self.casework = casework
         self.on_queued = on_queued
+        self.reports = reports
         self._scheduler = AsyncIOScheduler(timezone="UTC")
+        # Each report at its slots, and once now: a slot missed while no instance ran is sent
+        # at start if it is within the report's grace. Never dropped for running late: the slot
+        # claim, not apscheduler's misfire rule, decides whether a slot is still to be sent.
+        for report in reports.config.file.reports if reports is not None else ():
+            self._scheduler.add_job(
+                self._reports,
+                slots.trigger(report.schedule, report.time_zone),
+                id=f"report-{report.name}",
+                misfire_grace_time=None,
+                coalesce=True,
+            )
+            self._scheduler.add_job(
+                self._reports, id=f"report-{report.name}-at-start", misfire_grace_time=None
+            )
         self._scheduler.add_job(
             self._follow_ups, "interval", seconds=interval, id="follow-ups", max_instances=1, coalesce=True
         )
@@ -231,6 +251,11 @@ class Scheduler:
 
     async def _follow_through(self) -> None:
         if await asyncio.to_thread(follow_through, self.engine, self.casework):
+            self.on_queued()
+
+    async def _reports(self) -> None:
+        assert self.reports is not None
+        if await asyncio.to_thread(self.reports.send_due, utcnow()):
             self.on_queued()
 
     def start(self) -> None:

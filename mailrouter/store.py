@@ -50,6 +50,7 @@ from mailrouter.models import (
     MessageAttempt,
     OutboxMessage,
     RawMessage,
+    ReportSlot,
     StatusChange,
     utcnow,
 )
@@ -80,6 +81,7 @@ CASE: Table = Case.__table__  # type: ignore[attr-defined]
 CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
 MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
+REPORT_SLOT: Table = ReportSlot.__table__  # type: ignore[attr-defined]
 STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
@@ -109,6 +111,13 @@ _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
+_CLAIM_REPORT_SLOT = {
+    dialect: insert_for(REPORT_SLOT).on_conflict_do_nothing(index_elements=["report", "slot_at"])
+    for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+_REPORT_SLOT = select(REPORT_SLOT.c.claimed_by).where(
+    REPORT_SLOT.c.report == bindparam("report"), REPORT_SLOT.c.slot_at == bindparam("slot_at")
+)
 _CUSTOMER_BY_ADDRESS = select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address"))
 _INSERT_CUSTOMER_RETURNING_ID = insert(CUSTOMER).returning(CUSTOMER.c.id)
 _ADVANCE_CHECKPOINT = (  # same UIDVALIDITY: the UID only ever grows
@@ -675,19 +684,37 @@ def with_original(data: bytes, at: int, raw: bytes) -> bytes:
     return data[:at] + original_part(raw) + data[at:]
 
 
-def queue_alert(session: Session, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes) -> None:
-    """A letter to ops about the installation itself, not about a case."""
+def queue_letter(
+    session: Session, kind: OutboxKind, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes
+) -> None:
+    """A letter about the installation itself (an alert to ops, a scheduled report), not a case."""
     session.connection().execute(
         _INSERT_OUTBOX,
         {
             "case_id": None,
-            "kind": OutboxKind.ALERT,
+            "kind": kind,
             "mail_from": mail_from,
             "rcpt_to": rcpt_to,
             "message_id": message_id,
             "data": data,
         },
     )
+
+
+def claim_report_slot(session: Session, report: str, slot_at: datetime, instance: str) -> bool:
+    """Take a report's slot for this instance, in the session's transaction; False when another
+    instance has it (or had it, before a restart). On PostgreSQL a second instance's insert waits
+    for the first one's transaction, and then finds the slot taken."""
+    statement = _CLAIM_REPORT_SLOT[session.get_bind().dialect.name]
+    claimed = session.connection().execute(
+        statement, {"report": report, "slot_at": slot_at, "claimed_by": instance, "created_at": utcnow()}
+    )
+    return bool(claimed.rowcount == 1)
+
+
+def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str | None:
+    """The instance that took the slot, if one did: a report is not drawn again for nothing."""
+    return session.connection().execute(_REPORT_SLOT, {"report": report, "slot_at": slot_at}).scalar()
 
 
 def keep_raw(session: Session, raw: Raw) -> None:
@@ -728,13 +755,19 @@ def claim_credential_warning(session: Session, credential: str, since: datetime)
 _SLA_RUNNING = (CaseStatus.NEW, CaseStatus.OPEN)
 
 
+def _sla_running(target: Target) -> list[Any]:
+    """The conditions under which a case's target is running (its clock not stopped, not met)."""
+    conditions = [CASE.c.status.in_(_SLA_RUNNING), CASE.c[f"{target.column}_due"].is_not(None)]
+    if target == Target.FIRST_RESPONSE:
+        conditions.append(CASE.c.first_response_at.is_(None))
+    return conditions
+
+
 def _sla_due(target: Target, stage: Stage, now: datetime) -> list[Any]:
     """The conditions under which a target's warning or breach is due and not yet taken."""
     column = target.column
     due, breached = CASE.c[f"{column}_due"], CASE.c[f"breached_{column}_at"]
-    conditions = [CASE.c.status.in_(_SLA_RUNNING), due.is_not(None), breached.is_(None)]
-    if target == Target.FIRST_RESPONSE:
-        conditions.append(CASE.c.first_response_at.is_(None))
+    conditions = [*_sla_running(target), breached.is_(None)]
     if stage == Stage.BREACH:
         return [*conditions, due <= now]
     warn, warned = CASE.c[f"{column}_warn"], CASE.c[f"warned_{column}_at"]

@@ -66,6 +66,7 @@ class OutboxKind(StrEnum):
     STATUS_UPDATE = "status-update"  # to the customer: waiting for you, resolved, how it goes
     SURVEY = "survey"  # to the customer: how satisfied are you, 1 to 5
     QUIET_REMINDER = "quiet-reminder"  # to the agents: the customer has heard nothing for days
+    REPORT = "report"  # to the people in charge: a scheduled report ([[reports]]); no case
 
 
 # What the customer receives: any of it ends a quiet spell (casework's quiet reminders).
@@ -121,6 +122,8 @@ class EventKind(StrEnum):
     SLA_SET = "sla-set"
     SLA_WARNING = "sla-warning"
     SLA_BREACHED = "sla-breached"
+    # scheduled reports
+    REPORT_QUEUED = "report-queued"  # a slot's report mail queued, by which instance
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
@@ -142,6 +145,19 @@ class EventKind(StrEnum):
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
+
+
+class PeriodName(StrEnum):
+    """The periods a report may name (`--period`, `[[reports]] period`): kpi.named_period."""
+
+    TODAY = "today"
+    YESTERDAY = "yesterday"
+    THIS_WEEK = "this-week"
+    LAST_WEEK = "last-week"
+    THIS_MONTH = "this-month"
+    LAST_MONTH = "last-month"
+    THIS_YEAR = "this-year"
+    LAST_YEAR = "last-year"
 
 
 class Vocabulary(TypeDecorator[StrEnum]):

@@ -199,3 +199,22 @@ def test_the_hour_of_arrival_is_local_on_either_side_of_a_clock_change(intake, c
     arrivals = figures(intake, kpi.Period(date(2026, 10, 25), date(2026, 10, 25), "day")).arrivals
     sunday = 6
     assert arrivals[sunday][2] == 2 and sum(map(sum, arrivals)) == 2
+
+
+def test_cases_created_per_local_day_for_the_volume_chart(november):
+    first_week = kpi.Period(date(2026, 11, 1), date(2026, 11, 8), "week")
+    days = kpi.daily_created(november.engine, first_week, {"it": OSLO, "hr": OSLO})
+    assert days == (1, 2, 0, 0, 0, 1, 0, 0)
+
+
+def test_first_answers_by_business_hours_taken_for_the_answer_time_chart(november):
+    """A was answered after 2 business hours, B after 3, F after 8; the last band is open."""
+    edges = [h * 3600 for h in (0, 1, 2, 4, 8, float("inf"))]
+    assert kpi.first_response_bands(november.engine, NOVEMBER, {"it": OSLO}, edges) == (0, 0, 2, 0, 1)
+
+
+def test_a_period_without_cases_has_zero_figures(intake):
+    empty = figures(intake).total
+    kpis = empty.kpis
+    assert (kpis.created, kpis.backlog_total, kpis.first_response.business.count) == (0, 0, 0)
+    assert empty.satisfaction.mean is None

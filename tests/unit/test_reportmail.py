@@ -1,0 +1,184 @@
+"""Scheduled reports through the real intake on SQLite: the mail's shape (HTML with the charts
+inline, text, the CSV), each slot queued once whichever instance asks, a missed slot sent at
+start within its grace and not beyond it, and [[reports]] validated with errors naming the key."""
+
+from __future__ import annotations
+
+import email
+import re
+from datetime import UTC, datetime, timedelta
+from email.policy import default
+
+import pytest
+from sqlmodel import Session, select
+
+from mailrouter.config import load_config
+from mailrouter.daemon import load, open_database
+from mailrouter.errors import ConfigError
+from mailrouter.intake import Intake
+from mailrouter.models import Event, OutboxMessage, ReportSlot
+from mailrouter.reportmail import Reports, period_of
+from mailrouter.vocabulary import EventKind, OutboxKind
+from tests.unit.test_agent_flow import agent_reply, new_case
+
+REPORT = """
+[[reports]]
+name = "weekly"
+schedule = "mon 07:00"
+time_zone = "Europe/Oslo"
+recipients = ["lead@example.test", "boss@example.test"]
+departments = ["it"]
+period = "last-week"
+language = "{language}"
+grace = "6h"
+"""
+SLOT = datetime(2026, 11, 9, 6, 0, tzinfo=UTC)  # Monday 9 November, 07:00 in Oslo
+
+
+@pytest.fixture
+def reporting(config_file):
+    def make(language: str = "en") -> Intake:
+        config_file.write_text(config_file.read_text() + REPORT.format(language=language))
+        loaded = load(load_config(config_file))
+        return Intake(
+            loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents
+        )
+
+    return make
+
+
+def reports(intake: Intake, instance: str = "a") -> Reports:
+    return Reports(intake.engine, intake.config, intake.casework.notices.templates, instance)
+
+
+def queued(intake: Intake) -> list[email.message.EmailMessage]:
+    with Session(intake.engine) as session:
+        rows = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.REPORT)).all()
+    return [email.message_from_bytes(row.data, policy=default) for row in rows]  # type: ignore[misc]
+
+
+def a_week_of_work(intake, clock) -> None:
+    clock.now = datetime(2026, 11, 3, 9, tzinfo=UTC)  # Tuesday of the week before the slot
+    notification = new_case(intake)
+    clock.advance(hours=2)
+    agent_reply(intake, notification, "Try the other tray.")
+
+
+def test_the_report_mail_shows_its_charts_inline_beside_a_text_part(reporting, clock):
+    intake = reporting()
+    a_week_of_work(intake, clock)
+    assert reports(intake).send_due(SLOT) == 1
+    [mail] = queued(intake)
+    assert mail["From"] == "IT Support <it-support@example.test>"
+    assert mail["To"] == "lead@example.test, boss@example.test"
+    assert mail["Subject"] == "Service desk report: IT Support (2026-11-02 – 2026-11-08)"
+    assert mail["Auto-Submitted"] == "auto-generated"
+    assert mail.get_content_type() == "multipart/mixed"
+    [alternative] = [p for p in mail.iter_parts() if p.get_content_type() == "multipart/alternative"]
+    text, related = alternative.iter_parts()
+    assert related.get_content_type() == "multipart/related"
+    html, *images = related.iter_parts()
+    assert len(images) == 4 and all(i.get_content_type() == "image/png" for i in images)
+    assert all(i.get_content()[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    page = html.get_content()
+    for image in images:  # every picture is shown in place, none is left as an attachment
+        assert f'src="cid:{image["Content-ID"].strip("<>")}"' in page
+        assert image["Content-Disposition"].startswith("inline")
+    plain = text.get_content()
+    assert re.search(r"^New cases: +1\r?$", plain, re.M)
+    assert re.search(r"^First answer \(median / 90 %\): +2h 00m / 2h 00m\r?$", plain, re.M)
+
+
+def test_the_report_speaks_its_configured_language(reporting, clock):
+    intake = reporting("sv")
+    a_week_of_work(intake, clock)
+    reports(intake).send_due(SLOT)
+    [mail] = queued(intake)
+    assert mail["Subject"].startswith("Rapport från servicedesken: IT Support")
+    assert "Nya ärenden" in mail.get_body(("plain",)).get_content()
+
+
+def test_a_slot_is_queued_once_however_many_instances_ask(reporting, clock):
+    intake = reporting()
+    first, second = reports(intake, "host-a:1"), reports(intake, "host-b:2")
+    assert first.send_due(SLOT) == 1
+    assert second.send_due(SLOT + timedelta(seconds=1)) == 0
+    assert first.send_due(SLOT + timedelta(minutes=5)) == 0  # restarted after the slot was sent
+    assert len(queued(intake)) == 1
+    with Session(intake.engine) as session:
+        [slot] = session.exec(select(ReportSlot)).all()
+        [event] = session.exec(select(Event).where(Event.kind == EventKind.REPORT_QUEUED)).all()
+    assert (slot.report, slot.claimed_by) == ("weekly", "host-a:1")
+    assert "report weekly for slot 2026-11-09 07:00:00 CET" in event.detail
+    assert "by host-a:1" in event.detail and "lead@example.test" not in event.detail
+
+
+def test_the_claim_itself_refuses_a_second_taker_of_the_slot(reporting):
+    """The last word, for two instances that both found the slot free and drew the mail."""
+    from mailrouter import store
+
+    intake = reporting()
+    with Session(intake.engine) as session:
+        assert store.claim_report_slot(session, "weekly", SLOT, "a")
+        session.commit()
+    with Session(intake.engine) as session:
+        assert not store.claim_report_slot(session, "weekly", SLOT, "b")
+
+
+def test_a_slot_missed_while_down_is_sent_at_start_within_its_grace(reporting):
+    intake = reporting()
+    down_until = SLOT + timedelta(hours=5, minutes=59)
+    assert reports(intake).send_due(down_until) == 1
+    with Session(intake.engine) as session:
+        [event] = session.exec(select(Event).where(Event.kind == EventKind.REPORT_QUEUED)).all()
+    assert f"{5 * 3600 + 59 * 60}s after its slot" in event.detail
+
+
+def test_a_slot_older_than_its_grace_is_not_sent(reporting):
+    intake = reporting()
+    assert reports(intake).send_due(SLOT + timedelta(hours=6, seconds=1)) == 0
+    assert reports(intake).send_due(SLOT - timedelta(seconds=1)) == 0  # and none before its time
+    assert queued(intake) == []
+
+
+def test_a_late_slot_reports_on_the_same_days_as_one_on_time(reporting):
+    intake = reporting()
+    [report] = intake.config.file.reports
+    on_time, late = period_of(report, SLOT), period_of(report, SLOT + timedelta(hours=5))
+    assert on_time == late and (on_time.first.isoformat(), on_time.last.isoformat()) == (
+        "2026-11-02",
+        "2026-11-08",
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ('schedule = "mon 07:00"', 'schedule = "someday"'),
+        ('time_zone = "Europe/Oslo"', 'time_zone = "Europe/Atlantis"'),
+        ('departments = ["it"]', 'departments = ["sales"]'),
+        ('period = "last-week"', 'period = "last-fortnight"'),
+        ('recipients = ["lead@example.test", "boss@example.test"]', 'recipients = ["lead"]'),
+    ],
+)
+def test_an_invalid_report_names_the_file_and_key(config_file, change, expected):
+    config_file.write_text(config_file.read_text() + REPORT.format(language="en").replace(change, expected))
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file)
+    assert str(config_file) in str(raised.value) and "reports.0" in str(raised.value)
+
+
+def test_two_reports_may_not_share_a_name(config_file):
+    config_file.write_text(config_file.read_text() + REPORT.format(language="en") * 2)
+    with pytest.raises(ConfigError, match=r"reports\.1\.name 'weekly': another report has that name"):
+        load_config(config_file)
+
+
+def test_check_renders_the_report_templates_and_shows_when_each_report_goes(reporting, config_file, capsys):
+    from mailrouter.cli import main
+
+    reporting("no")
+    assert main(["--config", str(config_file), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "report weekly: mon 07:00 (Europe/Oslo), next " in out
+    assert "last-week of IT Support, in no, to 2 recipient(s)" in out
