@@ -34,6 +34,7 @@ from mailrouter.plan import (
     PlannedEvent,
     QueuedMail,
     Raw,
+    ShownMessage,
     Transition,
 )
 from mailrouter.route import Decision
@@ -80,6 +81,8 @@ class CaseFacts(Protocol):
     def other_cases(self, customer_id: int, case_id: int | None, since: datetime) -> Sequence[OtherCase]: ...
 
     def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int: ...
+
+    def conversation(self, case_id: int) -> Sequence[ShownMessage]: ...
 
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
         """(Message-ID, References, everyone it went to) of the customer's last message."""
@@ -148,6 +151,7 @@ class Casework:
             "tag": self._tag,
             "followup": self._follow_up_at,
             "uncc": self._uncc,
+            "show": self._show,
         }
 
     # --- which course a message takes -----------------------------------------------------------
@@ -460,6 +464,7 @@ class Casework:
             updated_at=now,
             related_case_id=earlier.id if earlier else None,
             customer=customer,
+            sensitive=decision.sensitive,
         )
         draft = _Draft(case, now)
         self._start_sla(draft, decision)
@@ -491,6 +496,7 @@ class Casework:
                     "assignee": decision.assignee,
                     "tags": list(decision.tags),
                     "template": decision.template,
+                    "sensitive": decision.sensitive,
                 },
                 mailbox=origin.mailbox,
             )
@@ -749,6 +755,8 @@ class Casework:
         if not recipients:
             draft.record(EventKind.NOT_NOTIFIED, f"{why}: no assignee and no group members")
             return
+        if case.sensitive:
+            why = why.partition(" from ")[0]  # a sensitive case's mail to agents names nobody
         context: dict[str, Any] = {}
         if kind == OutboxKind.NOTIFICATION:
             count = self._organisation_open_cases(case, facts)
@@ -1097,6 +1105,17 @@ class Casework:
             EventKind.PARTICIPANT_REMOVED,
             f"{agent} stopped copying {address} on the answers ({command})",
             address=address,
+        )
+
+    def _show(
+        self, draft: _Draft, _command: Command, agent: str, inbound: Inbound, _raw: bytes, facts: CaseFacts
+    ) -> None:
+        conversation = facts.conversation(draft.case.id or 0)
+        draft.mail.append(self.notices.shown(draft.case, inbound, agent, conversation))
+        draft.record(
+            EventKind.CASE_SHOWN,
+            f"{agent} asked for the case's mail (#show): {len(conversation)} message(s) sent to them alone",
+            agent=agent,
         )
 
     def _follow_up_at(

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, reportmail, sla, store
+from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, privacy, reportmail, sla, store
 from mailrouter import report as formats  # `report` names the [[reports]] entries here
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
@@ -162,6 +162,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ("group", decision.group or "-"),
         ("assignee", decision.assignee or "-"),
         ("tags", ", ".join(decision.tags) or "-"),
+        ("sensitive", "yes: agents get the number, category and an excerpt" if decision.sensitive else "no"),
         ("acknowledge", acknowledgement),
         ("sla", _sla_explained(config, decision)),
         ("because", decision.explanation),
@@ -347,7 +348,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(
         f"  department {case.department}, status {case.status}, priority {case.priority}, "
         f"category {case.category or '-'}, group {case.group or '-'}, assignee {case.assignee or '-'}, "
-        f"tags {', '.join(case.tags) or '-'}"
+        f"tags {', '.join(case.tags) or '-'}" + (", SENSITIVE" if case.sensitive else "")
     )
     _print_sla(config, case)
     _print_satisfaction(case)
@@ -357,6 +358,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  {m.received_at:%Y-%m-%d %H:%M:%S} {m.direction:<3} {m.author_role:<11} "
             f"{m.from_addr}  {m.subject}"
         )
+        if args.text and m.text:
+            print("".join(f"      {line}\n" for line in m.text.splitlines()), end="")
     print("outgoing mail:")
     for o in record.outbox:
         print(f"  {o.kind} to {', '.join(o.rcpt_to)}: {o.state} after {o.attempts} attempt(s) {o.last_error}")
@@ -416,6 +419,20 @@ def cmd_screened(args: argparse.Namespace) -> int:
         )
     if not rows:
         print("(no screened mail)")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Retention now, or (--dry-run) what the next run would remove."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    rules = privacy.policy(config, utcnow())
+    if args.dry_run:
+        with open_reader(config).connect() as connection:
+            counts = privacy.due(connection, rules)
+        print(f"the next retention run would remove: {counts}")
+        return 0
+    counts = privacy.run(open_database(config, upgrade=False), rules, config.file.privacy.retention_batch)
+    print(f"retention: {counts}")
     return 0
 
 
@@ -626,7 +643,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     show = commands.add_parser("show", help="one case with its messages, outgoing mail and events")
     show.add_argument("case", help="case number, e.g. IT-1001")
+    show.add_argument("--text", action="store_true", help="each message's text too (a sensitive case's)")
     show.set_defaults(func=cmd_show)
+
+    retention = commands.add_parser(
+        "retention", help="delete and anonymise what is past its retention now (the daemon does it daily)"
+    )
+    retention.add_argument("--dry-run", action="store_true", help="only count what the run would remove")
+    retention.set_defaults(func=cmd_retention)
 
     listed = commands.add_parser("screened", help="mail that screening kept out of any case")
     listed.add_argument("--limit", type=int, default=50)

@@ -123,6 +123,7 @@ COMMANDS = (
     CommandSpec("tag", "#tag <tag>", "add a tag", _tag),
     CommandSpec("uncc", "#uncc <address>", "stop copying a participant on the answers", _address),
     CommandSpec("followup", "#followup <30m|4h|2d|1w>", "remind whoever has the case then", _duration),
+    CommandSpec("show", "#show", "the case's mail, to you alone (a sensitive case's)", _no_argument),
 )
 _BY_NAME = {spec.name: spec for spec in COMMANDS}
 COMMAND_HELP = "Commands stand on their own lines at the top of your reply:\n" + "".join(

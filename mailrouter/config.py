@@ -316,6 +316,14 @@ class MailboxSettings(_Strict):
     auto_close_after: Age | None = None
     # A resolved case's customer is asked one question: how satisfied, 1 to 5, by replying.
     satisfaction_survey: bool = False
+    # Sensitive cases (health data: sick leave): every case of the department, or those of these
+    # categories (a rule's then.sensitive decides first). Agents' mail carries the case number,
+    # the category and an excerpt; `#show` or `mailrouter show` gives the rest.
+    sensitive: bool = False
+    sensitive_categories: list[str] = []
+    # A case closed (and left alone) this many months loses its mail and personal data; what
+    # the reports count stays. None: kept for ever.
+    retain_months: int | None = Field(default=None, gt=0)
     imap: ImapSettings
 
     @model_validator(mode="after")
@@ -558,6 +566,21 @@ class ReportSettings(_Strict):
         return self
 
 
+class PrivacySettings(_Strict):
+    """What personal data goes where (README, "Personal data")."""
+
+    # How much of a sensitive case's mail its notification quotes.
+    excerpt_chars: int = Field(default=120, ge=0, le=1000)
+    # Retention, run daily (a case's own: [mailboxes.<department>] retain_months): mail that
+    # screening kept out of any case, quarantined and refused mail's kept bytes, and the bodies
+    # of sent letters are deleted this many days after they arrived or went.
+    screened_days: int = Field(default=30, gt=0)
+    quarantine_days: int = Field(default=90, gt=0)
+    sent_body_days: int = Field(default=7, ge=0)
+    # At most this many cases, messages or letters in one transaction of a retention run.
+    retention_batch: int = Field(default=200, gt=0, le=10000)
+
+
 class FileConfig(_Strict):
     database_url: str = "sqlite:///var/mailrouter.db"
     database: DatabaseSettings = DatabaseSettings()
@@ -572,6 +595,7 @@ class FileConfig(_Strict):
     http: HttpSettings | None = None
     oauth2: dict[str, OAuth2Settings] = {}
     alerts: AlertSettings | None = None
+    privacy: PrivacySettings = PrivacySettings()
 
     business_hours: dict[str, BusinessHoursSettings] = {}
     sla: dict[str, SlaPolicy] = {}

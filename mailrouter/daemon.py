@@ -209,6 +209,7 @@ async def serve(loaded: Loaded) -> None:
             config.daemon.schedule_interval,
             sender.wake.set,
             Reports(engine, config, loaded.templates, instance),
+            instance,
         )
 
     starts: dict[str, Callable[[], Awaitable[None]]] = {
@@ -226,7 +227,7 @@ async def serve(loaded: Loaded) -> None:
     endpoint = None
     if config.file.http is not None:
         endpoint = Endpoint(
-            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout
+            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout, config
         )
         await endpoint.start()
     parsers.start()

@@ -1,8 +1,8 @@
-"""http: the daemon's HTTP endpoint on aiohttp: /metrics (Prometheus), /healthz and /readyz.
+"""http: the daemon's HTTP endpoint on aiohttp: /metrics (Prometheus), /healthz, /readyz and the
+dashboard (/dashboard, /dashboard/<department> and its charts), behind the one token check.
 
 It runs on the daemon's own event loop, so /healthz answering is itself the proof that the loop
-is alive. The database is read in a thread, never on the loop. The dashboard of the reporting
-issue will add its routes to the same application.
+is alive. The database is read, and pages and charts are drawn, in a thread, never on the loop.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from prometheus_client.registry import Collector
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from mailrouter.config import HttpSettings
+from mailrouter import dashboard
+from mailrouter.config import Config, HttpSettings
 from mailrouter.errors import ConfigError
 from mailrouter.facts import DatabaseFacts, read_facts
 from mailrouter.health import LATENCY_BUCKETS, Health, MailboxHealth
+from mailrouter.models import utcnow
+from mailrouter.pictures import Chart
 from mailrouter.plan import OutcomeKind
 
 log = logging.getLogger(__name__)
@@ -202,10 +205,13 @@ class Endpoint:
         health: Health,
         engine: Engine,
         idle_timeout: float,
+        config: Config | None = None,
     ) -> None:
+        """`config`: the departments the dashboard shows; none, no dashboard."""
         self.settings = settings
         self.health = health
         self.engine = engine
+        self.config = config
         self.limits = Thresholds(settings.ready_max_poll_age, idle_timeout, settings.ready_max_outbox_age)
         self.registry = CollectorRegistry()  # our own: nothing of the process-wide default registry
         self.registry.register(DaemonCollector(health, engine))
@@ -213,6 +219,10 @@ class Endpoint:
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
+        if config is not None:
+            self.app.router.add_get("/dashboard", self.overview)
+            self.app.router.add_get("/dashboard/{department}", self.board)
+            self.app.router.add_get("/dashboard/{department}/{chart}.png", self.chart)
         self._runner = web.AppRunner(self.app, access_log=None)
 
     async def start(self) -> None:
@@ -222,7 +232,8 @@ class Endpoint:
         except OSError as exc:
             await self._runner.cleanup()
             raise ConfigError(f"http.listen {self.settings.listen}: cannot listen: {exc.strerror}") from exc
-        log.info("http: serving /metrics, /healthz and /readyz on %s", self.settings.listen)
+        dashboard = " and /dashboard" if self.config is not None else ""
+        log.info("http: serving /metrics, /healthz, /readyz%s on %s", dashboard, self.settings.listen)
 
     async def close(self) -> None:
         await self._runner.cleanup()
@@ -244,3 +255,34 @@ class Endpoint:
             facts = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
         readiness = judge(self.health, facts, time.monotonic(), self.limits)
         return web.json_response(asdict(readiness), status=200 if readiness.ready else 503)
+
+    def _department(self, request: web.Request) -> str:
+        assert self.config is not None
+        department = request.match_info["department"]
+        if department not in self.config.mailboxes:
+            raise web.HTTPNotFound(text=f"no department {department!r}")
+        return department
+
+    async def overview(self, request: web.Request) -> web.Response:
+        assert self.config is not None
+        page = await asyncio.to_thread(dashboard.overview_page, self.engine, self.config, utcnow())
+        return web.Response(text=page, content_type="text/html", headers=_FRESH)
+
+    async def board(self, request: web.Request) -> web.Response:
+        assert self.config is not None
+        department = self._department(request)
+        page = await asyncio.to_thread(dashboard.board_page, self.engine, self.config, department, utcnow())
+        return web.Response(text=page, content_type="text/html", headers=_FRESH)
+
+    async def chart(self, request: web.Request) -> web.Response:
+        assert self.config is not None
+        department = self._department(request)
+        try:
+            chart = Chart(request.match_info["chart"])
+        except ValueError:
+            raise web.HTTPNotFound(text=f"no chart {request.match_info['chart']!r}") from None
+        png = await asyncio.to_thread(dashboard.chart, self.engine, self.config, department, chart, utcnow())
+        return web.Response(body=png, content_type="image/png", headers=_FRESH)
+
+
+_FRESH = {"Cache-Control": "no-store"}  # the page reloads itself to show what is new

@@ -55,6 +55,7 @@ class Intake:
             agents.signer,
             config.daemon.instance_tag,
             config.limits.relay_attachment_bytes,
+            config.file.privacy.excerpt_chars,
         )
         self.casework = Casework(config, notices, agents)
         self.own_addresses = config.own_addresses()

@@ -39,6 +39,7 @@ from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.sql import Select
 
 from mailrouter.errors import ReportError
+from mailrouter.plan import SENSITIVE_SUBJECT
 from mailrouter.store import CASE, CUSTOMER, STATUS_CHANGE
 from mailrouter.vocabulary import FINISHED, WAITING_ON_US, CaseStatus, PeriodName
 
@@ -306,14 +307,21 @@ def first_response_bands(
 # --- the SQL ----------------------------------------------------------------------------------
 
 _SOURCE = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
+
+
+def _unless_sensitive(key: ColumnElement[Any]) -> ColumnElement[Any]:
+    """Who a case is about, except for a sensitive case: all of those are counted as one."""
+    return case((CASE.c.sensitive, literal(SENSITIVE_SUBJECT)), else_=key)
+
+
 _KEYS: dict[Dimension, ColumnElement[Any]] = {
     Dimension.DEPARTMENT: CASE.c.department,
     Dimension.CATEGORY: CASE.c.category,
     Dimension.PRIORITY: CASE.c.priority,
     Dimension.GROUP: CASE.c.group,
     Dimension.ASSIGNEE: CASE.c.assignee,
-    Dimension.ORGANISATION: func.coalesce(CUSTOMER.c.organisation, ""),
-    Dimension.CUSTOMER: func.coalesce(CUSTOMER.c.address, ""),
+    Dimension.ORGANISATION: _unless_sensitive(func.coalesce(CUSTOMER.c.organisation, "")),
+    Dimension.CUSTOMER: _unless_sensitive(func.coalesce(CUSTOMER.c.address, "")),
 }
 
 
@@ -559,7 +567,8 @@ def _percentiles(
         .where(scope.within(anchor), column.is_not(None))
         .subquery()
     )
-    wanted = [cast((ranked.c.n * p + 99) / 100, SqlInteger) for p in PERCENTILES]
+    # Floor division: `/` is true division in SQLAlchemy, and PostgreSQL rounds the cast of it.
+    wanted = [(ranked.c.n * p + 99) // 100 for p in PERCENTILES]
     picked: dict[str, dict[int, float]] = {}
     counts: dict[str, int] = {}
     for row in connection.execute(

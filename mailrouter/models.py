@@ -125,6 +125,11 @@ class Case(SQLModel, table=True):
     resolution_replies: int | None = None
     first_contact_resolution: bool | None = None
     closed_at: datetime | None = Field(default=None, index=True)  # first closed
+    # Health data, say (HR's sick leave): agents' mail carries number, category and an excerpt,
+    # and reports show the case only as a count, never with its subject or customer.
+    sensitive: bool = False
+    # When retention or an erasure took its mail and personal data (what the reports count stays).
+    anonymised_at: datetime | None = Field(default=None, index=True)
 
 
 class StatusChange(SQLModel, table=True):

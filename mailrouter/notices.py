@@ -9,7 +9,8 @@ command from their mail client.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mailrouter.agents import ReplySigner
@@ -17,7 +18,7 @@ from mailrouter.commands import COMMAND_HELP
 from mailrouter.compose import FileAttachment, compose, tagged_subject
 from mailrouter.config import MailboxSettings
 from mailrouter.parse import Inbound
-from mailrouter.plan import CaseView, QueuedMail
+from mailrouter.plan import CaseView, QueuedMail, ShownMessage, discreet
 from mailrouter.quoting import MARKER
 from mailrouter.templates import Rendered, Templates
 from mailrouter.vocabulary import AuthorRole, OutboxKind
@@ -31,8 +32,10 @@ class Notices:
         signer: ReplySigner | None,
         instance_tag: str = "",
         relay_attachment_bytes: int = 10 * 1024 * 1024,
+        excerpt_chars: int = 120,
     ) -> None:
         self.relay_attachment_bytes = relay_attachment_bytes
+        self.excerpt_chars = excerpt_chars
         self.mailboxes = mailboxes
         self.templates = templates
         self.signer = signer
@@ -122,13 +125,21 @@ class Notices:
         **context: Any,
     ) -> list[QueuedMail]:
         """A notification or reminder: the case, the customer, and (for a message) the original.
-        One letter per agent, each with the reply address signed for that agent alone."""
+        One letter per agent, each with the reply address signed for that agent alone. Of a
+        sensitive case only its number, category and an excerpt: the rest stays in the
+        database, for `#show` to send to one agent who asks."""
         template = {
             OutboxKind.REMINDER: "remind",
             OutboxKind.SLA_WARNING: "sla",
             OutboxKind.SLA_ESCALATION: "sla",
             OutboxKind.QUIET_REMINDER: "quiet",
         }.get(kind, "notify")
+        if case.sensitive:
+            case, attach = discreet(case), None
+            if template == "notify":
+                message: Inbound | None = context.get("message")
+                template = "notify-sensitive"
+                context = {"excerpt": excerpt(message.text if message else "", self.excerpt_chars)}
         department = self.mailboxes[case.department]
         body = self._render(case, template, (department.language,), why=why, **context)
         return [
@@ -144,6 +155,37 @@ class Notices:
             )
             for recipient in recipients
         ]
+
+    def shown(
+        self, case: CaseView, inbound: Inbound, agent: str, conversation: Sequence[ShownMessage]
+    ) -> QueuedMail:
+        """`#show`: the case's mail, to the agent who asked and nobody else (their own address,
+        Reply-To signed for them). The attachments stay in the database: their names only."""
+        customer = case.customer
+        lines = [
+            f"{MARKER}\n",
+            f"{case.number}: {case.subject}",
+            "Sensitive: for you alone. Do not forward this mail; delete it when you are done.\n",
+            f"Customer:  {customer.name} <{customer.address}>" if customer else "Customer:  (unknown)",
+            f"Category:  {case.category or '-'}\n",
+        ]
+        for shown in conversation:
+            sender = f"{shown.from_name} <{shown.from_addr}>" if shown.from_name else shown.from_addr
+            lines.append(f"--- {shown.received_at:%Y-%m-%d %H:%M} UTC, {shown.author_role} {sender} ---")
+            lines.append(f"Subject: {shown.subject}\n")
+            lines.append(shown.text.rstrip() + "\n")
+            if shown.attachments:
+                lines.append(f"Attachments (kept by mailrouter): {', '.join(shown.attachments)}\n")
+        return self._mail(
+            OutboxKind.CASE_SHOWN,
+            case,
+            (agent,),
+            tagged_subject(case.number, inbound.subject),
+            Rendered("\n".join(lines) + "\n", None),
+            answering=inbound,
+            auto_submitted="auto-replied",
+            signed_for=agent,
+        )
 
     def to_customer(
         self,
@@ -264,3 +306,12 @@ class Notices:
             auto_submitted="auto-replied",
             signed_for=agent,
         )
+
+
+def excerpt(text: str, chars: int) -> str:
+    """The first `chars` characters of a text on one line, cut at a word, with an ellipsis if cut."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    if len(flat) <= chars:
+        return flat
+    cut = flat[:chars].rsplit(" ", 1)[0] if " " in flat[:chars] else flat[:chars]
+    return cut.rstrip() + " …"

@@ -6,6 +6,7 @@ message's one transaction. Tests and `rules explain` read plans; nothing else wr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -128,6 +129,33 @@ class CaseView:
     resolution_replies: int | None = None
     first_contact_resolution: bool | None = None
     closed_at: datetime | None = None
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
+class ShownMessage:
+    """One incoming message of a case, as `#show` sends it to the agent who asked."""
+
+    received_at: datetime
+    author_role: AuthorRole
+    from_addr: str
+    from_name: str
+    subject: str
+    text: str
+    attachments: tuple[str, ...]
+
+
+# What stands for a sensitive case's subject wherever it is shown beyond the case itself.
+SENSITIVE_SUBJECT = "(sensitive)"
+
+
+def discreet(case: CaseView) -> CaseView:
+    """A sensitive case as agents' mail shows it: its number and category, no subject and no
+    customer; any other case as it is."""
+    if not case.sensitive:
+        return case
+    label = f"{SENSITIVE_SUBJECT} {case.category}" if case.category else SENSITIVE_SUBJECT
+    return dataclasses.replace(case, subject=label, customer=None, satisfaction_comment="")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from mailrouter.summary import Line
 from mailrouter.templates import DEFAULT, Templates
 
 # The templates the daemon renders besides the acknowledgements mailboxes and rules name.
-AGENT_TEMPLATES = ("notify", "remind")  # with agent groups: new cases, replies, follow-ups
+# With agent groups: new cases and replies (of sensitive cases too), follow-ups.
+AGENT_TEMPLATES = ("notify", "notify-sensitive", "remind")
 SLA_TEMPLATE = "sla"  # with [sla] policies: warnings and escalations
 
 
@@ -96,6 +97,7 @@ def sample_context(config: Config, department: str) -> dict[str, Any]:
         "department": mailbox,
         "message": sample,
         "why": "New case",
+        "excerpt": "Hej! …",
         "other_cases": [case],
         "organisation_open_cases": 2,
         "organisation_open_cases_or_more": False,

@@ -89,6 +89,11 @@ BRIEF = (
 _BY_NAME = {column.name: column for column in COLUMNS}
 
 
+def column(name: str) -> Column:
+    """One of COLUMNS by its name (the report mail's and the dashboard's summary lines)."""
+    return _BY_NAME[name]
+
+
 def readable(column: Column, group: Group) -> str:
     """A figure as a person reads it: 3h 05m, 67 %, 4.5."""
     value = column.value(group)

@@ -22,6 +22,7 @@ from sqlmodel import Session
 from mailrouter import kpi, pictures, slots, store, summary
 from mailrouter.compose import FileAttachment, InlineImage, Outgoing, compose_report
 from mailrouter.config import Config, ReportSettings
+from mailrouter.report import csv_bytes
 from mailrouter.summary import Line
 from mailrouter.templates import Templates
 from mailrouter.vocabulary import EventKind, OutboxKind
@@ -94,7 +95,11 @@ def draw(
         },
     )
     body = templates.render(names[0], TEMPLATE, (report.language,), {"report": view})
-    files: tuple[FileAttachment, ...] = ()
+    csv = FileAttachment(
+        f"{report.name}-{period.first.isoformat()}.csv",
+        "text/csv; charset=utf-8",
+        csv_bytes(figures, display),
+    )
     return compose_report(
         from_address=sender.address,
         from_name=sender.display_name,
@@ -102,7 +107,7 @@ def draw(
         subject=f"{body.text.splitlines()[0]} ({view.period})",
         body=body,
         images=images,
-        files=files,
+        files=(csv,),
     )
 
 

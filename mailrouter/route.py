@@ -81,6 +81,7 @@ class Actions(BaseModel):
     template: str | None = None
     acknowledge: bool | None = None
     sla: str | None = None  # an [sla.<name>] policy of config.toml
+    sensitive: bool | None = None  # health data and the like: agents get an excerpt only
 
 
 class Rule(BaseModel):
@@ -198,6 +199,7 @@ class Decision:
     matched_rules: tuple[str, ...]
     verdicts: tuple[RuleVerdict, ...]
     sla: str | None = None  # a rule's SLA policy; None: the priority's or the department's
+    sensitive: bool = False
 
     @property
     def explanation(self) -> str:
@@ -328,6 +330,7 @@ def route(
     template: str | None = None
     acknowledge: bool | None = None
     sla: str | None = None
+    sensitive: bool | None = None
     matched: list[str] = []
     verdicts: list[RuleVerdict] = []
     stopped = False
@@ -352,11 +355,14 @@ def route(
         template = actions.template or template
         acknowledge = actions.acknowledge if actions.acknowledge is not None else acknowledge
         sla = actions.sla or sla
+        sensitive = actions.sensitive if actions.sensitive is not None else sensitive
         stopped = not rule.continue_
 
     settings = mailboxes[department]
     if acknowledge is None:
         acknowledge = settings.acknowledge
+    if sensitive is None:  # a rule's word first; else the department's, or its category's
+        sensitive = settings.sensitive or fields["category"] in settings.sensitive_categories
     return Decision(
         department=department,
         tags=tuple(tags),
@@ -365,5 +371,6 @@ def route(
         matched_rules=tuple(matched),
         verdicts=tuple(verdicts),
         sla=sla,
+        sensitive=sensitive,
         **fields,
     )

@@ -3,11 +3,12 @@
 The jobs: follow-up reminders set with #followup, SLA warnings and escalations, the daily
 warning of OAuth2 secrets and certificates about to run out, and the customer's side:
 reminders of cases whose customer has heard nothing, pending cases resolved for want of an
-answer, resolved cases closed; and the scheduled reports (reportmail), each slot claimed once.
-Each due case is claimed with a compare-and-set (on its follow-up time; on the SLA target's
-warned and breached times being unset; on its quiet mark, pending time or last change), so
-several instances never act on it twice; a credential's warning is claimed against the day's
-events. Each job takes `now`, so tests can run it at a moment of their choosing.
+answer, resolved cases closed; the scheduled reports (reportmail), each slot claimed once; and
+retention (privacy), one run a day. Each due case is claimed with a compare-and-set (on its
+follow-up time; on the SLA target's warned and breached times being unset; on its quiet mark,
+pending time or last change), so several instances never act on it twice; a credential's
+warning is claimed against the day's events. Each job takes `now`, so tests can run it at a
+moment of their choosing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from mailrouter import reportmail, sla, slots, store
+from mailrouter import privacy, reportmail, sla, slots, store
 from mailrouter.alerts import alert_mail, credential_users
 from mailrouter.casework import Casework
 from mailrouter.config import Config
@@ -192,9 +193,11 @@ class Scheduler:
         interval: float,
         on_queued: Callable[[], None],
         reports: reportmail.Reports | None = None,
+        instance: str = "mailrouter",
     ) -> None:
         self.engine = engine
         self.casework = casework
+        self.instance = instance
         self.on_queued = on_queued
         self.reports = reports
         self._scheduler = AsyncIOScheduler(timezone="UTC")
@@ -235,6 +238,10 @@ class Scheduler:
             max_instances=1,
             coalesce=True,
         )
+        # Retention once a day: each run looks whether today's slot is taken yet.
+        self._scheduler.add_job(
+            self._retention, "interval", seconds=interval, id="retention", max_instances=1, coalesce=True
+        )
 
     async def _follow_ups(self) -> None:
         # A failure rolls its claim back and is logged by apscheduler; the next run tries again.
@@ -252,6 +259,9 @@ class Scheduler:
     async def _follow_through(self) -> None:
         if await asyncio.to_thread(follow_through, self.engine, self.casework):
             self.on_queued()
+
+    async def _retention(self) -> None:
+        await asyncio.to_thread(privacy.run_daily, self.engine, self.casework.config, self.instance)
 
     async def _reports(self) -> None:
         assert self.reports is not None

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    and_,
     bindparam,
     case,
     event,
@@ -55,7 +56,18 @@ from mailrouter.models import (
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
-from mailrouter.plan import DELIVERED, CaseView, CustomerView, Incoming, Origin, Plan, QueuedMail, Raw
+from mailrouter.plan import (
+    DELIVERED,
+    SENSITIVE_SUBJECT,
+    CaseView,
+    CustomerView,
+    Incoming,
+    Origin,
+    Plan,
+    QueuedMail,
+    Raw,
+    ShownMessage,
+)
 from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
@@ -112,7 +124,10 @@ _KEEP_RAW = {
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 _CLAIM_REPORT_SLOT = {
-    dialect: insert_for(REPORT_SLOT).on_conflict_do_nothing(index_elements=["report", "slot_at"])
+    # RETURNING says whether the row went in: psycopg reports no rowcount for ON CONFLICT.
+    dialect: insert_for(REPORT_SLOT)
+    .on_conflict_do_nothing(index_elements=["report", "slot_at"])
+    .returning(REPORT_SLOT.c.report)
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 _REPORT_SLOT = select(REPORT_SLOT.c.claimed_by).where(
@@ -167,11 +182,27 @@ _ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
 )
 # A case not yet inserted has no id: 0 leaves nothing out (ids start at 1).
 _OTHER_CASES = (
-    select(CASE.c.number, CASE.c.status, CASE.c.subject)
+    select(
+        CASE.c.number,
+        CASE.c.status,
+        case((CASE.c.sensitive, SENSITIVE_SUBJECT), else_=CASE.c.subject).label("subject"),
+    )
     .where(CASE.c.customer_id == bindparam("customer_id"), CASE.c.id != bindparam("case_id"))
     .where(or_(CASE.c.status != CaseStatus.CLOSED, CASE.c.created_at > bindparam("recent")))
     .order_by(CASE.c.id.desc())
     .limit(10)
+)
+_CONVERSATION = (
+    select(*(MESSAGE.c[name] for name in ("id", "received_at", "author_role", "from_addr", "from_name")))
+    .add_columns(MESSAGE.c.subject, MESSAGE.c.text)
+    .where(MESSAGE.c.case_id == bindparam("case_id"), MESSAGE.c.direction == Direction.IN)
+    .order_by(MESSAGE.c.id)
+)
+_CONVERSATION_ATTACHMENTS = (
+    select(ATTACHMENT.c.message_id, ATTACHMENT.c.filename)
+    .join(MESSAGE, MESSAGE.c.id == ATTACHMENT.c.message_id)
+    .where(MESSAGE.c.case_id == bindparam("case_id"))
+    .order_by(ATTACHMENT.c.id)
 )
 # From the open cases, not from the organisation's customers: those have every case they ever
 # opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
@@ -368,6 +399,7 @@ def _case_view(row: Row[Any]) -> CaseView:
         resolved_at=values["resolved_at"],
         follow_up_at=values["follow_up_at"],
         related_case_id=values["related_case_id"],
+        sensitive=values["sensitive"],
         customer=customer,
         **{column: values[column] for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)},
     )
@@ -452,6 +484,23 @@ class SqlFacts:
     def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int:
         params = {"case_id": case_id or 0, "organisation": organisation, "at_most": at_most}
         return self.connection.execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
+
+    def conversation(self, case_id: int) -> list[ShownMessage]:
+        attachments: dict[int, list[str]] = {}
+        for message_id, filename in self.connection.execute(_CONVERSATION_ATTACHMENTS, {"case_id": case_id}):
+            attachments.setdefault(message_id, []).append(filename)
+        return [
+            ShownMessage(
+                row.received_at,
+                row.author_role,
+                row.from_addr,
+                row.from_name,
+                row.subject,
+                row.text,
+                tuple(attachments.get(row.id, ())),
+            )
+            for row in self.connection.execute(_CONVERSATION, {"case_id": case_id})
+        ]
 
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
         row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
@@ -581,6 +630,7 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
         "resolved_at": case.resolved_at,
         "follow_up_at": case.follow_up_at,
         "related_case_id": case.related_case_id,
+        "sensitive": case.sensitive,
         **{
             column: getattr(case, column)
             for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)
@@ -709,7 +759,7 @@ def claim_report_slot(session: Session, report: str, slot_at: datetime, instance
     claimed = session.connection().execute(
         statement, {"report": report, "slot_at": slot_at, "claimed_by": instance, "created_at": utcnow()}
     )
-    return bool(claimed.rowcount == 1)
+    return claimed.first() is not None
 
 
 def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str | None:
@@ -783,6 +833,50 @@ def due_sla(session: Session, now: datetime) -> list[tuple[int, Target, Stage]]:
         for target in Target
         for case_id in connection.execute(select(CASE.c.id).where(*_sla_due(target, stage, now))).scalars()
     ]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A case whose SLA target is the nearest to falling due, or past it: what a wall screen may
+    show of it (nothing a customer wrote)."""
+
+    number: str
+    department: str
+    priority: str
+    owner: str  # the assignee, else the group
+    target: Target
+    due: datetime
+
+
+def sla_watch(session: Session, departments: Sequence[str], limit: int) -> list[Watched]:
+    """The `limit` running targets due soonest (overdue ones first, being the soonest) in these
+    departments: one query per target, each served by its due-time index."""
+    connection = session.connection()
+    found = []
+    for target in Target:
+        due = CASE.c[f"{target.column}_due"]
+        statement = (
+            select(CASE.c.number, CASE.c.department, CASE.c.priority, CASE.c.assignee, CASE.c.group, due)
+            .where(*_sla_running(target), CASE.c.department.in_(departments))
+            .order_by(due)
+            .limit(limit)
+        )
+        found += [
+            Watched(row.number, row.department, row.priority, row.assignee or row.group, target, row[5])
+            for row in connection.execute(statement)
+        ]
+    return sorted(found, key=lambda watched: watched.due)[:limit]
+
+
+def sla_late(session: Session, departments: Sequence[str], now: datetime) -> dict[str, int]:
+    """Per department, the cases with a running target past its due time."""
+    late = or_(*(and_(*_sla_running(t), CASE.c[f"{t.column}_due"] <= now) for t in Target))
+    statement = (
+        select(CASE.c.department, func.count())
+        .where(late, CASE.c.department.in_(departments))
+        .group_by(CASE.c.department)
+    )
+    return {department: count for department, count in session.connection().execute(statement)}
 
 
 def claim_sla(session: Session, case_id: int, target: Target, stage: Stage, now: datetime) -> bool:

@@ -1,19 +1,16 @@
 """summary: the figures as a person reads them at a glance, one line per department and one for
 them all: counts, the median and 90th-percentile business time to the first answer and to the
 resolution, SLA compliance, first-contact resolution and satisfaction. The report mail and the
-dashboard show these lines; the definitions are kpi's.
+dashboard show these lines; the definitions are kpi's, the wording report's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 
-from mailrouter.kpi import Dimension, Durations, Figures, Kpis, Satisfaction
-from mailrouter.sla import duration_text
-
-NONE = "–"  # a figure with nothing to count (no case was answered, no survey answered)
+from mailrouter.kpi import Dimension, Figures, Group
+from mailrouter.report import NONE, column, readable
 
 
 @dataclass(frozen=True)
@@ -32,27 +29,18 @@ class Line:
     satisfaction: str
 
 
-def duration(seconds: float | None) -> str:
-    return NONE if seconds is None else duration_text(timedelta(seconds=seconds))
+def _figure(name: str, group: Group) -> str:
+    return readable(column(name), group)
 
 
-def percent(rate: float | None) -> str:
-    return NONE if rate is None else f"{round(rate * 100)} %"
+def _spread(name: str, group: Group) -> str:
+    """Median / 90th percentile, or one NONE when nothing was counted."""
+    median = _figure(f"{name} median", group)
+    return NONE if median == NONE else f"{median} / {_figure(f'{name} p90', group)}"
 
 
-def _spread(durations: Durations) -> str:
-    if durations.median is None:
-        return NONE
-    return f"{duration(durations.median)} / {duration(durations.p90)}"
-
-
-def _satisfaction(satisfaction: Satisfaction) -> str:
-    if satisfaction.mean is None:
-        return NONE
-    return f"{satisfaction.mean:.1f} ({satisfaction.answers})"
-
-
-def line(name: str, kpis: Kpis, satisfaction: Satisfaction) -> Line:
+def line(name: str, group: Group) -> Line:
+    kpis = group.kpis
     return Line(
         name=name,
         created=kpis.created,
@@ -60,12 +48,12 @@ def line(name: str, kpis: Kpis, satisfaction: Satisfaction) -> Line:
         reopened=kpis.reopened,
         closed=kpis.closed,
         backlog=kpis.backlog_total,
-        first_response=_spread(kpis.first_response.business),
-        resolution=_spread(kpis.resolution.business),
-        sla_first_response=percent(kpis.sla_first_response.rate),
-        sla_resolution=percent(kpis.sla_resolution.rate),
-        first_contact=percent(kpis.first_contact_resolution_rate),
-        satisfaction=_satisfaction(satisfaction),
+        first_response=_spread("first response business", group),
+        resolution=_spread("resolution business", group),
+        sla_first_response=_figure("sla first response", group),
+        sla_resolution=_figure("sla resolution", group),
+        first_contact=_figure("first contact resolution", group),
+        satisfaction=_figure("satisfaction mean", group),
     )
 
 
@@ -78,10 +66,7 @@ def lines(figures: Figures, names: Mapping[str, str]) -> list[Line]:
     """A line per department reported on (`names`: department -> display name), a department
     without cases too, then the total when there are several."""
     groups = {g.key: g for g in figures.breakdown(Dimension.DEPARTMENT).groups}
-    found = [
-        line(names[d], groups[d].kpis, groups[d].satisfaction) if d in groups else empty(names[d])
-        for d in figures.departments
-    ]
+    found = [line(names[d], groups[d]) if d in groups else empty(names[d]) for d in figures.departments]
     if len(figures.departments) > 1:
-        found.append(line("", figures.total.kpis, figures.total.satisfaction))
+        found.append(line("", figures.total))
     return found

@@ -59,6 +59,7 @@ class OutboxKind(StrEnum):
     REMINDER = "reminder"  # to the agents: a follow-up set with #followup is due
     AGENT_REPLY = "agent-reply"  # an agent's answer, relayed to the customer
     COMMAND_ERROR = "command-error"  # to an agent whose commands were refused
+    CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail, to the agent who asked
     UNSENT_ANSWER = "unsent-answer"  # to an agent whose answer lacked proof: how to answer
     ALERT = "alert"  # to ops ([alerts] to): a mailbox stopped working; no case
     SLA_WARNING = "sla-warning"  # to the agents: a target is near
@@ -104,7 +105,9 @@ class EventKind(StrEnum):
     RELAYED = "relayed"
     NOT_RELAYED = "not-relayed"
     # agents' work
+    RETENTION_RUN = "retention-run"  # counts only: what a retention run deleted and anonymised
     NOTE = "note"
+    CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail sent to the agent who asked
     COMMANDS_REJECTED = "commands-rejected"
     ASSIGNED = "assigned"
     PRIORITY_CHANGED = "priority-changed"

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -194,8 +195,14 @@ def main() -> None:
     subprocess.run([*MAILROUTER, "cases", "--limit", "10"], check=True)
     print(f"\n== mailrouter show {case_number}")
     subprocess.run([*MAILROUTER, "show", case_number], check=True)
+    print("\n== mailrouter report --period today")
+    subprocess.run([*MAILROUTER, "report", "--period", "today"], check=True)
+    dashboard = f"http://{tomllib.loads((ROOT / 'config.toml').read_text())['http']['listen']}/dashboard"
     if args.keep_running:
-        print(f"\nThe daemon is still running (pid {daemon.pid}); stop it with: kill {daemon.pid}")
+        print(f"\nThe dashboard, live: {dashboard}")
+        print(f"The daemon is still running (pid {daemon.pid}); stop it with: kill {daemon.pid}")
+    else:
+        print(f"\nThe dashboard is at {dashboard} while the daemon runs: scripts/demo --keep-running")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from email.charset import QP, Charset
 from email.header import Header
+from email.message import MIMEPart
 from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import make_msgid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from mailrouter.models import OutboxMessage
 
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP
@@ -25,7 +32,8 @@ def make_mail(
     headers: dict[str, str] | None = None,
     message_id: str | None = "<m1@kunde.example>",
 ) -> bytes:
-    message = MIMEText(body, "plain", _UTF8)
+    # MIMEText takes a Charset as well as a name (set_payload's contract); typeshed says only str.
+    message = MIMEText(body, "plain", _UTF8)  # type: ignore[arg-type]
     name, _, address = sender.rpartition("<")
     message["From"] = (
         f"{Header(name.strip(), 'utf-8').encode()} <{address}"
@@ -77,11 +85,21 @@ def make_dsn(
     )
 
 
-def whole_letter(session, row) -> bytes:
+def plain_text(message: MIMEPart) -> str:
+    """A message's text/plain body; a message without one fails the test here, saying so."""
+    body = message.get_body(("plain",))
+    assert body is not None, "the message has no text/plain body"
+    text: str = body.get_content()
+    return text
+
+
+def whole_letter(session: Session, row: OutboxMessage) -> bytes:
     """An outbox row's letter as the sender sends it: its attached original back from the raw store."""
     from mailrouter.models import RawMessage
     from mailrouter.store import with_original
 
     if row.original_sha256 is None:
         return row.data
-    return with_original(row.data, row.original_at, session.get(RawMessage, row.original_sha256).data)
+    original = session.get(RawMessage, row.original_sha256)
+    assert original is not None and row.original_at is not None
+    return with_original(row.data, row.original_at, original.data)

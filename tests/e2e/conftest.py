@@ -17,11 +17,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mailrouter.db import make_engine
 from mailrouter.models import Case, Event, Message, OutboxMessage
@@ -30,6 +32,7 @@ from tests.mailstack import MailStack
 from tests.messages import make_mail, new_message_id
 
 ROOT = Path(__file__).resolve().parents[2]
+Row = TypeVar("Row")
 
 CONFIG = """
 database_url = "{database_url}"
@@ -152,25 +155,25 @@ class Daemon:
         return make_engine(self.database_url)
 
     def cases(self) -> list[Case]:
-        return self._select(select(Case).order_by(Case.id))
+        return self._select(select(Case).order_by(col(Case.id)))
 
     def outbox(self, kind: str | None = None) -> list[OutboxMessage]:
-        rows = self._select(select(OutboxMessage).order_by(OutboxMessage.id))
+        rows = self._select(select(OutboxMessage).order_by(col(OutboxMessage.id)))
         return [r for r in rows if kind in (None, r.kind)]
 
     def events(self, kind: str) -> list[Event]:
         """The audit events of one kind, oldest first."""
-        return self._select(select(Event).where(Event.kind == kind).order_by(Event.id))
+        return self._select(select(Event).where(Event.kind == kind).order_by(col(Event.id)))
 
     def incoming(self, case_id: int | None) -> list[Message]:
         """The case's incoming messages, oldest first."""
         return self._select(
             select(Message)
             .where(Message.case_id == case_id, Message.direction == Direction.IN)
-            .order_by(Message.id)
+            .order_by(col(Message.id))
         )
 
-    def _select(self, statement):  # type: ignore[no-untyped-def]
+    def _select(self, statement: SelectOfScalar[Row]) -> list[Row]:
         engine = self.engine()
         try:
             with Session(engine) as session:

@@ -8,7 +8,9 @@ import pytest
 
 from mailrouter.config import MailboxSettings, load_config
 from mailrouter.daemon import load, open_database
+from mailrouter.db import create_schema, make_engine
 from mailrouter.intake import Intake
+from tests.postgres import temporary_database
 
 CONFIG = """
 database_url = "sqlite:///{db}"
@@ -98,3 +100,19 @@ def clock(monkeypatch) -> Clock:
     clock = Clock(START)
     monkeypatch.setattr("mailrouter.intake.utcnow", clock)
     return clock
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    """A fresh schema, once on SQLite and once on PostgreSQL: the test runs on both."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path}/schema.db")
+        create_schema(engine)
+        yield engine
+        engine.dispose()
+        return
+    with temporary_database() as url:
+        engine = make_engine(url)
+        create_schema(engine)
+        yield engine
+        engine.dispose()

@@ -5,7 +5,7 @@ from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import default
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter.models import Case, Event, OutboxMessage, utcnow
 from mailrouter.plan import Origin, OutcomeKind
@@ -23,7 +23,7 @@ def deliver(intake, **mail):
 
 def outbox(intake, kind=None):
     with Session(intake.engine) as session:
-        rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        rows = session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))).all()
         return [
             email.message_from_bytes(whole_letter(session, r), policy=default)
             for r in rows
@@ -133,7 +133,7 @@ def test_customer_reply_after_the_reopen_window_opens_a_linked_case(intake):
     outcome = deliver(intake, sender=CUSTOMER, subject="Re: [IT-1001] Skrivaren virker ikke", body="Igjen.")
     assert outcome.kind == OutcomeKind.NEW_CASE and outcome.case_number == "IT-1002"
     with Session(intake.engine) as session:
-        cases = session.exec(select(Case).order_by(Case.id)).all()
+        cases = session.exec(select(Case).order_by(col(Case.id))).all()
     assert cases[0].status == "resolved" and cases[1].related_case_id == cases[0].id
     assert "a reply to IT-1001" in events(intake, "linked")[0]
 
@@ -275,6 +275,7 @@ def test_the_organisations_open_cases_are_counted_to_fifty(intake):
 def test_the_organisations_open_cases_are_found_from_the_open_cases(intake):
     """Not from the organisation's customers: they have every case they ever opened."""
     statement = _ORGANISATION_OPEN_CASES.compile(dialect=intake.engine.dialect)
+    assert statement.positiontup is not None  # SQLite's parameters are positional
     unbound = (None,) * len(statement.positiontup)
     with intake.engine.connect() as connection:
         plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound)]

@@ -5,7 +5,7 @@ every mail we send agents starts with the marker."""
 import email
 from email.policy import default
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter import quoting
 from mailrouter.models import OutboxMessage
@@ -23,7 +23,7 @@ def deliver(intake, **mail):
 def outbox(intake, kind):
     with Session(intake.engine) as session:
         rows = session.exec(
-            select(OutboxMessage).where(OutboxMessage.kind == kind).order_by(OutboxMessage.id)
+            select(OutboxMessage).where(OutboxMessage.kind == kind).order_by(col(OutboxMessage.id))
         )
         return [email.message_from_bytes(whole_letter(session, r), policy=default) for r in rows.all()]
 

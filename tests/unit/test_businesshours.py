@@ -15,8 +15,8 @@ STOCKHOLM = ZoneInfo("Europe/Stockholm")
 WORKDAYS = ["08:00-16:00"] * 5 + ["", ""]
 
 
-def oslo(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=OSLO)  # type: ignore[misc]
+def oslo(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=OSLO)
 
 
 def norway(closed_days: frozenset[date] = frozenset()) -> BusinessHours:

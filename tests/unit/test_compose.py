@@ -5,9 +5,11 @@ import random
 import re
 from email import message_from_bytes
 from email.policy import default
+from typing import TypedDict
 
-from mailrouter.compose import compose, tagged_subject
+from mailrouter.compose import Outgoing, compose, tagged_subject
 from mailrouter.templates import Rendered
+from tests.messages import plain_text
 
 WORDS = [
     "æøå",
@@ -30,7 +32,7 @@ def reply(
     name: str = "IT Support",
     html: str | None = None,
     references: tuple[str, ...] = ("<m0@kunde.example>",),
-):
+) -> Outgoing:
     return compose(
         case_number="IT-1042",
         from_address="it-support@example.test",
@@ -51,7 +53,9 @@ def test_nordic_subjects_survive_encoding_exactly():
         out = reply(subject)
         parsed = message_from_bytes(out.data, policy=default)
         assert parsed["Subject"] == out.subject, subject
-        lines = re.search(rb"\r\nSubject: (.*?)\r\n(?![ \t])", out.data, re.DOTALL).group(1).split(b"\r\n ")
+        header = re.search(rb"\r\nSubject: (.*?)\r\n(?![ \t])", out.data, re.DOTALL)
+        assert header is not None
+        lines = header.group(1).split(b"\r\n ")
         assert len(b"Subject: " + lines[0]) <= 78 and all(len(b" " + line) <= 78 for line in lines)
         assert all(len(word) <= 75 for line in lines for word in line.split())
 
@@ -66,7 +70,7 @@ def test_headers_threading_and_automatic_markers():
     assert parsed["Message-ID"] == out.message_id and out.message_id.endswith("@example.test>")
     assert parsed["Auto-Submitted"] == "auto-replied" and parsed["X-Loop"] == "it-support@example.test"
     assert parsed.get_content_type() == "multipart/alternative"
-    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Hei Øystein!\n"
+    assert plain_text(parsed).replace("\r\n", "\n") == "Hei Øystein!\n"
     assert b"\r\n" in out.data and b"\n\n" not in out.data.replace(b"\r\n", b"")
 
 
@@ -138,7 +142,7 @@ def test_the_original_is_attached_byte_for_byte_with_crlf_line_ends():
     assert data.endswith(f"--{boundary}\r\n".encode() + expected + f"\r\n--{boundary}--\r\n".encode())
     [body, original] = sent.iter_parts()
     assert body.get_content_type() == "multipart/alternative"
-    assert body.get_body(("plain",)).get_content().strip() == "New case"
+    assert plain_text(body).strip() == "New case"
     attached = original.get_content()
     assert attached["Message-ID"] == "<orig@kunde.example>"
     assert (
@@ -155,6 +159,22 @@ def test_the_boundary_is_never_a_line_of_the_original(monkeypatch):
     assert [p.get_content_type() for p in sent.iter_parts()] == ["multipart/alternative", "message/rfc822"]
 
 
+class _Arguments(TypedDict):
+    """compose's keywords that the comparison with email.mime varies."""
+
+    case_number: str
+    from_address: str
+    from_name: str
+    to: tuple[str, ...]
+    subject: str
+    body: Rendered
+    in_reply_to: str
+    references: tuple[str, ...]
+    auto_submitted: str | None
+    reply_to: str | None
+    attach_original: bytes | None
+
+
 def _by_email_mime(
     *, case_number, from_address, from_name, to, subject, body, in_reply_to, references, auto_submitted,
     reply_to, attach_original,
@@ -163,28 +183,32 @@ def _by_email_mime(
     reference its own writing of the same structure is checked against. The original was
     already added by hand after the other parts (see test_the_original_is_attached_…)."""
     from email.charset import QP, Charset
+    from email.mime.base import MIMEBase
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
     from email.utils import formataddr
 
     import mailrouter.compose as module
+    from mailrouter.parse import single_line
 
     utf8 = Charset("utf-8")
     utf8.body_encoding = QP
-    message = MIMEText(body.text, "plain", utf8)
+    # MIMEText takes a Charset as well as a name (set_payload's contract); typeshed says only str.
+    message: MIMEBase = MIMEText(body.text, "plain", utf8)  # type: ignore[arg-type]
     if body.html is not None:
-        html = MIMEText(body.html, "html", utf8)
+        html = MIMEText(body.html, "html", utf8)  # type: ignore[arg-type]
         message = MIMEMultipart("alternative", _subparts=[message, html], boundary=module._boundary())
     if attach_original is not None:
         mixed = module._boundary()
         message = MIMEMultipart("mixed", _subparts=[message], boundary=mixed)
-    message["From"] = formataddr((module.single_line(from_name), from_address), charset="utf-8")
+    message["From"] = formataddr((single_line(from_name), from_address), charset="utf-8")
     message["To"] = ", ".join(to)
     if reply_to:
-        message["Reply-To"] = formataddr((module.single_line(from_name), reply_to), charset="utf-8")
-    message["Subject"] = module.encode_header("Subject", module.single_line(subject))
-    message["Date"] = module.formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = module.make_msgid(idstring=case_number, domain="example.test")
+        message["Reply-To"] = formataddr((single_line(from_name), reply_to), charset="utf-8")
+    message["Subject"] = module.encode_header("Subject", single_line(subject))
+    # compose's own imports, read through the module because the tests monkeypatch them there.
+    message["Date"] = module.formatdate(localtime=False, usegmt=True)  # type: ignore[attr-defined]
+    message["Message-ID"] = module.make_msgid(idstring=case_number, domain="example.test")  # type: ignore[attr-defined]
     if in_reply_to:
         message["In-Reply-To"] = in_reply_to
         message["References"] = " ".join(dict.fromkeys([*references, in_reply_to]))
@@ -219,7 +243,7 @@ def test_the_mime_structure_is_written_as_email_mime_writes_it(monkeypatch):
 
     originals = [None, b"From: a@b.example\r\nSubject: x\r\n\r\nhei\r\n.\r\n"]
     for _ in range(500):
-        arguments = dict(
+        arguments = _Arguments(
             case_number="IT-1042",
             from_address="it-support@example.test",
             from_name=rng.choice(["IT Support", "IT-støtte Åse", "x" * 70]),

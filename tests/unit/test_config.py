@@ -8,8 +8,9 @@ from mailrouter.errors import ConfigError
 
 def test_valid_config_resolves_secrets_from_env_and_file(config_file):
     config = load_config(config_file)
-    assert config.secret("imap.it").get_secret_value() == "it-password"
-    assert config.secret("imap.hr").get_secret_value() == "hr-password"
+    it, hr = config.secret("imap.it"), config.secret("imap.hr")
+    assert it is not None and it.get_secret_value() == "it-password"
+    assert hr is not None and hr.get_secret_value() == "hr-password"
     assert "hr-password" not in repr(config.secret("imap.hr"))
     assert config.database_url.startswith("sqlite:////")
 
@@ -146,7 +147,8 @@ def test_paths_take_state_and_credentials_directories_from_the_environment(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     monkeypatch.setenv("STATE_DIRECTORY", "/srv/state")
     config = load_config(config_file)
-    assert config.secret("imap.hr").get_secret_value() == "from-a-credential"
+    hr = config.secret("imap.hr")
+    assert hr is not None and hr.get_secret_value() == "from-a-credential"
     assert config.database_url == "sqlite:////srv/state/mailrouter.db"
     assert str(config.state_dir) == "/srv/state"
     monkeypatch.delenv("STATE_DIRECTORY")

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -69,7 +70,7 @@ def intake(config_file):
     return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
 
 
-def check(intake: Intake, name: str, raw: bytes, expected: dict, uid: int) -> list[str]:
+def check(intake: Intake, name: str, raw: bytes, expected: dict[str, Any], uid: int) -> list[str]:
     """What is wrong with this file's ingestion; [] when all is well."""
     with Session(intake.engine) as session:
         cases_before = len(session.exec(select(Case)).all())

@@ -9,7 +9,7 @@ from datetime import timedelta
 from email.policy import default
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter.cli import main
 from mailrouter.config import load_config
@@ -19,6 +19,7 @@ from mailrouter.models import Case, Event, OutboxMessage
 from mailrouter.satisfaction import Answer, answers_survey, read_answer
 from mailrouter.schedule import close_resolved, remind_quiet_cases, resolve_unanswered
 from mailrouter.vocabulary import CaseStatus, EventKind, OutboxKind
+from tests.messages import plain_text as text_of
 from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver
 
 SWEDISH = (
@@ -46,17 +47,13 @@ def desk(config_file) -> Intake:
 
 def mail(intake, kind):
     with Session(intake.engine) as session:
-        rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        rows = session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))).all()
     return [email.message_from_bytes(r.data, policy=default) for r in rows if kind in (None, r.kind)]
 
 
 def kinds(intake) -> list[str]:
     with Session(intake.engine) as session:
-        return [r.kind for r in session.exec(select(OutboxMessage).order_by(OutboxMessage.id))]
-
-
-def text_of(message) -> str:
-    return message.get_body(("plain",)).get_content()
+        return [r.kind for r in session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id)))]
 
 
 def the_case(intake) -> Case:
@@ -66,7 +63,7 @@ def the_case(intake) -> Case:
 
 def events(intake, kind) -> list[Event]:
     with Session(intake.engine) as session:
-        return list(session.exec(select(Event).where(Event.kind == kind).order_by(Event.id)))
+        return list(session.exec(select(Event).where(Event.kind == kind).order_by(col(Event.id))))
 
 
 def open_case(intake, body: str = SWEDISH):
@@ -177,6 +174,7 @@ def test_a_late_answer_to_the_survey_stays_on_its_case(desk):
     [survey] = mail(desk, OutboxKind.SURVEY)
     with Session(desk.engine) as session:
         row = session.exec(select(Case)).one()
+        assert row.resolved_at is not None
         row.resolved_at = row.resolved_at - timedelta(days=30)  # past the reopen window
         session.add(row)
         session.commit()
@@ -265,6 +263,7 @@ def test_a_pending_case_without_an_answer_is_resolved_and_the_customer_told(desk
     agent_reply(desk, open_case(desk), "#pending\nKan du starta om skrivaren?")
     since = the_case(desk).pending_since
     assert since is not None
+    assert since is not None
     assert resolve_unanswered(desk.engine, desk.casework, since + timedelta(days=2)) == 0
     assert resolve_unanswered(desk.engine, desk.casework, since + timedelta(days=3, seconds=1)) == 2
     assert resolve_unanswered(desk.engine, desk.casework, since + timedelta(days=4)) == 0
@@ -278,6 +277,7 @@ def test_a_pending_case_without_an_answer_is_resolved_and_the_customer_told(desk
 def test_a_pending_case_the_customer_answered_is_not_resolved(desk):
     agent_reply(desk, open_case(desk), "#pending\nKan du starta om skrivaren?")
     since = the_case(desk).pending_since
+    assert since is not None
     deliver(desk, sender=CUSTOMER, subject="Re: [IT-1001] Skrivaren", body="Jag har startat om den nu.")
     assert the_case(desk).status == CaseStatus.OPEN
     assert resolve_unanswered(desk.engine, desk.casework, since + timedelta(days=5)) == 0
@@ -287,6 +287,7 @@ def test_a_pending_case_the_customer_answered_is_not_resolved(desk):
 def test_a_resolved_case_closes_after_auto_close_after(desk):
     agent_reply(desk, open_case(desk), "#resolve")
     resolved = the_case(desk).resolved_at
+    assert resolved is not None
     assert close_resolved(desk.engine, desk.casework, resolved + timedelta(days=6)) == 0
     assert close_resolved(desk.engine, desk.casework, resolved + timedelta(days=7, seconds=1)) == 1
     assert close_resolved(desk.engine, desk.casework, resolved + timedelta(days=8)) == 0

@@ -17,6 +17,7 @@ from mailrouter import outbox
 from mailrouter.db import create_schema, make_engine
 from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import OutboxMessage
+from mailrouter.vocabulary import OutboxKind
 from tests.postgres import temporary_database
 
 
@@ -78,9 +79,13 @@ def test_the_sending_mark_gives_up_quickly_when_its_row_is_locked(postgres):
     create_schema(engine)
     with Session(engine) as session:
         row = OutboxMessage(
-            kind="acknowledgement", mail_from="it@example.test", rcpt_to=["a@b.example"], message_id="<x@y>"
+            kind=OutboxKind.ACKNOWLEDGEMENT,
+            mail_from="it@example.test",
+            rcpt_to=["a@b.example"],
+            message_id="<x@y>",
+            data=b"mail",
         )
-        row.data, row.claimed_by = b"mail", "me"
+        row.claimed_by = "me"
         session.add(row)
         session.commit()
         row_id = row.id

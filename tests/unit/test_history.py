@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter.models import Case, StatusChange
 from mailrouter.vocabulary import CaseStatus
@@ -20,7 +20,7 @@ def the_case(intake) -> Case:
 
 def changes(intake) -> list[tuple[datetime, CaseStatus, CaseStatus]]:
     with Session(intake.engine) as session:
-        rows = session.exec(select(StatusChange).order_by(StatusChange.id)).all()
+        rows = session.exec(select(StatusChange).order_by(col(StatusChange.id))).all()
     return [(row.at.replace(tzinfo=UTC), row.from_status, row.to_status) for row in rows]
 
 
@@ -49,6 +49,7 @@ def test_every_status_change_is_kept_with_its_time_and_a_reopen_clears_no_histor
     clock.advance(hours=1)
     agent_reply(intake, notification, "#close\nReplaced the fuser.")
     case = the_case(intake)
+    assert case.first_resolved_at is not None
     assert case.first_resolved_at.replace(tzinfo=UTC) == resolved  # the first resolution stays
     assert case.resolution_seconds == 3 * 3600 and case.resolution_replies == 1
     assert case.agent_replies == 2 and case.closed_at is not None
@@ -143,7 +144,7 @@ def test_the_migration_backfills_history_from_the_events_and_the_mail(tmp_path):
     create_schema(engine)
     with Session(engine) as session:
         case = session.exec(select(Case)).one()
-        history = session.exec(select(StatusChange).order_by(StatusChange.id)).all()
+        history = session.exec(select(StatusChange).order_by(col(StatusChange.id))).all()
     engine.dispose()
     assert [(c.from_status, c.to_status) for c in history] == [
         (CaseStatus.NEW, CaseStatus.OPEN),

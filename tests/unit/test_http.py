@@ -6,10 +6,10 @@ import pytest
 from pydantic import ValidationError
 
 from mailrouter.config import HttpSettings
+from mailrouter.errors import ImapError
 from mailrouter.facts import DatabaseFacts
 from mailrouter.health import Health, MailboxHealth, TaskHealth
 from mailrouter.http import Thresholds, judge
-from mailrouter.imap import ImapError
 
 LIMITS = Thresholds(max_poll_age=60, idle_timeout=1500, max_outbox_age=600)
 FACTS = DatabaseFacts(outbox={"queued": 0}, oldest_queued_age=None, deliveries={})

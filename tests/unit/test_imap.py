@@ -22,7 +22,7 @@ def test_parse_search_as_aioimaplib_delivers_it():
 
 
 def test_parse_fetch_pairs_uids_with_literals():
-    lines = [
+    lines: list[bytes | bytearray] = [
         b"1 FETCH (UID 7 BODY[] {5}",
         bytearray(b"hello"),
         b")",
@@ -36,7 +36,12 @@ def test_parse_fetch_pairs_uids_with_literals():
 
 def test_parse_fetch_ignores_a_literal_line_that_is_part_of_a_message():
     body = bytearray(b"Subject: 1 FETCH (UID 3 BODY[] {2}\r\n\r\nx")
-    lines = [b"1 FETCH (UID 7 BODY[] {%d}" % len(body), body, b")", b"Fetch completed."]
+    lines: list[bytes | bytearray] = [
+        b"1 FETCH (UID 7 BODY[] {%d}" % len(body),
+        body,
+        b")",
+        b"Fetch completed.",
+    ]
     assert parse_fetch(lines) == [(7, bytes(body))]
 
 
@@ -47,7 +52,7 @@ def test_quote_mailbox_names():
 
 
 def test_parse_sizes_reads_rfc822_size_in_any_order():
-    lines = [
+    lines: list[bytes | bytearray] = [
         b"1 FETCH (UID 7 RFC822.SIZE 1200)",
         b"2 FETCH (RFC822.SIZE 52428801 UID 9)",
         b"Fetch completed (0.001 + 0.000 secs).",
@@ -81,7 +86,7 @@ def test_parse_select_reads_how_many_messages_and_the_next_uid():
 
 
 def test_parse_internaldates_with_their_zones():
-    lines = [
+    lines: list[bytes | bytearray] = [
         b'1 FETCH (UID 7 RFC822.SIZE 1200 INTERNALDATE "17-Jul-1996 02:44:25 -0700")',
         b'2 FETCH (INTERNALDATE " 1-Nov-2026 10:00:00 +0100" UID 9)',
         b'3 FETCH (UID 11 INTERNALDATE "31-Feb-2026 10:00:00 +0000")',  # no such day: unknown
@@ -99,7 +104,7 @@ def test_search_dates_are_english_whatever_the_locale():
 
 
 def test_parse_answered_lists_every_uid_with_a_fetch_line_even_without_a_size():
-    lines = [
+    lines: list[bytes | bytearray] = [
         b"1 FETCH (UID 7 RFC822.SIZE 1200)",
         b'2 FETCH (UID 9 INTERNALDATE "1-Nov-2026 10:00:00 +0000")',
         b"done",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.message import Message
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlmodel import Session
 
 from mailrouter import kpi
 from mailrouter.daemon import load, open_database
 from mailrouter.intake import Intake
+from mailrouter.models import Case
 from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver, new_case, outbox
 from tests.unit.test_history import customer_writes
 from tests.unit.test_sla import with_sla
@@ -218,3 +220,24 @@ def test_a_period_without_cases_has_zero_figures(intake):
     kpis = empty.kpis
     assert (kpis.created, kpis.backlog_total, kpis.first_response.business.count) == (0, 0, 0)
     assert empty.satisfaction.mean is None
+
+
+def test_the_nearest_rank_percentiles_are_the_same_on_sqlite_and_postgresql(engine):
+    """Two first answers, of 100 s and 200 s: the median is the first (rank ceil(0.5 * 2) = 1),
+    the 90th percentile the second (rank ceil(0.9 * 2) = 2), on either database."""
+    created = datetime(2026, 11, 10, 8, tzinfo=UTC)
+    with Session(engine) as session:
+        for number, seconds in ((1, 100.0), (2, 200.0)):
+            session.add(
+                Case(
+                    number=f"IT-{number}",
+                    department="it",
+                    subject="",
+                    created_at=created,
+                    first_response_at=created + timedelta(seconds=seconds),
+                    first_response_seconds=seconds,
+                )
+            )
+        session.commit()
+    timing = kpi.figures(engine, NOVEMBER, {"it": OSLO}, dimensions=()).total.kpis.first_response
+    assert timing.calendar == kpi.Durations(2, 100.0, 200.0)

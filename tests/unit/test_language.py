@@ -11,7 +11,7 @@ from mailrouter.models import Case, OutboxMessage
 from mailrouter.plan import Origin
 from mailrouter.vocabulary import OutboxKind
 from tests.language_samples import SAMPLES, SHORT
-from tests.messages import make_mail
+from tests.messages import make_mail, plain_text
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -54,5 +54,5 @@ def test_a_danish_customer_is_acknowledged_in_danish(intake):
         row = session.exec(
             select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ACKNOWLEDGEMENT)
         ).one()
-    body = email.message_from_bytes(row.data, policy=default).get_body(("plain",)).get_content()
+    body = plain_text(email.message_from_bytes(row.data, policy=default))
     assert body.replace("\r\n", "\n").startswith("Hej Kari Nordmann!\n\nTak fordi du kontaktede IT Support.")

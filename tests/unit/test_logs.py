@@ -18,7 +18,7 @@ from mailrouter.config import SmtpSettings
 from mailrouter.errors import PermanentDeliveryError
 from mailrouter.fetch import Arrival
 from mailrouter.logs import JsonFormatter, Redacting, configure, redact
-from mailrouter.models import Customer, OutboxMessage, utcnow
+from mailrouter.models import OutboxMessage, utcnow
 from mailrouter.outbox import Letter
 from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.send import Sender
@@ -33,7 +33,8 @@ def _record(message: str, *args: object, exc: bool = False) -> dict[str, object]
             raise ValueError("boom")
         except ValueError:
             record.exc_info = sys.exc_info()
-    return json.loads(JsonFormatter().format(record))
+    formatted: dict[str, object] = json.loads(JsonFormatter().format(record))
+    return formatted
 
 
 def test_a_line_is_one_object_with_time_level_logger_and_message():
@@ -136,7 +137,7 @@ def test_a_database_error_is_logged_with_its_statement_but_without_its_parameter
         if plan.outcome.kind == OutcomeKind.QUARANTINED:
             return apply(session, plan)
         for _ in range(2):
-            session.connection().execute(insert(Customer.__table__), {"address": SENDER, "name": NAME})
+            session.connection().execute(insert(store.CUSTOMER), {"address": SENDER, "name": NAME})
         raise AssertionError("the second insert violates the unique address")
 
     monkeypatch.setattr(store, "apply", clashing)

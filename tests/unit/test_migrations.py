@@ -87,6 +87,7 @@ def test_0009_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byt
     from mailrouter.models import Case, Message, OutboxMessage, RawMessage
     from mailrouter.store import without_original
     from mailrouter.templates import Rendered
+    from mailrouter.vocabulary import AuthorRole, Direction, OutboxKind
     from tests.messages import make_mail
 
     raw = make_mail(body="Kari's mail, attached to the notification")
@@ -110,8 +111,8 @@ def test_0009_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byt
         session.add(
             Message(
                 case_id=case.id,
-                direction="in",
-                author_role="customer",
+                direction=Direction.IN,
+                author_role=AuthorRole.CUSTOMER,
                 mailbox="it",
                 message_id="<m1@k>",
                 raw_sha256="a" * 64,
@@ -120,7 +121,7 @@ def test_0009_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byt
         session.add(
             OutboxMessage(
                 case_id=case.id,
-                kind="notification",
+                kind=OutboxKind.NOTIFICATION,
                 mail_from=outgoing.mail_from,
                 rcpt_to=list(outgoing.rcpt_to),
                 message_id=outgoing.message_id,

@@ -89,7 +89,7 @@ def test_rfc2047_encoded_words_in_subject_and_name():
     )
     inbound = parse(raw)
     assert inbound.subject == "Skrivaren på plan 3"
-    assert inbound.sender.name == "Jørgen Sæther"
+    assert inbound.sender is not None and inbound.sender.name == "Jørgen Sæther"
 
 
 def test_encoded_name_with_comma_stays_one_address():
@@ -176,7 +176,7 @@ def test_nested_message_rfc822_is_readable():
         b"Message-ID: <inner@d.example>\r\n\r\nthe inner body",
     )
     inbound = parse(raw)
-    assert inbound.subject == "x" and inbound.sender.address == "a@b.example"
+    assert inbound.subject == "x" and inbound.sender is not None and inbound.sender.address == "a@b.example"
     assert "see the forwarded mail" in inbound.text and "the inner body" in inbound.text
 
 

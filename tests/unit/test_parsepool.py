@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mailrouter import parsepool
 from mailrouter.errors import ParseError
-from mailrouter.parse import parse
-from mailrouter.parsepool import CHUNK, LARGEST_SENT_TO_WORKER, ParsePool, Parsing, _Task
+from mailrouter.parse import Inbound, parse
+from mailrouter.parsepool import CHUNK, LARGEST_SENT_TO_WORKER, Parsed, ParsePool, Parsing, _Task
 from tests.messages import make_mail
 
 
@@ -25,7 +25,9 @@ def test_the_parse_pool_gives_what_parsing_in_process_gives_and_survives_a_dead_
         refused = parse_one(parsers, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1 an Outlook .msg")
         assert isinstance(refused, ParseError)  # a verdict on the message, handed back as data
 
-        [worker] = parsers._pool._processes.values()  # type: ignore[union-attr]
+        assert parsers._pool is not None
+        [worker] = parsers._pool._processes.values()
+        assert worker.pid is not None
         os.kill(worker.pid, signal.SIGKILL)
         worker.join(5)
         # A death heard of before the submit starts a new worker at once; one heard of after it
@@ -72,7 +74,7 @@ def test_a_late_report_of_a_dead_pool_leaves_its_replacement_running():
     hearing of the same death later, must not drop the new pool (its worker would linger)."""
     parsers = ParsePool(1)
     dead = ProcessPoolExecutor(1)  # the pool whose worker died
-    late = Future()
+    late: Future[list[Parsed]] = Future()
     late.set_exception(BrokenProcessPool("a worker died"))
     parsers.start()  # the replacement, started by the mailbox that heard first
     replacement = parsers._pool
@@ -114,6 +116,7 @@ def test_a_parse_past_its_time_limit_is_read_degraded_and_the_batch_does_not_wai
         parsers.shutdown()
     assert results[0] == parse(before) and results[2] == parse(after)
     degraded = results[1]
+    assert isinstance(degraded, Inbound)
     assert degraded.degraded == "text parts only: parsing took longer than 1 s"
     assert degraded.message_id == "<slow@kunde.example>" and degraded.text == "Skrivaren er ødelagt."
     assert elapsed < 1.0 + 2.0  # the limit, and the rest parsed in well under the margin
@@ -124,7 +127,9 @@ def test_a_worker_stuck_past_its_time_limit_is_killed_and_the_message_read_degra
     stuck = make_mail(subject="stuck", body="Hjelp.", message_id="<stuck@kunde.example>")
     parsers = ParsePool(1, time_limit=0.5, parse=_stuck)
     parsers.start()
-    [worker] = parsers._pool._processes.values()  # type: ignore[union-attr]
+    assert parsers._pool is not None
+    [worker] = parsers._pool._processes.values()
+    assert worker.pid is not None
     try:
         start = time.monotonic()
         results = [parsers.result(parsing) for parsing in parsers.submit([normal[0], stuck, *normal[1:]])]
@@ -134,10 +139,10 @@ def test_a_worker_stuck_past_its_time_limit_is_killed_and_the_message_read_degra
     finally:
         parsers.shutdown()
     assert [results[0], *results[2:]] == [parse(mail) for mail in normal]
-    assert (
-        results[1].degraded == "text parts only: parsing did not finish within 0.5 s; its worker was killed"
-    )
-    assert results[1].text == "Hjelp."
+    degraded = results[1]
+    assert isinstance(degraded, Inbound)
+    assert degraded.degraded == "text parts only: parsing did not finish within 0.5 s; its worker was killed"
+    assert degraded.text == "Hjelp."
     # Stuck in the batch's task, then alone (which message hung is not known until then).
     limit = 3 * 0.5 + parsepool.KILL_AFTER
     assert elapsed < 2 * limit + 5
@@ -155,9 +160,9 @@ def test_a_message_whose_degraded_reading_hangs_too_is_handed_back_as_a_parse_er
     assert str(verdict) == "parsing did not finish, and its degraded reading hung too"
 
 
-def _never() -> Future:
+def _never() -> Future[list[Parsed]]:
     """A task whose worker never answers."""
-    future: Future = Future()
+    future: Future[list[Parsed]] = Future()
     future.set_running_or_notify_cancel()
     return future
 
@@ -222,7 +227,8 @@ def test_a_batch_queued_behind_a_stuck_one_is_parsed_after_the_kill_not_lost():
     try:
         [first] = parsers.submit([stuck])
         queued = [parsers.submit([waiting])[0] for _ in range(4)]  # beyond what the pool pre-feeds
-        assert parsers.result(first).degraded.startswith("text parts only")
+        degraded = parsers.result(first)
+        assert isinstance(degraded, Inbound) and degraded.degraded.startswith("text parts only")
         assert [parsers.result(q) for q in queued] == [parse(waiting)] * 4
     finally:
         parsers.shutdown()

@@ -14,7 +14,7 @@ from mailrouter.parse import parse_degraded
 from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.store import checkpoint
 from mailrouter.vocabulary import EventKind
-from tests.messages import make_mail
+from tests.messages import make_mail, plain_text
 
 
 def rows(intake, model):
@@ -39,7 +39,7 @@ def test_new_case_is_registered_and_acknowledged_in_one_transaction(intake):
     assert sent["In-Reply-To"] == "<m1@kunde.example>"
     assert sent["Auto-Submitted"] == "auto-replied"
     assert sent["Message-ID"] == ack.message_id
-    assert "IT-1001" in sent.get_body(("plain",)).get_content()
+    assert "IT-1001" in plain_text(sent)
     assert ack.rcpt_to == ["kari@kunde.example"] and ack.mail_from == "it-support@example.test"
     kinds = [e.kind for e in rows(intake, Event)]
     assert kinds == ["case-created", "routed", "acknowledgement-queued", "notified"]
@@ -162,7 +162,8 @@ def test_non_email_is_refused_kept_and_recorded(intake):
     assert event.kind == "refused" and "Outlook" in event.detail
     assert len(rows(intake, RawMessage)) == 1
     with Session(intake.engine) as session:
-        assert checkpoint(session, "it").last_uid == 3
+        state = checkpoint(session, "it")
+        assert state is not None and state.last_uid == 3
 
 
 def test_a_failure_inside_the_transaction_leaves_nothing(intake, monkeypatch):
@@ -186,10 +187,12 @@ def test_the_checkpoint_only_moves_forward_and_restarts_with_a_new_uidvalidity(i
     for uid in (5, 3):  # a retried lower UID must not move the checkpoint back
         intake.process(make_mail(message_id=f"<c{uid}@x>"), Origin("it", 7, uid))
     with Session(intake.engine) as session:
-        assert (checkpoint(session, "it").uidvalidity, checkpoint(session, "it").last_uid) == (7, 5)
+        state = checkpoint(session, "it")
+        assert state is not None and (state.uidvalidity, state.last_uid) == (7, 5)
     intake.process(make_mail(message_id="<new-validity@x>"), Origin("it", 8, 2))
     with Session(intake.engine) as session:  # the folder was recreated: its UIDs start over
-        assert (checkpoint(session, "it").uidvalidity, checkpoint(session, "it").last_uid) == (8, 2)
+        state = checkpoint(session, "it")
+        assert state is not None and (state.uidvalidity, state.last_uid) == (8, 2)
 
 
 def test_the_same_bytes_in_two_mailboxes_are_registered_twice_and_kept_once(intake):

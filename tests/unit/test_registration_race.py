@@ -16,6 +16,7 @@ from mailrouter.daemon import load, open_database
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Message, OutboxMessage
 from mailrouter.plan import Origin, OutcomeKind
+from mailrouter.vocabulary import OutboxKind
 from tests.messages import make_mail
 from tests.postgres import temporary_database
 
@@ -91,7 +92,7 @@ def test_concurrent_registrations_of_the_same_messages(intake):
     # one notification per case and agent (acknowledgements to this one sender stop at the limit)
     with Session(intake.engine) as session:
         kinds = [o.kind for o in session.exec(select(OutboxMessage)).all()]
-    assert count(intake, Case) == 15 and kinds.count("notification") == 30
+    assert count(intake, Case) == 15 and kinds.count(OutboxKind.NOTIFICATION) == 30
     with Session(intake.engine) as session:
         incoming = session.exec(select(Message).where(Message.direction == "in")).all()
     assert len(incoming) == 15

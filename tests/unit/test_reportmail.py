@@ -12,6 +12,7 @@ from email.policy import default
 import pytest
 from sqlmodel import Session, select
 
+from mailrouter import store
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
 from mailrouter.errors import ConfigError
@@ -113,16 +114,15 @@ def test_a_slot_is_queued_once_however_many_instances_ask(reporting, clock):
     assert "by host-a:1" in event.detail and "lead@example.test" not in event.detail
 
 
-def test_the_claim_itself_refuses_a_second_taker_of_the_slot(reporting):
+def test_the_claim_itself_refuses_a_second_taker_of_the_slot(engine):
     """The last word, for two instances that both found the slot free and drew the mail."""
-    from mailrouter import store
-
-    intake = reporting()
-    with Session(intake.engine) as session:
+    with Session(engine) as session:
         assert store.claim_report_slot(session, "weekly", SLOT, "a")
         session.commit()
-    with Session(intake.engine) as session:
+    with Session(engine) as session:
         assert not store.claim_report_slot(session, "weekly", SLOT, "b")
+        assert store.report_slot_taken(session, "weekly", SLOT) == "a"
+        assert store.claim_report_slot(session, "weekly", SLOT + timedelta(days=7), "b")
 
 
 def test_a_slot_missed_while_down_is_sent_at_start_within_its_grace(reporting):

@@ -4,8 +4,9 @@ from dataclasses import replace
 import pytest
 
 from mailrouter.errors import RuleError
+from mailrouter.language import detect_language
 from mailrouter.parse import parse
-from mailrouter.route import detect_language, load_rules, route
+from mailrouter.route import load_rules, route
 from tests.messages import make_mail
 
 DEPARTMENTS = frozenset({"it", "hr"})

@@ -16,11 +16,12 @@ from sqlmodel import Session, select
 from mailrouter import store
 from mailrouter.cli import main
 from mailrouter.config import HttpSettings
+from mailrouter.errors import ImapError
 from mailrouter.health import Health, MailboxHealth
 from mailrouter.http import Endpoint
-from mailrouter.imap import ImapError
 from mailrouter.models import Event, OutboxMessage, utcnow
 from mailrouter.plan import Origin
+from mailrouter.vocabulary import OutboxState
 from tests.messages import make_mail
 
 
@@ -91,7 +92,7 @@ def _fail(engine, number: str, error: str) -> int:
     with Session(engine) as session:
         row = session.exec(select(OutboxMessage).where(OutboxMessage.kind == "acknowledgement")).all()
         chosen = next(r for r in row if number.encode() in r.data)
-        chosen.state, chosen.last_error, chosen.attempts = "failed", error, 4
+        chosen.state, chosen.last_error, chosen.attempts = OutboxState.FAILED, error, 4
         session.add(chosen)
         session.commit()
         assert chosen.id is not None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter.db import create_schema, make_engine
 from mailrouter.errors import DatabaseUnavailable, InjectedFault, TaskFailedTooOften
@@ -29,7 +30,7 @@ def engine(tmp_path: Path) -> Engine:
 
 def events(engine: Engine, kind: str) -> list[Event]:
     with Session(engine) as session:
-        return list(session.exec(select(Event).where(Event.kind == kind).order_by(Event.id)).all())
+        return list(session.exec(select(Event).where(Event.kind == kind).order_by(col(Event.id))).all())
 
 
 def test_backoff_doubles_with_each_recent_failure_up_to_the_cap() -> None:
@@ -145,13 +146,18 @@ async def test_an_injected_fault_at_start_is_an_injected_fault() -> None:
         await wrap(never())
 
 
+NO_CASEWORK = SimpleNamespace(config=None)
+
+
 async def test_the_schedulers_run_ends_with_a_jobs_unexpected_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(engine: object, casework: object) -> int:
         raise RuntimeError("job bug")
 
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", broken)
     monkeypatch.setattr("mailrouter.schedule.warn_of_expiring_credentials", lambda *_: 0)
-    scheduler = Scheduler(None, None, 0.05, lambda: None)  # type: ignore[arg-type]
+    monkeypatch.setattr("mailrouter.schedule.privacy.run_daily", lambda *_: None)
+    # No engine or casework (retention reads the config off it): the monkeypatched jobs take neither.
+    scheduler = Scheduler(None, NO_CASEWORK, 0.05, lambda: None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="job bug"):
         await asyncio.wait_for(scheduler.run(asyncio.Event()), timeout=10)
 
@@ -173,5 +179,9 @@ async def test_the_scheduler_keeps_running_while_the_database_is_away(
     monkeypatch.setattr("mailrouter.schedule.check_sla", away)
     monkeypatch.setattr("mailrouter.schedule.follow_through", away)
     monkeypatch.setattr("mailrouter.schedule.warn_of_expiring_credentials", away)
-    await asyncio.wait_for(Scheduler(None, None, 0.05, lambda: None).run(stop), timeout=10)  # type: ignore[arg-type]
+    monkeypatch.setattr(
+        "mailrouter.schedule.privacy.run_daily", lambda engine, config, _: away(engine, config)
+    )
+    jobless = Scheduler(None, NO_CASEWORK, 0.05, lambda: None)  # type: ignore[arg-type]  # as above
+    await asyncio.wait_for(jobless.run(stop), timeout=10)
     assert calls >= 3

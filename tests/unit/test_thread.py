@@ -15,6 +15,7 @@ AGENTS = directory_from(
     ["mx.example.test"],
     DEPARTMENTS,
 )
+assert AGENTS.signer is not None  # it has a reply key
 SIGNED = AGENTS.signer.address("it-support@example.test", "IT-1042", "agent1@example.test")
 BORDER = "Received: from sender.example by mx.example.test (Postfix) with ESMTPS id 1; Mon, 1 Dec 2026 10:00:00 +0000"  # noqa: E501
 
@@ -115,7 +116,7 @@ def test_trusted_aligned_dkim_above_the_border_proves_an_agent():
         parse(with_headers(agent_mail(), results, BORDER)), TAGS, Lookup(by_number={"IT-1042": CASE}), AGENTS
     )
     assert match.author_role == AuthorRole.AGENT and "aligned DKIM pass for example.test" in match.reason
-    assert match.authentication.status == AuthStatus.AUTHENTICATED
+    assert match.authentication is not None and match.authentication.status == AuthStatus.AUTHENTICATED
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_an_agent_answering_the_plain_department_address_is_an_unproven_answer()
     inbound = parse(make_mail(sender="agent1@example.test", subject="Re: [IT-1042] x", body="Try again"))
     match = thread(inbound, TAGS, Lookup(by_number={"IT-1042": CASE}), AGENTS)
     assert match.author_role == AuthorRole.EXTERNAL and match.unproven_agent_answer
-    assert match.authentication.status == AuthStatus.UNKNOWN
+    assert match.authentication is not None and match.authentication.status == AuthStatus.UNKNOWN
 
 
 def test_a_signed_address_issued_to_another_agent_is_not_proof():
@@ -189,6 +190,7 @@ def test_the_customers_authentication_is_reported_too():
     results = "Authentication-Results: mx.example.test; dmarc=fail header.from=kunde.example"
     inbound = parse(with_headers(make_mail(subject="Hjelp"), results, BORDER))
     match = thread(inbound, TAGS, Lookup(), AGENTS)
+    assert match.authentication is not None
     assert match.authentication.status == AuthStatus.NOT_AUTHENTICATED and match.authentication.trusted
 
 

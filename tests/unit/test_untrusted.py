@@ -6,19 +6,20 @@ from datetime import timedelta
 from email.policy import default
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter import store
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
+from mailrouter.errors import ReviewError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.plan import Origin, OutcomeKind
-from mailrouter.review import ReviewError, retry, screened, set_aside
+from mailrouter.review import retry, screened, set_aside
 from mailrouter.store import SqlFacts
 from mailrouter.vocabulary import OutboxState
-from tests.messages import make_dsn, make_mail
+from tests.messages import make_dsn, make_mail, plain_text
 
 
 def make_intake(config_file, extra: str = "") -> Intake:
@@ -144,6 +145,7 @@ def test_flood_from_one_sender_opens_every_case_but_answers_at_most_the_limit(co
 def test_the_limit_looks_only_at_the_senders_recent_cases(intake):
     """A frequent sender's history (years of cases) must not be read for each new case of theirs."""
     statement = store._ACKNOWLEDGEMENTS_SINCE.compile(dialect=intake.engine.dialect)
+    assert statement.positiontup is not None  # SQLite's parameters are positional
     unbound = (None,) * len(statement.positiontup)  # the plan does not depend on the values
     with intake.engine.connect() as connection:
         plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound).all()
@@ -246,8 +248,11 @@ def test_the_limit_is_a_sliding_window(config_file):
     assert len(acknowledgements(intake)) == 2
     with Session(intake.engine) as session:  # an hour and a bit later, for the first one
         first = session.exec(
-            select(OutboxMessage).where(OutboxMessage.kind == "acknowledgement").order_by(OutboxMessage.id)
+            select(OutboxMessage)
+            .where(OutboxMessage.kind == "acknowledgement")
+            .order_by(col(OutboxMessage.id))
         ).first()
+        assert first is not None
         first.created_at = utcnow() - timedelta(seconds=3700)
         session.add(first)
         session.commit()
@@ -327,7 +332,7 @@ def test_a_sender_whose_dmarc_fails_gets_an_acknowledgement_without_their_own_wo
     intake.process(with_results(raw, "dmarc=fail header.from=kunde.example"), Origin("it", 1, 1))
     [ack] = acknowledgements(intake)
     text = email.message_from_bytes(ack.data, policy=default)
-    body = text.get_body(("plain",)).get_content()
+    body = plain_text(text)
     assert "PILLS" not in text["Subject"] and "PILLS" not in body and "Buy Cheap" not in body
     passing = make_mail(sender="Kari <kari@ok.example>", subject="Skriveren", message_id="<ok@ok.example>")
     intake.process(with_results(passing, "dmarc=pass header.from=ok.example"), Origin("it", 1, 2))

@@ -1,0 +1,154 @@
+"""dashboard: the live page of each department on the daemon's HTTP endpoint: today's and this
+week's figures, the open backlog, the cases nearest to and past their SLA, and the report's
+charts (pictures, the same drawings as the report mail), server-rendered and refreshing itself.
+
+A wall screen is seen by anyone passing: the page shows no subject and no customer, only case
+numbers, targets, priorities and who has them. Figures are kpi's, the same as `mailrouter report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from mailrouter import kpi, pictures, store, summary
+from mailrouter.config import Config
+from mailrouter.sla import duration_text
+from mailrouter.summary import Line
+
+REFRESH = 60  # seconds between the page's own reloads
+WATCHED = 12  # cases listed nearest to or past their SLA
+SOON = 3600.0  # a target due within this many seconds is marked as near
+CHARTS = (
+    (pictures.Chart.VOLUME, "New cases per day, this week against last week"),
+    (pictures.Chart.ANSWER_TIMES, "Time to the first answer this week (business hours)"),
+    (pictures.Chart.BACKLOG, "Open cases by age"),
+    (pictures.Chart.BUSIEST_HOURS, "New cases this week by weekday and hour"),
+)
+_UPDATED = "%a %d %b %H:%M"
+_PAGES = Environment(
+    loader=FileSystemLoader(Path(__file__).with_name("pages")),
+    autoescape=select_autoescape(enabled_extensions=("html.j2",)),
+    undefined=StrictUndefined,
+)
+
+
+@dataclass(frozen=True)
+class WatchRow:
+    number: str
+    target: str
+    priority: str
+    owner: str
+    left: str  # "in 1 h 05 min", "2 h 10 min late"
+    late: bool
+    soon: bool
+
+
+@dataclass(frozen=True)
+class Board:
+    department: str
+    display_name: str
+    updated: str  # the department's local time
+    today: Line
+    week: Line
+    backlog: tuple[tuple[str, int], ...]  # open now, by age band
+    backlog_total: int
+    late: int
+    watched: tuple[WatchRow, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A department on the overview."""
+
+    department: str
+    display_name: str
+    today: int
+    week: int
+    backlog: int
+    late: int
+
+
+def _line(engine: Engine, config: Config, department: str, name: str, now: datetime) -> kpi.Figures:
+    zone = config.calendar(department).zone
+    period = kpi.named_period(name, now.astimezone(zone).date())
+    return kpi.figures(engine, period, {department: zone}, dimensions=())
+
+
+def _watch_row(watched: store.Watched, now: datetime) -> WatchRow:
+    left = (watched.due - now).total_seconds()
+    span = duration_text(timedelta(seconds=left))
+    when = f"{span} late" if left < 0 else f"in {span}"
+    return WatchRow(
+        watched.number, watched.target, watched.priority, watched.owner, when, left < 0, 0 <= left < SOON
+    )
+
+
+def board(engine: Engine, config: Config, department: str, now: datetime) -> Board:
+    """What a department's page shows, read at `now`."""
+    mailbox = config.mailboxes[department]
+    today = _line(engine, config, department, "today", now)
+    week = _line(engine, config, department, "this-week", now)
+    with Session(engine) as session:
+        watched = store.sla_watch(session, [department], WATCHED)
+        late = store.sla_late(session, [department], now).get(department, 0)
+    # The backlog at the end of today is every case open now: none is created in the future.
+    backlog = today.total.kpis.backlog
+    return Board(
+        department=department,
+        display_name=mailbox.display_name,
+        updated=now.astimezone(config.calendar(department).zone).strftime(_UPDATED),
+        today=summary.line(mailbox.display_name, today.total),
+        week=summary.line(mailbox.display_name, week.total),
+        backlog=tuple(zip((label for label, _ in kpi.AGE_BANDS), backlog, strict=True)),
+        backlog_total=sum(backlog),
+        late=late,
+        watched=tuple(_watch_row(w, now) for w in watched),
+    )
+
+
+def overview(engine: Engine, config: Config, now: datetime) -> list[Row]:
+    departments = list(config.mailboxes)
+    with Session(engine) as session:
+        late = store.sla_late(session, departments, now)
+    rows = []
+    for department, mailbox in config.mailboxes.items():
+        today = _line(engine, config, department, "today", now).total.kpis
+        week = _line(engine, config, department, "this-week", now).total.kpis
+        rows.append(
+            Row(
+                department,
+                mailbox.display_name,
+                today.created,
+                week.created,
+                today.backlog_total,
+                late.get(department, 0),
+            )
+        )
+    return rows
+
+
+def board_page(engine: Engine, config: Config, department: str, now: datetime) -> str:
+    page = board(engine, config, department, now)
+    return _PAGES.get_template("board.html.j2").render(board=page, charts=CHARTS, refresh=REFRESH)
+
+
+def overview_page(engine: Engine, config: Config, now: datetime) -> str:
+    zone = config.calendar(next(iter(config.mailboxes))).zone
+    return _PAGES.get_template("overview.html.j2").render(
+        rows=overview(engine, config, now), updated=now.astimezone(zone).strftime(_UPDATED), refresh=REFRESH
+    )
+
+
+def chart(engine: Engine, config: Config, department: str, name: pictures.Chart, now: datetime) -> bytes:
+    """One of the page's charts: this week's (the backlog: now), in the department's language."""
+    zone = config.calendar(department).zone
+    week = kpi.named_period("this-week", now.astimezone(zone).date())
+    if name == pictures.Chart.BACKLOG:
+        week = kpi.named_period("today", now.astimezone(zone).date())
+    return pictures.draw(name, engine, config, week, [department], config.mailboxes[department].language)

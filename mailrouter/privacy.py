@@ -1,0 +1,328 @@
+"""privacy: personal data kept only as long as needed (retention), and found and erased on request.
+
+Retention runs daily from the scheduler (`retention`): a case closed and left alone for its
+department's `retain_months` loses its raw mail, its letters and its personal data (addresses,
+names, subjects, texts, attachment names, the events' words) and keeps what the reports count
+(times, department, category, priority, SLA outcome, satisfaction score, status history).
+Screened mail, quarantined and refused mail's kept bytes, and sent letters' bodies have shorter
+lives of their own ([privacy]). Each kind of work goes in bounded batches, one transaction each;
+a case is claimed by setting its `anonymised_at` only where it is still unset, so instances
+never take one twice, and one instance a day runs at all (its slot). Every run is one
+`retention-run` event of counts.
+
+Like outbox.py, this is a storage module: Core statements over the tables, plain data out.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, String, bindparam, cast, delete, exists, func, or_, select, update
+from sqlmodel import Session
+
+from mailrouter import store
+from mailrouter.config import Config
+from mailrouter.models import utcnow
+from mailrouter.vocabulary import SET_ASIDE, CaseStatus, EventKind, OutboxState
+
+log = logging.getLogger(__name__)
+
+_C, _M, _A, _E = store.CASE.c, store.MESSAGE.c, store.ATTACHMENT.c, store.EVENT.c
+_O, _R, _P = store.OUTBOX.c, store.RAW_MESSAGE.c, store.CUSTOMER.c
+ANONYMISED = "(anonymised)"
+# The daily run's slot, in the scheduled reports' table: no report can be named so.
+RETENTION_SLOT = "(retention)"
+
+
+def months_before(moment: datetime, months: int) -> datetime:
+    """The same day and time `months` calendar months earlier (the month's last day if shorter)."""
+    month_index = moment.year * 12 + moment.month - 1 - months
+    year, month = divmod(month_index, 12)
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What is due for retention at `now`: each a moment before which it goes."""
+
+    closed_before: Mapping[str, datetime]  # per department with retain_months: last changed before
+    screened_before: datetime
+    set_aside_before: datetime
+    sent_before: datetime
+
+
+def policy(config: Config, now: datetime) -> Policy:
+    privacy = config.file.privacy
+    return Policy(
+        closed_before={
+            name: months_before(now, mailbox.retain_months)
+            for name, mailbox in config.mailboxes.items()
+            if mailbox.retain_months
+        },
+        screened_before=now - timedelta(days=privacy.screened_days),
+        set_aside_before=now - timedelta(days=privacy.quarantine_days),
+        sent_before=now - timedelta(days=privacy.sent_body_days),
+    )
+
+
+@dataclass(frozen=True)
+class Counts:
+    cases: int = 0  # anonymised
+    messages: int = 0  # of those cases, anonymised
+    letters: int = 0  # outbox rows of those cases, deleted
+    screened: int = 0  # messages screening kept out of any case, deleted
+    set_aside: int = 0  # quarantined or refused: kept bytes deleted, reason blanked
+    sent_bodies: int = 0  # sent letters' bodies emptied
+    raw: int = 0  # raw messages deleted
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def __str__(self) -> str:
+        return ", ".join(f"{f.name.replace('_', ' ')} {getattr(self, f.name)}" for f in fields(self))
+
+    def as_data(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# --- what is due ------------------------------------------------------------------------------
+
+
+def _due_cases(closed_before: Mapping[str, datetime]) -> Any:
+    departments = [
+        (_C.department == department) & (_C.updated_at < before)
+        for department, before in closed_before.items()
+    ]
+    return (
+        select(_C.id)
+        .where(_C.status == CaseStatus.CLOSED, _C.anonymised_at.is_(None), or_(*departments))
+        .order_by(_C.id)
+    )
+
+
+_SCREENED = select(_M.id).where(_M.case_id.is_(None), _M.received_at < bindparam("before")).order_by(_M.id)
+_SET_ASIDE = (
+    select(_E.id, _E.data)
+    .where(_E.kind.in_(sorted(SET_ASIDE)), _E.created_at < bindparam("before"), _E.detail != ANONYMISED)
+    .order_by(_E.id)
+)
+_SENT_BODIES = (
+    select(_O.id)
+    .where(
+        _O.state == OutboxState.SENT,
+        _O.sent_at < bindparam("before"),
+        (func.length(_O.data) > 0) | _O.original_sha256.is_not(None),
+    )
+    .order_by(_O.id)
+)
+
+
+def due(connection: Connection, rules: Policy) -> Counts:
+    """What the next run would remove, counted without changing anything (`--dry-run`). Raw
+    messages: those the due items refer to (one shared with mail that stays is kept)."""
+    case_ids = (
+        list(connection.execute(_due_cases(rules.closed_before)).scalars()) if rules.closed_before else []
+    )
+    screened = [row.id for row in connection.execute(_SCREENED, {"before": rules.screened_before})]
+    set_aside = connection.execute(_SET_ASIDE, {"before": rules.set_aside_before}).all()
+    shas = set(
+        connection.execute(
+            select(_M.raw_sha256).where(
+                _M.case_id.in_(case_ids) | _M.id.in_(screened), _M.raw_sha256.is_not(None)
+            )
+        ).scalars()
+    ) | {str(row.data["raw_sha256"]) for row in set_aside if row.data.get("raw_sha256")}
+
+    def count(statement: Any, **params: Any) -> int:
+        return int(
+            connection.execute(select(func.count()).select_from(statement.subquery()), params).scalar_one()
+        )
+
+    return Counts(
+        cases=len(case_ids),
+        messages=count(select(_M.id).where(_M.case_id.in_(case_ids))),
+        letters=count(select(_O.id).where(_O.case_id.in_(case_ids))),
+        screened=len(screened),
+        set_aside=len(set_aside),
+        sent_bodies=count(_SENT_BODIES, before=rules.sent_before),
+        raw=len(shas),
+    )
+
+
+# --- the work ---------------------------------------------------------------------------------
+
+
+def anonymise_cases(session: Session, case_ids: Collection[int], now: datetime) -> Counts:
+    """Take the cases' mail and personal data, keeping what the reports count; a case already
+    anonymised (by another instance, say) is left alone. Customers left without a case go."""
+    connection = session.connection()
+    if not case_ids:
+        return Counts()
+    customers = set(
+        connection.execute(
+            select(_C.customer_id).where(_C.id.in_(list(case_ids)), _C.customer_id.is_not(None))
+        ).scalars()
+    )
+    claimed = list(
+        connection.execute(
+            update(store.CASE)
+            .where(_C.id.in_(list(case_ids)), _C.anonymised_at.is_(None))
+            .values(
+                anonymised_at=now,
+                subject="",
+                customer_id=None,
+                satisfaction_comment="",
+                survey_message_id="",
+            )
+            .returning(_C.id)
+        ).scalars()
+    )
+    if not claimed:
+        return Counts()
+    messages = select(_M.id).where(_M.case_id.in_(claimed))
+    shas = _raw_of(connection, claimed)
+    connection.execute(update(store.ATTACHMENT).where(_A.message_id.in_(messages)).values(filename=""))
+    anonymised = connection.execute(update(store.MESSAGE).where(_M.case_id.in_(claimed)).values(**_NO_PERSON))
+    connection.execute(update(store.EVENT).where(_E.case_id.in_(claimed)).values(detail=ANONYMISED, data={}))
+    letters = connection.execute(delete(store.OUTBOX).where(_O.case_id.in_(claimed)))
+    connection.execute(
+        delete(store.CUSTOMER).where(_P.id.in_(customers), ~exists().where(_C.customer_id == _P.id))
+    )
+    return Counts(
+        cases=len(claimed),
+        messages=anonymised.rowcount,
+        letters=letters.rowcount,
+        raw=delete_unreferenced_raw(connection, shas),
+    )
+
+
+# A message without the person: where it went and when stay; who, what and the bytes go.
+_NO_PERSON: dict[str, Any] = {
+    "from_addr": "",
+    "from_name": "",
+    "to_addrs": [],
+    "cc_addrs": [],
+    "subject": "",
+    "text": "",
+    "html": "",
+    "in_reply_to": "",
+    "references": [],
+    "message_id": "",
+    "dedupe_key": None,
+    "raw_sha256": None,
+}
+
+
+def _raw_of(connection: Connection, case_ids: Collection[int]) -> set[str]:
+    """The raw messages the cases' messages and letters refer to."""
+    return set(
+        connection.execute(
+            select(_M.raw_sha256).where(_M.case_id.in_(list(case_ids)), _M.raw_sha256.is_not(None))
+        ).scalars()
+    ) | set(
+        connection.execute(
+            select(_O.original_sha256).where(_O.case_id.in_(list(case_ids)), _O.original_sha256.is_not(None))
+        ).scalars()
+    )
+
+
+def delete_unreferenced_raw(connection: Connection, shas: Collection[str]) -> int:
+    """Delete these raw messages where nothing refers to them any more: no message, no letter,
+    no quarantine or refusal whose bytes are kept for a retry."""
+    deleted = 0
+    for sha in sorted(shas):
+        kept_for_retry = select(_E.id).where(
+            _E.kind.in_(sorted(SET_ASIDE)), cast(_E.data, String).contains(sha)
+        )
+        referenced = (
+            connection.execute(select(_M.id).where(_M.raw_sha256 == sha).limit(1)).first()
+            or connection.execute(select(_O.id).where(_O.original_sha256 == sha).limit(1)).first()
+            or connection.execute(kept_for_retry.limit(1)).first()
+        )
+        if not referenced:
+            deleted += connection.execute(delete(store.RAW_MESSAGE).where(_R.sha256 == sha)).rowcount
+    return deleted
+
+
+def _delete_screened(session: Session, rows: list[Any]) -> Counts:
+    connection, message_ids = session.connection(), [row.id for row in rows]
+    shas = set(
+        connection.execute(
+            select(_M.raw_sha256).where(_M.id.in_(message_ids), _M.raw_sha256.is_not(None))
+        ).scalars()
+    )
+    connection.execute(delete(store.EVENT).where(_E.message_id.in_(message_ids)))
+    connection.execute(delete(store.ATTACHMENT).where(_A.message_id.in_(message_ids)))
+    deleted = connection.execute(delete(store.MESSAGE).where(_M.id.in_(message_ids))).rowcount
+    return Counts(screened=deleted, raw=delete_unreferenced_raw(connection, shas))
+
+
+def _forget_set_aside(session: Session, rows: list[Any]) -> Counts:
+    """The quarantine's and refusal's record stays (that it happened, when, where); the bytes
+    and the reason, which may quote the mail, go."""
+    connection = session.connection()
+    for row in rows:
+        data = {key: value for key, value in row.data.items() if key in ("uid", "uidvalidity")}
+        connection.execute(update(store.EVENT).where(_E.id == row.id).values(detail=ANONYMISED, data=data))
+    shas = {str(row.data["raw_sha256"]) for row in rows if row.data.get("raw_sha256")}
+    return Counts(set_aside=len(rows), raw=delete_unreferenced_raw(connection, shas))
+
+
+def _empty_sent(session: Session, rows: list[Any]) -> Counts:
+    emptied = session.connection().execute(
+        update(store.OUTBOX)
+        .where(_O.id.in_([row.id for row in rows]))
+        .values(data=b"", original_sha256=None, original_at=None)
+    )
+    return Counts(sent_bodies=emptied.rowcount)
+
+
+def run(engine: Engine, rules: Policy, batch: int, now: datetime | None = None) -> Counts:
+    """One retention run, batch after batch until nothing is due; the `retention-run` event."""
+    now = now or utcnow()
+    total = Counts()
+    steps: list[tuple[Any, dict[str, Any], Callable[[Session, list[Any]], Counts]]] = [
+        (_SCREENED, {"before": rules.screened_before}, _delete_screened),
+        (_SET_ASIDE, {"before": rules.set_aside_before}, _forget_set_aside),
+        (_SENT_BODIES, {"before": rules.sent_before}, _empty_sent),
+    ]
+    if rules.closed_before:
+        anonymise = lambda session, rows: anonymise_cases(session, [row.id for row in rows], now)  # noqa: E731
+        steps.insert(0, (_due_cases(rules.closed_before), {}, anonymise))
+    for statement, params, apply in steps:
+        while True:
+            with Session(engine) as session:
+                rows = list(session.connection().execute(statement.limit(batch), params))
+                if rows:
+                    total = total + apply(session, rows)
+                session.commit()
+            if len(rows) < batch:
+                break
+    with Session(engine) as session:
+        store.record(session, EventKind.RETENTION_RUN, f"retention: {total}", counts=total.as_data())
+        session.commit()
+    log.info("retention run: %s", total)
+    return total
+
+
+def day_slot(now: datetime) -> datetime:
+    """The day's retention slot: midnight UTC."""
+    return datetime.combine(now.astimezone(UTC).date(), time(0), UTC)
+
+
+def run_daily(engine: Engine, config: Config, instance: str, now: datetime | None = None) -> Counts | None:
+    """The day's run, by the one instance that takes its slot; None when another has it."""
+    now = now or utcnow()
+    with Session(engine) as session:
+        if store.report_slot_taken(session, RETENTION_SLOT, day_slot(now)) is not None:
+            return None
+        if not store.claim_report_slot(session, RETENTION_SLOT, day_slot(now), instance):
+            return None
+        session.commit()
+    return run(engine, policy(config, now), config.file.privacy.retention_batch, now)

@@ -1,0 +1,125 @@
+"""The dashboard on the daemon's real HTTP endpoint (aiohttp's test server), over cases the real
+intake registered: the department's figures as kpi computes them, the cases nearest to and past
+their SLA without a subject or customer, the charts as PNGs, and the endpoint's token."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from mailrouter import kpi
+from mailrouter.config import HttpSettings
+from mailrouter.daemon import load, open_database
+from mailrouter.health import Health
+from mailrouter.http import Endpoint
+from mailrouter.intake import Intake
+from tests.unit.test_agent_flow import CUSTOMER, deliver
+from tests.unit.test_sla import with_sla
+
+TOKEN = "dashboard-test-token"
+
+
+@pytest.fixture
+def desk(config_file, clock):
+    """IT with a 4h first-answer target, 24/7: one case past it, one due within the hour, one not."""
+    loaded = load(with_sla(config_file))
+    intake = Intake(
+        loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents
+    )
+    now = datetime.now(UTC)
+    for age, subject in (
+        (timedelta(hours=5), "Late"),
+        (timedelta(hours=3, minutes=30), "Soon"),
+        (timedelta(0), "New"),
+    ):
+        clock.now = now - age
+        deliver(intake, sender=CUSTOMER, subject=f"Skrivaren {subject}")
+    return intake
+
+
+async def client_for(intake, token: SecretStr | None = None) -> TestClient:
+    endpoint = Endpoint(HttpSettings(), token, Health({}), intake.engine, 60, intake.config)
+    client = TestClient(TestServer(endpoint.app))
+    await client.start_server()
+    return client
+
+
+def figure(page: str, name: str) -> str:
+    found = re.search(rf'data-figure="{re.escape(name)}">([^<]*)<', page)
+    assert found, f"no {name} on the page"
+    return found[1]
+
+
+async def test_the_board_shows_the_departments_figures_as_kpi_counts_them(desk):
+    client = await client_for(desk)
+    try:
+        response = await client.get("/dashboard/it")
+        page = await response.text()
+    finally:
+        await client.close()
+    assert response.status == 200 and response.content_type == "text/html"
+    now = datetime.now(UTC)
+    zone = desk.config.calendar("it").zone
+    for name, key in (("today", "today"), ("this-week", "week")):
+        period = kpi.named_period(name, now.astimezone(zone).date())
+        counted = kpi.figures(desk.engine, period, {"it": zone}, dimensions=()).total.kpis
+        assert figure(page, f"{key}.created") == str(counted.created)
+    assert figure(page, "backlog") == "3" and figure(page, "late") == "1"
+    assert '<meta http-equiv="refresh" content="60">' in page
+    assert 'name="viewport"' in page
+
+
+async def test_the_cases_nearest_their_sla_come_first_and_show_nothing_a_customer_wrote(desk):
+    client = await client_for(desk)
+    try:
+        page = await (await client.get("/dashboard/it")).text()
+    finally:
+        await client.close()
+    rows = re.findall(
+        r'<tr class="(late|soon|)" data-case="([A-Z]+-\d+)">\s*<td>[^<]*</td><td>([a-z-]+)</td>', page
+    )
+    assert rows[:3] == [
+        ("late", "IT-1001", "first-response"),
+        ("soon", "IT-1002", "first-response"),
+        ("", "IT-1003", "first-response"),
+    ]
+    assert "Skrivaren" not in page and "kari" not in page.lower()
+
+
+@pytest.mark.parametrize("chart", ["volume", "answer-times", "backlog", "busiest-hours"])
+async def test_each_chart_is_served_as_a_png(desk, chart):
+    client = await client_for(desk)
+    try:
+        response = await client.get(f"/dashboard/it/{chart}.png")
+        body = await response.read()
+    finally:
+        await client.close()
+    assert response.status == 200 and response.content_type == "image/png"
+    assert body[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_the_overview_links_every_department(desk):
+    client = await client_for(desk)
+    try:
+        page = await (await client.get("/dashboard")).text()
+        missing = await client.get("/dashboard/sales")
+        no_chart = await client.get("/dashboard/it/pie.png")
+    finally:
+        await client.close()
+    assert 'href="dashboard/it"' in page and 'href="dashboard/hr"' in page
+    assert missing.status == 404 and no_chart.status == 404
+
+
+async def test_the_dashboard_asks_for_the_endpoints_token(desk):
+    client = await client_for(desk, SecretStr(TOKEN))
+    try:
+        refused = await client.get("/dashboard/it")
+        chart = await client.get("/dashboard/it/volume.png")
+        admitted = await client.get("/dashboard/it", headers={"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        await client.close()
+    assert (refused.status, chart.status, admitted.status) == (401, 401, 200)

@@ -1,0 +1,144 @@
+"""Retention: what is past its time goes, in bounded batches, once, and the reports' figures stay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import Session, select
+
+from mailrouter import privacy, store
+from mailrouter.cli import main
+from mailrouter.daemon import load, open_database
+from mailrouter.intake import Intake
+from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
+from mailrouter.plan import Origin
+from mailrouter.vocabulary import CaseStatus, OutboxState
+from tests.database_scan import traces
+from tests.messages import make_mail
+from tests.unit import test_kpi
+from tests.unit.test_kpi import at, figures
+from tests.unit.test_sla import with_sla
+
+LATER = datetime(2029, 3, 1, tzinfo=UTC)  # past 24 months after the closing below
+november = test_kpi.november  # six cases of November 2026, on the `desk` below
+
+
+def test_months_before_keeps_the_day_or_takes_the_months_last():
+    assert privacy.months_before(datetime(2026, 3, 31, 8, tzinfo=UTC), 1) == datetime(
+        2026, 2, 28, 8, tzinfo=UTC
+    )
+    assert privacy.months_before(datetime(2026, 1, 15, tzinfo=UTC), 2) == datetime(2025, 11, 15, tzinfo=UTC)
+    assert privacy.months_before(datetime(2026, 12, 3, tzinfo=UTC), 24) == datetime(2024, 12, 3, tzinfo=UTC)
+
+
+@pytest.fixture
+def desk(config_file):
+    """test_kpi's desk, with two years' retention for it-support's closed cases."""
+    department = 'sla = "standard"\nbusiness_hours = "oslo"\nsatisfaction_survey = true\nretain_months = 24\n'
+    loaded = load(with_sla(config_file, department=department))
+    return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
+
+
+def close_all(intake, when: datetime) -> None:
+    """Back-dated: every case closed and untouched since `when`."""
+    with Session(intake.engine) as session:
+        session.connection().execute(update(store.CASE).values(status=CaseStatus.CLOSED, updated_at=when))
+        session.commit()
+
+
+def rows(intake, model):
+    with Session(intake.engine) as session:
+        return list(session.exec(select(model)).all())
+
+
+PERSONAL = ("kari@kunde.example", "Kari Nordmann", "Try the other tray", "Third floor", "arrives at 00:30")
+
+
+def test_a_case_closed_past_its_retention_loses_its_mail_and_personal_data_and_the_figures_stay(november):
+    close_all(november, at(20, 12))
+    before = figures(november, now=at(3, 12, month=12))
+    assert traces(november.engine, *PERSONAL)  # there before
+
+    counts = privacy.run(november.engine, privacy.policy(november.config, LATER), batch=4, now=LATER)
+
+    assert counts.cases == 6 and counts.raw > 0 and counts.letters > 0
+    assert traces(november.engine, *PERSONAL) == []
+    assert (
+        rows(november, RawMessage) == []
+        and rows(november, Customer) == []
+        and rows(november, OutboxMessage) == []
+    )
+    assert all(c.anonymised_at is not None and c.subject == "" for c in rows(november, Case))
+    after = figures(november, now=at(3, 12, month=12))
+    assert after.total == before.total and after.arrivals == before.arrivals
+    [run] = [e for e in rows(november, Event) if e.kind == "retention-run"]
+    assert run.data["counts"] == counts.as_data() and run.case_id is None
+    assert privacy.run(november.engine, privacy.policy(november.config, LATER), batch=4, now=LATER).cases == 0
+
+
+def test_a_case_closed_more_recently_or_in_a_department_without_retention_is_kept(november):
+    close_all(november, at(20, 12))
+    not_yet = privacy.policy(november.config, datetime(2028, 11, 19, tzinfo=UTC))
+    assert privacy.run(november.engine, not_yet, batch=10).cases == 0
+    with Session(november.engine) as session:
+        session.connection().execute(update(store.CASE).values(department="hr"))
+        session.commit()
+    assert privacy.run(november.engine, privacy.policy(november.config, LATER), batch=10).cases == 0
+
+
+def test_the_dry_run_counts_what_the_run_then_removes(november):
+    close_all(november, at(20, 12))
+    rules = privacy.policy(november.config, LATER)
+    with november.engine.connect() as connection:
+        expected = privacy.due(connection, rules)
+    assert expected.cases == 6
+    assert privacy.run(november.engine, rules, batch=4, now=LATER) == expected
+
+
+def test_one_instance_a_day_runs_retention(november):
+    close_all(november, at(20, 12))
+    assert privacy.run_daily(november.engine, november.config, "a", LATER) is not None
+    assert privacy.run_daily(november.engine, november.config, "b", LATER + timedelta(hours=5)) is None
+    assert privacy.run_daily(november.engine, november.config, "b", LATER + timedelta(days=1)) is not None
+    assert len([e for e in rows(november, Event) if e.kind == "retention-run"]) == 2
+
+
+def test_screened_and_quarantined_mail_and_sent_bodies_have_shorter_lives(intake):
+    now = utcnow()
+    intake.process(
+        make_mail(subject="Re: nothing", headers={"Auto-Submitted": "auto-replied"}), Origin("it", 7, 1)
+    )
+    intake.quarantine(
+        make_mail(message_id="<q@kunde.example>", body="Kari's broken mail"),
+        Origin("it", 7, 2),
+        ValueError("boom"),
+    )
+    intake.process(make_mail(message_id="<live@kunde.example>"), Origin("it", 7, 3))
+    with Session(intake.engine) as session:
+        session.connection().execute(update(store.OUTBOX).values(state=OutboxState.SENT, sent_at=now))
+        session.commit()
+    soon = now + timedelta(days=8)  # past sent_body_days (7), before screened_days (30)
+    counts = privacy.run(intake.engine, privacy.policy(intake.config, soon), batch=10, now=soon)
+    assert (counts.sent_bodies, counts.screened, counts.set_aside) == (3, 0, 0)
+    assert all(row.data == b"" and row.original_sha256 is None for row in rows(intake, OutboxMessage))
+    later = now + timedelta(days=91)
+    counts = privacy.run(intake.engine, privacy.policy(intake.config, later), batch=10, now=later)
+    assert (counts.screened, counts.set_aside, counts.raw) == (1, 1, 2)
+    [live] = rows(intake, RawMessage)  # the open case's mail stays
+    assert [m.raw_sha256 for m in rows(intake, Message) if m.direction == "in"] == [live.sha256]
+    assert traces(intake.engine, "Kari's broken mail", "Re: nothing", "boom") == []
+
+
+def test_the_command_line_dry_run_counts_and_changes_nothing(november, config_file, capsys):
+    close_all(november, at(20, 12))
+    with Session(november.engine) as session:  # retention is measured from now: two years on
+        session.connection().execute(update(store.CASE).values(updated_at=datetime(2024, 1, 1, tzinfo=UTC)))
+        session.commit()
+    assert main(["--config", str(config_file), "retention", "--dry-run"]) == 0
+    assert "the next retention run would remove: cases 6, messages " in capsys.readouterr().out
+    assert all(c.anonymised_at is None for c in rows(november, Case))
+    assert main(["--config", str(config_file), "retention"]) == 0
+    assert "retention: cases 6," in capsys.readouterr().out
+    assert all(c.anonymised_at is not None for c in rows(november, Case))
