@@ -3,7 +3,8 @@ week's figures, the open backlog, the cases nearest to and past their SLA, and t
 charts (pictures, the same drawings as the report mail), server-rendered and refreshing itself.
 
 A wall screen is seen by anyone passing: the page shows no subject and no customer, only case
-numbers, targets, priorities and who has them. Figures are kpi's, the same as `mailrouter report`.
+numbers, targets, priorities and who has them, and of sensitive cases only how many there are.
+Figures are kpi's, the same as `mailrouter report`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Board:
     backlog_total: int
     late: int
     watched: tuple[WatchRow, ...]
+    sensitive: int  # sensitive cases with a running target: counted, never listed
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
     today = _line(engine, config, department, "today", now)
     week = _line(engine, config, department, "this-week", now)
     with Session(engine) as session:
-        watched = store.sla_watch(session, [department], WATCHED)
+        watched, withheld = store.sla_watch(session, [department], WATCHED)
         late = store.sla_late(session, [department], now).get(department, 0)
     # The backlog at the end of today is every case open now: none is created in the future.
     backlog = today.total.kpis.backlog
@@ -109,6 +111,7 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
         backlog_total=sum(backlog),
         late=late,
         watched=tuple(_watch_row(w, now) for w in watched),
+        sensitive=withheld,
     )
 
 

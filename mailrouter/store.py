@@ -848,16 +848,17 @@ class Watched:
     due: datetime
 
 
-def sla_watch(session: Session, departments: Sequence[str], limit: int) -> list[Watched]:
+def sla_watch(session: Session, departments: Sequence[str], limit: int) -> tuple[list[Watched], int]:
     """The `limit` running targets due soonest (overdue ones first, being the soonest) in these
-    departments: one query per target, each served by its due-time index."""
+    departments, one query per target on its due-time index; sensitive cases are not listed, only
+    counted (the second value: those with a running target)."""
     connection = session.connection()
     found = []
     for target in Target:
         due = CASE.c[f"{target.column}_due"]
         statement = (
             select(CASE.c.number, CASE.c.department, CASE.c.priority, CASE.c.assignee, CASE.c.group, due)
-            .where(*_sla_running(target), CASE.c.department.in_(departments))
+            .where(*_sla_running(target), CASE.c.department.in_(departments), CASE.c.sensitive.is_(False))
             .order_by(due)
             .limit(limit)
         )
@@ -865,7 +866,11 @@ def sla_watch(session: Session, departments: Sequence[str], limit: int) -> list[
             Watched(row.number, row.department, row.priority, row.assignee or row.group, target, row[5])
             for row in connection.execute(statement)
         ]
-    return sorted(found, key=lambda watched: watched.due)[:limit]
+    running = or_(*(and_(*_sla_running(t)) for t in Target))
+    sensitive = select(func.count()).where(running, CASE.c.department.in_(departments), CASE.c.sensitive)
+    return sorted(found, key=lambda watched: watched.due)[:limit], int(
+        connection.execute(sensitive).scalar_one()
+    )
 
 
 def sla_late(session: Session, departments: Sequence[str], now: datetime) -> dict[str, int]:

@@ -109,7 +109,8 @@ class TokenServer:
         await web.TCPSite(runner, "127.0.0.1", introspection_port).start()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert isinstance(site._server, asyncio.Server)  # started: listening
+        port = site._server.sockets[0].getsockname()[1]
         self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     async def close(self) -> None:
@@ -141,6 +142,8 @@ class TokenServer:
         if client is None:
             return None
         if "client_assertion" in form:
+            if client.public_key is None:
+                return None  # no key to check its assertion with
             try:
                 jwt.decode(
                     form["client_assertion"],
@@ -160,12 +163,13 @@ class TokenServer:
     def _issue(self, client_id: str, user: str | None, refresh: bool) -> web.Response:
         now = int(time.time())
         claims = {"iss": self.base_url, "sub": user or client_id, "azp": client_id, "iat": now}
-        claims |= {"exp": now + self.lifetime, "jti": secrets.token_hex(8)}
+        expires = now + self.lifetime
+        claims |= {"exp": expires, "jti": secrets.token_hex(8)}
         if user is not None:
             claims["upn"] = user
         self.issued[client_id] += 1
         self._jtis.setdefault(client_id, set()).add(str(claims["jti"]))
-        self.expires[client_id] = float(claims["exp"])
+        self.expires[client_id] = float(expires)
         body: dict[str, object] = {
             "token_type": "Bearer",
             "access_token": jwt.encode(claims, self._key, algorithm="HS256"),

@@ -14,10 +14,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine
@@ -230,7 +230,7 @@ def make_daemon(
     database_url: str,
     departments: tuple[str, ...],
     *,
-    daemon: dict[str, object] | None = None,
+    daemon: Mapping[str, object] | None = None,
     smtp: dict[str, object] | None = None,
     imap: dict[str, object] | None = None,
     limits: dict[str, object] | None = None,
@@ -321,9 +321,9 @@ def installation(mailstack: MailStack, tmp_path: Path) -> Iterator[Callable[...,
     the end of the test whatever happened."""
     made: list[Daemon] = []
 
-    def make(name: str = "mailrouter", database_url: str | None = None, **kwargs: object) -> Daemon:
+    def make(name: str = "mailrouter", database_url: str | None = None, **kwargs: Any) -> Daemon:
         url = database_url or f"sqlite:///{tmp_path}/{name}.db"
-        instance = make_daemon(mailstack, tmp_path / name, url, tuple(DEPARTMENTS), **kwargs)  # type: ignore[arg-type]
+        instance = make_daemon(mailstack, tmp_path / name, url, tuple(DEPARTMENTS), **kwargs)
         made.append(instance)
         return instance
 

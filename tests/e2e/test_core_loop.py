@@ -14,12 +14,14 @@ from sqlmodel import Session, select
 from mailrouter.models import Attachment, RawMessage
 from mailrouter.parse import SLIM_ABOVE, _read_slim
 from mailrouter.vocabulary import OutboxState
+from tests.e2e.conftest import Account
 from tests.e2e.conftest import send_mail as send
+from tests.mailstack import MailStack
 
 pytestmark = pytest.mark.e2e
 
 
-def acknowledgements(stack, customer) -> list[EmailMessage]:
+def acknowledgements(stack: MailStack, customer: Account) -> list[EmailMessage]:
     return stack.messages(customer.address, customer.password)
 
 

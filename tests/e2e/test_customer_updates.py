@@ -4,6 +4,8 @@ closed) by the scheduler after seconds-long limits."""
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+
 import pytest
 
 from tests.e2e.conftest import Account, Daemon, send_mail
@@ -27,7 +29,7 @@ def body(message) -> str:
     return " ".join(message.get_body(("plain",)).get_content().split())
 
 
-def inbox_with(stack: MailStack, account: Account, count: int) -> list:
+def inbox_with(stack: MailStack, account: Account, count: int) -> list[EmailMessage]:
     return stack.wait_for_messages(account.address, account.password, count)
 
 

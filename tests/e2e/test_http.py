@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,12 +20,14 @@ from tests.e2e.conftest import Daemon
 from tests.e2e.conftest import send_mail as send
 
 pytestmark = pytest.mark.e2e
+Readiness = dict[str, Any]  # /readyz's JSON body
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def with_http(daemon: Daemon, **settings: object) -> str:
@@ -46,15 +49,15 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return 0, b""  # not listening (yet)
 
 
-def readiness(base: str) -> tuple[int, dict]:
+def readiness(base: str) -> tuple[int, Readiness]:
     status, body = get(base + "/readyz")
     return status, json.loads(body) if status else {}
 
 
 def wait_ready(
-    daemon: Daemon, base: str, want: Callable[[int, dict], bool], what: str, timeout: float = 30
-) -> dict:
-    seen: list[dict] = []
+    daemon: Daemon, base: str, want: Callable[[int, Readiness], bool], what: str, timeout: float = 30
+) -> Readiness:
+    seen: list[Readiness] = []
 
     def check() -> bool:
         status, body = readiness(base)

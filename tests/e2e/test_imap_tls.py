@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from typing import Literal
 
 import pytest
 from pydantic import SecretStr
@@ -13,6 +14,7 @@ from mailrouter.config import ImapSettings
 from mailrouter.imap import connect
 
 pytestmark = pytest.mark.e2e
+Security = Literal["tls", "starttls", "none"]
 
 
 @pytest.fixture
@@ -20,7 +22,7 @@ def account(mailstack):
     return mailstack.new_account("tls")
 
 
-def settings(mailstack, address: str, security: str, **extra) -> ImapSettings:
+def settings(mailstack, address: str, security: Security, **extra) -> ImapSettings:
     port = mailstack.imaps_port if security == "tls" else mailstack.imap_port
     return ImapSettings(
         host="127.0.0.1",
@@ -33,7 +35,7 @@ def settings(mailstack, address: str, security: str, **extra) -> ImapSettings:
     )
 
 
-async def logged_in_over_tls(mailstack, address: str, password: str, security: str, **extra) -> None:
+async def logged_in_over_tls(mailstack, address: str, password: str, security: Security, **extra) -> None:
     conn = await connect(settings(mailstack, address, security, **extra), SecretStr(password))
     try:
         transport = conn.client.protocol.transport
@@ -47,7 +49,7 @@ async def logged_in_over_tls(mailstack, address: str, password: str, security: s
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
-async def test_tls_with_the_stack_ca_logs_in(mailstack, account, security):
+async def test_tls_with_the_stack_ca_logs_in(mailstack, account: tuple[str, str], security):
     await logged_in_over_tls(mailstack, *account, security, ca_file=str(mailstack.ca_file))
 
 
@@ -58,7 +60,7 @@ async def test_verification_fails_without_the_ca(mailstack, account, security):
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
-async def test_tls_verify_false_is_the_explicit_opt_out(mailstack, account, security):
+async def test_tls_verify_false_is_the_explicit_opt_out(mailstack, account: tuple[str, str], security):
     await logged_in_over_tls(mailstack, *account, security, tls_verify=False)
 
 

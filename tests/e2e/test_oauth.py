@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
 from tests.e2e.conftest import Account, Daemon
 from tests.e2e.conftest import send_mail as send
-from tests.e2e.test_http import readiness, wait_ready, with_http
+from tests.e2e.test_http import Readiness, readiness, wait_ready, with_http
 from tests.mailstack import MailStack
 from tests.tokenserver import TokenServer, running
 
@@ -110,7 +110,7 @@ def test_a_revoked_client_turns_its_mailboxes_red_with_one_alert_and_green_again
 
     token_server.disable(CLIENT)
 
-    def both_red(status: int, body: dict) -> bool:
+    def both_red(status: int, body: Readiness) -> bool:
         causes = " ".join(body.get("causes", []))
         return (
             status == 503 and "mailbox it: cannot log in" in causes and "mailbox hr: cannot log in" in causes
@@ -147,7 +147,7 @@ def test_a_revoked_client_turns_its_mailboxes_red_with_one_alert_and_green_again
 RELAY_CLIENT, RELAY_SECRET = "mailrouter-relay", "relay-secret-for-tests"
 
 
-def relay_on_oauth2(installation, mailstack: MailStack, server: TokenServer) -> Daemon:
+def relay_on_oauth2(installation: Callable[..., Daemon], mailstack: MailStack, server: TokenServer) -> Daemon:
     """Mailboxes on passwords; the relay (submission: STARTTLS, AUTH through Dovecot, which asks
     the token server) logs in as the it mailbox with app-only tokens of a credential of its own."""
     first = installation()
@@ -191,7 +191,11 @@ def test_acknowledgements_go_out_through_the_relay_on_three_second_tokens_renewe
     for round_ in range(3):
         if round_:
             expires = token_server.expires[RELAY_CLIENT]
-            daemon.wait_until(lambda e=expires: time.time() > e, "the relay's token to run out", 10)
+
+            def ran_out(expires: float = expires) -> bool:
+                return time.time() > expires
+
+            daemon.wait_until(ran_out, "the relay's token to run out", 10)
             restart_relay(mailstack)
         issued = token_server.issued[RELAY_CLIENT]
         send(mailstack, customer.address, daemon.mailboxes["it"].address, f"printer {round_}", "hi")
@@ -266,7 +270,8 @@ def sign_in_in_the_browser(url: str, code: str, user: str, stack: MailStack) -> 
     form = urllib.parse.urlencode({"user_code": code, "user": user}).encode()
     context = ssl.create_default_context(cafile=str(stack.ca_file))
     with urllib.request.urlopen(url, form, timeout=10, context=context) as answer:
-        return answer.read().decode()
+        page: str = answer.read().decode()
+        return page
 
 
 @pytest.mark.parametrize("provider", ["microsoft", "generic"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from sqlalchemy import DateTime, MetaData, delete, update
@@ -94,7 +95,7 @@ def back_date(engine, case_id: int) -> None:
             times = [c for c in table.c if isinstance(c.type, DateTime)]
             if key is None or not times:
                 continue
-            for row in connection.execute(select(table).where(key == case_id)).mappings():
+            for row in connection.execute(table.select().where(key == case_id)).mappings():
                 shifted = {c.name: _utc(row[c.name]) - SHIFT for c in times if row[c.name] is not None}
                 if shifted:
                     pk = next(iter(table.primary_key.columns))
@@ -106,7 +107,7 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def figures(daemon, day) -> dict:
+def figures(daemon, day) -> dict[str, Any]:
     """What `mailrouter report` says of that day's cases: the totals and per department."""
     result = daemon.cli("report", "--from", day.isoformat(), "--to", day.isoformat(), "--format", "json")
     assert result.returncode == 0, result.stderr

@@ -9,13 +9,13 @@ from email.message import EmailMessage
 import pytest
 
 from tests.e2e.conftest import send_mail as send
-from tests.messages import new_message_id
+from tests.messages import new_message_id, plain_text
 
 pytestmark = pytest.mark.e2e
 
 
 def _plain(message: EmailMessage) -> str:
-    return message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    return plain_text(message).replace("\r\n", "\n")
 
 
 def _quoted(text: str) -> str:

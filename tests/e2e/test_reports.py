@@ -4,12 +4,14 @@ after the slot an instance restarted finds it taken and sends nothing more."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.e2e.conftest import Account, Daemon, send_mail
 from tests.mailstack import MailStack
+from tests.messages import plain_text
 from tests.postgres import temporary_database
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +28,9 @@ language = "sv"
 """
 
 
-def reporting_installation(installation, url: str, report: str, like: Daemon | None = None) -> Daemon:
+def reporting_installation(
+    installation: Callable[..., Daemon], url: str, report: str, like: Daemon | None = None
+) -> Daemon:
     daemon = installation("b" if like else "a", url, like=like)
     with daemon.config_path.open("a") as config:
         config.write(report)
@@ -62,7 +66,11 @@ def test_the_scheduled_report_reaches_the_lead_once_with_two_instances_and_a_res
             assert datetime.now(UTC) < slot, "the slot passed before the case was in: allow more time"
             # Each instance says how it found the slot: one took it, the other found it taken.
             for daemon in (first, second):
-                daemon.wait_until(lambda d=daemon: said(d, slot, *TOOK, *LOST), "the slot", 60)
+
+                def found(d: Daemon = daemon) -> bool:
+                    return said(d, slot, *TOOK, *LOST)
+
+                daemon.wait_until(found, "the slot", 60)
             took = [d for d in (first, second) if said(d, slot, "queued") and not said(d, slot, *LOST)]
             assert len(took) == 1
             first.wait_idle()
@@ -87,11 +95,13 @@ def test_the_scheduled_report_reaches_the_lead_once_with_two_instances_and_a_res
     assert mail["From"].addresses[0].addr_spec == it.address
     images = [p for p in mail.walk() if p.get_content_type() == "image/png"]
     assert len(images) == 4 and all(p.get_content()[:4] == b"\x89PNG" for p in images)
-    html = mail.get_body(("html",)).get_content()
+    html_part = mail.get_body(("html",))
+    assert html_part is not None
+    html = html_part.get_content()
     assert all(f"cid:{p['Content-ID'].strip('<>')}" in html for p in images)
     [csv] = [p for p in mail.iter_attachments() if p.get_content_type() == "text/csv"]
     assert csv.get_filename() == f"e2e-{slot:%Y-%m-%d}.csv"
     content = csv.get_content()
     assert "IT Support" in (content if isinstance(content, str) else content.decode("utf-8-sig"))
-    text = mail.get_body(("plain",)).get_content()
+    text = plain_text(mail)
     assert "Nya ärenden:" in text

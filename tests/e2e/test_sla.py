@@ -3,6 +3,8 @@ PostgreSQL. A case nobody answers is warned of, then escalated to the lead, each
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tests.e2e.conftest import Account, Daemon, send_mail
@@ -31,7 +33,9 @@ raise_priority = true
 """
 
 
-def sla_installation(installation, url: str, lead: Account, like: Daemon | None = None) -> Daemon:
+def sla_installation(
+    installation: Callable[..., Daemon], url: str, lead: Account, like: Daemon | None = None
+) -> Daemon:
     daemon = installation(
         "b" if like else "a",
         url,
@@ -75,6 +79,7 @@ def test_an_unanswered_case_is_warned_then_escalated_once_with_two_instances(
             breaches = first.events("sla-breached")
             assert [e.case_id for e in warnings] == [case.id, first.cases()[1].id]
             assert [e.case_id for e in breaches] == [case.id, first.cases()[1].id]
+            assert warnings[0].id is not None and breaches[0].id is not None
             assert warnings[0].id < breaches[0].id
             assert breaches[0].data["target"] == "first-response"
             assert breaches[0].data["overshoot_seconds"] >= 0

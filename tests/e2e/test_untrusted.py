@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mailrouter.vocabulary import OutboxState
-from tests.e2e.conftest import ROOT, Account, make_daemon
-from tests.e2e.test_core_loop import send, settle
+from tests.e2e.conftest import ROOT, Account, Daemon, make_daemon
+from tests.e2e.conftest import send_mail as send
+from tests.e2e.test_core_loop import settle
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +37,11 @@ def test_two_help_desks_that_acknowledge_each_other_stop_after_one_answer_each(m
         send(mailstack, f"HR <{b_box.address}>", a_box.address, "Laptop for new hire", "Please order one.")
         send(mailstack, f"IT <{a_box.address}>", b_box.address, "Ferie", "Når er fristen?")
         for desk in (a, b):
-            desk.wait_until(lambda desk=desk: len(desk.events("screened")) == 1, "the other desk's answer")
+
+            def answered(desk: Daemon = desk) -> bool:
+                return len(desk.events("screened")) == 1
+
+            desk.wait_until(answered, "the other desk's answer")
         settle(a, 3)
         settle(b)
         for desk in (a, b):

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.mailstack import MailStack
 from tests.messages import make_mail, new_message_id
 
 # Seconds where production waits minutes, so faults heal within a test's patience.
-FAST_DAEMON: dict[str, object] = {
+FAST_DAEMON: dict[str, float] = {
     "poll_interval": 0.5,
     "send_interval": 0.5,
     "shutdown_timeout": 5,
@@ -133,7 +134,8 @@ def restart_imap(stack: MailStack, down: float = 1.0) -> None:
 def registered_message_ids(daemon: Daemon) -> set[str]:
     from sqlmodel import select
 
-    from mailrouter.models import Direction, Message
+    from mailrouter.models import Message
+    from mailrouter.vocabulary import Direction
 
     rows = daemon._select(select(Message.message_id).where(Message.direction == Direction.IN))
     return set(rows)
@@ -143,11 +145,11 @@ def registered_message_ids(daemon: Daemon) -> set[str]:
 _ACCEPTED_AS = re.compile(r"\(Postfix\) with E?SMTPS?A? id (\w+)")
 
 
-def acknowledgements(stack: MailStack, customers: list[Account]) -> list:
+def acknowledgements(stack: MailStack, customers: list[Account]) -> list[EmailMessage]:
     """One per mail the relay accepted. Copies of one acceptance count once: a Dovecot restarted
     after it saved a copy but before it said so to Postfix gets that mail again (LMTP delivers
     at least once), which is the mail stack's doing, not a second letter of ours."""
-    accepted = {}
+    accepted: dict[str | int, EmailMessage] = {}
     for message in (ack for c in customers for ack in stack.messages(c.address, c.password)):
         received = (_ACCEPTED_AS.search(" ".join(str(h).split())) for h in message.get_all("Received", []))
         queue_id = next((found.group(1) for found in received if found), None)

@@ -8,8 +8,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
+from sqlmodel import Session, select
 
 from mailrouter import kpi
 from mailrouter.config import HttpSettings
@@ -17,6 +19,7 @@ from mailrouter.daemon import load, open_database
 from mailrouter.health import Health
 from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
+from mailrouter.models import Case
 from tests.unit.test_agent_flow import CUSTOMER, deliver
 from tests.unit.test_sla import with_sla
 
@@ -41,7 +44,7 @@ def desk(config_file, clock):
     return intake
 
 
-async def client_for(intake, token: SecretStr | None = None) -> TestClient:
+async def client_for(intake, token: SecretStr | None = None) -> TestClient[web.Request, web.Application]:
     endpoint = Endpoint(HttpSettings(), token, Health({}), intake.engine, 60, intake.config)
     client = TestClient(TestServer(endpoint.app))
     await client.start_server()
@@ -123,3 +126,19 @@ async def test_the_dashboard_asks_for_the_endpoints_token(desk):
     finally:
         await client.close()
     assert (refused.status, chart.status, admitted.status) == (401, 401, 200)
+
+
+async def test_a_sensitive_case_is_counted_and_never_listed(desk):
+    with Session(desk.engine) as session:
+        case = session.exec(select(Case).where(Case.number == "IT-1002")).one()
+        case.sensitive = True
+        session.add(case)
+        session.commit()
+    client = await client_for(desk)
+    try:
+        page = await (await client.get("/dashboard/it")).text()
+    finally:
+        await client.close()
+    assert 'data-case="IT-1002"' not in page and "IT-1002" not in page
+    assert 'data-case="IT-1001"' in page
+    assert figure(page, "sensitive") == "1" and figure(page, "backlog") == "3"

@@ -27,7 +27,7 @@ def nordic(config_file, request):
     return config_file
 
 
-def report(config_file, capsysbinary, *options: str) -> bytes:
+def report(config_file, capsysbinary: pytest.CaptureFixture[bytes], *options: str) -> bytes:
     assert main(["--config", str(config_file), "report", *NOVEMBER, *options]) == 0
     return capsysbinary.readouterr().out
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from zoneinfo import ZoneInfo
 
 from mailrouter import kpi
 from mailrouter.cli import main
@@ -107,7 +107,9 @@ def test_the_reports_count_sensitive_cases_without_their_customer_or_organisatio
     today = utcnow().date()
     deliver(intake, subject="Sick leave Kari Nordmann", body=BODY)
     deliver(intake, subject="Printer jams", body="It jams.")
-    result = kpi.figures(intake.engine, kpi.Period(today, today, "today"), {"it": UTC, "hr": UTC})
+    result = kpi.figures(
+        intake.engine, kpi.Period(today, today, "today"), {"it": ZoneInfo("UTC"), "hr": ZoneInfo("UTC")}
+    )
     assert result.total.kpis.created == 2
     for dimension in (kpi.Dimension.CUSTOMER, kpi.Dimension.ORGANISATION):
         groups = {g.key: g.kpis.created for g in result.breakdown(dimension).groups}
