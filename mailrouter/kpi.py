@@ -13,7 +13,7 @@ arrival.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -27,16 +27,16 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    distinct,
     false,
     func,
     literal,
+    literal_column,
     or_,
     select,
     true,
+    union_all,
 )
 from sqlalchemy import Integer as SqlInteger
-from sqlalchemy.sql import Select
 
 from mailrouter.errors import ReportError
 from mailrouter.plan import SENSITIVE_SUBJECT
@@ -244,12 +244,11 @@ def figures(
         with bind.connect() as connection:
             return figures(connection, period, departments, dimensions, now)
     scope = _scope(bind, period, departments, now)
-    total = _groups(bind, scope, literal("")).get("") or _group("", {}, None, None, {})
+    found = _breakdowns(bind, scope, dimensions)
+    total = found[_TOTAL].get("") or _group("", {}, {})
     breakdowns = []
     for dimension in dimensions:
-        groups = sorted(
-            _groups(bind, scope, _KEYS[dimension]).values(), key=lambda g: (-g.kpis.created, g.key)
-        )
+        groups = sorted(found[dimension.value].values(), key=lambda g: (-g.kpis.created, g.key))
         if dimension == Dimension.CUSTOMER:
             groups = groups[:TOP_CUSTOMERS]
         breakdowns.append(Breakdown(dimension, tuple(groups)))
@@ -270,7 +269,7 @@ def daily_created(
         with bind.connect() as connection:
             return daily_created(connection, period, departments)
     scope = _scope(bind, period, departments, None)
-    day = (_local_seconds(scope) / 86400 - (period.first - date(1970, 1, 1)).days).label("day")
+    day = (_local_seconds(scope) // 86400 - (period.first - date(1970, 1, 1)).days).label("day")
     days = [0] * ((period.last - period.first).days + 1)
     for row in bind.execute(
         select(day, func.count().label("cases"))
@@ -343,13 +342,37 @@ class _Scope:
     zones: Mapping[str, ZoneInfo]
     now: datetime
 
+    def span(self, column: ColumnElement[Any]) -> ColumnElement[bool]:
+        """`column` falls between the earliest department's start and the latest one's end: a
+        plain range its index answers."""
+        return and_(
+            column >= min(start for start, _ in self.bounds.values()),
+            column < max(end for _, end in self.bounds.values()),
+        )
+
     def within(self, column: ColumnElement[Any]) -> ColumnElement[bool]:
-        """`column` falls in the period of its case's department."""
-        return or_(
-            *(
-                and_(CASE.c.department == department, column >= start, column < end)
-                for department, (start, end) in self.bounds.items()
-            )
+        """`column` falls in the period of its case's department. The span of all the
+        departments' periods first, so that the column's index finds the candidates; then each
+        set of departments that share a period (a time zone's)."""
+        return and_(
+            self.span(column),
+            *self._departments_of(lambda start, end: and_(column >= start, column < end), self.bounds),
+        )
+
+    def _departments_of(
+        self,
+        condition: Callable[[datetime, datetime], ColumnElement[bool]],
+        bounds: Mapping[str, tuple[datetime, datetime]],
+    ) -> tuple[ColumnElement[bool], ...]:
+        """The condition for each department's own bounds: none when all share the same (the
+        span says it all), else one OR over the sets of departments that share bounds."""
+        sharing: dict[tuple[datetime, datetime], list[str]] = {}
+        for department, span in bounds.items():
+            sharing.setdefault(span, []).append(department)
+        if len(sharing) == 1:
+            return (CASE.c.department.in_(next(iter(sharing.values()))),)
+        return (
+            or_(*(and_(CASE.c.department.in_(names), condition(*span)) for span, names in sharing.items())),
         )
 
     @property
@@ -358,99 +381,284 @@ class _Scope:
         return {department: min(end, self.now) for department, (_, end) in self.bounds.items()}
 
     def before_end(self, column: ColumnElement[Any]) -> ColumnElement[bool]:
-        return or_(*(and_(CASE.c.department == d, column < end) for d, end in self.ends.items()))
+        ends = {d: (end, end) for d, end in self.ends.items()}
+        return and_(
+            column < max(self.ends.values()),
+            *self._departments_of(lambda end, _: column < end, ends),
+        )
 
     def per_department(self, values: Mapping[str, ColumnElement[Any]]) -> ColumnElement[Any]:
         return case(*((CASE.c.department == d, value) for d, value in values.items()))
 
 
-def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-
 _EMPTY_DURATIONS = Durations(0, None, None)
+# The status changes and durations the figures count.
+_TO_FINISHED = and_(
+    STATUS_CHANGE.c.to_status.in_(list(FINISHED)), STATUS_CHANGE.c.from_status.not_in(list(FINISHED))
+)
+_REOPENED = and_(
+    STATUS_CHANGE.c.from_status.in_(list(FINISHED)), STATUS_CHANGE.c.to_status.not_in(list(FINISHED))
+)
+# The durations, each counted for the cases whose anchor (the first answer, the first
+# resolution) falls in the period: (name, anchor flag in `touched`, column).
+_MEASURES = (
+    ("fr_calendar", "answered", CASE.c.first_response_seconds),
+    ("fr_business", "answered", CASE.c.first_response_business_seconds),
+    ("res_calendar", "resolved", CASE.c.resolution_seconds),
+    ("res_business", "resolved", CASE.c.resolution_business_seconds),
+)
+_TOTAL = "total"  # the whole period, beside the dimensions
 
 
-def _groups(connection: Connection, scope: _Scope, key: ColumnElement[Any]) -> dict[str, Group]:
-    """Every figure per value of `key`, in a handful of aggregate queries."""
-    key = key.label("key")
-    created = scope.within(CASE.c.created_at)
-    answered = scope.within(CASE.c.first_response_at)
-    resolved = scope.within(CASE.c.first_resolved_at)
-    surveyed = scope.within(CASE.c.survey_sent_at)
-    rated = scope.within(CASE.c.survey_answered_at)
-    counts = (
-        select(
-            key,
-            _count_if(created).label("created"),
-            _count_if(and_(answered, CASE.c.first_response_met == true())).label("fr_met"),
-            _count_if(and_(answered, CASE.c.first_response_met == false())).label("fr_missed"),
-            _count_if(resolved).label("first_resolutions"),
-            _count_if(and_(resolved, CASE.c.resolution_met == true())).label("res_met"),
-            _count_if(and_(resolved, CASE.c.resolution_met == false())).label("res_missed"),
-            _count_if(and_(resolved, CASE.c.first_contact_resolution == true())).label("fcr"),
-            func.coalesce(func.sum(case((resolved, CASE.c.resolution_replies), else_=0)), 0).label("replies"),
-            _count_if(surveyed).label("surveys_sent"),
-            _count_if(and_(surveyed, CASE.c.satisfaction_score.is_not(None))).label("surveys_answered"),
-        )
-        .select_from(_SOURCE)
-        .where(or_(created, answered, resolved, surveyed))
-        .group_by(key)
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, 1), else_=0)
+
+
+def _count_of(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.coalesce(func.sum(_flag(condition)), 0)
+
+
+def _constant(text: str, label: str) -> ColumnElement[str]:
+    """A word of ours (a dimension's or a measure's name) as a constant of the statement."""
+    return literal_column(f"'{text}'").label(label)
+
+
+def _per_key(source: Any, names: Sequence[str], columns: Callable[[Any], list[ColumnElement[Any]]]) -> Any:
+    """One SELECT for the whole and one per dimension over the common table `source` (whose
+    key columns are k0, k1 …), each grouped by its key, joined by UNION ALL: one statement."""
+    parts = [select(_constant(_TOTAL, "dimension"), _constant("", "key"), *columns(source))]
+    for index, name in enumerate(names):
+        key = source.c[f"k{index}"]
+        parts.append(select(_constant(name, "dimension"), key.label("key"), *columns(source)).group_by(key))
+    return union_all(*parts)
+
+
+def _key(scope: _Scope, dimension: Dimension) -> ColumnElement[Any]:
+    """What a dimension groups by; for customers only the top ones (most cases created in the
+    period, ties to the first on record), the others NULL: thousands of customers' groups
+    would cost more than all the rest of the report."""
+    if dimension != Dimension.CUSTOMER:
+        return _KEYS[dimension]
+    top = (
+        select(CASE.c.customer_id)
+        .where(scope.within(CASE.c.created_at), CASE.c.customer_id.is_not(None))
+        .group_by(CASE.c.customer_id)
+        .order_by(func.count().desc(), CASE.c.customer_id)
+        .limit(TOP_CUSTOMERS)
     )
-    rows: dict[str, dict[str, Any]] = {}
-    for row in connection.execute(counts):
-        rows[row.key] = dict(row._mapping)
-    for row in connection.execute(_transitions(scope, key)):
-        rows.setdefault(row.key, {}).update(row._mapping)
-    scores: dict[str, list[int]] = {}
-    for row in connection.execute(
-        select(key, CASE.c.satisfaction_score, func.count().label("answers"))
-        .select_from(_SOURCE)
-        .where(rated, CASE.c.satisfaction_score.is_not(None))
-        .group_by(key, CASE.c.satisfaction_score)
-    ):
-        if row.satisfaction_score in SCORES:
-            scores.setdefault(row.key, [0] * len(SCORES))[row.satisfaction_score - 1] = row.answers
-    backlog = _backlog(connection, scope, key)
-    durations = {
-        column: _percentiles(connection, scope, key, anchor, column)
-        for anchor, column in (
-            (CASE.c.first_response_at, CASE.c.first_response_seconds),
-            (CASE.c.first_response_at, CASE.c.first_response_business_seconds),
-            (CASE.c.first_resolved_at, CASE.c.resolution_seconds),
-            (CASE.c.first_resolved_at, CASE.c.resolution_business_seconds),
-        )
+    return case((CASE.c.customer_id.in_(top), _KEYS[dimension]), else_=None)
+
+
+def _breakdowns(
+    connection: Connection, scope: _Scope, dimensions: Sequence[Dimension]
+) -> dict[str, dict[str, Group]]:
+    """Every figure of the whole (under _TOTAL) and per value of each dimension, in two
+    statements: the cases that count in the period and the status changes in it, each a
+    common table read once and aggregated per dimension."""
+    names = [d.value for d in dimensions]
+    keys = [_key(scope, d).label(f"k{index}") for index, d in enumerate(dimensions)]
+    rows: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in (_TOTAL, *names)}
+    _nearest_rank_on(connection)
+    for statement in (_case_figures(scope, keys, names), _transitions(scope, keys, names)):
+        for row in connection.execute(statement):
+            rows[row.dimension].setdefault(row.key, {}).update(row._mapping)
+
+    def durations(row: Mapping[str, Any]) -> dict[str, Durations]:
+        found = {}
+        for measure, _, _ in _MEASURES:
+            median, p90 = _spread_of(row.get(f"{measure}_spread"))
+            found[measure] = Durations(int(row.get(f"{measure}_n") or 0), median, p90)
+        return found
+
+    return {
+        dimension: {key: _group(key, row, durations(row)) for key, row in groups.items() if key is not None}
+        for dimension, groups in rows.items()
     }
-    keys = set(rows) | set(scores) | set(backlog)
-    return {k: _group(k, rows.get(k, {}), scores.get(k), backlog.get(k), durations) for k in keys}
 
 
-def _group(
-    key: str,
-    row: Mapping[str, Any],
-    scores: list[int] | None,
-    backlog: list[int] | None,
-    durations: Mapping[Any, Mapping[str, Durations]],
-) -> Group:
+def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequence[str]) -> Any:
+    """Per key: the cases created, first answered and first resolved (with their SLA outcome
+    and first-contact resolution), surveyed and rated in the period, and open at its end by
+    age band. A case never finished before the end is open at it; one finished before it is
+    open only if reopened since, which its last status change before the end tells (reopened
+    cases are few: only theirs are looked up). The candidates are found by plain ranges of
+    indexed columns; each case's flags say exactly what it counts for."""
+    ends = scope.ends
+    reopened_before_end = (
+        select(STATUS_CHANGE.c.case_id).where(_REOPENED, STATUS_CHANGE.c.at < max(ends.values())).distinct()
+    )
+    last_change = STATUS_CHANGE.alias("last_change")
+    status_at_end = (
+        select(last_change.c.to_status)
+        .where(
+            last_change.c.case_id == CASE.c.id,
+            scope.per_department({d: last_change.c.at < end for d, end in ends.items()}),
+        )
+        .order_by(last_change.c.at.desc(), last_change.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    unfinished = or_(CASE.c.first_resolved_at.is_(None), ~scope.before_end(CASE.c.first_resolved_at))
+    open_again = and_(CASE.c.id.in_(reopened_before_end), status_at_end.in_(list(WAITING_ON_US)))
+    in_backlog = and_(scope.before_end(CASE.c.created_at), or_(unfinished, open_again))
+    # The bands' bounds: at most a day old is band 0, older than 30 days the last.
+    band = scope.per_department(
+        {
+            d: case(
+                *((CASE.c.created_at > end - AGE_BANDS[i + 1][1], i) for i in range(len(AGE_BANDS) - 1)),
+                else_=len(AGE_BANDS) - 1,
+            )
+            for d, end in ends.items()
+        }
+    )
+    anchors = {
+        "created": CASE.c.created_at,
+        "answered": CASE.c.first_response_at,
+        "resolved": CASE.c.first_resolved_at,
+        "surveyed": CASE.c.survey_sent_at,
+        "rated": CASE.c.survey_answered_at,
+    }
+    candidates = or_(
+        *(scope.span(column) for column in anchors.values()),
+        CASE.c.first_resolved_at.is_(None),
+        CASE.c.first_resolved_at >= min(ends.values()),
+        CASE.c.id.in_(reopened_before_end),
+    )
+    touched = (
+        select(
+            *keys,
+            *(_flag(scope.within(column)).label(name) for name, column in anchors.items()),
+            CASE.c.first_response_met,
+            CASE.c.resolution_met,
+            CASE.c.first_contact_resolution,
+            CASE.c.resolution_replies,
+            CASE.c.satisfaction_score,
+            case((in_backlog, band), else_=None).label("band"),
+            *(column.label(measure) for measure, _, column in _MEASURES),
+        )
+        .select_from(_SOURCE)
+        .where(candidates)
+        .cte("touched")
+    )
+
+    def columns(source: Any) -> list[ColumnElement[Any]]:
+        answered, resolved = source.c.answered == 1, source.c.resolved == 1
+        surveyed, rated = source.c.surveyed == 1, source.c.rated == 1
+        counted = {
+            "created": source.c.created == 1,
+            "fr_met": and_(answered, source.c.first_response_met == true()),
+            "fr_missed": and_(answered, source.c.first_response_met == false()),
+            "first_resolutions": resolved,
+            "res_met": and_(resolved, source.c.resolution_met == true()),
+            "res_missed": and_(resolved, source.c.resolution_met == false()),
+            "fcr": and_(resolved, source.c.first_contact_resolution == true()),
+            "surveys_sent": surveyed,
+            "surveys_answered": and_(surveyed, source.c.satisfaction_score.is_not(None)),
+            **{f"band{i}": source.c.band == i for i in range(len(AGE_BANDS))},
+            **{f"score{score}": and_(rated, source.c.satisfaction_score == score) for score in SCORES},
+        }
+        replies = func.coalesce(func.sum(case((resolved, source.c.resolution_replies), else_=0)), 0)
+        timed = {m: case((source.c[anchor] == 1, source.c[m]), else_=None) for m, anchor, _ in _MEASURES}
+        return [
+            *(_count_of(condition).label(name) for name, condition in counted.items()),
+            replies.label("replies"),
+            *(func.count(value).label(f"{measure}_n") for measure, value in timed.items()),
+            *(_spread(scope.dialect, value).label(f"{measure}_spread") for measure, value in timed.items()),
+        ]
+
+    return _per_key(touched, names, columns)
+
+
+def _transitions(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequence[str]) -> Any:
+    """Per key: the cases resolved (from an unfinished status), closed, and reopened in the
+    period: the status changes in it reduced to one row per case first, then keyed."""
+    within = scope.within(STATUS_CHANGE.c.at)
+    per_case = (
+        select(
+            STATUS_CHANGE.c.case_id,
+            func.max(_flag(and_(within, _TO_FINISHED))).label("to_finished"),
+            func.max(_flag(and_(within, STATUS_CHANGE.c.to_status == CaseStatus.CLOSED))).label("to_closed"),
+            func.max(_flag(and_(within, _REOPENED))).label("reopening"),
+        )
+        .select_from(STATUS_CHANGE.join(CASE, CASE.c.id == STATUS_CHANGE.c.case_id))
+        .where(scope.span(STATUS_CHANGE.c.at))
+        .group_by(STATUS_CHANGE.c.case_id)
+        .subquery()
+    )
+    moved = (
+        select(*keys, per_case.c.to_finished, per_case.c.to_closed, per_case.c.reopening)
+        .select_from(per_case.join(_SOURCE, CASE.c.id == per_case.c.case_id))
+        .cte("moved")
+    )
+
+    def columns(source: Any) -> list[ColumnElement[Any]]:
+        return [
+            func.coalesce(func.sum(source.c.to_finished), 0).label("resolved"),
+            func.coalesce(func.sum(source.c.to_closed), 0).label("closed"),
+            func.coalesce(func.sum(source.c.reopening), 0).label("reopened"),
+        ]
+
+    return _per_key(moved, names, columns)
+
+
+def _spread(dialect: str, value: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The median and 90th percentile of `value` over the group, nearest rank (the value at rank
+    ceil(p·n/100) in ascending order): PostgreSQL's percentile_disc, an aggregate of ours on
+    SQLite (which has none); NULL when the group has no value."""
+    if dialect == "postgresql":
+        return func.percentile_disc(literal_column("ARRAY[0.5, 0.9]")).within_group(value)
+    return func.mailrouter_nearest_rank(value)
+
+
+def _spread_of(found: Any) -> tuple[float | None, float | None]:
+    """(median, p90) from _spread's result: PostgreSQL's array, or our aggregate's text."""
+    if found is None:
+        return None, None
+    median, p90 = found if isinstance(found, list) else (float(v) for v in str(found).split())
+    return float(median), float(p90)
+
+
+class _NearestRank:
+    """SQLite aggregate: "median p90" of the non-NULL values, by nearest rank."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def step(self, value: float | None) -> None:
+        if value is not None:
+            self.values.append(value)
+
+    def finalize(self) -> str | None:
+        if not self.values:
+            return None
+        self.values.sort()
+        n = len(self.values)
+        return " ".join(repr(self.values[(n * p + 99) // 100 - 1]) for p in PERCENTILES)
+
+
+def _nearest_rank_on(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        driver = connection.connection.driver_connection
+        driver.create_aggregate("mailrouter_nearest_rank", 1, _NearestRank)  # type: ignore[union-attr]
+
+
+def _group(key: str, row: Mapping[str, Any], durations: Mapping[str, Durations]) -> Group:
     def number(name: str) -> int:
         return int(row.get(name) or 0)
 
-    def timing(calendar: Any, business: Any) -> Timing:
-        return Timing(
-            durations.get(calendar, {}).get(key, _EMPTY_DURATIONS),
-            durations.get(business, {}).get(key, _EMPTY_DURATIONS),
-        )
+    def timing(calendar: str, business: str) -> Timing:
+        return Timing(durations.get(calendar, _EMPTY_DURATIONS), durations.get(business, _EMPTY_DURATIONS))
 
-    distribution = tuple(scores or [0] * len(SCORES))
+    distribution = tuple(number(f"score{score}") for score in SCORES)
     answers = sum(distribution)
     kpis = Kpis(
         created=number("created"),
         reopened=number("reopened"),
         resolved=number("resolved"),
         closed=number("closed"),
-        backlog=tuple(backlog or [0] * len(AGE_BANDS)),
-        first_response=timing(CASE.c.first_response_seconds, CASE.c.first_response_business_seconds),
-        resolution=timing(CASE.c.resolution_seconds, CASE.c.resolution_business_seconds),
+        backlog=tuple(number(f"band{i}") for i in range(len(AGE_BANDS))),
+        first_response=timing("fr_calendar", "fr_business"),
+        resolution=timing("res_calendar", "res_business"),
         sla_first_response=Compliance(number("fr_met"), number("fr_missed")),
         sla_resolution=Compliance(number("res_met"), number("res_missed")),
         first_contact_resolutions=number("fcr"),
@@ -467,129 +675,13 @@ def _group(
     return Group(key, kpis, satisfaction)
 
 
-def _transitions(scope: _Scope, key: ColumnElement[Any]) -> Select[Any]:
-    """Cases resolved (from an unfinished status), closed, and reopened in the period."""
-    to_finished = and_(
-        STATUS_CHANGE.c.to_status.in_(list(FINISHED)), STATUS_CHANGE.c.from_status.not_in(list(FINISHED))
-    )
-    reopened = and_(
-        STATUS_CHANGE.c.from_status.in_(list(FINISHED)), STATUS_CHANGE.c.to_status.not_in(list(FINISHED))
-    )
-    changed = STATUS_CHANGE.c.case_id
-
-    def cases(condition: ColumnElement[bool]) -> ColumnElement[int]:
-        return func.count(distinct(case((condition, changed))))
-
-    return (
-        select(
-            key,
-            cases(to_finished).label("resolved"),
-            cases(STATUS_CHANGE.c.to_status == CaseStatus.CLOSED).label("closed"),
-            cases(reopened).label("reopened"),
-        )
-        .select_from(STATUS_CHANGE.join(_SOURCE, CASE.c.id == STATUS_CHANGE.c.case_id))
-        .where(scope.within(STATUS_CHANGE.c.at))
-        .group_by(key)
-    )
-
-
-def _backlog(connection: Connection, scope: _Scope, key: ColumnElement[Any]) -> dict[str, list[int]]:
-    """Cases waiting on us or the customer at the period's end, by age then. A case never
-    finished before the end is open at it; a case finished before it is open only if it was
-    reopened since, which its last status change before the end tells (reopened cases are few,
-    so only theirs are looked up)."""
-    end = scope.ends
-    # The bands' bounds: at most 1 day old is band 0, older than 30 days the last.
-    band = scope.per_department(
-        {
-            d: case(
-                *(
-                    (CASE.c.created_at > moment - AGE_BANDS[index + 1][1], index)
-                    for index in range(len(AGE_BANDS) - 1)
-                ),
-                else_=len(AGE_BANDS) - 1,
-            )
-            for d, moment in end.items()
-        }
-    ).label("band")
-    unfinished = or_(CASE.c.first_resolved_at.is_(None), ~scope.before_end(CASE.c.first_resolved_at))
-    reopened_before_end = (
-        select(STATUS_CHANGE.c.case_id)
-        .where(
-            STATUS_CHANGE.c.from_status.in_(list(FINISHED)),
-            STATUS_CHANGE.c.to_status.not_in(list(FINISHED)),
-            or_(*(STATUS_CHANGE.c.at < moment for moment in end.values())),
-        )
-        .distinct()
-    )
-    last_change = STATUS_CHANGE.alias("last_change")
-    status_at_end = (
-        select(last_change.c.to_status)
-        .where(
-            last_change.c.case_id == CASE.c.id,
-            scope.per_department({d: last_change.c.at < moment for d, moment in end.items()}),
-        )
-        .order_by(last_change.c.at.desc(), last_change.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    open_again = and_(CASE.c.id.in_(reopened_before_end), status_at_end.in_(list(WAITING_ON_US)))
-    found: dict[str, list[int]] = {}
-    for condition in (unfinished, open_again):
-        statement = (
-            select(key, band, func.count().label("cases"))
-            .select_from(_SOURCE)
-            .where(scope.before_end(CASE.c.created_at), condition)
-            .group_by(key, band)
-        )
-        for row in connection.execute(statement):
-            found.setdefault(row.key, [0] * len(AGE_BANDS))[row.band] += row.cases
-    return found
-
-
-def _percentiles(
-    connection: Connection,
-    scope: _Scope,
-    key: ColumnElement[Any],
-    anchor: ColumnElement[Any],
-    column: ColumnElement[Any],
-) -> dict[str, Durations]:
-    """Median and 90th percentile of `column` over the cases whose `anchor` falls in the period,
-    per key: the value at rank ceil(p·n/100) in ascending order, picked by window functions."""
-    ranked = (
-        select(
-            key,
-            column.label("value"),
-            func.row_number().over(partition_by=key, order_by=column).label("rank"),
-            func.count().over(partition_by=key).label("n"),
-        )
-        .select_from(_SOURCE)
-        .where(scope.within(anchor), column.is_not(None))
-        .subquery()
-    )
-    # Floor division: `/` is true division in SQLAlchemy, and PostgreSQL rounds the cast of it.
-    wanted = [(ranked.c.n * p + 99) // 100 for p in PERCENTILES]
-    picked: dict[str, dict[int, float]] = {}
-    counts: dict[str, int] = {}
-    for row in connection.execute(
-        select(ranked.c.key, ranked.c.value, ranked.c.rank, ranked.c.n).where(
-            or_(*(ranked.c.rank == rank for rank in wanted))
-        )
-    ):
-        counts[row.key] = row.n
-        for p in PERCENTILES:
-            if row.rank == (row.n * p + 99) // 100:
-                picked.setdefault(row.key, {})[p] = float(row.value)
-    return {k: Durations(n, picked[k].get(50), picked[k].get(90)) for k, n in counts.items()}
-
-
 def _arrivals(connection: Connection, scope: _Scope) -> tuple[tuple[int, ...], ...]:
     """Cases created per local weekday and hour: seconds since the epoch in UTC, plus the zone's
     offset at that instant (a CASE over the offset changes the period contains), divided out."""
     local = _local_seconds(scope)
     # 1970-01-01 was a Thursday: day number + 3, modulo 7, counts from Monday.
-    weekday = ((local / 86400 + 3) % 7).label("weekday")
-    hour = ((local % 86400) / 3600).label("hour")
+    weekday = ((local // 86400 + 3) % 7).label("weekday")
+    hour = ((local % 86400) // 3600).label("hour")
     grid = [[0] * 24 for _ in range(7)]
     for row in connection.execute(
         select(weekday, hour, func.count().label("cases"))

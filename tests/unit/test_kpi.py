@@ -10,9 +10,11 @@ import pytest
 from sqlmodel import Session
 
 from mailrouter import kpi
+from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
 from mailrouter.intake import Intake
 from mailrouter.models import Case
+from tests.postgres import temporary_database
 from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver, new_case, outbox
 from tests.unit.test_history import customer_writes
 from tests.unit.test_sla import with_sla
@@ -96,6 +98,10 @@ def rates(intake, clock, moment: datetime, number: str, score: str) -> None:
 @pytest.fixture
 def november(desk, clock):
     """Six cases; the expected figures are worked out by hand in the tests below."""
+    return happen_in_november(desk, clock)
+
+
+def happen_in_november(desk, clock):
     open_case(desk, clock, at(31, 23, 30, month=10), "E: arrives at 00:30 on 1 November in Oslo")
     a, a_mail = open_case(desk, clock, at(2, 8), "A")  # 09:00 Monday in Oslo
     answer(desk, clock, at(2, 10), a_mail, "Try the other tray.")  # 2h, 2h of business
@@ -241,3 +247,18 @@ def test_the_nearest_rank_percentiles_are_the_same_on_sqlite_and_postgresql(engi
         session.commit()
     timing = kpi.figures(engine, NOVEMBER, {"it": OSLO}, dimensions=()).total.kpis.first_response
     assert timing.calendar == kpi.Durations(2, 100.0, 200.0)
+
+
+def test_postgresql_gives_november_the_same_figures(config_file, november, clock):
+    """Every figure, the arrivals by local hour included, computed by the other database."""
+    with temporary_database() as url:
+        text = config_file.read_text()
+        config_file.write_text(text.replace(text.split("\n")[1], f'database_url = "{url}"'))
+        loaded = load(load_config(config_file))
+        on_postgresql = Intake(
+            loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents
+        )
+        happen_in_november(on_postgresql, clock)
+        expected = figures(november, now=at(3, 12, month=12))
+        assert figures(on_postgresql, now=at(3, 12, month=12)) == expected
+        on_postgresql.engine.dispose()
