@@ -145,6 +145,7 @@ class EventKind(StrEnum):
     # OAuth2 credentials
     TOKEN_REFUSED = "token-refused"  # the identity provider refused a token: the mailbox stops
     TOKEN_RECOVERED = "token-recovered"
+    CREDENTIAL_EXPIRING = "credential-expiring"  # a client secret or certificate runs out soon
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
