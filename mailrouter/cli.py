@@ -93,6 +93,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.extend(preflight.template_problems(config, Templates(config.templates_dir), needed))
     except ConfigError as exc:
         problems.append(str(exc))
+    found, warnings = preflight.oauth2_problems(config, date.today())
+    problems.extend(found)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.connect and secrets_read:
         agents = {m.lower() for members in config.file.agents.groups.values() for m in members}
         found, warnings = preflight.connect_problems(config, agents)

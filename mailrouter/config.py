@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -217,6 +218,21 @@ class OAuth2Settings(_Strict):
     @property
     def grant(self) -> str:
         return self.flow or OAUTH2_FLOWS[self.provider][0]
+
+    @field_validator("authority", "token_endpoint", "device_authorization_endpoint")
+    @classmethod
+    def _https(cls, url: str | None) -> str | None:
+        """Tokens and secrets cross these: never in the clear (MSAL refuses anything else too)."""
+        if url is not None and not url.startswith("https://"):
+            raise ValueError(f"{url!r} is not an https:// URL")
+        return url
+
+    @field_validator("scopes")
+    @classmethod
+    def _some_scopes(cls, scopes: list[str] | None) -> list[str] | None:
+        if scopes is not None and (not scopes or not all(s.strip() for s in scopes)):
+            raise ValueError("give at least one scope, none of them empty (or leave scopes out)")
+        return scopes
 
     @model_validator(mode="after")
     def _complete(self) -> OAuth2Settings:
