@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +14,7 @@ from sqlmodel import Session, select
 
 from mailrouter import privacy, store
 from mailrouter.cli import main
+from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
 from mailrouter.errors import PrivacyError
 from mailrouter.intake import Intake
@@ -19,6 +23,7 @@ from mailrouter.plan import Origin
 from mailrouter.vocabulary import CaseStatus, OutboxState
 from tests.database_scan import traces
 from tests.messages import make_mail
+from tests.postgres import temporary_database
 from tests.unit import test_agent_flow as agent_flow
 from tests.unit import test_kpi
 from tests.unit.test_kpi import at, figures
@@ -36,12 +41,38 @@ def test_months_before_keeps_the_day_or_takes_the_months_last():
     assert privacy.months_before(datetime(2026, 12, 3, tzinfo=UTC), 24) == datetime(2024, 12, 3, tzinfo=UTC)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, config_file):
+    """The tests here run once on SQLite and once on PostgreSQL: the config names the database."""
+    if request.param == "sqlite":
+        yield config_file
+        return
+    with temporary_database() as url:
+        text = config_file.read_text()
+        config_file.write_text(re.sub(r"(?m)^database_url = .*$", f'database_url = "{url}"', text))
+        yield config_file
+
+
+def intake_of(config) -> Intake:
+    loaded = load(config)
+    engine = open_database(loaded.config)
+    return Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
+
+
 @pytest.fixture
-def desk(config_file):
+def intake(database):
+    intake = intake_of(load_config(database))
+    yield intake
+    intake.engine.dispose()
+
+
+@pytest.fixture
+def desk(database):
     """test_kpi's desk, with two years' retention for it-support's closed cases."""
     department = 'sla = "standard"\nbusiness_hours = "oslo"\nsatisfaction_survey = true\nretain_months = 24\n'
-    loaded = load(with_sla(config_file, department=department))
-    return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
+    desk = intake_of(with_sla(database, department=department))
+    yield desk
+    desk.engine.dispose()
 
 
 def close_all(intake, when: datetime) -> None:
@@ -246,3 +277,22 @@ def test_erasure_leaves_no_trace_of_the_address_or_its_text_and_the_cases_stay_c
     [event] = [e for e in rows(intake, Event) if e.kind == "erased"]
     assert event.data["subject"] == privacy.subject_hash(INGRID, SALT) and event.case_id is None
     assert event.data["counts"] == counts.as_data()
+
+
+def test_two_instances_starting_the_days_run_together_run_it_once(november):
+    close_all(november, at(20, 12))
+    start = threading.Barrier(2)
+
+    def instance(name: str) -> privacy.Counts | None:
+        engine = open_database(november.config)  # each instance its own engine and connections
+        try:
+            start.wait()
+            return privacy.run_daily(engine, november.config, name, LATER)
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(instance, ["a", "b"]))
+    assert sorted(r is None for r in results) == [False, True]
+    assert [r.cases for r in results if r is not None] == [6]
+    assert len([e for e in rows(november, Event) if e.kind == "retention-run"]) == 1
