@@ -27,7 +27,11 @@ def users_of(config: Config, source: TokenSource) -> list[str]:
     (a service account's or delegated token), or every one of an app-only credential."""
     if source.user is not None:
         return [source.user]
-    credential = source.credential
+    return credential_users(config, source.credential)
+
+
+def credential_users(config: Config, credential: str) -> list[str]:
+    """The mailboxes (and "smtp", the relay) that log in with the credential."""
     names = [n for n, m in config.mailboxes.items() if m.imap.oauth2 == credential]
     return names + ([RELAY] if config.smtp.oauth2 == credential else [])
 

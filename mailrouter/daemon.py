@@ -16,7 +16,6 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
 from functools import partial
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
-from mailrouter.oauth import RELAY, Tokens, TokenSource, expiry_warnings
+from mailrouter.oauth import RELAY, Tokens, TokenSource
 from mailrouter.parsepool import ParsePool
 from mailrouter.reportmail import Reports
 from mailrouter.route import Rule, load_rules
@@ -180,8 +179,6 @@ async def serve(loaded: Loaded) -> None:
         exclusive=sqlite_path(config.database_url) is not None,
         wake=wake_sender,
     )
-    for warning in expiry_warnings(config, date.today()):
-        log.warning("%s", warning)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -30,9 +30,9 @@ from mailrouter.errors import AlreadyRunning, LockLost
 log = logging.getLogger(__name__)
 
 
-def lock_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a mailbox name."""
-    digest = hashlib.sha256(f"mailrouter-mailbox:{name}".encode()).digest()
+def lock_key(name: str, kind: str = "mailbox") -> int:
+    """A stable signed 64-bit advisory-lock key for a mailbox (or another kind of thing) name."""
+    digest = hashlib.sha256(f"mailrouter-{kind}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 

@@ -418,20 +418,40 @@ class Tokens:
         return self.sources[key]
 
 
-def expiry_warnings(config: Config, today: date) -> list[str]:
-    """Client secrets and certificates that run out within 14 days (or have), by key."""
+@dataclass(frozen=True)
+class Expiry:
+    """A client secret or certificate that runs out within 14 days (or has)."""
+
+    credential: str
+    what: str  # "client secret (secret_expires)" or "certificate <file>"
+    expires: date
+    days_left: int
+
+    def __str__(self) -> str:
+        when = (
+            f"expired on {self.expires}"
+            if self.days_left < 0
+            else f"expires on {self.expires} ({self.days_left} days)"
+        )
+        return f"oauth2.{self.credential}: the {self.what} {when}: issue a new one before mail stops flowing"
+
+
+def certificate_expiry(pem: bytes) -> date:
+    """When a PEM certificate stops being valid (cryptography parses it; ValueError if it cannot)."""
     from cryptography import x509
 
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.date()
+
+
+def expiry_warnings(config: Config, today: date) -> list[Expiry]:
+    """Client secrets and certificates that run out within 14 days (or have), by credential."""
     warnings = []
     for name, settings in config.file.oauth2.items():
         expires: date | None = settings.secret_expires
         what = "client secret (secret_expires)"
         if settings.certificate_file is not None:
-            pem = (config.base_dir / settings.certificate_file).read_bytes()
-            expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.date()
+            expires = certificate_expiry((config.base_dir / settings.certificate_file).read_bytes())
             what = f"certificate {settings.certificate_file}"
         if expires is not None and (expires - today).days <= EXPIRY_WARNING_DAYS:
-            left = (expires - today).days
-            when = f"expired on {expires}" if left < 0 else f"expires on {expires} ({left} days)"
-            warnings.append(f"oauth2.{name}: the {what} {when}: issue a new one before mail stops flowing")
+            warnings.append(Expiry(name, what, expires, (expires - today).days))
     return warnings

@@ -1,12 +1,14 @@
 """schedule: periodic work, run by apscheduler. Jobs write outbox rows; they never talk SMTP.
 
-The jobs: follow-up reminders set with #followup, SLA warnings and escalations, and the
-customer's side: reminders of cases whose customer has heard nothing, pending cases resolved
-for want of an answer, resolved cases closed; the scheduled reports (reportmail), each slot
-claimed once; and retention (privacy), one run a day. Each due case is claimed with a compare-and-set
-(on its follow-up time; on the SLA target's warned and breached times being unset; on its
-quiet mark, pending time or last change), so several instances never act on it twice. Each job
-takes `now`, so tests can run it at a moment of their choosing.
+The jobs: follow-up reminders set with #followup, SLA warnings and escalations, the daily
+warning of OAuth2 secrets and certificates about to run out, and the customer's side:
+reminders of cases whose customer has heard nothing, pending cases resolved for want of an
+answer, resolved cases closed; the scheduled reports (reportmail), each slot claimed once; and
+retention (privacy), one run a day. Each due case is claimed with a compare-and-set (on its
+follow-up time; on the SLA target's warned and breached times being unset; on its quiet mark,
+pending time or last change), so several instances never act on it twice; a credential's
+warning is claimed against the day's events. Each job takes `now`, so tests can run it at a
+moment of their choosing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from datetime import time as dt_time
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -22,10 +25,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from mailrouter import privacy, reportmail, sla, slots, store
+from mailrouter.alerts import alert_mail, credential_users
 from mailrouter.casework import Casework
 from mailrouter.config import Config
 from mailrouter.errors import DatabaseUnavailable
 from mailrouter.models import utcnow
+from mailrouter.oauth import expiry_warnings
+from mailrouter.vocabulary import EventKind, OutboxKind
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +159,32 @@ def follow_through(engine: Engine, casework: Casework, now: datetime | None = No
     return queued
 
 
+def warn_of_expiring_credentials(engine: Engine, casework: Casework, now: datetime | None = None) -> int:
+    """Each client secret or certificate that runs out within 14 days, once per credential and
+    UTC day whatever the instances: an event, a WARNING and, with [alerts], a mail to ops.
+    Returns the letters queued."""
+    now, config = now or utcnow(), casework.config
+    day = datetime.combine(now.date(), dt_time.min, tzinfo=UTC)
+    queued = 0
+    for expiry in expiry_warnings(config, now.date()):
+        mail = alert_mail(
+            config,
+            f"mailrouter: credential {expiry.credential} runs out on {expiry.expires}",
+            f"{expiry}.\n\nThese log in with it: {', '.join(credential_users(config, expiry.credential))}.\n"
+            "You will be reminded once a day until it is replaced.\n",
+        )
+        with Session(engine) as session:
+            if not store.claim_credential_warning(session, expiry.credential, day):
+                continue  # another instance warned today
+            store.record(session, EventKind.CREDENTIAL_EXPIRING, str(expiry), expires=str(expiry.expires))
+            if mail is not None:
+                store.queue_letter(session, OutboxKind.ALERT, *mail)
+            session.commit()
+        log.warning("%s", expiry)
+        queued += mail is not None
+    return queued
+
+
 class Scheduler:
     def __init__(
         self,
@@ -190,6 +222,15 @@ class Scheduler:
             self._sla, "interval", seconds=interval, id="sla", max_instances=1, coalesce=True
         )
         self._scheduler.add_job(
+            self._credentials,
+            "interval",
+            days=1,
+            next_run_time=datetime.now(UTC),  # at start too: a restart must not wait a day
+            id="credential-expiry",
+            max_instances=1,
+            coalesce=True,
+        )
+        self._scheduler.add_job(
             self._follow_through,
             "interval",
             seconds=interval,
@@ -209,6 +250,10 @@ class Scheduler:
 
     async def _sla(self) -> None:
         if await asyncio.to_thread(check_sla, self.engine, self.casework):
+            self.on_queued()
+
+    async def _credentials(self) -> None:
+        if await asyncio.to_thread(warn_of_expiring_credentials, self.engine, self.casework):
             self.on_queued()
 
     async def _follow_through(self) -> None:

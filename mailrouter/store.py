@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -38,6 +39,7 @@ from sqlmodel import select as sql_select
 
 from mailrouter.casework import OtherCase, SentMail
 from mailrouter.compose import original_part
+from mailrouter.lease import lock_key
 from mailrouter.models import (
     Attachment,
     Case,
@@ -780,6 +782,23 @@ def claim_follow_up(session: Session, case_id: int, due: datetime) -> bool:
     change, came first."""
     claimed = session.connection().execute(_CLAIM_FOLLOW_UP, {"case_id": case_id, "due": due})
     return bool(claimed.rowcount == 1)
+
+
+def claim_credential_warning(session: Session, credential: str, since: datetime) -> bool:
+    """Take the warning about credential's expiry for the window that began `since`; False when
+    an instance has given it already. On PostgreSQL a transaction-level advisory lock makes the
+    instances ask one after another, each seeing the others' committed events (SQLite has one)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = lock_key(credential, "credential-warning")
+        session.connection().execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    given = session.exec(
+        sql_select(Event.id).where(
+            Event.kind == EventKind.CREDENTIAL_EXPIRING,
+            col(Event.created_at) >= since,
+            col(Event.detail).startswith(f"oauth2.{credential}:"),
+        )
+    ).first()
+    return given is None
 
 
 # A target is watched while the case waits on us and is not paused: `pending` stops the clock.

@@ -106,6 +106,7 @@ class EventKind(StrEnum):
     NOT_RELAYED = "not-relayed"
     # agents' work
     RETENTION_RUN = "retention-run"  # counts only: what a retention run deleted and anonymised
+    ERASED = "erased"  # a person's data erased on request: counts and a salted hash, no address
     NOTE = "note"
     CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail sent to the agent who asked
     COMMANDS_REJECTED = "commands-rejected"
@@ -144,6 +145,7 @@ class EventKind(StrEnum):
     # OAuth2 credentials
     TOKEN_REFUSED = "token-refused"  # the identity provider refused a token: the mailbox stops
     TOKEN_RECOVERED = "token-recovered"
+    CREDENTIAL_EXPIRING = "credential-expiring"  # a client secret or certificate runs out soon
 
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})

@@ -140,7 +140,7 @@ def test_a_client_secret_that_runs_out_within_14_days_is_warned_about_by_key(tmp
     loaded = load_config(config(tmp_path, 'auth = "oauth2"\noauth2 = "m365"', extra), resolve_secrets=False)
     assert expiry_warnings(loaded, date(2026, 12, 1)) == []
     [warning] = expiry_warnings(loaded, date(2026, 12, 30))
-    assert warning.startswith(
+    assert str(warning).startswith(
         "oauth2.m365: the client secret (secret_expires) expires on 2027-01-10 (11 days)"
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import Engine
@@ -145,13 +146,18 @@ async def test_an_injected_fault_at_start_is_an_injected_fault() -> None:
         await wrap(never())
 
 
+NO_CASEWORK = SimpleNamespace(config=None)
+
+
 async def test_the_schedulers_run_ends_with_a_jobs_unexpected_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(engine: object, casework: object) -> int:
         raise RuntimeError("job bug")
 
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", broken)
-    # No engine or casework: the monkeypatched jobs that would be handed them take neither.
-    scheduler = Scheduler(None, None, 0.05, lambda: None)  # type: ignore[arg-type]
+    monkeypatch.setattr("mailrouter.schedule.warn_of_expiring_credentials", lambda *_: 0)
+    monkeypatch.setattr("mailrouter.schedule.privacy.run_daily", lambda *_: None)
+    # No engine or casework (retention reads the config off it): the monkeypatched jobs take neither.
+    scheduler = Scheduler(None, NO_CASEWORK, 0.05, lambda: None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="job bug"):
         await asyncio.wait_for(scheduler.run(asyncio.Event()), timeout=10)
 
@@ -172,6 +178,10 @@ async def test_the_scheduler_keeps_running_while_the_database_is_away(
     monkeypatch.setattr("mailrouter.schedule.send_due_reminders", away)
     monkeypatch.setattr("mailrouter.schedule.check_sla", away)
     monkeypatch.setattr("mailrouter.schedule.follow_through", away)
-    jobless = Scheduler(None, None, 0.05, lambda: None)  # type: ignore[arg-type]  # as above: the jobs take neither
+    monkeypatch.setattr("mailrouter.schedule.warn_of_expiring_credentials", away)
+    monkeypatch.setattr(
+        "mailrouter.schedule.privacy.run_daily", lambda engine, config, _: away(engine, config)
+    )
+    jobless = Scheduler(None, NO_CASEWORK, 0.05, lambda: None)  # type: ignore[arg-type]  # as above
     await asyncio.wait_for(jobless.run(stop), timeout=10)
     assert calls >= 3
