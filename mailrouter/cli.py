@@ -9,6 +9,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,14 @@ from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, p
 from mailrouter import report as formats  # `report` names the [[reports]] entries here
 from mailrouter.config import Age, Config, load_config
 from mailrouter.daemon import load, open_database, open_reader, run
-from mailrouter.errors import ConfigError, DatabaseUnavailable, MailrouterError, ParseError, SchemaMismatch
+from mailrouter.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    MailrouterError,
+    ParseError,
+    PrivacyError,
+    SchemaMismatch,
+)
 from mailrouter.facts import read_facts
 from mailrouter.intake import Intake
 from mailrouter.models import Case, utcnow
@@ -85,6 +93,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.extend(preflight.template_problems(config, Templates(config.templates_dir), needed))
     except ConfigError as exc:
         problems.append(str(exc))
+    found, warnings = preflight.oauth2_problems(config, date.today())
+    problems.extend(found)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.connect and secrets_read:
         agents = {m.lower() for members in config.file.agents.groups.values() for m in members}
         found, warnings = preflight.connect_problems(config, agents)
@@ -436,6 +448,41 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy_export(args: argparse.Namespace) -> int:
+    """Everything held about a person (access request): a zip of export.json and the raw mails."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    with open_reader(config).connect() as connection:
+        document, files = privacy.export(connection, args.address)
+    with zipfile.ZipFile(args.output, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("export.json", json.dumps(document, ensure_ascii=False, indent=2, default=str))
+        for name, data in files.items():
+            archive.writestr(name, data)
+    print(
+        f"{args.output}: {len(document['cases'])} case(s), {len(document['messages'])} message(s), "
+        f"{len(files)} mail file(s)"
+    )
+    return 0
+
+
+def cmd_privacy_erase(args: argparse.Namespace) -> int:
+    """Everything about a person deleted or anonymised (erasure request), in one transaction."""
+    config = load_config(_config_path(args), resolve_secrets=False)
+    source = config.file.privacy.salt_source()
+    if source is None:
+        print("error: erasure needs [privacy] erasure_salt_env or erasure_salt_file", file=sys.stderr)
+        return 2
+    salt = source.resolve(f"{config.path}: privacy").get_secret_value()
+    with Session(open_database(config, upgrade=False)) as session:
+        try:
+            counts = privacy.erase(session, args.address, salt, force=args.force)
+        except PrivacyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"erased: {counts}")
+    return 0
+
+
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     entries = set_aside(engine)
@@ -651,6 +698,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retention.add_argument("--dry-run", action="store_true", help="only count what the run would remove")
     retention.set_defaults(func=cmd_retention)
+
+    requests = commands.add_parser(
+        "privacy", help="a person's access or erasure request (README: Personal data)"
+    ).add_subparsers(dest="privacy_command", required=True)
+    exported = requests.add_parser("export", help="everything held about an address: JSON and the .eml files")
+    exported.add_argument("address")
+    exported.add_argument("-o", "--output", default="privacy-export.zip", help="the zip file to write")
+    exported.set_defaults(func=cmd_privacy_export)
+    erased = requests.add_parser("erase", help="delete or anonymise everything about an address")
+    erased.add_argument("address")
+    erased.add_argument("--force", action="store_true", help="even while the person has an open case")
+    erased.set_defaults(func=cmd_privacy_erase)
 
     listed = commands.add_parser("screened", help="mail that screening kept out of any case")
     listed.add_argument("--limit", type=int, default=50)

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -217,6 +218,21 @@ class OAuth2Settings(_Strict):
     @property
     def grant(self) -> str:
         return self.flow or OAUTH2_FLOWS[self.provider][0]
+
+    @field_validator("authority", "token_endpoint", "device_authorization_endpoint")
+    @classmethod
+    def _https(cls, url: str | None) -> str | None:
+        """Tokens and secrets cross these: never in the clear (MSAL refuses anything else too)."""
+        if url is not None and not url.startswith("https://"):
+            raise ValueError(f"{url!r} is not an https:// URL")
+        return url
+
+    @field_validator("scopes")
+    @classmethod
+    def _some_scopes(cls, scopes: list[str] | None) -> list[str] | None:
+        if scopes is not None and (not scopes or not all(s.strip() for s in scopes)):
+            raise ValueError("give at least one scope, none of them empty (or leave scopes out)")
+        return scopes
 
     @model_validator(mode="after")
     def _complete(self) -> OAuth2Settings:
@@ -579,6 +595,21 @@ class PrivacySettings(_Strict):
     sent_body_days: int = Field(default=7, ge=0)
     # At most this many cases, messages or letters in one transaction of a retention run.
     retention_batch: int = Field(default=200, gt=0, le=10000)
+    # The secret salt of the hash an erasure's audit event records instead of the address
+    # (`mailrouter privacy erase`): an environment variable or a credential file, never here.
+    erasure_salt_env: str | None = None
+    erasure_salt_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_salt(self) -> PrivacySettings:
+        if self.erasure_salt_env is not None and self.erasure_salt_file is not None:
+            raise ValueError("set at most one of erasure_salt_env or erasure_salt_file")
+        return self
+
+    def salt_source(self) -> SecretSource | None:
+        if self.erasure_salt_env is None and self.erasure_salt_file is None:
+            return None
+        return SecretSource(password_env=self.erasure_salt_env, password_file=self.erasure_salt_file)
 
 
 class FileConfig(_Strict):

@@ -94,6 +94,10 @@ class ReviewError(MailrouterError):
     """A quarantine entry that does not exist, was already released, or has no kept bytes."""
 
 
+class PrivacyError(MailrouterError):
+    """An access or erasure request that cannot be carried out as asked (an open case, no salt)."""
+
+
 class ReportError(MailrouterError):
     """A report asked for what cannot be reported: an unknown period, no departments."""
 

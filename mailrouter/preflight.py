@@ -9,20 +9,33 @@ validation is load_rules'. What is only known against a server (logins, the data
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import ssl
 from collections.abc import Iterable
+from datetime import date
 from typing import Any
 
 import aioimaplib
 import aiosmtplib
+from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
 from mailrouter import imap
+from mailrouter.alerts import credential_users
 from mailrouter.config import Config
 from mailrouter.daemon import open_reader, relay_login, sqlite_path
-from mailrouter.errors import MailrouterError, SchemaMismatch
+from mailrouter.errors import MailrouterError, SchemaMismatch, TokenRefused
 from mailrouter.models import Case, Customer
-from mailrouter.oauth import Tokens, TokenSource
+from mailrouter.oauth import (
+    RELAY,
+    Tokens,
+    TokenSource,
+    certificate_expiry,
+    expiry_warnings,
+    read_refresh_token,
+    refresh_token_path,
+)
 from mailrouter.outbox import Refusal
 from mailrouter.parse import Address, AttachmentInfo, Inbound
 from mailrouter.reportmail import TEMPLATE, ReportView, departments_of
@@ -173,6 +186,79 @@ def rule_problems(config: Config, rules: Iterable[Rule]) -> list[str]:
     return problems
 
 
+def oauth2_problems(config: Config, today: date) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the [oauth2] credentials that only show when a token is asked
+    for: files that cannot be read or are not what their key says, a delegated mailbox never
+    signed in, a secret or certificate that has run out (a warning while it has days left)."""
+    problems: list[str] = []
+    for name, settings in config.file.oauth2.items():
+        where = f"{config.path}: oauth2.{name}"
+        for key in ("ca_file", "certificate_file"):
+            file = getattr(settings, key)
+            if file is None:
+                continue
+            try:
+                pem = (config.base_dir / file).read_bytes()
+                if key == "certificate_file":
+                    certificate_expiry(pem)
+                else:
+                    ssl.create_default_context(cadata=pem.decode("ascii"))
+            except (ValueError, UnicodeDecodeError, ssl.SSLError):  # SSLError before OSError, its base
+                problems.append(f"{where}.{key}: {config.base_dir / file} is not a PEM certificate")
+            except OSError as exc:
+                problems.append(f"{where}.{key}: cannot read {config.base_dir / file}: {exc.strerror}")
+        problems.extend(_key_problems(config, name))
+        if settings.grant == "delegated":
+            problems.extend(_signed_in(config, name))
+    warnings: list[str] = []
+    try:
+        expiring = expiry_warnings(config, today)
+    except (OSError, ValueError):
+        expiring = []  # an unreadable certificate is a problem above
+    for expiry in expiring:
+        (problems if expiry.days_left < 0 else warnings).append(f"{config.path}: {expiry}")
+    return problems, warnings
+
+
+def _key_problems(config: Config, name: str) -> list[str]:
+    """A private key (Microsoft's certificate credential, a service account's) that cannot sign."""
+    settings = config.file.oauth2[name]
+    where = f"{config.path}: oauth2.{name}"
+    if settings.private_key_file is not None:
+        key, at = config.secret(f"oauth2.{name}.key"), f"{where}.private_key_file"
+    elif settings.service_account_file is not None:
+        account = config.secret(f"oauth2.{name}")
+        key = (
+            None if account is None else SecretStr(str(json.loads(account.get_secret_value())["private_key"]))
+        )
+        at = f"{where}.service_account_file: its private_key"
+    else:
+        return []
+    if key is None:
+        return []  # unreadable: said where the secrets are read
+    try:
+        serialization.load_pem_private_key(key.get_secret_value().encode(), password=None)
+    except (ValueError, TypeError):
+        return [f"{at} is not an unencrypted PEM private key"]
+    return []
+
+
+def _signed_in(config: Config, name: str) -> list[str]:
+    """The users of a delegated credential that have no refresh token yet."""
+    problems = []
+    for user in credential_users(config, name):
+        where = f"{config.path}: " + (RELAY if user == RELAY else f"mailboxes.{user}.imap")
+        path = refresh_token_path(config, user)
+        try:
+            read_refresh_token(path, name)
+        except TokenRefused:
+            problems.append(
+                f"{where}: oauth2.{name} is delegated and {path} holds no refresh token: "
+                f"run `mailrouter oauth login {user}`"
+            )
+    return problems
+
+
 def connect_problems(config: Config, agents: Iterable[str]) -> tuple[list[str], list[str]]:
     """(problems, warnings) of logging in to every mailbox and the relay and opening the
     database, all at once."""
@@ -188,7 +274,7 @@ async def _connect(config: Config, agents: list[str]) -> tuple[list[str], list[s
     )
     problems = [p for p in (*mailbox_problems, relay_problem, database_problem) if p is not None]
     groups = config.file.agents.groups
-    warnings = []
+    warnings: list[str] = []
     for refusal in refusals:
         of = ", ".join(sorted(n for n, members in groups.items() if refusal.recipient in members))
         warnings.append(f"the relay refuses agent {refusal} (group {of})")

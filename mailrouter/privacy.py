@@ -16,19 +16,38 @@ Like outbox.py, this is a storage module: Core statements over the tables, plain
 from __future__ import annotations
 
 import calendar
+import hashlib
+import hmac
 import logging
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, bindparam, cast, delete, exists, func, or_, select, update
-from sqlmodel import Session
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    LargeBinary,
+    String,
+    TypeDecorator,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlmodel import Session, SQLModel
 
 from mailrouter import store
 from mailrouter.config import Config
+from mailrouter.errors import PrivacyError
 from mailrouter.models import utcnow
-from mailrouter.vocabulary import SET_ASIDE, CaseStatus, EventKind, OutboxState
+from mailrouter.vocabulary import FINISHED, SET_ASIDE, CaseStatus, EventKind, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +270,11 @@ def delete_unreferenced_raw(connection: Connection, shas: Collection[str]) -> in
 
 
 def _delete_screened(session: Session, rows: list[Any]) -> Counts:
-    connection, message_ids = session.connection(), [row.id for row in rows]
+    return _delete_caseless(session.connection(), [row.id for row in rows])
+
+
+def _delete_caseless(connection: Connection, message_ids: list[int]) -> Counts:
+    """Messages on no case (screened), with their events and attachments, and their raw mail."""
     shas = set(
         connection.execute(
             select(_M.raw_sha256).where(_M.id.in_(message_ids), _M.raw_sha256.is_not(None))
@@ -326,3 +349,271 @@ def run_daily(engine: Engine, config: Config, instance: str, now: datetime | Non
             return None
         session.commit()
     return run(engine, policy(config, now), config.file.privacy.retention_batch, now)
+
+
+# --- access and erasure: everything about one address ------------------------------------------
+
+ERASED = "(erased)"
+# Lines of a person's own mail at least this long are looked for elsewhere (quoted in an
+# agent's answer, say) and erased there too; shorter ones ("Thanks!") say nothing about anyone.
+QUOTED_LINE = 24
+_RAW_SCAN = 200  # raw messages read per query when searching the raw store
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What the desk holds about one address."""
+
+    address: str
+    customer_id: int | None
+    own_cases: tuple[int, ...]  # the person is the customer
+    other_cases: tuple[int, ...]  # the person wrote, or was in To or Cc, on someone else's case
+    messages: tuple[int, ...]  # written by the person, or to them or copying them
+    caseless: tuple[int, ...]  # of those, the ones screening kept out of any case
+    raw: tuple[str, ...]  # raw messages holding the address: the person's mail and mail naming them
+    set_aside: tuple[int, ...]  # quarantine and refusal events whose kept bytes hold the address
+    open_cases: tuple[str, ...]  # numbers of own cases not yet resolved or closed
+
+
+def _mentions(address: str) -> Any:
+    pattern = f"%{address}%"
+    return or_(
+        func.lower(_M.from_addr) == address,
+        func.lower(cast(_M.to_addrs, String)).like(pattern),
+        func.lower(cast(_M.cc_addrs, String)).like(pattern),
+    )
+
+
+def holdings(connection: Connection, address: str) -> Holdings:
+    address = address.strip().lower()
+    customer_id = connection.execute(select(_P.id).where(func.lower(_P.address) == address)).scalar()
+    own = connection.execute(
+        select(_C.id, _C.number, _C.status).where(_C.customer_id == customer_id).order_by(_C.id)
+    ).all()
+    candidates = connection.execute(
+        select(_M.id, _M.case_id, _M.from_addr, _M.to_addrs, _M.cc_addrs).where(_mentions(address))
+    ).all()
+    messages = [
+        row
+        for row in candidates
+        if address in {a.lower() for a in (row.from_addr, *row.to_addrs, *row.cc_addrs)}
+    ]
+    own_ids = {row.id for row in own}
+    raw = _raw_naming(connection, address.encode())
+    set_aside = [
+        row.id
+        for row in connection.execute(select(_E.id, _E.data).where(_E.kind.in_(sorted(SET_ASIDE))))
+        if row.data.get("raw_sha256") in raw
+    ]
+    return Holdings(
+        address=address,
+        customer_id=customer_id,
+        own_cases=tuple(sorted(own_ids)),
+        other_cases=tuple(sorted({r.case_id for r in messages if r.case_id is not None} - own_ids)),
+        messages=tuple(r.id for r in messages),
+        caseless=tuple(r.id for r in messages if r.case_id is None),
+        raw=tuple(sorted(raw)),
+        set_aside=tuple(set_aside),
+        open_cases=tuple(row.number for row in own if row.status not in FINISHED),
+    )
+
+
+def _raw_naming(connection: Connection, needle: bytes) -> set[str]:
+    """The raw messages whose bytes hold `needle` (any case): read in pages, since no SQL
+    searches bytes alike in SQLite and PostgreSQL. Rare work (a request), bounded memory."""
+    found: set[str] = set()
+    after = ""
+    while True:
+        page = connection.execute(
+            select(_R.sha256, _R.data).where(_R.sha256 > after).order_by(_R.sha256).limit(_RAW_SCAN)
+        ).all()
+        found.update(row.sha256 for row in page if needle in row.data.lower())
+        if len(page) < _RAW_SCAN:
+            return found
+        after = page[-1].sha256
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def export(connection: Connection, address: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Everything held about the address, as a JSON-ready document and the raw mails by file
+    name (`mail/<n>.eml`, byte for byte as received); the document names each message's file."""
+    held = holdings(connection, address)
+    customer = connection.execute(select(store.CUSTOMER).where(_P.id == held.customer_id)).mappings().first()
+    case_ids = [*held.own_cases, *held.other_cases]
+    shown_messages = select(store.MESSAGE).where(
+        _M.case_id.in_(list(held.own_cases)) | _M.id.in_(list(held.messages))
+    )
+    files: dict[str, bytes] = {}
+    by_sha: dict[str, str] = {}
+
+    def mail_file(sha: str | None) -> str | None:
+        if sha is None:
+            return None
+        if sha not in by_sha:
+            data = connection.execute(select(_R.data).where(_R.sha256 == sha)).scalar()
+            if data is None:
+                return None
+            by_sha[sha] = f"mail/{len(by_sha) + 1:04d}.eml"
+            files[by_sha[sha]] = data
+        return by_sha[sha]
+
+    messages = [
+        {**_plain(row), "eml": mail_file(row["raw_sha256"])}
+        for row in connection.execute(shown_messages.order_by(_M.id)).mappings()
+    ]
+    for sha in held.raw:  # kept bytes of quarantined mail naming the person, too
+        mail_file(sha)
+    document = {
+        "address": held.address,
+        "exported_at": utcnow().isoformat(),
+        "customer": _plain(customer) if customer else None,
+        "cases": [
+            {
+                **_plain(case_row),
+                "role": "customer" if case_row["id"] in held.own_cases else "participant",
+                "events": [
+                    _plain(e)
+                    for e in connection.execute(
+                        select(store.EVENT).where(_E.case_id == case_row["id"]).order_by(_E.id)
+                    ).mappings()
+                ],
+            }
+            for case_row in connection.execute(
+                select(store.CASE).where(_C.id.in_(case_ids)).order_by(_C.id)
+            ).mappings()
+        ],
+        "messages": messages,
+        "set_aside": [
+            _plain(e)
+            for e in connection.execute(select(store.EVENT).where(_E.id.in_(list(held.set_aside)))).mappings()
+        ],
+        "mail_files": {name: sha for sha, name in by_sha.items()},
+    }
+    return document, files
+
+
+def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
+
+
+# --- erasure ---------------------------------------------------------------------------------
+
+
+def subject_hash(address: str, salt: str) -> str:
+    """Who an erasure concerned, provable by whoever holds the salt and the address, and by
+    nobody from the database alone."""
+    return hmac.new(salt.encode(), address.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+def erase(session: Session, address: str, salt: str, *, force: bool = False) -> Counts:
+    """Delete or anonymise everything about the address, in the session's transaction (the
+    caller commits): the person's own cases as retention does it; elsewhere their messages, their
+    address in others' To and Cc, what quotes their mail, and raw mail naming them. Refused
+    while one of their cases is open, unless `force`."""
+    connection = session.connection()
+    held = holdings(connection, address)
+    if held.open_cases and not force:
+        raise PrivacyError(
+            f"the person has open cases ({', '.join(held.open_cases)}): resolve or close them first, "
+            "or erase with --force"
+        )
+    texts = _quoted_lines(connection, held)
+    counts = anonymise_cases(session, held.own_cases, utcnow())
+    theirs = [m for m in held.messages if m not in held.caseless]
+    written = select(_M.id).where(_M.id.in_(theirs), func.lower(_M.from_addr) == held.address)
+    connection.execute(update(store.ATTACHMENT).where(_A.message_id.in_(written)).values(filename=""))
+    counts += Counts(
+        messages=connection.execute(
+            update(store.MESSAGE).where(_M.id.in_(written)).values(**_NO_PERSON)
+        ).rowcount
+    )
+    if held.caseless:
+        counts += _delete_caseless(connection, list(held.caseless))
+    if held.set_aside:
+        rows = connection.execute(select(_E.id, _E.data).where(_E.id.in_(list(held.set_aside)))).all()
+        counts += _forget_set_aside(session, list(rows))
+    counts += Counts(letters=_drop_raw(connection, held.raw))
+    counts += Counts(letters=_scrub_everywhere(connection, [held.address, *texts]))
+    if held.customer_id is not None:
+        connection.execute(delete(store.CUSTOMER).where(_P.id == held.customer_id))
+    store.record(
+        session,
+        EventKind.ERASED,
+        f"erasure on request: {counts}",
+        subject=subject_hash(held.address, salt),
+        counts=counts.as_data(),
+    )
+    return counts
+
+
+def _quoted_lines(connection: Connection, held: Holdings) -> list[str]:
+    """The long lines of the person's own mail (subject and text), to erase where others quote them."""
+    rows = connection.execute(
+        select(_M.subject, _M.text).where(
+            _M.id.in_(list(held.messages)) | _M.case_id.in_(list(held.own_cases)),
+            func.lower(_M.from_addr) == held.address,
+        )
+    ).all()
+    lines = {line.strip() for row in rows for line in (row.subject, *row.text.splitlines())}
+    return sorted((line for line in lines if len(line) >= QUOTED_LINE), key=len, reverse=True)
+
+
+def _drop_raw(connection: Connection, shas: Collection[str]) -> int:
+    """Raw mail naming the person goes, whoever wrote it: messages keep their text, letters
+    attaching it go. Returns the letters deleted."""
+    if not shas:
+        return 0
+    connection.execute(update(store.MESSAGE).where(_M.raw_sha256.in_(list(shas))).values(raw_sha256=None))
+    letters = connection.execute(delete(store.OUTBOX).where(_O.original_sha256.in_(list(shas)))).rowcount
+    delete_unreferenced_raw(connection, shas)
+    return int(letters)
+
+
+def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
+    """Every text and JSON column of every table: each needle (the address, the person's lines)
+    replaced by ERASED; a letter whose bytes hold one is deleted. Found by the tables' own
+    description (SQLModel.metadata), so a column added later is searched too. Returns the
+    letters deleted."""
+    pattern = re.compile("|".join(re.escape(n) for n in needles), re.IGNORECASE)
+    letters = 0
+    for table in SQLModel.metadata.sorted_tables:
+        key = list(table.primary_key.columns)
+        for column in table.columns:
+            if column.primary_key:
+                continue
+            kind = column.type  # through a TypeDecorator (sqlmodel's AutoString) to what it stores
+            kind = kind.impl_instance if isinstance(kind, TypeDecorator) else kind
+            if isinstance(kind, LargeBinary):
+                if table is store.OUTBOX:
+                    letters += _delete_letters_naming(connection, pattern)
+                continue  # the raw store: _drop_raw
+            if not isinstance(kind, (String, JSON)):
+                continue
+            like = or_(*(func.lower(cast(column, String)).like(f"%{n.lower()}%") for n in needles))
+            # Read whole before writing: SQLite ends a cursor over the table being updated.
+            for row in connection.execute(select(*key, column).where(like)).mappings().all():
+                value = _scrubbed(row[column.name], pattern)
+                connection.execute(
+                    update(table).where(*(k == row[k.name] for k in key)).values({column.name: value})
+                )
+    return letters
+
+
+def _delete_letters_naming(connection: Connection, pattern: re.Pattern[str]) -> int:
+    deleted = 0
+    for row in connection.execute(select(_O.id, _O.data)).all():
+        if pattern.search(row.data.decode("utf-8", "replace")):
+            deleted += connection.execute(delete(store.OUTBOX).where(_O.id == row.id)).rowcount
+    return deleted
+
+
+def _scrubbed(value: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(ERASED, value)
+    if isinstance(value, list):
+        return [_scrubbed(item, pattern) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrubbed(item, pattern) for key, item in value.items()}
+    return value

@@ -106,6 +106,7 @@ class EventKind(StrEnum):
     NOT_RELAYED = "not-relayed"
     # agents' work
     RETENTION_RUN = "retention-run"  # counts only: what a retention run deleted and anonymised
+    ERASED = "erased"  # a person's data erased on request: counts and a salted hash, no address
     NOTE = "note"
     CASE_SHOWN = "case-shown"  # #show: a sensitive case's mail sent to the agent who asked
     COMMANDS_REJECTED = "commands-rejected"

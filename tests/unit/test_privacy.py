@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,13 +14,17 @@ from sqlmodel import Session, select
 
 from mailrouter import privacy, store
 from mailrouter.cli import main
+from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
+from mailrouter.errors import PrivacyError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.plan import Origin
 from mailrouter.vocabulary import CaseStatus, OutboxState
 from tests.database_scan import traces
 from tests.messages import make_mail
+from tests.postgres import temporary_database
+from tests.unit import test_agent_flow as agent_flow
 from tests.unit import test_kpi
 from tests.unit.test_kpi import at, figures
 from tests.unit.test_sla import with_sla
@@ -33,12 +41,38 @@ def test_months_before_keeps_the_day_or_takes_the_months_last():
     assert privacy.months_before(datetime(2026, 12, 3, tzinfo=UTC), 24) == datetime(2024, 12, 3, tzinfo=UTC)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, config_file):
+    """The tests here run once on SQLite and once on PostgreSQL: the config names the database."""
+    if request.param == "sqlite":
+        yield config_file
+        return
+    with temporary_database() as url:
+        text = config_file.read_text()
+        config_file.write_text(re.sub(r"(?m)^database_url = .*$", f'database_url = "{url}"', text))
+        yield config_file
+
+
+def intake_of(config) -> Intake:
+    loaded = load(config)
+    engine = open_database(loaded.config)
+    return Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
+
+
 @pytest.fixture
-def desk(config_file):
+def intake(database):
+    intake = intake_of(load_config(database))
+    yield intake
+    intake.engine.dispose()
+
+
+@pytest.fixture
+def desk(database):
     """test_kpi's desk, with two years' retention for it-support's closed cases."""
     department = 'sla = "standard"\nbusiness_hours = "oslo"\nsatisfaction_survey = true\nretain_months = 24\n'
-    loaded = load(with_sla(config_file, department=department))
-    return Intake(loaded.config, loaded.rules, loaded.templates, open_database(loaded.config), loaded.agents)
+    desk = intake_of(with_sla(database, department=department))
+    yield desk
+    desk.engine.dispose()
 
 
 def close_all(intake, when: datetime) -> None:
@@ -142,3 +176,123 @@ def test_the_command_line_dry_run_counts_and_changes_nothing(november, config_fi
     assert main(["--config", str(config_file), "retention"]) == 0
     assert "retention: cases 6," in capsys.readouterr().out
     assert all(c.anonymised_at is not None for c in rows(november, Case))
+
+
+# --- access and erasure ------------------------------------------------------------------------
+
+INGRID = "ingrid.hansen@kunde.example"
+HER_LINE = "Min PC starter ikke etter oppdateringen i går kveld"
+HER_REPLY = "Jeg har samme problem med skriveren på kontoret"
+SALT = "a-secret-salt-from-a-credential-file"
+
+
+@pytest.fixture
+def her_mail(intake):
+    """Ingrid's own case (answered by an agent who quotes her), Kari's case with Ingrid in Cc and
+    Ingrid's reply on it, an auto-reply of hers that opened nothing, and a mail of hers in quarantine."""
+    mails = {
+        "own": make_mail(
+            sender=f"Ingrid Hansen <{INGRID}>", subject="PC-en min", body=HER_LINE, message_id="<i1@k>"
+        ),
+        "kari": make_mail(
+            sender="Kari Nordmann <kari@kunde.example>",
+            subject="Skriveren",
+            body="Skriveren er ødelagt igjen, og jeg trenger den i dag",
+            message_id="<k1@k>",
+            headers={"Cc": INGRID},
+        ),
+    }
+    intake.process(mails["own"], Origin("it", 7, 1))
+    [notification, *_] = agent_flow.outbox(intake, "notification")
+    agent_flow.agent_reply(intake, notification, f"Prøv å starte på nytt.\n\n> {HER_LINE}")
+    intake.process(mails["kari"], Origin("it", 7, 2))
+    mails["reply"] = make_mail(
+        sender=f"Ingrid Hansen <{INGRID}>",
+        subject="Re: [IT-1002] Skriveren",
+        body=HER_REPLY,
+        message_id="<i2@k>",
+        headers={"In-Reply-To": "<k1@k>"},
+    )
+    intake.process(mails["reply"], Origin("it", 7, 3))
+    mails["auto"] = make_mail(
+        sender=INGRID,
+        subject="Autosvar: ferie",
+        message_id="<i3@k>",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    intake.process(mails["auto"], Origin("it", 7, 4))
+    mails["quarantined"] = make_mail(sender=INGRID, subject="Broken", message_id="<i4@k>")
+    intake.quarantine(mails["quarantined"], Origin("it", 7, 5), ValueError("boom"))
+    return mails
+
+
+def cases_by_number(intake) -> dict[str, Case]:
+    return {c.number: c for c in rows(intake, Case)}
+
+
+def test_an_export_holds_every_case_message_and_event_about_the_address_and_its_mails_byte_for_byte(
+    intake, her_mail
+):
+    with intake.engine.connect() as connection:
+        document, files = privacy.export(connection, INGRID.upper())
+    assert [(c["number"], c["role"]) for c in document["cases"]] == [
+        ("IT-1001", "customer"),
+        ("IT-1002", "participant"),
+    ]
+    assert all(c["events"] for c in document["cases"])
+    assert document["customer"]["address"] == INGRID
+    theirs = [m for m in document["messages"] if m["from_addr"] == INGRID]
+    assert {m["message_id"] for m in theirs} == {"<i1@k>", "<i2@k>", "<i3@k>"}
+    assert {m["message_id"] for m in document["messages"] if m["from_addr"] == "kari@kunde.example"} == {
+        "<k1@k>"
+    }
+    for message in theirs:
+        assert files[message["eml"]] in (her_mail["own"], her_mail["reply"], her_mail["auto"])
+    assert her_mail["quarantined"] in files.values()
+    assert len(document["set_aside"]) == 1
+
+
+def test_erasure_refuses_while_the_person_has_an_open_case(intake, her_mail):
+    with Session(intake.engine) as session, pytest.raises(PrivacyError, match=r"open cases \(IT-1001\)"):
+        privacy.erase(session, INGRID, SALT)
+
+
+def test_erasure_leaves_no_trace_of_the_address_or_its_text_and_the_cases_stay_counted(intake, her_mail):
+    per = make_mail(sender="per@kunde.example", subject="Tastaturet", message_id="<p1@k>")
+    intake.process(per, Origin("it", 7, 6))
+    before = {number: c.status for number, c in cases_by_number(intake).items()}
+    with Session(intake.engine) as session:
+        counts = privacy.erase(session, INGRID, SALT, force=True)
+        session.commit()
+    assert counts.cases == 1 and counts.screened == 1 and counts.set_aside == 1
+    assert traces(intake.engine, INGRID, "Ingrid Hansen", HER_LINE, HER_REPLY, "PC-en min") == []
+    assert {number: c.status for number, c in cases_by_number(intake).items()} == before
+    kari = cases_by_number(intake)["IT-1002"]
+    with Session(intake.engine) as session:
+        texts = [m.text for m in session.exec(select(Message).where(Message.case_id == kari.id))]
+        raws = {r.sha256 for r in session.exec(select(RawMessage))}
+    assert "Skriveren er ødelagt igjen, og jeg trenger den i dag" in texts  # Kari's own words stay
+    assert all(INGRID.encode() not in raw.data.lower() for raw in rows(intake, RawMessage))
+    assert raws == {hashlib.sha256(per).hexdigest()}  # others' mail not naming her is kept
+    [event] = [e for e in rows(intake, Event) if e.kind == "erased"]
+    assert event.data["subject"] == privacy.subject_hash(INGRID, SALT) and event.case_id is None
+    assert event.data["counts"] == counts.as_data()
+
+
+def test_two_instances_starting_the_days_run_together_run_it_once(november):
+    close_all(november, at(20, 12))
+    start = threading.Barrier(2)
+
+    def instance(name: str) -> privacy.Counts | None:
+        engine = open_database(november.config)  # each instance its own engine and connections
+        try:
+            start.wait()
+            return privacy.run_daily(engine, november.config, name, LATER)
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(instance, ["a", "b"]))
+    assert sorted(r is None for r in results) == [False, True]
+    assert [r.cases for r in results if r is not None] == [6]
+    assert len([e for e in rows(november, Event) if e.kind == "retention-run"]) == 1
