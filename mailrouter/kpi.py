@@ -507,6 +507,12 @@ def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequ
     unfinished = or_(CASE.c.first_resolved_at.is_(None), ~scope.before_end(CASE.c.first_resolved_at))
     open_again = and_(CASE.c.id.in_(reopened_before_end), status_at_end.in_(list(WAITING_ON_US)))
     in_backlog = and_(scope.before_end(CASE.c.created_at), or_(unfinished, open_again))
+    # A period still running counts its backlog now (`now` being the present: the history holds
+    # nothing after it): the cases whose status is open, which the status index finds without
+    # reading their histories (the dashboard's today and this week).
+    live = all(end == scope.now for end in ends.values())
+    if live:
+        in_backlog = and_(CASE.c.status.in_(list(WAITING_ON_US)), scope.before_end(CASE.c.created_at))
     # The bands' bounds: at most a day old is band 0, older than 30 days the last.
     band = scope.per_department(
         {
@@ -526,9 +532,15 @@ def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequ
     }
     candidates = or_(
         *(scope.span(column) for column in anchors.values()),
-        CASE.c.first_resolved_at.is_(None),
-        CASE.c.first_resolved_at >= min(ends.values()),
-        CASE.c.id.in_(reopened_before_end),
+        *(
+            (in_backlog,)
+            if live
+            else (
+                CASE.c.first_resolved_at.is_(None),
+                CASE.c.first_resolved_at >= min(ends.values()),
+                CASE.c.id.in_(reopened_before_end),
+            )
+        ),
     )
     touched = (
         select(
@@ -543,7 +555,7 @@ def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequ
             *(column.label(measure) for measure, _, column in _MEASURES),
         )
         .select_from(_SOURCE)
-        .where(candidates)
+        .where(candidates, CASE.c.department.in_(list(scope.bounds)))
         .cte("touched")
     )
 
