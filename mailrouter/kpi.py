@@ -490,8 +490,9 @@ def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequ
     cases are few: only theirs are looked up). The candidates are found by plain ranges of
     indexed columns; each case's flags say exactly what it counts for."""
     ends = scope.ends
-    reopened_before_end = (
-        select(STATUS_CHANGE.c.case_id).where(_REOPENED, STATUS_CHANGE.c.at < max(ends.values())).distinct()
+    # No DISTINCT: IN needs none, and with it SQLite read every status change in case order.
+    reopened_before_end = select(STATUS_CHANGE.c.case_id).where(
+        _REOPENED, STATUS_CHANGE.c.at < max(ends.values())
     )
     last_change = STATUS_CHANGE.alias("last_change")
     status_at_end = (
