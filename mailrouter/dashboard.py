@@ -116,20 +116,28 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
 
 
 def overview(engine: Engine, config: Config, now: datetime) -> list[Row]:
+    """Every department in two reads of the figures (today's, this week's, by department), each
+    department's days its own calendar's."""
     departments = list(config.mailboxes)
+    zones = pictures.zones(config, departments)
+    today = now.astimezone(zones[departments[0]]).date()
+    by_department = (kpi.Dimension.DEPARTMENT,)
+    days, week = (
+        {g.key: g.kpis for g in kpi.figures(engine, period, zones, by_department, now).breakdowns[0].groups}
+        for period in (kpi.named_period("today", today), kpi.named_period("this-week", today))
+    )
     with Session(engine) as session:
         late = store.sla_late(session, departments, now)
     rows = []
     for department, mailbox in config.mailboxes.items():
-        today = _line(engine, config, department, "today", now).total.kpis
-        week = _line(engine, config, department, "this-week", now).total.kpis
+        on_day, in_week = days.get(department), week.get(department)  # None: no case at all
         rows.append(
             Row(
                 department,
                 mailbox.display_name,
-                today.created,
-                week.created,
-                today.backlog_total,
+                on_day.created if on_day else 0,
+                in_week.created if in_week else 0,
+                on_day.backlog_total if on_day else 0,
                 late.get(department, 0),
             )
         )
@@ -154,4 +162,5 @@ def chart(engine: Engine, config: Config, department: str, name: pictures.Chart,
     week = kpi.named_period("this-week", now.astimezone(zone).date())
     if name == pictures.Chart.BACKLOG:
         week = kpi.named_period("today", now.astimezone(zone).date())
-    return pictures.draw(name, engine, config, week, [department], config.mailboxes[department].language)
+    language = config.mailboxes[department].language
+    return pictures.draw(name, engine, config, week, [department], language, now=now)

@@ -29,6 +29,12 @@ def body(message) -> str:
     return " ".join(message.get_body(("plain",)).get_content().split())
 
 
+def answer_survey(stack: MailStack, customer: Account, to: str, survey: EmailMessage, text: str) -> None:
+    """The customer's reply to the survey mail: threaded to it, `text` first."""
+    headers = {"In_Reply_To": survey["Message-ID"], "References": survey["Message-ID"]}
+    send_mail(stack, f"Kari <{customer.address}>", to, f"Re: {survey['Subject']}", text, **headers)
+
+
 def inbox_with(stack: MailStack, account: Account, count: int) -> list[EmailMessage]:
     return stack.wait_for_messages(account.address, account.password, count)
 
@@ -57,15 +63,7 @@ def test_pending_then_resolved_mail_and_a_survey_answered_with_4(
     assert "löst" in body(resolved) and "svarar du bara på det här mejlet" in body(resolved)
     assert "Hur nöjd är du med vår hjälp?" in body(survey) and "från 1 till 5" in body(survey)
 
-    send_mail(
-        mailstack,
-        f"Kari <{customer.address}>",
-        it.address,
-        f"Re: {survey['Subject']}",
-        "4",
-        In_Reply_To=survey["Message-ID"],
-        References=survey["Message-ID"],
-    )
+    answer_survey(mailstack, customer, it.address, survey, "4")
     daemon.wait_until(lambda: daemon.cases()[0].satisfaction_score == 4, "the score on the case")
     answered = daemon.cases()[0]
     assert answered.status == "resolved" and answered.survey_answered_at is not None

@@ -262,3 +262,11 @@ def test_postgresql_gives_november_the_same_figures(config_file, november, clock
         expected = figures(november, now=at(3, 12, month=12))
         assert figures(on_postgresql, now=at(3, 12, month=12)) == expected
         on_postgresql.engine.dispose()
+
+
+def test_a_running_periods_backlog_is_the_cases_open_now_by_their_age_now(november):
+    """E (32.5 days old on 3 December at noon), C (27 days) and D (3.5 days) are open; the others
+    were resolved."""
+    running = kpi.Period(date(2026, 11, 1), date(2026, 12, 31), "november-december")
+    kpis = figures(november, running, now=at(3, 12, month=12)).total.kpis
+    assert kpis.backlog == (0, 0, 1, 1, 1)
