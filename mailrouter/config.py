@@ -849,6 +849,9 @@ def _resolve_secrets(
     smtp_credentials = data.smtp.credentials()
     if smtp_credentials is not None:
         read("smtp", smtp_credentials, f"{path}: smtp")
+    salt = data.privacy.salt_source()
+    if salt is not None:  # read only by `privacy erase`; named here so `check` finds it missing
+        read("privacy.erasure_salt", salt, f"{path}: privacy")
     return secrets, problems
 
 

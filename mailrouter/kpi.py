@@ -33,6 +33,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     true,
     union_all,
 )
@@ -429,7 +430,9 @@ def _per_key(source: Any, names: Sequence[str], columns: Callable[[Any], list[Co
     parts = [select(_constant(_TOTAL, "dimension"), _constant("", "key"), *columns(source))]
     for index, name in enumerate(names):
         key = source.c[f"k{index}"]
-        parts.append(select(_constant(name, "dimension"), key.label("key"), *columns(source)).group_by(key))
+        # NULL: not one of the groups shown (the customers after the top ones)
+        grouped = select(_constant(name, "dimension"), key.label("key"), *columns(source))
+        parts.append(grouped.where(key.is_not(None)).group_by(key))
     return union_all(*parts)
 
 
@@ -459,6 +462,9 @@ def _breakdowns(
     keys = [_key(scope, d).label(f"k{index}") for index, d in enumerate(dimensions)]
     rows: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in (_TOTAL, *names)}
     _nearest_rank_on(connection)
+    if connection.dialect.name == "postgresql":
+        # Compiling these wide statements just in time took PostgreSQL 7 s, running them 0.3 s.
+        connection.execute(text("SET LOCAL jit = off"))
     for statement in (_case_figures(scope, keys, names), _transitions(scope, keys, names)):
         for row in connection.execute(statement):
             rows[row.dimension].setdefault(row.key, {}).update(row._mapping)
@@ -484,8 +490,9 @@ def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequ
     cases are few: only theirs are looked up). The candidates are found by plain ranges of
     indexed columns; each case's flags say exactly what it counts for."""
     ends = scope.ends
-    reopened_before_end = (
-        select(STATUS_CHANGE.c.case_id).where(_REOPENED, STATUS_CHANGE.c.at < max(ends.values())).distinct()
+    # No DISTINCT: IN needs none, and with it SQLite read every status change in case order.
+    reopened_before_end = select(STATUS_CHANGE.c.case_id).where(
+        _REOPENED, STATUS_CHANGE.c.at < max(ends.values())
     )
     last_change = STATUS_CHANGE.alias("last_change")
     status_at_end = (

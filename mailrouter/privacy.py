@@ -217,7 +217,7 @@ def anonymise_cases(session: Session, case_ids: Collection[int], now: datetime) 
         cases=len(claimed),
         messages=anonymised.rowcount,
         letters=letters.rowcount,
-        raw=delete_unreferenced_raw(connection, shas),
+        raw=_delete_unreferenced_raw(connection, shas),
     )
 
 
@@ -251,7 +251,7 @@ def _raw_of(connection: Connection, case_ids: Collection[int]) -> set[str]:
     )
 
 
-def delete_unreferenced_raw(connection: Connection, shas: Collection[str]) -> int:
+def _delete_unreferenced_raw(connection: Connection, shas: Collection[str]) -> int:
     """Delete these raw messages where nothing refers to them any more: no message, no letter,
     no quarantine or refusal whose bytes are kept for a retry."""
     deleted = 0
@@ -283,7 +283,7 @@ def _delete_caseless(connection: Connection, message_ids: list[int]) -> Counts:
     connection.execute(delete(store.EVENT).where(_E.message_id.in_(message_ids)))
     connection.execute(delete(store.ATTACHMENT).where(_A.message_id.in_(message_ids)))
     deleted = connection.execute(delete(store.MESSAGE).where(_M.id.in_(message_ids))).rowcount
-    return Counts(screened=deleted, raw=delete_unreferenced_raw(connection, shas))
+    return Counts(screened=deleted, raw=_delete_unreferenced_raw(connection, shas))
 
 
 def _forget_set_aside(session: Session, rows: list[Any]) -> Counts:
@@ -294,7 +294,7 @@ def _forget_set_aside(session: Session, rows: list[Any]) -> Counts:
         data = {key: value for key, value in row.data.items() if key in ("uid", "uidvalidity")}
         connection.execute(update(store.EVENT).where(_E.id == row.id).values(detail=ANONYMISED, data=data))
     shas = {str(row.data["raw_sha256"]) for row in rows if row.data.get("raw_sha256")}
-    return Counts(set_aside=len(rows), raw=delete_unreferenced_raw(connection, shas))
+    return Counts(set_aside=len(rows), raw=_delete_unreferenced_raw(connection, shas))
 
 
 def _empty_sent(session: Session, rows: list[Any]) -> Counts:
@@ -567,7 +567,7 @@ def _drop_raw(connection: Connection, shas: Collection[str]) -> int:
         return 0
     connection.execute(update(store.MESSAGE).where(_M.raw_sha256.in_(list(shas))).values(raw_sha256=None))
     letters = connection.execute(delete(store.OUTBOX).where(_O.original_sha256.in_(list(shas)))).rowcount
-    delete_unreferenced_raw(connection, shas)
+    _delete_unreferenced_raw(connection, shas)
     return int(letters)
 
 

@@ -1,6 +1,7 @@
 """Agents answering from their mail clients, through the real intake on SQLite (no IMAP/SMTP)."""
 
 import email
+import itertools
 from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import default
@@ -13,7 +14,7 @@ from mailrouter.store import _ORGANISATION_OPEN_CASES
 from tests.messages import make_mail, whole_letter
 
 CUSTOMER = "Kari Nordmann <kari@kunde.example>"
-uid = iter(range(1, 1000))
+uid = itertools.count(1)  # shared by every test of the run that delivers through it
 
 
 def deliver(intake, **mail):

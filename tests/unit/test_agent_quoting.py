@@ -3,6 +3,7 @@ even under a quote header no table knows (here Polish Outlook's, with no prefix 
 every mail we send agents starts with the marker."""
 
 import email
+import itertools
 from email.policy import default
 
 from sqlmodel import Session, col, select
@@ -12,7 +13,7 @@ from mailrouter.models import OutboxMessage
 from mailrouter.plan import Origin
 from tests.messages import make_mail, whole_letter
 
-uid = iter(range(1, 1000))
+uid = itertools.count(1)  # shared by every test of the run that delivers through it
 
 
 def deliver(intake, **mail):

@@ -16,7 +16,7 @@ from mailrouter import privacy, store
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load, open_database
-from mailrouter.errors import PrivacyError
+from mailrouter.errors import ConfigError, PrivacyError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.plan import Origin
@@ -296,3 +296,18 @@ def test_two_instances_starting_the_days_run_together_run_it_once(november):
     assert sorted(r is None for r in results) == [False, True]
     assert [r.cases for r in results if r is not None] == [6]
     assert len([e for e in rows(november, Event) if e.kind == "retention-run"]) == 1
+
+
+def test_the_erasure_salt_is_a_secret_read_from_the_environment_or_a_file_and_checked(
+    intake, config_file, monkeypatch, capsys
+):
+    config_file.write_text(config_file.read_text() + '\n[privacy]\nerasure_salt_env = "TEST_ERASURE_SALT"\n')
+    with pytest.raises(ConfigError, match="privacy: environment variable TEST_ERASURE_SALT is not set"):
+        load_config(config_file)
+    assert main(["--config", str(config_file), "privacy", "erase", INGRID]) != 0
+    assert "TEST_ERASURE_SALT is not set" in capsys.readouterr().err
+    monkeypatch.setenv("TEST_ERASURE_SALT", SALT)
+    salt = load_config(config_file).secret("privacy.erasure_salt")
+    assert salt is not None and salt.get_secret_value() == SALT
+    assert main(["--config", str(config_file), "privacy", "erase", INGRID]) == 0
+    assert "erased: cases 0," in capsys.readouterr().out
