@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -309,11 +309,13 @@ def period_of(options: tuple[str, ...], today: date) -> kpi.Period:
     return kpi.dates_period(date.fromisoformat(options[1]), date.fromisoformat(options[3]))
 
 
-def measure(label: str, url: str, directory: Path) -> None:
+def prepared(label: str, url: str, directory: Path, cases: int, messages: int) -> tuple[Engine, Path]:
+    """The migrated database at `url` with the generated history, analysed, and a config.toml
+    for it in `directory` (bench/dashboard.py's history too)."""
     engine = make_engine(url)
     create_schema(engine)
     start = time.perf_counter()
-    counted = fill(engine, ARGS.cases, ARGS.messages)
+    counted = fill(engine, cases, messages)
     rows = ", ".join(f"{n} {table}" for table, n in counted.items())
     say(f"{label}: generated {rows} in {time.perf_counter() - start:.1f} s")
     with engine.connect() as connection:
@@ -325,6 +327,11 @@ def measure(label: str, url: str, directory: Path) -> None:
     )
     config = directory / f"{engine.dialect.name}.toml"
     config.write_text(CONFIG.format(url=url, root=ROOT, mailboxes=mailboxes))
+    return engine, config
+
+
+def measure(label: str, url: str, directory: Path) -> None:
+    engine, config = prepared(label, url, directory, ARGS.cases, ARGS.messages)
     zones = {name: ZoneInfo(zone) for name, (_, zone, _) in DEPARTMENTS.items()}
     today = END.astimezone(zones["it"]).date()
     for name, options in periods().items():
@@ -352,20 +359,26 @@ def measure(label: str, url: str, directory: Path) -> None:
     engine.dispose()
 
 
-def main() -> None:
+def on_each_database(measure: Callable[[str, str, Path], None], postgres: str) -> None:
+    """`measure(label, url, directory)` on a new SQLite file, then (unless `postgres` is "") on a
+    new PostgreSQL database on that server, dropped afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-report-") as directory:
         measure("SQLite", f"sqlite:///{directory}/report.db", Path(directory))
-        if ARGS.postgres:
+        if postgres:
             name = f"bench_report_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(f"{ARGS.postgres}/postgres", isolation_level="AUTOCOMMIT")
+            admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
             with admin.connect() as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
             try:
-                measure("PostgreSQL", f"{ARGS.postgres}/{name}", Path(directory))
+                measure("PostgreSQL", f"{postgres}/{name}", Path(directory))
             finally:
                 with admin.connect() as connection:
                     connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
                 admin.dispose()
+
+
+def main() -> None:
+    on_each_database(measure, ARGS.postgres)
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

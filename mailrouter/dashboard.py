@@ -116,28 +116,27 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
 
 
 def overview(engine: Engine, config: Config, now: datetime) -> list[Row]:
-    """Every department in two reads of the figures (today's, this week's, by department), each
-    department's days its own calendar's."""
+    """Every department from one read of this week's figures by department (its backlog is
+    now's: the week runs on) and each department's cases per day of it, for today's."""
     departments = list(config.mailboxes)
     zones = pictures.zones(config, departments)
     today = now.astimezone(zones[departments[0]]).date()
-    by_department = (kpi.Dimension.DEPARTMENT,)
-    days, week = (
-        {g.key: g.kpis for g in kpi.figures(engine, period, zones, by_department, now).breakdowns[0].groups}
-        for period in (kpi.named_period("today", today), kpi.named_period("this-week", today))
-    )
+    week = kpi.named_period("this-week", today)
+    found = kpi.figures(engine, week, zones, (kpi.Dimension.DEPARTMENT,), now).breakdowns[0].groups
+    by_department = {group.key: group.kpis for group in found}
     with Session(engine) as session:
         late = store.sla_late(session, departments, now)
     rows = []
     for department, mailbox in config.mailboxes.items():
-        on_day, in_week = days.get(department), week.get(department)  # None: no case at all
+        kpis = by_department.get(department)  # None: no case in the week, none open
+        days = kpi.daily_created(engine, week, {department: zones[department]})
         rows.append(
             Row(
                 department,
                 mailbox.display_name,
-                on_day.created if on_day else 0,
-                in_week.created if in_week else 0,
-                on_day.backlog_total if on_day else 0,
+                days[(today - week.first).days],
+                kpis.created if kpis else 0,
+                kpis.backlog_total if kpis else 0,
                 late.get(department, 0),
             )
         )

@@ -105,16 +105,24 @@ async def test_each_chart_is_served_as_a_png(desk, chart):
     assert body[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-async def test_the_overview_links_every_department(desk):
+async def test_the_overview_links_every_department_with_the_figures_of_its_page(desk):
     client = await client_for(desk)
     try:
         page = await (await client.get("/dashboard")).text()
+        board = await (await client.get("/dashboard/it")).text()
         missing = await client.get("/dashboard/sales")
         no_chart = await client.get("/dashboard/it/pie.png")
     finally:
         await client.close()
     assert 'href="dashboard/it"' in page and 'href="dashboard/hr"' in page
     assert missing.status == 404 and no_chart.status == 404
+    assert (figure(page, "it.backlog"), figure(page, "it.late"), figure(page, "hr.backlog")) == (
+        "3",
+        "1",
+        "0",
+    )
+    assert figure(page, "it.today") == figure(board, "today.created")
+    assert figure(page, "it.week") == figure(board, "week.created")
 
 
 async def test_the_dashboard_asks_for_the_endpoints_token(desk):
