@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from mailrouter import store
-from mailrouter.config import Config
+from mailrouter.config import RELAY, Config
 from mailrouter.errors import TokenRefused
-from mailrouter.oauth import RELAY, TokenSource
+from mailrouter.oauth import TokenSource
 from mailrouter.vocabulary import EventKind, OutboxKind
 
 

@@ -13,16 +13,15 @@ import zipfile
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.migration import MigrationContext
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailrouter import __version__, devicelogin, kpi, logs, outbox, preflight, privacy, reportmail, sla, store
-from mailrouter import report as formats  # `report` names the [[reports]] entries here
-from mailrouter.config import Age, Config, load_config
-from mailrouter.daemon import load, open_database, open_reader, run
+from mailrouter import __version__, kpi, logs, outbox, sla, store
+from mailrouter.config import RELAY, Age, Config, load_config
+from mailrouter.db import open_database, open_reader
 from mailrouter.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -31,17 +30,16 @@ from mailrouter.errors import (
     PrivacyError,
     SchemaMismatch,
 )
-from mailrouter.facts import read_facts
-from mailrouter.intake import Intake
-from mailrouter.models import Case, utcnow
-from mailrouter.oauth import RELAY
-from mailrouter.parse import Inbound, parse
-from mailrouter.plan import DELIVERED, Origin
-from mailrouter.review import retry, screened, set_aside
-from mailrouter.route import Decision, load_rules, route
-from mailrouter.screen import screen
-from mailrouter.templates import Templates
+from mailrouter.models import utcnow
 from mailrouter.vocabulary import CaseStatus, OutboxState
+
+# Each command imports what only it needs: the daemon's wiring, the intake, the OAuth libraries,
+# the report mail and alembic's migration context cost a second of start-up that `report`,
+# `show` or `status` should not wait for.
+if TYPE_CHECKING:
+    from mailrouter.models import Case
+    from mailrouter.parse import Inbound
+    from mailrouter.route import Decision
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +59,8 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mailrouter.daemon import load, run
+
     run(load(load_config(_config_path(args))))
     return 0
 
@@ -69,6 +69,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Everything that would fail at run time, each problem one line naming the file and key:
     config, secrets, rules, templates (every file rendered), the groups and agents rules name;
     with --connect also every mailbox's login, the relay's and the database."""
+    from mailrouter import preflight, reportmail
+    from mailrouter.route import load_rules
+    from mailrouter.templates import Templates
+
     path = _config_path(args)
     problems: list[str] = []
     secrets_read = True
@@ -133,6 +137,11 @@ def _guess_mailbox(config: Config, inbound: Inbound) -> str:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """What routing would decide for a message, rule by rule. Touches no database, sends nothing."""
+    from mailrouter.daemon import load
+    from mailrouter.parse import parse
+    from mailrouter.route import route
+    from mailrouter.screen import screen
+
     loaded = load(load_config(_config_path(args), resolve_secrets=False))
     config = loaded.config
     try:
@@ -261,6 +270,9 @@ def _readyz(config: Config) -> dict[str, object] | str | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What a person at a terminal wants to know: mailboxes, outbox, quarantine, the scheduler."""
+    from mailrouter.facts import read_facts
+    from mailrouter.review import set_aside
+
     config = load_config(_config_path(args), resolve_secrets=False)
     engine = open_reader(config)
     with Session(engine) as session:
@@ -418,6 +430,8 @@ def _print_satisfaction(case: Case) -> None:
 
 def cmd_screened(args: argparse.Namespace) -> int:
     """Mail that screening kept out of any case: auto-replies, bounces, loops, spam."""
+    from mailrouter.review import screened
+
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     rows = screened(engine, args.limit)
     if args.json:
@@ -436,6 +450,8 @@ def cmd_screened(args: argparse.Namespace) -> int:
 
 def cmd_retention(args: argparse.Namespace) -> int:
     """Retention now, or (--dry-run) what the next run would remove."""
+    from mailrouter import privacy
+
     config = load_config(_config_path(args), resolve_secrets=False)
     rules = privacy.policy(config, utcnow())
     if args.dry_run:
@@ -450,6 +466,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def cmd_privacy_export(args: argparse.Namespace) -> int:
     """Everything held about a person (access request): a zip of export.json and the raw mails."""
+    from mailrouter import privacy
+
     config = load_config(_config_path(args), resolve_secrets=False)
     with open_reader(config).connect() as connection:
         document, files = privacy.export(connection, args.address)
@@ -466,6 +484,8 @@ def cmd_privacy_export(args: argparse.Namespace) -> int:
 
 def cmd_privacy_erase(args: argparse.Namespace) -> int:
     """Everything about a person deleted or anonymised (erasure request), in one transaction."""
+    from mailrouter import privacy
+
     config = load_config(_config_path(args), resolve_secrets=False)
     source = config.file.privacy.salt_source()
     if source is None:
@@ -484,6 +504,8 @@ def cmd_privacy_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from mailrouter.review import set_aside
+
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     entries = set_aside(engine)
     if args.json:
@@ -503,6 +525,10 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     """Process kept bytes again through the daemon's own intake (after fixing a rule or template)."""
+    from mailrouter.daemon import load
+    from mailrouter.intake import Intake
+    from mailrouter.review import retry, set_aside
+
     loaded = load(load_config(_config_path(args), resolve_secrets=False))
     engine = open_database(loaded.config, upgrade=False)
     intake = Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
@@ -532,6 +558,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     the daemon's own intake. The exit status is what the MTA acts on (sysexits): 0 once the
     message is ours (registered, screened, quarantined, refused but kept), EX_TEMPFAIL when it
     is not yet (the MTA keeps it and tries again), so mail we kept is never bounced."""
+    from mailrouter.daemon import load
+    from mailrouter.intake import Intake
+    from mailrouter.plan import DELIVERED, Origin
+
     if not args.mailbox:
         print("error: deliver needs --mailbox NAME", file=sys.stderr)
         return os.EX_USAGE
@@ -578,6 +608,8 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The figures of a period, for one department or all, in local dates of the departments."""
+    from mailrouter import report
+
     config = load_config(_config_path(args), resolve_secrets=False)
     if args.department and args.department not in config.mailboxes:
         print(
@@ -598,14 +630,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     names = {d: config.mailboxes[d].display_name for d in departments}
     if args.format == "csv":
         sys.stdout.flush()
-        sys.stdout.buffer.write(formats.csv_bytes(figures, names))
+        sys.stdout.buffer.write(report.csv_bytes(figures, names))
         sys.stdout.buffer.flush()
     elif args.format == "json":
-        print(formats.as_json(figures), end="")
+        print(report.as_json(figures), end="")
     elif args.format == "html":
-        print(formats.html(figures, names), end="")
+        print(report.html(figures, names), end="")
     else:
-        print(formats.table(figures, names), end="")
+        print(report.table(figures, names), end="")
     return 0
 
 
@@ -618,6 +650,8 @@ def _date(value: str) -> date:
 
 def cmd_oauth_login(args: argparse.Namespace) -> int:
     """The device-code sign-in of a mailbox on a delegated credential (devicelogin.py)."""
+    from mailrouter import devicelogin
+
     config = load_config(_config_path(args))
 
     def tell(prompt: devicelogin.Prompt) -> None:
@@ -630,6 +664,8 @@ def cmd_oauth_login(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade the schema (what `run` does on start) and say where the database stands."""
+    from alembic.migration import MigrationContext
+
     config = load_config(_config_path(args), resolve_secrets=False)
     engine = open_database(config)
     with engine.connect() as connection:

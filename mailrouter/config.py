@@ -34,6 +34,8 @@ from mailrouter.errors import ConfigError
 from mailrouter.slots import trigger
 from mailrouter.vocabulary import PeriodName
 
+# The relay's name beside the mailboxes among a credential's users (alerts, refresh-token files).
+RELAY = "smtp"
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 

@@ -17,16 +17,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 from pydantic import SecretStr
-from sqlalchemy import Engine
 
 from mailrouter import language
 from mailrouter.agents import AgentDirectory, directory_from, reply_keys
 from mailrouter.alerts import TokenAlerts
-from mailrouter.config import Config
-from mailrouter.db import create_schema, ensure_counters, make_engine, make_reader, require_current_schema
+from mailrouter.config import RELAY, Config
+from mailrouter.db import open_database, sqlite_path
 from mailrouter.facts import queued_mail
 from mailrouter.faultinjection import ENV as FAULTS_ENV
 from mailrouter.faultinjection import FaultInjection
@@ -36,7 +34,7 @@ from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.lease import InstanceLock
 from mailrouter.notify import Notifier, announce, keep_alive, watchdog_interval
-from mailrouter.oauth import RELAY, Tokens, TokenSource
+from mailrouter.oauth import Tokens, TokenSource
 from mailrouter.parsepool import ParsePool
 from mailrouter.reportmail import Reports
 from mailrouter.route import Rule, load_rules
@@ -71,48 +69,6 @@ def load(config: Config) -> Loaded:
         config.own_addresses(),
     )
     return Loaded(config, rules, Templates(config.templates_dir), agents)
-
-
-def open_database(config: Config, *, upgrade: bool = True) -> Engine:
-    """The database, upgraded to this version's schema; without `upgrade`, refused unless it is
-    at that schema already (commands other than `run` and `migrate` never change a schema)."""
-    if not upgrade:
-        reader = open_reader(config)
-        reader.dispose()
-    bounds = config.file.database
-    engine = make_engine(
-        config.database_url,
-        connect_timeout=bounds.connect_timeout,
-        statement_timeout=bounds.statement_timeout,
-    )
-    if upgrade:
-        create_schema(engine)
-    ensure_counters(engine, [m.prefix for m in config.mailboxes.values()], config.daemon.case_number_start)
-    return engine
-
-
-def open_reader(config: Config) -> Engine:
-    """The database for a command that only reads: never created, migrated or written."""
-    bounds = config.file.database
-    engine = make_reader(
-        config.database_url,
-        connect_timeout=bounds.connect_timeout,
-        statement_timeout=bounds.statement_timeout,
-    )
-    try:
-        require_current_schema(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
-
-
-def sqlite_path(database_url: str) -> Path | None:
-    """The database file of a SQLite URL; None for PostgreSQL or an in-memory database."""
-    prefix = "sqlite:///"
-    if not database_url.startswith(prefix) or database_url == prefix + ":memory:":
-        return None
-    return Path(database_url[len(prefix) :])
 
 
 def warn_about_insecure_tls(config: Config) -> None:

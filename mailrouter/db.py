@@ -1,4 +1,5 @@
-"""Engine set-up (SQLite tuned for one writer process, PostgreSQL as it comes) and schema upgrades.
+"""Engine set-up (SQLite tuned for one writer process, PostgreSQL as it comes), schema upgrades, and
+the database as the daemon and each command open it.
 
 The schema is owned by the alembic migrations in mailrouter/migrations, shipped inside the package;
 the daemon and every command upgrade the database to the newest revision before using it.
@@ -12,7 +13,7 @@ import threading
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -25,6 +26,9 @@ from sqlmodel import Session, create_engine, select
 
 from mailrouter.errors import DatabaseUnavailable, SchemaMismatch
 from mailrouter.models import CaseCounter
+
+if TYPE_CHECKING:
+    from mailrouter.config import Config
 
 BUSY_TIMEOUT_SECONDS = 30
 
@@ -374,3 +378,45 @@ def next_case_number(session: Session, prefix: str) -> str:
     """The next number for the prefix, unique and never reused: it rolls back with its case."""
     number = session.connection().execute(_NEXT_NUMBER, {"for_prefix": prefix}).scalar_one()
     return f"{prefix}-{number}"
+
+
+def open_database(config: Config, *, upgrade: bool = True) -> Engine:
+    """The database, upgraded to this version's schema; without `upgrade`, refused unless it is
+    at that schema already (commands other than `run` and `migrate` never change a schema)."""
+    if not upgrade:
+        reader = open_reader(config)
+        reader.dispose()
+    bounds = config.file.database
+    engine = make_engine(
+        config.database_url,
+        connect_timeout=bounds.connect_timeout,
+        statement_timeout=bounds.statement_timeout,
+    )
+    if upgrade:
+        create_schema(engine)
+    ensure_counters(engine, [m.prefix for m in config.mailboxes.values()], config.daemon.case_number_start)
+    return engine
+
+
+def open_reader(config: Config) -> Engine:
+    """The database for a command that only reads: never created, migrated or written."""
+    bounds = config.file.database
+    engine = make_reader(
+        config.database_url,
+        connect_timeout=bounds.connect_timeout,
+        statement_timeout=bounds.statement_timeout,
+    )
+    try:
+        require_current_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file of a SQLite URL; None for PostgreSQL or an in-memory database."""
+    prefix = "sqlite:///"
+    if not database_url.startswith(prefix) or database_url == prefix + ":memory:":
+        return None
+    return Path(database_url[len(prefix) :])

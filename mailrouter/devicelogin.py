@@ -22,11 +22,10 @@ import msal
 import requests
 from authlib.integrations.base_client.errors import OAuthError
 
-from mailrouter.config import Config
+from mailrouter.config import RELAY, Config
 from mailrouter.errors import ConfigError, TokenRefused, TokenUnavailable
 from mailrouter.oauth import (
     DEVICE_CODE,
-    RELAY,
     endpoints,
     msal_options,
     oauth2_session,

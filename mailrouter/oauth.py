@@ -44,8 +44,6 @@ RENEW_AT = 0.8  # of a token's lifetime
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 EXPIRY_WARNING_DAYS = 14
-# The relay's name beside the mailboxes among a credential's users (alerts, refresh-token files).
-RELAY = "smtp"
 
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"

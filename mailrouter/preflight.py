@@ -23,12 +23,11 @@ from pydantic import SecretStr
 
 from mailrouter import imap
 from mailrouter.alerts import credential_users
-from mailrouter.config import Config
-from mailrouter.daemon import open_reader, relay_login, sqlite_path
+from mailrouter.config import RELAY, Config
+from mailrouter.db import open_reader, sqlite_path
 from mailrouter.errors import MailrouterError, SchemaMismatch, TokenRefused
 from mailrouter.models import Case, Customer
 from mailrouter.oauth import (
-    RELAY,
     Tokens,
     TokenSource,
     certificate_expiry,
@@ -266,6 +265,8 @@ def connect_problems(config: Config, agents: Iterable[str]) -> tuple[list[str], 
 
 
 async def _connect(config: Config, agents: list[str]) -> tuple[list[str], list[str]]:
+    from mailrouter.daemon import relay_login  # the daemon's wiring: only `check --connect` needs it
+
     tokens = Tokens(config)
     logins = asyncio.gather(*(_mailbox_problem(config, tokens, name) for name in config.mailboxes))
     database = asyncio.to_thread(_database, config)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mailrouter.config import MailboxSettings, load_config
-from mailrouter.daemon import load, open_database
-from mailrouter.db import create_schema, make_engine
+from mailrouter.daemon import load
+from mailrouter.db import create_schema, make_engine, open_database
 from mailrouter.intake import Intake
 from tests.postgres import temporary_database
 

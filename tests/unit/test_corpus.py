@@ -15,7 +15,8 @@ import pytest
 from sqlmodel import Session, select
 
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.intake import Intake
 from mailrouter.models import Attachment, Case, Event, Message, OutboxMessage, RawMessage
 from mailrouter.plan import Origin, OutcomeKind

@@ -13,7 +13,8 @@ from sqlmodel import Session, col, select
 
 from mailrouter.cli import main
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Event, OutboxMessage
 from mailrouter.satisfaction import Answer, answers_survey, read_answer

@@ -15,7 +15,8 @@ from sqlmodel import Session, select
 
 from mailrouter import kpi
 from mailrouter.config import HttpSettings
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.health import Health
 from mailrouter.http import Endpoint
 from mailrouter.intake import Intake

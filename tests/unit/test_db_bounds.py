@@ -38,7 +38,7 @@ def test_a_statement_is_cancelled_after_the_statement_timeout(postgres):
 
 def test_the_configured_bounds_reach_the_server(postgres, config_file):
     from mailrouter.config import load_config
-    from mailrouter.daemon import open_database
+    from mailrouter.db import open_database
 
     lines = [
         f'database_url = "{postgres}"' if line.startswith("database_url") else line

@@ -11,7 +11,8 @@ from sqlmodel import Session
 
 from mailrouter import kpi
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.intake import Intake
 from mailrouter.models import Case
 from tests.postgres import temporary_database

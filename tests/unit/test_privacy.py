@@ -15,7 +15,8 @@ from sqlmodel import Session, select
 from mailrouter import privacy, store
 from mailrouter.cli import main
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.errors import ConfigError, PrivacyError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow

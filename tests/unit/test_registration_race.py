@@ -12,7 +12,8 @@ from sqlmodel import Session, select
 
 from mailrouter import store
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Message, OutboxMessage
 from mailrouter.plan import Origin, OutcomeKind

@@ -14,7 +14,8 @@ from sqlmodel import Session, select
 
 from mailrouter import store
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.errors import ConfigError
 from mailrouter.intake import Intake
 from mailrouter.models import Event, OutboxMessage, ReportSlot

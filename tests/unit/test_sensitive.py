@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 from mailrouter import kpi
 from mailrouter.cli import main
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.intake import Intake
 from mailrouter.models import utcnow
 from mailrouter.notices import excerpt

@@ -8,7 +8,8 @@ from sqlmodel import Session, select
 from mailrouter import sla
 from mailrouter.cli import main
 from mailrouter.config import MailboxSettings, load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.errors import ConfigError, RuleError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Event, OutboxMessage

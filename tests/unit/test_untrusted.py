@@ -11,7 +11,8 @@ from sqlmodel import Session, col, select
 from mailrouter import store
 from mailrouter.cli import main
 from mailrouter.config import load_config
-from mailrouter.daemon import load, open_database
+from mailrouter.daemon import load
+from mailrouter.db import open_database
 from mailrouter.errors import ReviewError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Event, Message, OutboxMessage, RawMessage, utcnow
