@@ -577,6 +577,7 @@ def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
     description (SQLModel.metadata), so a column added later is searched too. Returns the
     letters deleted."""
     pattern = re.compile("|".join(re.escape(n) for n in needles), re.IGNORECASE)
+    prefilters = _ascii_runs(needles)
     letters = 0
     for table in SQLModel.metadata.sorted_tables:
         key = list(table.primary_key.columns)
@@ -591,7 +592,7 @@ def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
                 continue  # the raw store: _drop_raw
             if not isinstance(kind, (String, JSON)):
                 continue
-            like = or_(*(func.lower(cast(column, String)).like(f"%{n.lower()}%") for n in needles))
+            like = or_(*(func.lower(cast(column, String)).like(f"%{run}%") for run in prefilters))
             # Read whole before writing: SQLite ends a cursor over the table being updated.
             for row in connection.execute(select(*key, column).where(like)).mappings().all():
                 value = _scrubbed(row[column.name], pattern)
@@ -599,6 +600,13 @@ def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
                     update(table).where(*(k == row[k.name] for k in key)).values({column.name: value})
                 )
     return letters
+
+
+def _ascii_runs(needles: list[str]) -> set[str]:
+    """Each needle's longest stretch without non-ASCII letters, lowered, for LIKE to find however
+    a column holds the rest (JSON escapes non-ASCII letters, SQLite lowers only ASCII ones);
+    the pattern then confirms on the value itself."""
+    return {max(re.split(r"[^\x00-\x7f]+", n), key=len).lower() or n.lower() for n in needles}
 
 
 def _delete_letters_naming(connection: Connection, pattern: re.Pattern[str]) -> int:

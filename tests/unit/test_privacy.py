@@ -21,7 +21,7 @@ from mailrouter.errors import ConfigError, PrivacyError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.plan import Origin
-from mailrouter.vocabulary import CaseStatus, OutboxState
+from mailrouter.vocabulary import CaseStatus, EventKind, OutboxState
 from tests.database_scan import traces
 from tests.messages import make_mail
 from tests.postgres import temporary_database
@@ -278,6 +278,23 @@ def test_erasure_leaves_no_trace_of_the_address_or_its_text_and_the_cases_stay_c
     [event] = [e for e in rows(intake, Event) if e.kind == "erased"]
     assert event.data["subject"] == privacy.subject_hash(INGRID, SALT) and event.case_id is None
     assert event.data["counts"] == counts.as_data()
+
+
+def test_erasure_finds_her_words_in_any_letter_case_and_inside_json_on_every_database(intake, her_mail):
+    """SQLite writes JSON with Nordic letters escaped and lowercases only ASCII letters: her words
+    are found there all the same, in the case she wrote them or in capitals."""
+    shouted = HER_REPLY.upper()  # "… SKRIVEREN PÅ KONTORET"
+    with Session(intake.engine) as session:
+        kari = session.exec(select(Case).where(Case.number == "IT-1002")).one()
+        session.add(
+            Event(case_id=kari.id, kind=EventKind.THREADED, detail=shouted, data={"quoted": HER_REPLY})
+        )
+        session.add(Event(case_id=kari.id, kind=EventKind.THREADED, detail="-", data={"quoted": shouted}))
+        session.commit()
+    with Session(intake.engine) as session:
+        privacy.erase(session, INGRID, SALT, force=True)
+        session.commit()
+    assert traces(intake.engine, HER_REPLY) == []
 
 
 def test_two_instances_starting_the_days_run_together_run_it_once(november):
