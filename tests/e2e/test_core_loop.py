@@ -130,7 +130,7 @@ def test_restart_ingests_nothing_twice_and_sends_nothing_twice(daemon, customer,
     mailstack.wait_for_messages(customer.address, customer.password, 3)
     settle(daemon, 3)
     assert daemon.stop() == 0
-    daemon.start()
+    daemon.start(wait=True)  # running again, so that the settling below watches it work
     settle(daemon, 3)
 
     assert sorted(c.subject for c in daemon.cases()) == ["One", "Three", "To"]
