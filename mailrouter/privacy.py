@@ -348,7 +348,13 @@ def run_daily(engine: Engine, config: Config, instance: str, now: datetime | Non
         if not store.claim_report_slot(session, RETENTION_SLOT, day_slot(now), instance):
             return None
         session.commit()
-    return run(engine, policy(config, now), config.file.privacy.retention_batch, now)
+    try:
+        return run(engine, policy(config, now), config.file.privacy.retention_batch, now)
+    except BaseException:  # the database away, say: the day's run is tried again at the next round
+        with Session(engine) as session:
+            store.release_report_slot(session, RETENTION_SLOT, day_slot(now), instance)
+            session.commit()
+        raise
 
 
 # --- access and erasure: everything about one address ------------------------------------------

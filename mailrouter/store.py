@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     event,
     exists,
     func,
@@ -760,6 +761,17 @@ def claim_report_slot(session: Session, report: str, slot_at: datetime, instance
         statement, {"report": report, "slot_at": slot_at, "claimed_by": instance, "created_at": utcnow()}
     )
     return claimed.first() is not None
+
+
+def release_report_slot(session: Session, report: str, slot_at: datetime, instance: str) -> None:
+    """Give back a slot this instance took for work that then failed, so that it is tried again."""
+    session.connection().execute(
+        delete(REPORT_SLOT).where(
+            REPORT_SLOT.c.report == report,
+            REPORT_SLOT.c.slot_at == slot_at,
+            REPORT_SLOT.c.claimed_by == instance,
+        )
+    )
 
 
 def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str | None:

@@ -17,7 +17,7 @@ from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import open_database
-from mailrouter.errors import ConfigError, PrivacyError
+from mailrouter.errors import ConfigError, DatabaseUnavailable, PrivacyError
 from mailrouter.intake import Intake
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.plan import Origin
@@ -138,6 +138,21 @@ def test_one_instance_a_day_runs_retention(november):
     assert privacy.run_daily(november.engine, november.config, "b", LATER + timedelta(hours=5)) is None
     assert privacy.run_daily(november.engine, november.config, "b", LATER + timedelta(days=1)) is not None
     assert len([e for e in rows(november, Event) if e.kind == "retention-run"]) == 2
+
+
+def test_a_days_run_that_fails_gives_its_slot_back_and_runs_at_the_next_round(november, monkeypatch):
+    close_all(november, at(20, 12))
+    real_run = privacy.run
+
+    def database_away(*args, **kwargs):
+        raise DatabaseUnavailable("database is locked")
+
+    monkeypatch.setattr(privacy, "run", database_away)
+    with pytest.raises(DatabaseUnavailable):
+        privacy.run_daily(november.engine, november.config, "a", LATER)
+    monkeypatch.setattr(privacy, "run", real_run)
+    assert privacy.run_daily(november.engine, november.config, "a", LATER + timedelta(minutes=1)) is not None
+    assert len([e for e in rows(november, Event) if e.kind == "retention-run"]) == 1
 
 
 def test_screened_and_quarantined_mail_and_sent_bodies_have_shorter_lives(intake):
