@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -125,10 +126,38 @@ class Reports:
         returns how many this instance queued."""
         queued = 0
         for report in self.config.file.reports:
-            slot = slots.due(slots.trigger(report.schedule, report.time_zone), now, report.grace)
+            when = slots.trigger(report.schedule, report.time_zone)
+            self._record_missed(report, when, now)
+            slot = slots.due(when, now, report.grace)
             if slot is not None and self._send(report, slot, now):
                 queued += 1
         return queued
+
+    def _record_missed(self, report: ReportSettings, when: CronTrigger, now: datetime) -> None:
+        """Slots that went by past their grace while no instance ran are put on the audit trail,
+        once: the latest of them is claimed with the event, so nobody records them again."""
+        with Session(self.engine) as session:
+            last = store.latest_report_slot(session, report.name)
+            if last is None:  # a report new to this desk has missed nothing
+                return
+            missed = slots.missed(when, last, now, report.grace)
+            if not missed or not store.claim_report_slot(session, report.name, missed[-1], self.instance):
+                return
+            first, latest = (slots.describe(s, report.time_zone) for s in (missed[0], missed[-1]))
+            span = first if len(missed) == 1 else f"{first} to {latest}"
+            store.record(
+                session,
+                EventKind.REPORT_MISSED,
+                f"report {report.name}: {len(missed)} slot(s) not sent, {span}: no instance ran "
+                f"within their grace of {report.grace}",
+                report=report.name,
+                slots=[s.isoformat() for s in missed],
+                instance=self.instance,
+            )
+            session.commit()
+        log.warning(
+            "report %s: %d slot(s) missed beyond their grace, the last %s", report.name, len(missed), latest
+        )
 
     def _send(self, report: ReportSettings, slot: datetime, now: datetime) -> bool:
         when = slots.describe(slot, report.time_zone)

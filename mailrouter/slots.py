@@ -54,6 +54,20 @@ def due(when: CronTrigger, now: datetime, grace: timedelta) -> datetime | None:
     return None if found is None else found.astimezone(UTC)
 
 
+MISSED_LOOKED_AT = 1000  # slots counted after the last one taken: an outage of years stops there
+
+
+def missed(when: CronTrigger, last: datetime, now: datetime, grace: timedelta) -> tuple[datetime, ...]:
+    """The slots after `last` (the latest one taken) that are past their grace at `now`, in
+    UTC: no instance ran while they were due, and they will never be sent."""
+    found: list[datetime] = []
+    slot = when.get_next_fire_time(None, last + timedelta(seconds=1))
+    while slot is not None and slot < now - grace and len(found) < MISSED_LOOKED_AT:
+        found.append(slot.astimezone(UTC))
+        slot = when.get_next_fire_time(slot, slot + timedelta(seconds=1))
+    return tuple(found)
+
+
 def describe(slot: datetime, time_zone: str) -> str:
     """A slot as the report's readers know it: in its own time zone."""
     return slot.astimezone(ZoneInfo(time_zone)).strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -774,6 +774,13 @@ def release_report_slot(session: Session, report: str, slot_at: datetime, instan
     )
 
 
+def latest_report_slot(session: Session, report: str) -> datetime | None:
+    """The report's last slot taken, sent or recorded as missed; None for a report never run."""
+    statement = select(func.max(REPORT_SLOT.c.slot_at)).where(REPORT_SLOT.c.report == report)
+    latest = session.connection().execute(statement).scalar_one()
+    return _aware(latest) if latest is not None else None
+
+
 def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str | None:
     """The instance that took the slot, if one did: a report is not drawn again for nothing."""
     return session.connection().execute(_REPORT_SLOT, {"report": report, "slot_at": slot_at}).scalar()

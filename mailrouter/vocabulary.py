@@ -128,6 +128,7 @@ class EventKind(StrEnum):
     SLA_BREACHED = "sla-breached"
     # scheduled reports
     REPORT_QUEUED = "report-queued"  # a slot's report mail queued, by which instance
+    REPORT_MISSED = "report-missed"  # slots past their grace while no instance ran: never sent
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"

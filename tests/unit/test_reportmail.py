@@ -1,6 +1,7 @@
 """Scheduled reports through the real intake on SQLite: the mail's shape (HTML with the charts
 inline, text, the CSV), each slot queued once whichever instance asks, a missed slot sent at
-start within its grace and not beyond it, and [[reports]] validated with errors naming the key."""
+start within its grace and not beyond it (where it is recorded as missed, once), and
+[[reports]] validated with errors naming the key."""
 
 from __future__ import annotations
 
@@ -141,6 +142,32 @@ def test_a_slot_older_than_its_grace_is_not_sent(reporting):
     assert reports(intake).send_due(SLOT + timedelta(hours=6, seconds=1)) == 0
     assert reports(intake).send_due(SLOT - timedelta(seconds=1)) == 0  # and none before its time
     assert queued(intake) == []
+
+
+def missed_events(intake: Intake) -> list[Event]:
+    with Session(intake.engine) as session:
+        return list(session.exec(select(Event).where(Event.kind == EventKind.REPORT_MISSED)).all())
+
+
+def test_slots_that_went_by_while_no_instance_ran_are_recorded_once_as_missed(reporting):
+    intake = reporting()
+    assert reports(intake).send_due(SLOT) == 1
+    back = SLOT + timedelta(weeks=3, hours=1)  # down from after that slot until three weeks on
+    assert reports(intake, "b").send_due(back) == 1  # the latest is within its grace: sent
+    assert reports(intake, "a").send_due(back + timedelta(minutes=1)) == 0  # a second instance
+    [event] = missed_events(intake)
+    assert event.data["slots"] == [(SLOT + timedelta(weeks=w)).isoformat() for w in (1, 2)]
+    assert event.detail == (
+        "report weekly: 2 slot(s) not sent, 2026-11-16 07:00:00 CET to 2026-11-23 07:00:00 CET: "
+        "no instance ran within their grace of 6:00:00"
+    )
+    assert len(queued(intake)) == 2  # the missed ones are not sent late
+
+
+def test_a_report_new_to_the_desk_has_missed_nothing(reporting):
+    intake = reporting()
+    assert reports(intake).send_due(SLOT + timedelta(days=3)) == 0
+    assert missed_events(intake) == []
 
 
 def test_a_late_slot_reports_on_the_same_days_as_one_on_time(reporting):
