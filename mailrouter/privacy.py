@@ -15,14 +15,19 @@ Like outbox.py, this is a storage module: Core statements over the tables, plain
 
 from __future__ import annotations
 
+import binascii
 import calendar
 import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, time, timedelta
+from email import message_from_bytes
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.policy import compat32
 from typing import Any
 
 from sqlalchemy import (
@@ -376,7 +381,7 @@ class Holdings:
     other_cases: tuple[int, ...]  # the person wrote, or was in To or Cc, on someone else's case
     messages: tuple[int, ...]  # written by the person, or to them or copying them
     caseless: tuple[int, ...]  # of those, the ones screening kept out of any case
-    raw: tuple[str, ...]  # raw messages holding the address: the person's mail and mail naming them
+    raw: tuple[str, ...]  # raw messages naming the address as read (decoded): theirs and others'
     set_aside: tuple[int, ...]  # quarantine and refusal events whose kept bytes hold the address
     open_cases: tuple[str, ...]  # numbers of own cases not yet resolved or closed
 
@@ -405,12 +410,8 @@ def holdings(connection: Connection, address: str) -> Holdings:
         if address in {a.lower() for a in (row.from_addr, *row.to_addrs, *row.cc_addrs)}
     ]
     own_ids = {row.id for row in own}
-    raw = _raw_naming(connection, address.encode())
-    set_aside = [
-        row.id
-        for row in connection.execute(select(_E.id, _E.data).where(_E.kind.in_(sorted(SET_ASIDE))))
-        if row.data.get("raw_sha256") in raw
-    ]
+    raw = _raw_naming(connection, [address])
+    set_aside = _set_aside_keeping(connection, raw)
     return Holdings(
         address=address,
         customer_id=customer_id,
@@ -424,19 +425,80 @@ def holdings(connection: Connection, address: str) -> Holdings:
     )
 
 
-def _raw_naming(connection: Connection, needle: bytes) -> set[str]:
-    """The raw messages whose bytes hold `needle` (any case): read in pages, since no SQL
-    searches bytes alike in SQLite and PostgreSQL. Rare work (a request), bounded memory."""
+def _raw_naming(connection: Connection, needles: Collection[str]) -> set[str]:
+    """The raw messages that, read as their reader reads them (`_read`), hold one of the needles:
+    read in pages, since no SQL searches bytes alike in SQLite and PostgreSQL, let alone decoded
+    mail. Rare work (a request), bounded memory."""
+    if not needles:
+        return set()
+    pattern = _pattern(needles)
     found: set[str] = set()
     after = ""
     while True:
         page = connection.execute(
             select(_R.sha256, _R.data).where(_R.sha256 > after).order_by(_R.sha256).limit(_RAW_SCAN)
         ).all()
-        found.update(row.sha256 for row in page if needle in row.data.lower())
+        found.update(row.sha256 for row in page if pattern.search(_read(row.data)))
         if len(page) < _RAW_SCAN:
             return found
         after = page[-1].sha256
+
+
+def _set_aside_keeping(connection: Connection, shas: Collection[str]) -> list[int]:
+    """The quarantine and refusal events whose kept bytes are among these raw messages."""
+    return [
+        row.id
+        for row in connection.execute(select(_E.id, _E.data).where(_E.kind.in_(sorted(SET_ASIDE))))
+        if row.data.get("raw_sha256") in shas
+    ]
+
+
+# Between the words of a line quoted elsewhere: mail clients re-wrap quoted lines and quote them
+# again, so any run of whitespace and `>` prefixes stands for the one space.
+_GAP = r"[\s>]+"
+# What hides a mail's words from a search of its bytes: a transfer encoding, RFC 2047 encoded words.
+_ENCODED = re.compile(rb"content-transfer-encoding:\s*(?:base64|quoted-printable)|=\?", re.IGNORECASE)
+
+
+def _pattern(needles: Iterable[str]) -> re.Pattern[str]:
+    """Any of the needles (the longest first, so a line goes whole), in any letter case, whatever
+    runs of whitespace and quote prefixes stand between its words."""
+    words = [needle.split() for needle in sorted(needles, key=len, reverse=True)]
+    return re.compile("|".join(_GAP.join(map(re.escape, each)) for each in words if each), re.IGNORECASE)
+
+
+def _read(data: bytes) -> str:
+    """A mail as its reader reads it, to search: the bytes as they stand and, when a transfer
+    encoding or an encoded word hides words from them, every part's headers decoded and every
+    text part's payload decoded in its charset."""
+    as_stored = data.decode("utf-8", "replace")
+    if not _ENCODED.search(data):
+        return as_stored
+    read = [as_stored]
+    for part in message_from_bytes(data, policy=compat32).walk():
+        read += [_header_text(value) for value in part.values()]
+        payload = part.get_payload(decode=True) if part.get_content_maintype() == "text" else None
+        if isinstance(payload, bytes):
+            read.append(_text(payload, part.get_content_charset()))
+    return "\n".join(read)
+
+
+def _header_text(value: Any) -> str:
+    """A header's RFC 2047 encoded words decoded; as it stands where they cannot be (an unknown
+    charset, broken base64): its bytes were searched as they are."""
+    try:
+        return str(make_header(decode_header(value)))
+    except (HeaderParseError, LookupError, UnicodeError, binascii.Error):
+        return str(value)
+
+
+def _text(payload: bytes, charset: str | None) -> str:
+    """A text part in its charset; bytes that charset does not read (unknown, absent or wrong)
+    are searched as UTF-8 (with replacement characters) and as Latin-1 both."""
+    try:
+        return payload.decode(charset or "utf-8")
+    except (LookupError, UnicodeError):
+        return payload.decode("utf-8", "replace") + "\n" + payload.decode("latin-1")
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -516,8 +578,9 @@ def subject_hash(address: str, salt: str) -> str:
 def erase(session: Session, address: str, salt: str, *, force: bool = False) -> Counts:
     """Delete or anonymise everything about the address, in the session's transaction (the
     caller commits): the person's own cases as retention does it; elsewhere their messages, their
-    address in others' To and Cc, what quotes their mail, and raw mail naming them. Refused
-    while one of their cases is open, unless `force`."""
+    address in others' To and Cc, what quotes their mail, and raw mail naming or quoting them
+    (read decoded, as its reader reads it). Refused while one of their cases is open, unless
+    `force`."""
     connection = session.connection()
     held = holdings(connection, address)
     if held.open_cases and not force:
@@ -526,6 +589,7 @@ def erase(session: Session, address: str, salt: str, *, force: bool = False) -> 
             "or erase with --force"
         )
     texts = _quoted_lines(connection, held)
+    quoting = _raw_naming(connection, texts) - set(held.raw)  # others' mail quoting the person
     counts = anonymise_cases(session, held.own_cases, utcnow())
     theirs = [m for m in held.messages if m not in held.caseless]
     written = select(_M.id).where(_M.id.in_(theirs), func.lower(_M.from_addr) == held.address)
@@ -537,10 +601,11 @@ def erase(session: Session, address: str, salt: str, *, force: bool = False) -> 
     )
     if held.caseless:
         counts += _delete_caseless(connection, list(held.caseless))
-    if held.set_aside:
-        rows = connection.execute(select(_E.id, _E.data).where(_E.id.in_(list(held.set_aside)))).all()
+    set_aside = [*held.set_aside, *_set_aside_keeping(connection, quoting)]
+    if set_aside:
+        rows = connection.execute(select(_E.id, _E.data).where(_E.id.in_(set_aside))).all()
         counts += _forget_set_aside(session, list(rows))
-    counts += Counts(letters=_drop_raw(connection, held.raw))
+    counts += _drop_raw(connection, {*held.raw, *quoting})
     counts += Counts(letters=_scrub_everywhere(connection, [held.address, *texts]))
     if held.customer_id is not None:
         connection.execute(delete(store.CUSTOMER).where(_P.id == held.customer_id))
@@ -555,35 +620,35 @@ def erase(session: Session, address: str, salt: str, *, force: bool = False) -> 
 
 
 def _quoted_lines(connection: Connection, held: Holdings) -> list[str]:
-    """The long lines of the person's own mail (subject and text), to erase where others quote them."""
+    """The long lines of the person's own mail (subject and text, without the quote prefix of a
+    line they quoted), to erase where others quote them."""
     rows = connection.execute(
         select(_M.subject, _M.text).where(
             _M.id.in_(list(held.messages)) | _M.case_id.in_(list(held.own_cases)),
             func.lower(_M.from_addr) == held.address,
         )
     ).all()
-    lines = {line.strip() for row in rows for line in (row.subject, *row.text.splitlines())}
+    lines = {line.lstrip("> \t").strip() for row in rows for line in (row.subject, *row.text.splitlines())}
     return sorted((line for line in lines if len(line) >= QUOTED_LINE), key=len, reverse=True)
 
 
-def _drop_raw(connection: Connection, shas: Collection[str]) -> int:
-    """Raw mail naming the person goes, whoever wrote it: messages keep their text, letters
-    attaching it go. Returns the letters deleted."""
+def _drop_raw(connection: Connection, shas: Collection[str]) -> Counts:
+    """Raw mail naming or quoting the person goes, whoever wrote it: messages keep their text
+    (scrubbed), letters attaching it go."""
     if not shas:
-        return 0
+        return Counts()
     connection.execute(update(store.MESSAGE).where(_M.raw_sha256.in_(list(shas))).values(raw_sha256=None))
     letters = connection.execute(delete(store.OUTBOX).where(_O.original_sha256.in_(list(shas)))).rowcount
-    _delete_unreferenced_raw(connection, shas)
-    return int(letters)
+    return Counts(letters=letters, raw=_delete_unreferenced_raw(connection, shas))
 
 
 def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
-    """Every text and JSON column of every table: each needle (the address, the person's lines)
-    replaced by ERASED; a letter whose bytes hold one is deleted. Found by the tables' own
-    description (SQLModel.metadata), so a column added later is searched too. Returns the
-    letters deleted."""
-    pattern = re.compile("|".join(re.escape(n) for n in needles), re.IGNORECASE)
-    prefilters = _ascii_runs(needles)
+    """Every text and JSON column of every table: each needle (the address, the person's lines,
+    however re-wrapped and re-quoted) replaced by ERASED; a letter that holds one as its reader
+    reads it is deleted. Found by the tables' own description (SQLModel.metadata), so a column
+    added later is searched too. Returns the letters deleted."""
+    pattern = _pattern(needles)
+    prefilters = _like_runs(needles)
     letters = 0
     for table in SQLModel.metadata.sorted_tables:
         key = list(table.primary_key.columns)
@@ -608,17 +673,18 @@ def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
     return letters
 
 
-def _ascii_runs(needles: list[str]) -> set[str]:
-    """Each needle's longest stretch without non-ASCII letters, lowered, for LIKE to find however
-    a column holds the rest (JSON escapes non-ASCII letters, SQLite lowers only ASCII ones);
-    the pattern then confirms on the value itself."""
-    return {max(re.split(r"[^\x00-\x7f]+", n), key=len).lower() or n.lower() for n in needles}
+def _like_runs(needles: list[str]) -> set[str]:
+    """Each needle's longest stretch that LIKE finds however a column holds the rest, lowered:
+    no non-ASCII letter (JSON escapes them, SQLite lowers only ASCII ones), no whitespace or
+    `>` (a quoted line is re-wrapped and re-quoted), no character JSON escapes. The pattern then
+    confirms on the value itself."""
+    return {max(re.split(r'[^\x21-\x7e]+|[>"\\]', n), key=len).lower() or n.lower() for n in needles}
 
 
 def _delete_letters_naming(connection: Connection, pattern: re.Pattern[str]) -> int:
     deleted = 0
     for row in connection.execute(select(_O.id, _O.data)).all():
-        if pattern.search(row.data.decode("utf-8", "replace")):
+        if pattern.search(_read(row.data)):
             deleted += connection.execute(delete(store.OUTBOX).where(_O.id == row.id)).rowcount
     return deleted
 

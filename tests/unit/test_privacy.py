@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import threading
@@ -233,6 +234,7 @@ def her_mail(intake):
     mails["auto"] = make_mail(
         sender=INGRID,
         subject="Autosvar: ferie",
+        body="Jeg er på ferie og leser ikke e-post før mandag",
         message_id="<i3@k>",
         headers={"Auto-Submitted": "auto-replied"},
     )
@@ -344,3 +346,91 @@ def test_the_erasure_salt_is_a_secret_read_from_the_environment_or_a_file_and_ch
     assert salt is not None and salt.get_secret_value() == SALT
     assert main(["--config", str(config_file), "privacy", "erase", INGRID]) == 0
     assert "erased: cases 0," in capsys.readouterr().out
+
+
+def client_mail(
+    body: bytes, *, sender: str, encoding: str, headers: dict[str, str], message_id: str
+) -> bytes:
+    """A mail as a client sends it: `body` already in the transfer `encoding`."""
+    lines = [
+        f"From: {sender}",
+        "To: it-support@example.test",
+        *(f"{name}: {value}" for name, value in headers.items()),
+        f"Message-ID: {message_id}",
+        "MIME-Version: 1.0",
+        'Content-Type: text/plain; charset="utf-8"',
+        f"Content-Transfer-Encoding: {encoding}",
+    ]
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+
+
+def encoded_word(text: str) -> str:
+    return f"=?utf-8?b?{base64.b64encode(text.encode()).decode()}?="
+
+
+PER_OWN = "Det samme skjer på min maskin, særlig når jeg låser skjermen"
+
+
+def test_erasure_drops_a_colleagues_base64_mail_quoting_her_and_naming_her_in_an_encoded_header(
+    intake, her_mail
+):
+    """Nothing of her is in the raw bytes as they stand: her address is in an RFC 2047 encoded
+    word, her line in a base64 body. Export finds the mail, erasure drops it, his words stay."""
+    text = f"Hei,\r\n\r\nIngrid skrev i går:\r\n> {HER_LINE}\r\n\r\n{PER_OWN}.\r\n"
+    raw = client_mail(
+        base64.encodebytes(text.encode()).replace(b"\n", b"\r\n"),
+        sender="=?utf-8?q?Per_=C3=85s?= <per@kunde.example>",
+        encoding="base64",
+        headers={
+            "Subject": encoded_word("Samme feil på PC-en"),
+            "Cc": encoded_word(f"Ingrid Hansen <{INGRID}>"),
+        },
+        message_id="<p2@k>",
+    )
+    assert INGRID.encode() not in raw.lower() and b"starter ikke" not in raw
+    intake.process(raw, Origin("it", 7, 6))
+    sha = hashlib.sha256(raw).hexdigest()
+    with intake.engine.connect() as connection:
+        assert sha in privacy.holdings(connection, INGRID).raw
+        _, files = privacy.export(connection, INGRID)
+    assert raw in files.values()
+
+    with Session(intake.engine) as session:
+        privacy.erase(session, INGRID, SALT, force=True)
+        session.commit()
+
+    assert sha not in {r.sha256 for r in rows(intake, RawMessage)}
+    assert traces(intake.engine, INGRID, HER_LINE) == []
+    assert any(PER_OWN in m.text for m in rows(intake, Message))  # his own words stay
+
+
+def test_erasure_finds_her_line_soft_wrapped_and_requoted_in_quoted_printable_mail(intake, her_mail):
+    """Kari answers on her own case quoting Ingrid's reply there, as clients do it: re-wrapped,
+    quoted once more, and cut by quoted-printable's soft line breaks. Kari's mail does not name
+    Ingrid's address, but it quotes her words: its raw bytes go and the quote is erased
+    wherever it was kept."""
+    body = (
+        b"Takk, n=C3=A5 virker den igjen.\r\n\r\n"
+        b"> Ingrid skrev:\r\n"
+        b"> > Jeg har samme problem med\r\n"
+        b"> > skriveren p=C3=A5 kon=\r\ntoret\r\n"
+    )
+    raw = client_mail(
+        body,
+        sender="Kari Nordmann <kari@kunde.example>",
+        encoding="quoted-printable",
+        headers={"Subject": "Re: [IT-1002] Skriveren", "In-Reply-To": "<i2@k>"},
+        message_id="<k2@k>",
+    )
+    assert HER_REPLY.lower().encode() not in raw.lower()
+    intake.process(raw, Origin("it", 7, 6))
+    [answer] = [m for m in rows(intake, Message) if m.message_id == "<k2@k>"]
+    assert answer.case_id == cases_by_number(intake)["IT-1002"].id
+
+    with Session(intake.engine) as session:
+        privacy.erase(session, INGRID, SALT, force=True)
+        session.commit()
+
+    assert hashlib.sha256(raw).hexdigest() not in {r.sha256 for r in rows(intake, RawMessage)}
+    assert traces(intake.engine, HER_REPLY) == []
+    assert any("virker den igjen" in m.text for m in rows(intake, Message))  # Kari's words stay
