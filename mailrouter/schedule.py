@@ -176,7 +176,9 @@ def warn_of_expiring_credentials(engine: Engine, casework: Casework, now: dateti
         with Session(engine) as session:
             if not store.claim_credential_warning(session, expiry.credential, day):
                 continue  # another instance warned today
-            store.record(session, EventKind.CREDENTIAL_EXPIRING, str(expiry), expires=str(expiry.expires))
+            store.record(
+                session, EventKind.CREDENTIAL_EXPIRING, str(expiry), at=now, expires=str(expiry.expires)
+            )
             if mail is not None:
                 store.queue_letter(session, OutboxKind.ALERT, *mail)
             session.commit()

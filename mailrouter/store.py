@@ -1020,11 +1020,13 @@ def record(
     case_id: int | None = None,
     message_id: int | None = None,
     mailbox: str = "",
+    at: datetime | None = None,
     **data: Any,
 ) -> None:
     """An event of the session's transaction: written with the transaction's other events, in one
     statement as it commits, and gone with it if it rolls back. A message records several;
-    nothing reads them before the commit."""
+    nothing reads them before the commit. `at` dates an event a scheduled job decides for its own
+    clock (now, unless given)."""
     if not session.in_transaction():
         session.connection()  # begun now, so that its end, however it comes, clears the events
     session.info.setdefault(_EVENTS, []).append(
@@ -1035,7 +1037,7 @@ def record(
             "kind": kind,
             "detail": detail,
             "data": data,
-            "created_at": utcnow(),
+            "created_at": at or utcnow(),
         }
     )
 
