@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from mailrouter import kpi, pictures, store, summary
 from mailrouter.config import Config
-from mailrouter.sla import duration_text
+from mailrouter.sla import Target, duration_text
 from mailrouter.summary import Line
 
 REFRESH = 60  # seconds between the page's own reloads
@@ -51,6 +51,17 @@ class WatchRow:
 
 
 @dataclass(frozen=True)
+class Compliance:
+    """One SLA target this week: settled within it or not, still running, the share met."""
+
+    target: Target
+    met: int
+    missed: int
+    running: int
+    share: str
+
+
+@dataclass(frozen=True)
 class Board:
     department: str
     display_name: str
@@ -60,6 +71,7 @@ class Board:
     backlog: tuple[tuple[str, int], ...]  # open now, by age band
     backlog_total: int
     late: int
+    sla: tuple[Compliance, ...]  # this week, per target
     watched: tuple[WatchRow, ...]
     sensitive: int  # sensitive cases with a running target: counted, never listed
 
@@ -101,15 +113,23 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
         late = store.sla_late(session, [department], now).get(department, 0)
     # The backlog at the end of today is every case open now: none is created in the future.
     backlog = today.total.kpis.backlog
+    weekly = week.total.kpis
+    line = summary.line(mailbox.display_name, week.total)
+    compliance = (
+        (Target.FIRST_RESPONSE, weekly.sla_first_response, line.sla_first_response),
+        (Target.NEXT_RESPONSE, weekly.sla_next_response, line.sla_next_response),
+        (Target.RESOLUTION, weekly.sla_resolution, line.sla_resolution),
+    )
     return Board(
         department=department,
         display_name=mailbox.display_name,
         updated=now.astimezone(config.calendar(department).zone).strftime(_UPDATED),
         today=summary.line(mailbox.display_name, today.total),
-        week=summary.line(mailbox.display_name, week.total),
+        week=line,
         backlog=tuple(zip((label for label, _ in kpi.AGE_BANDS), backlog, strict=True)),
         backlog_total=sum(backlog),
         late=late,
+        sla=tuple(Compliance(t, c.met, c.missed, c.running, share) for t, c, share in compliance),
         watched=tuple(_watch_row(w, now) for w in watched),
         sensitive=withheld,
     )

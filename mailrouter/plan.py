@@ -168,6 +168,23 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class ClockStarted:
+    """A next-response clock of the plan's case begins: the customer wrote, none was running."""
+
+    at: datetime
+    due: datetime
+
+
+@dataclass(frozen=True)
+class ClockSettled:
+    """The plan's case's running next-response clock ends: by an agent's answer (`met`: within
+    the target or not), or with no outcome (None) when the case stopped waiting on us first."""
+
+    at: datetime
+    met: bool | None = None
+
+
+@dataclass(frozen=True)
 class PlannedEvent:
     kind: EventKind
     detail: str
@@ -221,4 +238,5 @@ class Plan:
     mail: tuple[QueuedMail, ...] = ()
     bounces: tuple[Bounce, ...] = ()
     transitions: tuple[Transition, ...] = ()
+    next_responses: tuple[ClockStarted | ClockSettled, ...] = ()  # in the order they happened
     checkpoint: Origin | None = None  # the mailbox position this message moves past

@@ -24,6 +24,8 @@ class CaseStatus(StrEnum):
 
 FINISHED = frozenset({CaseStatus.RESOLVED, CaseStatus.CLOSED})
 WAITING_ON_US = frozenset({CaseStatus.NEW, CaseStatus.OPEN, CaseStatus.PENDING})
+# The SLA clock runs while the case is with us: `pending` waits on the customer and stops it.
+CLOCK_RUNS = frozenset({CaseStatus.NEW, CaseStatus.OPEN})
 
 
 class Direction(StrEnum):

@@ -21,7 +21,7 @@ from mailrouter.health import Health
 from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.models import Case
-from tests.unit.test_agent_flow import CUSTOMER, deliver
+from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver, outbox
 from tests.unit.test_sla import with_sla
 
 TOKEN = "dashboard-test-token"
@@ -75,6 +75,31 @@ async def test_the_board_shows_the_departments_figures_as_kpi_counts_them(desk):
     assert figure(page, "backlog") == "3" and figure(page, "late") == "1"
     assert '<meta http-equiv="refresh" content="60">' in page
     assert 'name="viewport"' in page
+
+
+async def test_the_board_counts_each_sla_target_met_missed_and_running_this_week(desk, clock):
+    """The late case answered past its 4h (missed), the new one within it (met), whose customer
+    then writes back (a next response running); the one due soon still waits (running)."""
+    late, new = notification_of(desk, "IT-1001"), notification_of(desk, "IT-1003")
+    clock.now = datetime.now(UTC)
+    agent_reply(desk, late, "Sorry for the wait: try the other tray.")
+    agent_reply(desk, new, "Try the other tray.")
+    deliver(desk, sender=CUSTOMER, subject="Re: [IT-1003] Skrivaren New", body="Still jammed.")
+    client = await client_for(desk)
+    try:
+        page = await (await client.get("/dashboard/it")).text()
+    finally:
+        await client.close()
+    shown = {
+        target: tuple(int(figure(page, f"sla.{target}.{o}")) for o in ("met", "missed", "running"))
+        for target in ("first-response", "next-response", "resolution")
+    }
+    assert shown == {"first-response": (1, 1, 1), "next-response": (0, 0, 1), "resolution": (0, 0, 3)}
+    assert figure(page, "sla.first-response") == "50 %" and figure(page, "sla.next-response") == "-"
+
+
+def notification_of(intake, number: str):
+    return next(m for m in outbox(intake, "notification") if m["Subject"].startswith(f"[{number}]"))
 
 
 async def test_the_cases_nearest_their_sla_come_first_and_show_nothing_a_customer_wrote(desk):

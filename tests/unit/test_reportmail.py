@@ -91,6 +91,7 @@ def test_the_report_mail_shows_its_charts_inline_beside_a_text_part(reporting, c
     plain = text.get_content()
     assert re.search(r"^New cases: +1\r?$", plain, re.M)
     assert re.search(r"^First answer \(median / 90 %\): +2h 00m / 2h 00m\r?$", plain, re.M)
+    assert re.search(r"^Next answer within SLA: +-\r?$", plain, re.M)  # no SLA: nothing counted
 
 
 def test_the_report_speaks_its_configured_language(reporting, clock):
