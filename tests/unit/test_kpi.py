@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session, select
 
-from mailrouter import kpi
+from mailrouter import charts, kpi, pictures
 from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import open_database
@@ -255,6 +255,46 @@ def test_the_hour_of_arrival_is_local_on_either_side_of_a_clock_change(intake, c
     arrivals = figures(intake, kpi.Period(date(2026, 10, 25), date(2026, 10, 25), "day")).arrivals
     sunday = 6
     assert arrivals[sunday][2] == 2 and sum(map(sum, arrivals)) == 2
+
+
+def test_each_department_counts_arrivals_on_its_own_clock_across_the_spring_clock_change(engine):
+    """29 March: Oslo goes from 02:00 to 03:00 and Helsinki from 03:00 to 04:00, both at 01:00
+    UTC. IT (Oslo) has cases from 00:30 and 01:30 UTC: 01:30 and 03:30, none at 2 o'clock, which
+    did not exist. HR (Helsinki) has one from 22:30 UTC the evening before, Sunday 00:30 there
+    (Saturday 23:30 in Oslo), and one from 01:30 UTC: 04:30. On SQLite and PostgreSQL."""
+    arrived = (
+        (at(28, 22, 30, month=3), "hr"),
+        (at(29, 0, 30, month=3), "it"),
+        (at(29, 1, 30, month=3), "it"),
+        (at(29, 1, 30, month=3), "hr"),
+    )
+    with Session(engine) as session:
+        for number, (moment, department) in enumerate(arrived, 1):
+            session.add(Case(number=f"X-{number}", department=department, subject="", created_at=moment))
+        session.commit()
+    sunday = kpi.Period(date(2026, 3, 29), date(2026, 3, 29), "day")
+    zones = {"it": OSLO, "hr": ZoneInfo("Europe/Helsinki")}
+    both = kpi.figures(engine, sunday, zones, now=at(30, 12, month=3)).arrivals
+    assert {(day, hour): n for day, hours in enumerate(both) for hour, n in enumerate(hours) if n} == {
+        (6, 0): 1,
+        (6, 1): 1,
+        (6, 3): 1,
+        (6, 4): 1,
+    }
+    it_only = kpi.figures(engine, sunday, {"it": OSLO}, now=at(30, 12, month=3)).arrivals
+    assert [hour for hour, n in enumerate(it_only[6]) if n] == [1, 3]
+    weekend = kpi.Period(date(2026, 3, 28), date(2026, 3, 29), "weekend")
+    assert kpi.daily_created(engine, weekend, zones) == (0, 4)  # HR's evening case is Sunday's
+
+
+def test_the_busiest_hours_chart_of_the_mail_draws_these_arrivals(november):
+    """The report mail's heat map (pictures.draw_all, which the dashboard's chart shares) is the
+    drawing of kpi's arrivals on the departments' clocks, not of some other count."""
+    result = figures(november, now=at(3, 12, month=12))
+    drawn = pictures.draw_all(november.engine, november.config, result, "no")[pictures.Chart.BUSIEST_HOURS]
+    assert drawn == charts.busiest_hours(result.arrivals, charts.WORDS["no"])
+    in_utc = kpi.figures(november.engine, NOVEMBER, {"it": ZoneInfo("UTC")}, now=at(3, 12, month=12))
+    assert drawn != charts.busiest_hours(in_utc.arrivals, charts.WORDS["no"])
 
 
 def test_cases_created_per_local_day_for_the_volume_chart(november):
