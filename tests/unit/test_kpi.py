@@ -291,10 +291,11 @@ def test_the_busiest_hours_chart_of_the_mail_draws_these_arrivals(november):
     """The report mail's heat map (pictures.draw_all, which the dashboard's chart shares) is the
     drawing of kpi's arrivals on the departments' clocks, not of some other count."""
     result = figures(november, now=at(3, 12, month=12))
-    drawn = pictures.draw_all(november.engine, november.config, result, "no")[pictures.Chart.BUSIEST_HOURS]
-    assert drawn == charts.busiest_hours(result.arrivals, charts.WORDS["no"])
+    words = charts.Words.of(november.casework.notices.templates.words("no"))
+    drawn = pictures.draw_all(november.engine, november.config, result, words)[pictures.Chart.BUSIEST_HOURS]
+    assert drawn == charts.busiest_hours(result.arrivals, words)
     in_utc = kpi.figures(november.engine, NOVEMBER, {"it": ZoneInfo("UTC")}, now=at(3, 12, month=12))
-    assert drawn != charts.busiest_hours(in_utc.arrivals, charts.WORDS["no"])
+    assert drawn != charts.busiest_hours(in_utc.arrivals, words)
 
 
 def test_cases_created_per_local_day_for_the_volume_chart(november):
