@@ -38,7 +38,7 @@ from sqlalchemy.schema import Table
 from sqlmodel import Session, col
 from sqlmodel import select as sql_select
 
-from mailrouter.casework import OtherCase, SentMail
+from mailrouter.casework import OtherCase, SentMail, SentReport
 from mailrouter.compose import original_part
 from mailrouter.lease import lock_key
 from mailrouter.models import (
@@ -295,6 +295,12 @@ _SENT_BY_MESSAGE_IDS = (
     .where(OUTBOX.c.state.in_([OutboxState.SENT, OutboxState.SENDING]))  # what the relay took
     .order_by(OUTBOX.c.id)
 )
+_REPORTS_BY_MESSAGE_IDS = (
+    select(OUTBOX.c.id, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
+    .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_(None))
+    .where(OUTBOX.c.kind == OutboxKind.REPORT)
+    .order_by(OUTBOX.c.id)
+)
 _MARK_BOUNCED = (
     update(OUTBOX)
     .where(OUTBOX.c.id == bindparam("row"))
@@ -479,6 +485,11 @@ class SqlFacts:
         if row is None:
             return CustomerView(None, sender.address, sender.name, sender.domain)
         return CustomerView(row.id, row.address, row.name or sender.name, row.organisation)
+
+    def sent_reports(self, message_ids: Sequence[str]) -> list[SentReport]:
+        """Our report mails named by these Message-IDs (what a lead's reply answers)."""
+        rows = self.connection.execute(_REPORTS_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        return [SentReport(r.id, tuple(r.rcpt_to), r.message_id) for r in rows]
 
     def sent_mail(self, message_ids: Sequence[str]) -> list[SentMail]:
         """Our outgoing mail named by these Message-IDs (what a bounce says it returns)."""
