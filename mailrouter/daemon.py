@@ -208,7 +208,13 @@ async def serve(loaded: Loaded) -> None:
     endpoint = None
     if config.file.http is not None:
         endpoint = Endpoint(
-            config.file.http, config.secret("http"), health, engine, config.daemon.idle_timeout, config
+            config.file.http,
+            config.secret("http"),
+            health,
+            engine,
+            config.daemon.idle_timeout,
+            config,
+            loaded.templates,
         )
         await endpoint.start()
     parsers.start()
