@@ -71,6 +71,7 @@ from mailrouter.plan import (
     Raw,
     ShownMessage,
 )
+from mailrouter.prepared import Prepared
 from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
@@ -104,16 +105,18 @@ NEXT_RESPONSE: Table = NextResponse.__table__  # type: ignore[attr-defined]
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
 # connection, in its transaction: Session.execute would add ORM bookkeeping that Core rows don't
-# need, and doubles the cost of a statement.
-_INSERT_CASE_RETURNING_ID = insert(CASE).returning(CASE.c.id)
-_INSERT_MESSAGE = insert(MESSAGE)
-_INSERT_MESSAGE_RETURNING_ID = insert(MESSAGE).returning(MESSAGE.c.id)
-_INSERT_ATTACHMENT = insert(ATTACHMENT)
-_INSERT_OUTBOX = insert(OUTBOX)
-_INSERT_EVENT = insert(EVENT)
-_INSERT_STATUS_CHANGE = insert(STATUS_CHANGE)
-_START_CLOCK = insert(NEXT_RESPONSE)
-_SETTLE_CLOCK = (
+# need, and doubles the cost of a statement. Those that write a message's rows are Prepared: on
+# SQLite they go to the driver's cursor, past SQLAlchemy's per-execution work.
+_INSERT_CASE_RETURNING_ID = Prepared(insert(CASE).returning(CASE.c.id))
+_UPDATE_CASE = Prepared(update(CASE).where(CASE.c.id == bindparam("where_case")))
+_INSERT_MESSAGE = Prepared(insert(MESSAGE))
+_INSERT_MESSAGE_RETURNING_ID = Prepared(insert(MESSAGE).returning(MESSAGE.c.id))
+_INSERT_ATTACHMENT = Prepared(insert(ATTACHMENT))
+_INSERT_OUTBOX = Prepared(insert(OUTBOX))
+_INSERT_EVENT = Prepared(insert(EVENT))
+_INSERT_STATUS_CHANGE = Prepared(insert(STATUS_CHANGE))
+_START_CLOCK = Prepared(insert(NEXT_RESPONSE))
+_SETTLE_CLOCK = Prepared(
     update(NEXT_RESPONSE)
     .where(NEXT_RESPONSE.c.case_id == bindparam("case"), NEXT_RESPONSE.c.settled_at.is_(None))
     .values(settled_at=bindparam("at"), met=bindparam("met"))
@@ -131,7 +134,7 @@ _SAME_MESSAGE_ID = (
     .limit(100)
 )
 _KEEP_RAW = {
-    dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
+    dialect: Prepared(insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"]))
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 # From this size on, SQLite gets the raw bytes written into a zero-filled row of their length
@@ -154,8 +157,8 @@ _REPORT_SLOT = select(REPORT_SLOT.c.claimed_by).where(
     REPORT_SLOT.c.report == bindparam("report"), REPORT_SLOT.c.slot_at == bindparam("slot_at")
 )
 _CUSTOMER_BY_ADDRESS = select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address"))
-_INSERT_CUSTOMER_RETURNING_ID = insert(CUSTOMER).returning(CUSTOMER.c.id)
-_ADVANCE_CHECKPOINT = (  # same UIDVALIDITY: the UID only ever grows
+_INSERT_CUSTOMER_RETURNING_ID = Prepared(insert(CUSTOMER).returning(CUSTOMER.c.id))
+_ADVANCE_CHECKPOINT = Prepared(  # same UIDVALIDITY: the UID only ever grows
     update(MAILBOX_STATE)
     .where(MAILBOX_STATE.c.mailbox == bindparam("box"), MAILBOX_STATE.c.uidvalidity == bindparam("validity"))
     .values(
@@ -310,12 +313,12 @@ _REPORTS_BY_MESSAGE_IDS = (
     .where(OUTBOX.c.kind == OutboxKind.REPORT)
     .order_by(OUTBOX.c.id)
 )
-_MARK_BOUNCED = (
+_MARK_BOUNCED = Prepared(
     update(OUTBOX)
     .where(OUTBOX.c.id == bindparam("row"))
     .values(state=OutboxState.BOUNCED, last_error=bindparam("error"))
 )
-_FILL_CUSTOMER_NAME = (
+_FILL_CUSTOMER_NAME = Prepared(
     update(CUSTOMER)
     .where(CUSTOMER.c.id == bindparam("customer"), CUSTOMER.c.name == "")
     .values(name=bindparam("name"))
@@ -593,11 +596,11 @@ def apply(session: Session, plan: Plan) -> None:
         case_id = _insert_case(connection, plan.case, _customer_id(connection, plan))
     elif plan.changes:
         values = {key: list(value) if key == "tags" else value for key, value in plan.changes.items()}
-        connection.execute(update(CASE).where(CASE.c.id == case_id).values(**values))
+        _UPDATE_CASE.rowcount(connection, {**values, "where_case": case_id})
     if plan.transitions:
         assert case_id is not None, "a status changes on a case"
-        connection.execute(
-            _INSERT_STATUS_CHANGE,
+        _INSERT_STATUS_CHANGE.many(
+            connection,
             [
                 {"case_id": case_id, "at": t.at, "from_status": t.from_status, "to_status": t.to_status}
                 for t in plan.transitions
@@ -606,14 +609,14 @@ def apply(session: Session, plan: Plan) -> None:
     for clock in plan.next_responses:
         assert case_id is not None, "a next-response clock runs on a case"
         if isinstance(clock, ClockStarted):
-            connection.execute(_START_CLOCK, {"case_id": case_id, "started_at": clock.at, "due": clock.due})
+            _START_CLOCK.rowcount(connection, {"case_id": case_id, "started_at": clock.at, "due": clock.due})
         else:
-            connection.execute(_SETTLE_CLOCK, {"case": case_id, "at": clock.at, "met": clock.met})
+            _SETTLE_CLOCK.rowcount(connection, {"case": case_id, "at": clock.at, "met": clock.met})
     message_id = None
     if plan.incoming is not None:
         message_id = _insert_incoming(connection, plan.incoming, case_id if plan.incoming.on_case else None)
     for bounce in plan.bounces:
-        connection.execute(_MARK_BOUNCED, {"row": bounce.outbox_id, "error": bounce.error})
+        _MARK_BOUNCED.rowcount(connection, {"row": bounce.outbox_id, "error": bounce.error})
     if plan.mail:
         assert plan.case is not None and case_id is not None, "mail is queued on a case"
         for mail in plan.mail:
@@ -639,12 +642,12 @@ def _customer_id(connection: Connection, plan: Plan) -> int | None:
         return None
     if known.id is None:
         values = {"address": known.address, "name": known.name, "organisation": known.organisation}
-        customer_id: int = connection.execute(
-            _INSERT_CUSTOMER_RETURNING_ID, {**values, "created_at": plan.case.created_at}
-        ).scalar_one()
+        customer_id: int = _INSERT_CUSTOMER_RETURNING_ID.scalar(
+            connection, {**values, "created_at": plan.case.created_at}
+        )
         return customer_id
     if plan.customer.name:
-        connection.execute(_FILL_CUSTOMER_NAME, {"customer": known.id, "name": plan.customer.name})
+        _FILL_CUSTOMER_NAME.rowcount(connection, {"customer": known.id, "name": plan.customer.name})
     return known.id
 
 
@@ -673,15 +676,15 @@ def _insert_case(connection: Connection, case: CaseView, customer_id: int | None
             for column in (*SLA_COLUMNS, *CUSTOMER_UPDATE_COLUMNS, *REPORT_COLUMNS)
         },
     }
-    case_id: int = connection.execute(_INSERT_CASE_RETURNING_ID, values).scalar_one()
+    case_id: int = _INSERT_CASE_RETURNING_ID.scalar(connection, values)
     return case_id
 
 
 def _insert_incoming(connection: Connection, incoming: Incoming, case_id: int | None) -> int:
     """An incoming message and its attachments; returns the message's id."""
     inbound, origin = incoming.inbound, incoming.origin
-    message_id: int = connection.execute(
-        _INSERT_MESSAGE_RETURNING_ID,
+    message_id: int = _INSERT_MESSAGE_RETURNING_ID.scalar(
+        connection,
         {
             "case_id": case_id,
             "direction": Direction.IN,
@@ -702,10 +705,10 @@ def _insert_incoming(connection: Connection, incoming: Incoming, case_id: int | 
             "html": inbound.html,
             "raw_sha256": inbound.sha256,
         },
-    ).scalar_one()
+    )
     if inbound.attachments:
-        connection.execute(
-            _INSERT_ATTACHMENT,
+        _INSERT_ATTACHMENT.many(
+            connection,
             [
                 {
                     "message_id": message_id,
@@ -729,8 +732,8 @@ def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMa
         assert raw is not None, "the attached original is the plan's raw message"
         data = without_original(outgoing.data, outgoing.original_at, raw.data)
         original_sha256 = raw.sha256
-    connection.execute(
-        _INSERT_MESSAGE,
+    _INSERT_MESSAGE.rowcount(
+        connection,
         {
             "case_id": case_id,
             "direction": Direction.OUT,
@@ -745,8 +748,8 @@ def _queue(connection: Connection, case_id: int, department: str, mail: QueuedMa
             "text": outgoing.text,
         },
     )
-    connection.execute(
-        _INSERT_OUTBOX,
+    _INSERT_OUTBOX.rowcount(
+        connection,
         {
             "case_id": case_id,
             "kind": mail.kind,
@@ -775,8 +778,8 @@ def queue_letter(
     session: Session, kind: OutboxKind, mail_from: str, rcpt_to: list[str], message_id: str, data: bytes
 ) -> None:
     """A letter about the installation itself (an alert to ops, a scheduled report), not a case."""
-    session.connection().execute(
-        _INSERT_OUTBOX,
+    _INSERT_OUTBOX.rowcount(
+        session.connection(),
         {
             "case_id": None,
             "kind": kind,
@@ -836,7 +839,7 @@ def keep_raw(session: Session, raw: Raw) -> None:
             with sqlite.blobopen(RAW_MESSAGE.name, "data", kept.lastrowid) as blob:
                 blob.write(raw.data)
         return
-    connection.execute(_KEEP_RAW[dialect], {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
+    _KEEP_RAW[dialect].rowcount(connection, {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
 
 
 def due_follow_ups(session: Session, now: datetime) -> list[tuple[int, datetime]]:
@@ -1088,7 +1091,7 @@ def record(
 @event.listens_for(OrmSession, "before_commit")
 def _write_events(session: Session) -> None:
     if events := session.info.pop(_EVENTS, None):
-        session.connection().execute(_INSERT_EVENT, events)
+        _INSERT_EVENT.many(session.connection(), events)
 
 
 @event.listens_for(OrmSession, "after_transaction_end")
@@ -1101,7 +1104,7 @@ def advance_checkpoint(session: Session, origin: Origin) -> None:
     if origin.uidvalidity == DELIVERED:
         return  # handed over by an MTA: not a position in the mailbox's folder
     params = {"box": origin.mailbox, "validity": origin.uidvalidity, "uid": origin.uid, "now": utcnow()}
-    if session.connection().execute(_ADVANCE_CHECKPOINT, params).rowcount == 1:
+    if _ADVANCE_CHECKPOINT.rowcount(session.connection(), params) == 1:
         return  # the usual case; a first message or a new UIDVALIDITY goes on below
     state = session.get(MailboxState, origin.mailbox)
     if state is None or state.uidvalidity != origin.uidvalidity:
@@ -1139,7 +1142,7 @@ def attempts_of(session: Session, mailbox: str, uidvalidity: int, uids: Sequence
     return {row.uid: row.attempts for row in rows}
 
 
-def _count_attempt_statement(dialect: str) -> Any:
+def _count_attempt_statement(dialect: str) -> Prepared:
     insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert_for(MESSAGE_ATTEMPT).values(
         mailbox=bindparam("mailbox"),
@@ -1148,10 +1151,12 @@ def _count_attempt_statement(dialect: str) -> Any:
         attempts=bindparam("more"),
         updated_at=bindparam("now"),
     )
-    return statement.on_conflict_do_update(
-        index_elements=["mailbox", "uidvalidity", "uid"],
-        set_={"attempts": MESSAGE_ATTEMPT.c.attempts + bindparam("more"), "updated_at": bindparam("now")},
-    ).returning(MESSAGE_ATTEMPT.c.attempts)
+    return Prepared(
+        statement.on_conflict_do_update(
+            index_elements=["mailbox", "uidvalidity", "uid"],
+            set_={"attempts": MESSAGE_ATTEMPT.c.attempts + bindparam("more"), "updated_at": bindparam("now")},
+        ).returning(MESSAGE_ATTEMPT.c.attempts)
+    )
 
 
 # One statement per try, built once: counting a try with the ORM cost a millisecond a message.
@@ -1169,7 +1174,7 @@ def count_attempt(session: Session, origin: Origin, more: int = 1) -> int:
         "now": utcnow(),
     }
     statement = _COUNT_ATTEMPT[session.get_bind().dialect.name]
-    attempts: int = session.connection().execute(statement, params).scalar_one()
+    attempts: int = statement.scalar(session.connection(), params)
     return attempts
 
 

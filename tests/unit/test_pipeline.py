@@ -90,14 +90,30 @@ def test_a_new_case_was_last_updated_when_it_was_created(intake):
     assert customer.created_at <= case.created_at
 
 
-def test_a_messages_events_are_written_in_one_statement_as_it_commits(intake):
-    statements = []
-    event.listen(intake.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+def run_by_sqlite(engine):
+    """The statements SQLite runs on the engine's connections from now on, as SQLite sees them
+    (one for each row of a statement run for several): what reaches the database, whichever
+    path in mailrouter sent it."""
+    statements: list[str] = []
+    engine.dispose()
+    event.listen(engine, "connect", lambda connection, _: connection.set_trace_callback(statements.append))
+    return statements
+
+
+def test_a_messages_events_are_written_together_as_it_commits(intake):
+    statements = run_by_sqlite(intake.engine)
     intake.process(make_mail(message_id="<e1@k>"), Origin("it", 7, 1))
-    inserts = [s for s in statements if s.startswith("INSERT INTO event")]
-    assert len(inserts) == 1
+    commit = statements.index("COMMIT")
+    written = [s for s in statements[:commit] if s.startswith("INSERT INTO event")]
+    first = statements.index(written[0])
+    assert statements[first : first + len(written)] == written  # one after another
+    rows_after = [
+        s for s in statements[first:commit] if s.startswith(("INSERT INTO message", 'INSERT INTO "case"'))
+    ]
+    assert not rows_after  # as the transaction commits, after the message's own rows
     kinds = [e.kind for e in sorted(rows(intake, Event), key=lambda e: e.id)]
     assert kinds == ["case-created", "routed", "acknowledgement-queued", "notified"]
+    assert len(written) == len(kinds)
 
 
 def test_the_events_of_a_transaction_that_rolls_back_are_never_written(intake):
