@@ -22,8 +22,8 @@ from sqlalchemy import Engine, func, text, update
 from bench.report import END, on_each_database, parser, prepared, say, timed
 from mailrouter import dashboard
 from mailrouter.config import load_config
+from mailrouter.models import CASE
 from mailrouter.pictures import Chart
-from mailrouter.store import CASE
 from mailrouter.templates import Templates
 from mailrouter.vocabulary import CaseStatus
 

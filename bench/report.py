@@ -32,7 +32,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 
 from mailrouter import kpi
 from mailrouter.db import create_schema, make_engine
-from mailrouter.store import CASE, CUSTOMER, MESSAGE, STATUS_CHANGE
+from mailrouter.models import CASE, CUSTOMER, MESSAGE, STATUS_CHANGE
 
 ROOT = Path(__file__).resolve().parents[1]
 END = datetime(2026, 12, 3, 6, 0, tzinfo=UTC)  # "now": the history's last moment
