@@ -85,6 +85,15 @@ class SentMail:
     message_id: str
 
 
+@dataclass(frozen=True)
+class SentReport:
+    """A report mail we sent, as a reply names it."""
+
+    outbox_id: int
+    rcpt_to: tuple[str, ...]
+    message_id: str
+
+
 class CaseFacts(Protocol):
     """What deciding reads of the stored desk; the store implements it."""
 
@@ -240,6 +249,32 @@ class Casework:
         )
         return Plan(
             outcome=Outcome(OutcomeKind.SCREENED, None, why),
+            incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER, on_case=False),
+            raw=Raw(inbound.sha256, raw),
+            events=(event,),
+            checkpoint=origin,
+        )
+
+    def report_reply(
+        self, inbound: Inbound, origin: Origin, raw: bytes, sent: Sequence[SentReport]
+    ) -> Plan | None:
+        """A report's recipient answering it (In-Reply-To/References name its Message-ID): the
+        lead talks to the report, not to the desk, so no case and no acknowledgement; the mail is
+        kept and the event says who answered which report. None: the sender is not one of its
+        recipients (a report forwarded to a customer, say), and the mail takes its usual course."""
+        sender = inbound.sender.address.lower() if inbound.sender else ""
+        report = next((r for r in sent if sender in (a.lower() for a in r.rcpt_to)), None)
+        if report is None:
+            return None
+        event = PlannedEvent(
+            EventKind.REPORT_REPLIED,
+            f"{sender} answered the report mail {report.message_id}: kept, no case opened, nobody answered",
+            {"outbox_id": report.outbox_id, "message_id_header": report.message_id},
+            about_message=True,
+            mailbox=origin.mailbox,
+        )
+        return Plan(
+            outcome=Outcome(OutcomeKind.REPORT_REPLY, None, f"{sender} answered report {report.message_id}"),
             incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER, on_case=False),
             raw=Raw(inbound.sha256, raw),
             events=(event,),

@@ -26,6 +26,7 @@ class OutcomeKind(StrEnum):
     REFUSED = "refused"
     QUARANTINED = "quarantined"
     BOUNCED = "bounced"
+    REPORT_REPLY = "report-reply"  # a recipient's answer to a report mail: kept, no case
     REMINDED = "reminded"  # a scheduled follow-up, not a message
     SLA_WARNED = "sla-warned"  # scheduled: a target is near
     SLA_BREACHED = "sla-breached"  # scheduled: a target is missed, the case escalated

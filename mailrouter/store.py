@@ -37,7 +37,7 @@ from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, col
 from sqlmodel import select as sql_select
 
-from mailrouter.casework import OtherCase, SentMail
+from mailrouter.casework import OtherCase, SentMail, SentReport
 from mailrouter.compose import original_part
 from mailrouter.lease import lock_key
 from mailrouter.models import (
@@ -127,6 +127,15 @@ _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
+# From this size on, SQLite gets the raw bytes written into a zero-filled row of their length
+# rather than bound: it copies a bound blob, and its cached statement keeps that copy until the
+# statement's next use (bench/RESULTS.md: a 25 MB mail stayed 25 MB more resident).
+STREAMED_RAW = 1024 * 1024
+_KEEP_RAW_STREAMED = (
+    sqlite_insert(RAW_MESSAGE)
+    .values(data=func.zeroblob(bindparam("length")))
+    .on_conflict_do_nothing(index_elements=["sha256"])
+)
 _CLAIM_REPORT_SLOT = {
     # RETURNING says whether the row went in: psycopg reports no rowcount for ON CONFLICT.
     dialect: insert_for(REPORT_SLOT)
@@ -286,6 +295,12 @@ _SENT_BY_MESSAGE_IDS = (
     select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.kind, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
     .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_not(None))
     .where(OUTBOX.c.state.in_([OutboxState.SENT, OutboxState.SENDING]))  # what the relay took
+    .order_by(OUTBOX.c.id)
+)
+_REPORTS_BY_MESSAGE_IDS = (
+    select(OUTBOX.c.id, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
+    .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_(None))
+    .where(OUTBOX.c.kind == OutboxKind.REPORT)
     .order_by(OUTBOX.c.id)
 )
 _MARK_BOUNCED = (
@@ -472,6 +487,11 @@ class SqlFacts:
         if row is None:
             return CustomerView(None, sender.address, sender.name, sender.domain)
         return CustomerView(row.id, row.address, row.name or sender.name, row.organisation)
+
+    def sent_reports(self, message_ids: Sequence[str]) -> list[SentReport]:
+        """Our report mails named by these Message-IDs (what a lead's reply answers)."""
+        rows = self.connection.execute(_REPORTS_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        return [SentReport(r.id, tuple(r.rcpt_to), r.message_id) for r in rows]
 
     def sent_mail(self, message_ids: Sequence[str]) -> list[SentMail]:
         """Our outgoing mail named by these Message-IDs (what a bounce says it returns)."""
@@ -797,8 +817,19 @@ def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str |
 
 def keep_raw(session: Session, raw: Raw) -> None:
     """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
-    statement = _KEEP_RAW[session.get_bind().dialect.name]
-    session.connection().execute(statement, {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "sqlite" and len(raw.data) >= STREAMED_RAW:
+        kept = connection.execute(
+            _KEEP_RAW_STREAMED, {"sha256": raw.sha256, "size": len(raw.data), "length": len(raw.data)}
+        )
+        if kept.rowcount:
+            sqlite = connection.connection.driver_connection
+            assert sqlite is not None, "a connection in a transaction has its driver's connection"
+            with sqlite.blobopen(RAW_MESSAGE.name, "data", kept.lastrowid) as blob:
+                blob.write(raw.data)
+        return
+    connection.execute(_KEEP_RAW[dialect], {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
 
 
 def due_follow_ups(session: Session, now: datetime) -> list[tuple[int, datetime]]:

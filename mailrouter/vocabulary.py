@@ -131,6 +131,7 @@ class EventKind(StrEnum):
     # scheduled reports
     REPORT_QUEUED = "report-queued"  # a slot's report mail queued, by which instance
     REPORT_MISSED = "report-missed"  # slots past their grace while no instance ran: never sent
+    REPORT_REPLIED = "report-replied"  # a recipient answered a report mail: kept, no case
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"
