@@ -139,8 +139,13 @@ class StatusChange(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_statuschange_case_id_at", "case_id", "at"),
-        Index("ix_statuschange_to_status_at", "to_status", "at"),
-        Index("ix_statuschange_from_status_at", "from_status", "at"),
+        # The reports' kinds of change, with what they read of them (migration 0014).
+        Index(
+            "ix_statuschange_from_status_to_status_at_case_id", "from_status", "to_status", "at", "case_id"
+        ),
+        Index(
+            "ix_statuschange_to_status_at_from_status_case_id", "to_status", "at", "from_status", "case_id"
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
