@@ -24,6 +24,7 @@ from mailrouter import dashboard
 from mailrouter.config import load_config
 from mailrouter.pictures import Chart
 from mailrouter.store import CASE
+from mailrouter.templates import Templates
 from mailrouter.vocabulary import CaseStatus
 
 TARGET = 1.0  # seconds for a page
@@ -53,12 +54,15 @@ def measure(label: str, url: str, directory: Path) -> None:
     say(f"{label}: {give_due_times(engine)} open cases given SLA due times")
     config = load_config(path, resolve_secrets=False)
     department = "it"
+    words = Templates(config.templates_dir).words("en")
     results = {
-        "overview": timed(lambda: dashboard.overview_page(engine, config, END)),
-        "page": timed(lambda: dashboard.board_page(engine, config, department, END)),
+        "overview": timed(lambda: dashboard.overview_page(engine, config, words, END)),
+        "page": timed(lambda: dashboard.board_page(engine, config, words, department, END)),
     }
     for chart in Chart:
-        results[f"chart {chart}"] = timed(lambda c=chart: dashboard.chart(engine, config, department, c, END))
+        results[f"chart {chart}"] = timed(
+            lambda c=chart: dashboard.chart(engine, config, words, department, c, END)
+        )
     results["page with its charts"] = results["page"] + sum(results[f"chart {c}"] for c in Chart)
     for name, seconds in results.items():
         say(f"{label}: {name:<22} {seconds:6.3f} s")

@@ -25,6 +25,8 @@ from mailrouter.parse import Address, Inbound, file_attachments
 from mailrouter.plan import (
     Bounce,
     CaseView,
+    ClockSettled,
+    ClockStarted,
     CustomerView,
     Incoming,
     Origin,
@@ -41,7 +43,15 @@ from mailrouter.route import Decision
 from mailrouter.satisfaction import Answer, answers_survey, read_answer
 from mailrouter.screen import PERSON_MAYBE, Kind, Verdict, is_own_address
 from mailrouter.thread import ThreadMatch
-from mailrouter.vocabulary import FINISHED, TO_CUSTOMER, AuthorRole, CaseStatus, EventKind, OutboxKind
+from mailrouter.vocabulary import (
+    CLOCK_RUNS,
+    FINISHED,
+    TO_CUSTOMER,
+    AuthorRole,
+    CaseStatus,
+    EventKind,
+    OutboxKind,
+)
 
 RECENT = timedelta(days=90)
 ZERO = timedelta(0)
@@ -71,6 +81,15 @@ class SentMail:
     outbox_id: int
     case_id: int
     kind: OutboxKind
+    rcpt_to: tuple[str, ...]
+    message_id: str
+
+
+@dataclass(frozen=True)
+class SentReport:
+    """A report mail we sent, as a reply names it."""
+
+    outbox_id: int
     rcpt_to: tuple[str, ...]
     message_id: str
 
@@ -113,6 +132,7 @@ class _Draft:
     events: list[PlannedEvent] = field(default_factory=list)
     mail: list[QueuedMail] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
+    next_responses: list[ClockStarted | ClockSettled] = field(default_factory=list)
 
     def change(self, **values: Any) -> None:
         self.case = dataclasses.replace(self.case, **values)
@@ -132,6 +152,7 @@ class _Draft:
             events=tuple(self.events),
             mail=tuple(self.mail),
             transitions=tuple(self.transitions),
+            next_responses=tuple(self.next_responses),
             **parts,
         )
 
@@ -228,6 +249,32 @@ class Casework:
         )
         return Plan(
             outcome=Outcome(OutcomeKind.SCREENED, None, why),
+            incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER, on_case=False),
+            raw=Raw(inbound.sha256, raw),
+            events=(event,),
+            checkpoint=origin,
+        )
+
+    def report_reply(
+        self, inbound: Inbound, origin: Origin, raw: bytes, sent: Sequence[SentReport]
+    ) -> Plan | None:
+        """A report's recipient answering it (In-Reply-To/References name its Message-ID): the
+        lead talks to the report, not to the desk, so no case and no acknowledgement; the mail is
+        kept and the event says who answered which report. None: the sender is not one of its
+        recipients (a report forwarded to a customer, say), and the mail takes its usual course."""
+        sender = inbound.sender.address.lower() if inbound.sender else ""
+        report = next((r for r in sent if sender in (a.lower() for a in r.rcpt_to)), None)
+        if report is None:
+            return None
+        event = PlannedEvent(
+            EventKind.REPORT_REPLIED,
+            f"{sender} answered the report mail {report.message_id}: kept, no case opened, nobody answered",
+            {"outbox_id": report.outbox_id, "message_id_header": report.message_id},
+            about_message=True,
+            mailbox=origin.mailbox,
+        )
+        return Plan(
+            outcome=Outcome(OutcomeKind.REPORT_REPLY, None, f"{sender} answered report {report.message_id}"),
             incoming=Incoming(inbound, origin, AuthorRole.CUSTOMER, on_case=False),
             raw=Raw(inbound.sha256, raw),
             events=(event,),
@@ -809,7 +856,6 @@ class Casework:
             return f"note by {agent}"
         if reply.answer:
             self._relay(draft, inbound, raw, reply.answer, agent, facts)
-            self._sla_answered(draft)
             if draft.case.status == status_before and draft.case.status in (
                 CaseStatus.NEW,
                 CaseStatus.PENDING,
@@ -891,6 +937,10 @@ class Casework:
         if status != before:
             draft.transitions.append(Transition(draft.now, before, status))
             self._history(draft, before, status)
+        if status not in CLOCK_RUNS and draft.case.next_response_due is not None:
+            # Pending or finished before an answer: the clock ends, neither met nor missed.
+            draft.next_responses.append(ClockSettled(draft.now))
+            draft.change(next_response_due=None, next_response_warn=None)
 
     # --- the reports' history: written once, as it happens, never cleared by a reopen ------------
 
@@ -914,10 +964,15 @@ class Casework:
         }
 
     def _count_answer(self, draft: _Draft) -> None:
+        """An answer relayed to the customer meets the first response, and the next response
+        when one is running: met if it came by the due time (the breach's moment)."""
         case = draft.case
         draft.change(agent_replies=case.agent_replies + 1)
         if case.first_response_at is None:
             draft.change(first_response_at=draft.now, **self._taken(draft, sla.Target.FIRST_RESPONSE))
+        if case.next_response_due is not None:
+            draft.next_responses.append(ClockSettled(draft.now, met=draft.now <= case.next_response_due))
+            draft.change(next_response_due=None, next_response_warn=None)
 
     def _history(self, draft: _Draft, before: CaseStatus, after: CaseStatus) -> None:
         case = draft.case
@@ -1047,14 +1102,13 @@ class Casework:
         self._record_sla(draft, choice.why)
 
     def _sla_customer_replied(self, draft: _Draft) -> None:
-        """The customer wrote again: the next response is due (where the policy has that target)."""
+        """The customer wrote again: the next response is due (where the policy has that target),
+        counted from their oldest message not yet answered, so a second one moves nothing."""
         case = draft.case
-        if case.sla and case.status not in FINISHED:
+        if case.sla and case.status in CLOCK_RUNS and case.next_response_due is None:
             draft.change(**sla.next_response(self.config, case.department, case.sla, draft.now))
-
-    def _sla_answered(self, draft: _Draft) -> None:
-        if draft.case.next_response_due is not None:
-            draft.change(next_response_due=None, next_response_warn=None)
+            if draft.case.next_response_due is not None:
+                draft.next_responses.append(ClockStarted(draft.now, draft.case.next_response_due))
 
     def _move(self, draft: _Draft, target: str) -> None:
         """To a group (nobody in it assigned yet) or to one agent."""

@@ -3,17 +3,18 @@ images) and the dashboard (served PNGs) draw with these same functions.
 
 matplotlib's object API (Figure + the Agg canvas), never pyplot: no global figure state, so the
 dashboard can draw in several threads at once, and no display is needed. Words on a chart come
-in the report's language; an empty chart says so rather than showing bare axes.
+in the report's language (its catalogue, the report mail's and the dashboard's words); an empty
+chart says so rather than showing bare axes.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,37 +34,21 @@ class Words:
     target: str
     hours: str
     no_cases: str
-    weekdays: tuple[str, str, str, str, str, str, str]
+    weekdays: tuple[str, ...]  # Monday first
     ages: tuple[str, ...]  # kpi.AGE_BANDS in words
 
-
-WORDS = {
-    "en": Words(
-        "this period", "previous period", "SLA target", "hours", "no cases",
-        ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
-        ("< 1 day", "1–3 days", "3–7 days", "7–30 days", "> 30 days"),
-    ),
-    "sv": Words(
-        "denna period", "föregående period", "SLA-mål", "timmar", "inga ärenden",
-        ("mån", "tis", "ons", "tor", "fre", "lör", "sön"),
-        ("< 1 dag", "1–3 dagar", "3–7 dagar", "7–30 dagar", "> 30 dagar"),
-    ),
-    "no": Words(
-        "denne perioden", "forrige periode", "SLA-mål", "timer", "ingen saker",
-        ("man", "tir", "ons", "tor", "fre", "lør", "søn"),
-        ("< 1 dag", "1–3 dager", "3–7 dager", "7–30 dager", "> 30 dager"),
-    ),
-    "da": Words(
-        "denne periode", "forrige periode", "SLA-mål", "timer", "ingen sager",
-        ("man", "tir", "ons", "tor", "fre", "lør", "søn"),
-        ("< 1 dag", "1–3 dage", "3–7 dage", "7–30 dage", "> 30 dage"),
-    ),
-    "fi": Words(
-        "tämä jakso", "edellinen jakso", "SLA-tavoite", "tuntia", "ei tapauksia",
-        ("ma", "ti", "ke", "to", "pe", "la", "su"),
-        ("< 1 pv", "1–3 pv", "3–7 pv", "7–30 pv", "> 30 pv"),
-    ),
-}  # fmt: skip
+    @classmethod
+    def of(cls, words: Mapping[str, Any]) -> Words:
+        """From the reports' catalogue of a language (Templates.words)."""
+        return cls(
+            words["chart_current"],
+            words["chart_previous"],
+            words["chart_target"],
+            words["chart_hours"],
+            words["no_cases"],
+            tuple(words["weekdays"]),
+            tuple(words["ages"]),
+        )
 
 
 def _figure() -> tuple[Figure, Axes]:

@@ -413,6 +413,10 @@ class HttpSettings(_Strict):
     ready_max_poll_age: float = Field(default=300.0, gt=0)
     # ... or when the oldest queued outgoing mail is older than this.
     ready_max_outbox_age: float = Field(default=3600.0, gt=0)
+    # The dashboard's words (its pages and charts), from the reports' catalogue of this language:
+    # one language for the whole endpoint, as its overview spans every department and its
+    # readers are the desk's own people, whatever their customers write in.
+    language: Literal["en", "sv", "no", "da", "fi"] = "en"
 
     @property
     def host(self) -> str:

@@ -4,34 +4,37 @@ charts (pictures, the same drawings as the report mail), server-rendered and ref
 
 A wall screen is seen by anyone passing: the page shows no subject and no customer, only case
 numbers, targets, priorities and who has them, and of sensitive cases only how many there are.
-Figures are kpi's, the same as `mailrouter report`.
+Figures are kpi's, the same as `mailrouter report`; words are the reports' catalogue's, in
+`[http] language` (Templates.words), the same as the report mail's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from mailrouter import kpi, pictures, store, summary
+from mailrouter import charts, kpi, pictures, store, summary
 from mailrouter.config import Config
-from mailrouter.sla import duration_text
+from mailrouter.sla import Target, duration_text
 from mailrouter.summary import Line
 
 REFRESH = 60  # seconds between the page's own reloads
 WATCHED = 12  # cases listed nearest to or past their SLA
 SOON = 3600.0  # a target due within this many seconds is marked as near
+# Each chart and the catalogue's word for its heading.
 CHARTS = (
-    (pictures.Chart.VOLUME, "New cases per day, this week against last week"),
-    (pictures.Chart.ANSWER_TIMES, "Time to the first answer this week (business hours)"),
-    (pictures.Chart.BACKLOG, "Open cases by age"),
-    (pictures.Chart.BUSIEST_HOURS, "New cases this week by weekday and hour"),
+    (pictures.Chart.VOLUME, "board_volume"),
+    (pictures.Chart.ANSWER_TIMES, "board_answer_times"),
+    (pictures.Chart.BACKLOG, "board_backlog"),
+    (pictures.Chart.BUSIEST_HOURS, "board_busiest_hours"),
 )
-_UPDATED = "%a %d %b %H:%M"
 _PAGES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("pages")),
     autoescape=select_autoescape(enabled_extensions=("html.j2",)),
@@ -45,21 +48,33 @@ class WatchRow:
     target: str
     priority: str
     owner: str
-    left: str  # "in 1 h 05 min", "2 h 10 min late"
+    left: str  # to the due time, or past it when late: "1h 05m"
     late: bool
     soon: bool
+
+
+@dataclass(frozen=True)
+class Compliance:
+    """One SLA target this week: settled within it or not, still running, the share met."""
+
+    target: Target
+    met: int
+    missed: int
+    running: int
+    share: str
 
 
 @dataclass(frozen=True)
 class Board:
     department: str
     display_name: str
-    updated: str  # the department's local time
+    updated: datetime  # on the department's clock
     today: Line
     week: Line
-    backlog: tuple[tuple[str, int], ...]  # open now, by age band
+    backlog: tuple[int, ...]  # open now, by age band (kpi.AGE_BANDS)
     backlog_total: int
     late: int
+    sla: tuple[Compliance, ...]  # this week, per target
     watched: tuple[WatchRow, ...]
     sensitive: int  # sensitive cases with a running target: counted, never listed
 
@@ -85,9 +100,8 @@ def _line(engine: Engine, config: Config, department: str, name: str, now: datet
 def _watch_row(watched: store.Watched, now: datetime) -> WatchRow:
     left = (watched.due - now).total_seconds()
     span = duration_text(timedelta(seconds=left))
-    when = f"{span} late" if left < 0 else f"in {span}"
     return WatchRow(
-        watched.number, watched.target, watched.priority, watched.owner, when, left < 0, 0 <= left < SOON
+        watched.number, watched.target, watched.priority, watched.owner, span, left < 0, 0 <= left < SOON
     )
 
 
@@ -101,15 +115,23 @@ def board(engine: Engine, config: Config, department: str, now: datetime) -> Boa
         late = store.sla_late(session, [department], now).get(department, 0)
     # The backlog at the end of today is every case open now: none is created in the future.
     backlog = today.total.kpis.backlog
+    weekly = week.total.kpis
+    line = summary.line(mailbox.display_name, week.total)
+    compliance = (
+        (Target.FIRST_RESPONSE, weekly.sla_first_response, line.sla_first_response),
+        (Target.NEXT_RESPONSE, weekly.sla_next_response, line.sla_next_response),
+        (Target.RESOLUTION, weekly.sla_resolution, line.sla_resolution),
+    )
     return Board(
         department=department,
         display_name=mailbox.display_name,
-        updated=now.astimezone(config.calendar(department).zone).strftime(_UPDATED),
+        updated=now.astimezone(config.calendar(department).zone),
         today=summary.line(mailbox.display_name, today.total),
-        week=summary.line(mailbox.display_name, week.total),
-        backlog=tuple(zip((label for label, _ in kpi.AGE_BANDS), backlog, strict=True)),
+        week=line,
+        backlog=backlog,
         backlog_total=sum(backlog),
         late=late,
+        sla=tuple(Compliance(t, c.met, c.missed, c.running, share) for t, c, share in compliance),
         watched=tuple(_watch_row(w, now) for w in watched),
         sensitive=withheld,
     )
@@ -143,23 +165,31 @@ def overview(engine: Engine, config: Config, now: datetime) -> list[Row]:
     return rows
 
 
-def board_page(engine: Engine, config: Config, department: str, now: datetime) -> str:
+def board_page(
+    engine: Engine, config: Config, words: Mapping[str, Any], department: str, now: datetime
+) -> str:
     page = board(engine, config, department, now)
-    return _PAGES.get_template("board.html.j2").render(board=page, charts=CHARTS, refresh=REFRESH)
+    return _PAGES.get_template("board.html.j2").render(board=page, charts=CHARTS, refresh=REFRESH, w=words)
 
 
-def overview_page(engine: Engine, config: Config, now: datetime) -> str:
+def overview_page(engine: Engine, config: Config, words: Mapping[str, Any], now: datetime) -> str:
     zone = config.calendar(next(iter(config.mailboxes))).zone
     return _PAGES.get_template("overview.html.j2").render(
-        rows=overview(engine, config, now), updated=now.astimezone(zone).strftime(_UPDATED), refresh=REFRESH
+        rows=overview(engine, config, now), updated=now.astimezone(zone), refresh=REFRESH, w=words
     )
 
 
-def chart(engine: Engine, config: Config, department: str, name: pictures.Chart, now: datetime) -> bytes:
-    """One of the page's charts: this week's (the backlog: now), in the department's language."""
+def chart(
+    engine: Engine,
+    config: Config,
+    words: Mapping[str, Any],
+    department: str,
+    name: pictures.Chart,
+    now: datetime,
+) -> bytes:
+    """One of the page's charts: this week's (the backlog: now), in the page's words."""
     zone = config.calendar(department).zone
     week = kpi.named_period("this-week", now.astimezone(zone).date())
     if name == pictures.Chart.BACKLOG:
         week = kpi.named_period("today", now.astimezone(zone).date())
-    language = config.mailboxes[department].language
-    return pictures.draw(name, engine, config, week, [department], language, now=now)
+    return pictures.draw(name, engine, config, week, [department], charts.Words.of(words), now=now)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -30,6 +31,7 @@ from mailrouter.health import LATENCY_BUCKETS, Health, MailboxHealth
 from mailrouter.models import utcnow
 from mailrouter.pictures import Chart
 from mailrouter.plan import OutcomeKind
+from mailrouter.templates import Templates
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +208,18 @@ class Endpoint:
         engine: Engine,
         idle_timeout: float,
         config: Config | None = None,
+        templates: Templates | None = None,
     ) -> None:
-        """`config`: the departments the dashboard shows; none, no dashboard."""
+        """`config`: the departments the dashboard shows; none, no dashboard. `templates`: where
+        its words are (in `settings.language`)."""
         self.settings = settings
         self.health = health
         self.engine = engine
         self.config = config
+        self.words: dict[str, Any] = {}
+        if config is not None:
+            assert templates is not None, "the dashboard speaks the reports' words"
+            self.words = templates.words(settings.language)
         self.limits = Thresholds(settings.ready_max_poll_age, idle_timeout, settings.ready_max_outbox_age)
         self.registry = CollectorRegistry()  # our own: nothing of the process-wide default registry
         self.registry.register(DaemonCollector(health, engine))
@@ -265,13 +273,17 @@ class Endpoint:
 
     async def overview(self, request: web.Request) -> web.Response:
         assert self.config is not None
-        page = await asyncio.to_thread(dashboard.overview_page, self.engine, self.config, utcnow())
+        page = await asyncio.to_thread(
+            dashboard.overview_page, self.engine, self.config, self.words, utcnow()
+        )
         return web.Response(text=page, content_type="text/html", headers=_FRESH)
 
     async def board(self, request: web.Request) -> web.Response:
         assert self.config is not None
         department = self._department(request)
-        page = await asyncio.to_thread(dashboard.board_page, self.engine, self.config, department, utcnow())
+        page = await asyncio.to_thread(
+            dashboard.board_page, self.engine, self.config, self.words, department, utcnow()
+        )
         return web.Response(text=page, content_type="text/html", headers=_FRESH)
 
     async def chart(self, request: web.Request) -> web.Response:
@@ -281,7 +293,9 @@ class Endpoint:
             chart = Chart(request.match_info["chart"])
         except ValueError:
             raise web.HTTPNotFound(text=f"no chart {request.match_info['chart']!r}") from None
-        png = await asyncio.to_thread(dashboard.chart, self.engine, self.config, department, chart, utcnow())
+        png = await asyncio.to_thread(
+            dashboard.chart, self.engine, self.config, self.words, department, chart, utcnow()
+        )
         return web.Response(body=png, content_type="image/png", headers=_FRESH)
 
 

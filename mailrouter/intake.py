@@ -115,8 +115,12 @@ class Intake:
         notes = casework.parse_notes(inbound, origin, reused_by)
         notes += casework.warnings(match, origin)
         case = facts.case(match.case.id) if match.case else None
+        answered = facts.sent_reports(inbound.thread_ids) if case is None and inbound.thread_ids else []
+        report_reply = casework.report_reply(inbound, origin, raw, answered) if answered else None
         if case is not None and not casework.too_late(case, inbound, match, verdict, now):
             plan = casework.follow_up(inbound, origin, raw, verdict, match, case, now, facts)
+        elif report_reply is not None:
+            plan = report_reply
         elif match.tampered:
             plan = casework.without_case(inbound, origin, raw, "a forged or tampered signed reply address")
         elif not verdict.may_open_case:

@@ -149,6 +149,19 @@ class StatusChange(SQLModel, table=True):
     to_status: CaseStatus = Field(sa_column=Column(Vocabulary(CaseStatus), nullable=False))
 
 
+class NextResponse(SQLModel, table=True):
+    """One next-response clock of a case: from a customer's message that found none running to
+    the agent's answer that settled it (met or not), or to the case ceasing to wait on us
+    (settled with no outcome). The reports count these; a reopen adds to them, never rewrites."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="case.id", index=True)
+    started_at: datetime = Field(index=True)
+    due: datetime
+    settled_at: datetime | None = Field(default=None, index=True)
+    met: bool | None = None  # within the target; None: no answer settled it (or not yet)
+
+
 class RawMessage(SQLModel, table=True):
     """The bytes as received, content-addressed, so any message can be audited or re-processed."""
 

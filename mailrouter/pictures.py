@@ -45,12 +45,11 @@ def draw(
     config: Config,
     period: kpi.Period,
     departments: Sequence[str],
-    language: str,
+    words: charts.Words,
     figures: kpi.Figures | None = None,
     now: datetime | None = None,
 ) -> bytes:
     """One chart of the period; `figures` of the same period when they are at hand already."""
-    words = charts.WORDS[language]
     where = zones(config, departments)
     if chart == Chart.VOLUME:
         current = kpi.daily_created(engine, period, where)
@@ -68,9 +67,9 @@ def draw(
     return charts.busiest_hours(figures.arrivals, words)
 
 
-def draw_all(engine: Engine, config: Config, figures: kpi.Figures, language: str) -> dict[Chart, bytes]:
+def draw_all(engine: Engine, config: Config, figures: kpi.Figures, words: charts.Words) -> dict[Chart, bytes]:
     """Every chart of the figures' period and departments, as the report mail shows them."""
     return {
-        chart: draw(chart, engine, config, figures.period, figures.departments, language, figures)
+        chart: draw(chart, engine, config, figures.period, figures.departments, words, figures)
         for chart in Chart
     }

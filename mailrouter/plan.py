@@ -26,6 +26,7 @@ class OutcomeKind(StrEnum):
     REFUSED = "refused"
     QUARANTINED = "quarantined"
     BOUNCED = "bounced"
+    REPORT_REPLY = "report-reply"  # a recipient's answer to a report mail: kept, no case
     REMINDED = "reminded"  # a scheduled follow-up, not a message
     SLA_WARNED = "sla-warned"  # scheduled: a target is near
     SLA_BREACHED = "sla-breached"  # scheduled: a target is missed, the case escalated
@@ -168,6 +169,23 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class ClockStarted:
+    """A next-response clock of the plan's case begins: the customer wrote, none was running."""
+
+    at: datetime
+    due: datetime
+
+
+@dataclass(frozen=True)
+class ClockSettled:
+    """The plan's case's running next-response clock ends: by an agent's answer (`met`: within
+    the target or not), or with no outcome (None) when the case stopped waiting on us first."""
+
+    at: datetime
+    met: bool | None = None
+
+
+@dataclass(frozen=True)
 class PlannedEvent:
     kind: EventKind
     detail: str
@@ -221,4 +239,5 @@ class Plan:
     mail: tuple[QueuedMail, ...] = ()
     bounces: tuple[Bounce, ...] = ()
     transitions: tuple[Transition, ...] = ()
+    next_responses: tuple[ClockStarted | ClockSettled, ...] = ()  # in the order they happened
     checkpoint: Origin | None = None  # the mailbox position this message moves past

@@ -18,7 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from mailrouter import kpi, sla
-from mailrouter.kpi import Durations, Figures, Group
+from mailrouter.kpi import Compliance, Durations, Figures, Group
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 NONE = "-"  # nothing to count: no case answered, no survey answered
@@ -38,6 +38,15 @@ def _durations(name: str, pick: Callable[[Group], Durations]) -> tuple[Column, .
     )
 
 
+def _compliance(name: str, pick: Callable[[Group], Compliance]) -> tuple[Column, ...]:
+    return (
+        Column(f"{name} met", lambda g: pick(g).met),
+        Column(f"{name} missed", lambda g: pick(g).missed),
+        Column(f"{name} running", lambda g: pick(g).running),
+        Column(name, lambda g: pick(g).rate, "%"),
+    )
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("created", lambda g: g.kpis.created),
     Column("resolved", lambda g: g.kpis.resolved),
@@ -54,12 +63,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("first resolutions", lambda g: g.kpis.first_resolutions),
     *_durations("resolution business", lambda g: g.kpis.resolution.business),
     *_durations("resolution calendar", lambda g: g.kpis.resolution.calendar),
-    Column("sla first response met", lambda g: g.kpis.sla_first_response.met),
-    Column("sla first response missed", lambda g: g.kpis.sla_first_response.missed),
-    Column("sla first response", lambda g: g.kpis.sla_first_response.rate, "%"),
-    Column("sla resolution met", lambda g: g.kpis.sla_resolution.met),
-    Column("sla resolution missed", lambda g: g.kpis.sla_resolution.missed),
-    Column("sla resolution", lambda g: g.kpis.sla_resolution.rate, "%"),
+    *_compliance("sla first response", lambda g: g.kpis.sla_first_response),
+    *_compliance("sla next response", lambda g: g.kpis.sla_next_response),
+    *_compliance("sla resolution", lambda g: g.kpis.sla_resolution),
     Column("first contact resolutions", lambda g: g.kpis.first_contact_resolutions),
     Column("first contact resolution", lambda g: g.kpis.first_contact_resolution_rate, "%"),
     Column("reopen rate", lambda g: g.kpis.reopen_rate, "%"),
@@ -82,6 +88,7 @@ BRIEF = (
     ("first response business median", "answer"),
     ("resolution business median", "resolution"),
     ("sla first response", "sla answer"),
+    ("sla next response", "sla next answer"),
     ("sla resolution", "sla resolution"),
     ("first contact resolution", "first contact"),
     ("satisfaction mean", "satisfaction"),

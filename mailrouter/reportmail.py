@@ -20,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from mailrouter import kpi, pictures, slots, store, summary
+from mailrouter import charts, kpi, pictures, slots, store, summary
 from mailrouter.compose import FileAttachment, InlineImage, Outgoing, compose_report
 from mailrouter.config import Config, ReportSettings
 from mailrouter.report import csv_bytes
@@ -79,9 +79,10 @@ def draw(
     sender = config.mailboxes[names[0]]
     domain = sender.address.rpartition("@")[2]
     stamp = f"{report.name}.{slot:%Y%m%d%H%M%S}"
+    words = charts.Words.of(templates.words(report.language))
     images = tuple(
         InlineImage(f"{chart}.{stamp}@{domain}", f"{chart}.png", png)
-        for chart, png in pictures.draw_all(engine, config, figures, report.language).items()
+        for chart, png in pictures.draw_all(engine, config, figures, words).items()
     )
     view = ReportView(
         name=report.name,

@@ -38,7 +38,7 @@ from sqlalchemy.schema import Table
 from sqlmodel import Session, col
 from sqlmodel import select as sql_select
 
-from mailrouter.casework import OtherCase, SentMail
+from mailrouter.casework import OtherCase, SentMail, SentReport
 from mailrouter.compose import original_part
 from mailrouter.lease import lock_key
 from mailrouter.models import (
@@ -50,6 +50,7 @@ from mailrouter.models import (
     MailboxState,
     Message,
     MessageAttempt,
+    NextResponse,
     OutboxMessage,
     RawMessage,
     ReportSlot,
@@ -61,6 +62,7 @@ from mailrouter.plan import (
     DELIVERED,
     SENSITIVE_SUBJECT,
     CaseView,
+    ClockStarted,
     CustomerView,
     Incoming,
     Origin,
@@ -72,6 +74,7 @@ from mailrouter.plan import (
 from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
+    CLOCK_RUNS,
     SET_ASIDE,
     WAITING_ON_US,
     AuthorRole,
@@ -96,6 +99,7 @@ MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
 REPORT_SLOT: Table = ReportSlot.__table__  # type: ignore[attr-defined]
 STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
+NEXT_RESPONSE: Table = NextResponse.__table__  # type: ignore[attr-defined]
 
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
@@ -108,6 +112,12 @@ _INSERT_ATTACHMENT = insert(ATTACHMENT)
 _INSERT_OUTBOX = insert(OUTBOX)
 _INSERT_EVENT = insert(EVENT)
 _INSERT_STATUS_CHANGE = insert(STATUS_CHANGE)
+_START_CLOCK = insert(NEXT_RESPONSE)
+_SETTLE_CLOCK = (
+    update(NEXT_RESPONSE)
+    .where(NEXT_RESPONSE.c.case_id == bindparam("case"), NEXT_RESPONSE.c.settled_at.is_(None))
+    .values(settled_at=bindparam("at"), met=bindparam("met"))
+)
 _EVENTS = "mailrouter.events"  # a session's events not yet written (Session.info)
 _REGISTERED = select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key"))
 # One look for both questions: registered already, or another message under its Message-ID?
@@ -124,6 +134,15 @@ _KEEP_RAW = {
     dialect: insert_for(RAW_MESSAGE).on_conflict_do_nothing(index_elements=["sha256"])
     for dialect, insert_for in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
+# From this size on, SQLite gets the raw bytes written into a zero-filled row of their length
+# rather than bound: it copies a bound blob, and its cached statement keeps that copy until the
+# statement's next use (bench/RESULTS.md: a 25 MB mail stayed 25 MB more resident).
+STREAMED_RAW = 1024 * 1024
+_KEEP_RAW_STREAMED = (
+    sqlite_insert(RAW_MESSAGE)
+    .values(data=func.zeroblob(bindparam("length")))
+    .on_conflict_do_nothing(index_elements=["sha256"])
+)
 _CLAIM_REPORT_SLOT = {
     # RETURNING says whether the row went in: psycopg reports no rowcount for ON CONFLICT.
     dialect: insert_for(REPORT_SLOT)
@@ -283,6 +302,12 @@ _SENT_BY_MESSAGE_IDS = (
     select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.kind, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
     .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_not(None))
     .where(OUTBOX.c.state.in_([OutboxState.SENT, OutboxState.SENDING]))  # what the relay took
+    .order_by(OUTBOX.c.id)
+)
+_REPORTS_BY_MESSAGE_IDS = (
+    select(OUTBOX.c.id, OUTBOX.c.rcpt_to, OUTBOX.c.message_id)
+    .where(OUTBOX.c.message_id.in_(bindparam("message_ids", expanding=True)), OUTBOX.c.case_id.is_(None))
+    .where(OUTBOX.c.kind == OutboxKind.REPORT)
     .order_by(OUTBOX.c.id)
 )
 _MARK_BOUNCED = (
@@ -470,6 +495,11 @@ class SqlFacts:
             return CustomerView(None, sender.address, sender.name, sender.domain)
         return CustomerView(row.id, row.address, row.name or sender.name, row.organisation)
 
+    def sent_reports(self, message_ids: Sequence[str]) -> list[SentReport]:
+        """Our report mails named by these Message-IDs (what a lead's reply answers)."""
+        rows = self.connection.execute(_REPORTS_BY_MESSAGE_IDS, {"message_ids": list(message_ids)}).all()
+        return [SentReport(r.id, tuple(r.rcpt_to), r.message_id) for r in rows]
+
     def sent_mail(self, message_ids: Sequence[str]) -> list[SentMail]:
         """Our outgoing mail named by these Message-IDs (what a bounce says it returns)."""
         if not message_ids:
@@ -551,8 +581,8 @@ class SqlFacts:
 
 
 def apply(session: Session, plan: Plan) -> None:
-    """Write a plan: raw copy, customer, case, status changes, message, bounces, queued mail,
-    events, checkpoint.
+    """Write a plan: raw copy, customer, case, status changes, next-response clocks, message,
+    bounces, queued mail, events, checkpoint.
     Core statements built once, on the session's connection: ORM objects for each row cost more
     than the rest of a message's registration (bench/RESULTS.md)."""
     connection = session.connection()
@@ -573,6 +603,12 @@ def apply(session: Session, plan: Plan) -> None:
                 for t in plan.transitions
             ],
         )
+    for clock in plan.next_responses:
+        assert case_id is not None, "a next-response clock runs on a case"
+        if isinstance(clock, ClockStarted):
+            connection.execute(_START_CLOCK, {"case_id": case_id, "started_at": clock.at, "due": clock.due})
+        else:
+            connection.execute(_SETTLE_CLOCK, {"case": case_id, "at": clock.at, "met": clock.met})
     message_id = None
     if plan.incoming is not None:
         message_id = _insert_incoming(connection, plan.incoming, case_id if plan.incoming.on_case else None)
@@ -788,8 +824,19 @@ def report_slot_taken(session: Session, report: str, slot_at: datetime) -> str |
 
 def keep_raw(session: Session, raw: Raw) -> None:
     """Content-addressed: the same bytes seen again (a duplicate, a retry) are kept once."""
-    statement = _KEEP_RAW[session.get_bind().dialect.name]
-    session.connection().execute(statement, {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "sqlite" and len(raw.data) >= STREAMED_RAW:
+        kept = connection.execute(
+            _KEEP_RAW_STREAMED, {"sha256": raw.sha256, "size": len(raw.data), "length": len(raw.data)}
+        )
+        if kept.rowcount:
+            sqlite = connection.connection.driver_connection
+            assert sqlite is not None, "a connection in a transaction has its driver's connection"
+            with sqlite.blobopen(RAW_MESSAGE.name, "data", kept.lastrowid) as blob:
+                blob.write(raw.data)
+        return
+    connection.execute(_KEEP_RAW[dialect], {"sha256": raw.sha256, "size": len(raw.data), "data": raw.data})
 
 
 def due_follow_ups(session: Session, now: datetime) -> list[tuple[int, datetime]]:
@@ -820,13 +867,9 @@ def claim_credential_warning(session: Session, credential: str, since: datetime)
     return given is None
 
 
-# A target is watched while the case waits on us and is not paused: `pending` stops the clock.
-_SLA_RUNNING = (CaseStatus.NEW, CaseStatus.OPEN)
-
-
 def _sla_running(target: Target) -> list[Any]:
     """The conditions under which a case's target is running (its clock not stopped, not met)."""
-    conditions = [CASE.c.status.in_(_SLA_RUNNING), CASE.c[f"{target.column}_due"].is_not(None)]
+    conditions = [CASE.c.status.in_(list(CLOCK_RUNS)), CASE.c[f"{target.column}_due"].is_not(None)]
     if target == Target.FIRST_RESPONSE:
         conditions.append(CASE.c.first_response_at.is_(None))
     return conditions
@@ -926,7 +969,7 @@ def _quiet(department: str, cutoff: datetime) -> list[Any]:
     heard = func.coalesce(CASE.c.customer_heard_at, CASE.c.created_at)
     return [
         CASE.c.department == department,
-        CASE.c.status.in_(_SLA_RUNNING),
+        CASE.c.status.in_(list(CLOCK_RUNS)),
         CASE.c.quiet_reminded_at.is_(None),
         heard <= cutoff,
     ]

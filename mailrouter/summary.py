@@ -24,6 +24,7 @@ class Line:
     first_response: str  # median / p90, business time
     resolution: str
     sla_first_response: str
+    sla_next_response: str
     sla_resolution: str
     first_contact: str
     satisfaction: str
@@ -51,6 +52,7 @@ def line(name: str, group: Group) -> Line:
         first_response=_spread("first response business", group),
         resolution=_spread("resolution business", group),
         sla_first_response=_figure("sla first response", group),
+        sla_next_response=_figure("sla next response", group),
         sla_resolution=_figure("sla resolution", group),
         first_contact=_figure("first contact resolution", group),
         satisfaction=_figure("satisfaction mean", group),
@@ -59,7 +61,7 @@ def line(name: str, group: Group) -> Line:
 
 def empty(name: str) -> Line:
     """The line of a department with no case in the period."""
-    return Line(name, 0, 0, 0, 0, 0, NONE, NONE, NONE, NONE, NONE, NONE)
+    return Line(name, 0, 0, 0, 0, 0, NONE, NONE, NONE, NONE, NONE, NONE, NONE)
 
 
 def lines(figures: Figures, names: Mapping[str, str]) -> list[Line]:

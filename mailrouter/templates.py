@@ -71,6 +71,18 @@ class Templates:
             raise TemplateError(f"{self.directory}: none of {', '.join(tried)} exists")
         return found
 
+    def words(self, language: str) -> dict[str, Any]:
+        """The reports' words in a language (`w` of _default/_report.<language>.j2): the one
+        catalogue the report mail, its charts and the dashboard all read."""
+        name = f"{DEFAULT}/_report.{language}.j2"
+        try:
+            module = self._env.get_template(name).module
+        except TemplateNotFound as exc:
+            raise TemplateError(f"{self.directory}: template {exc.name} not found") from exc
+        except JinjaError as exc:
+            raise TemplateError(f"{self.directory}: {name}: {exc}") from exc
+        return dict(getattr(module, "w"))  # noqa: B009  (a template's export, not an attribute of ours)
+
     def files(self) -> list[str]:
         """Every template file, relative to the directory: <department or _default>/<name>.<lang>.<part>.j2"""
         return sorted(p.relative_to(self.directory).as_posix() for p in self.directory.rglob("*.j2"))

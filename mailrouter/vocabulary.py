@@ -24,6 +24,8 @@ class CaseStatus(StrEnum):
 
 FINISHED = frozenset({CaseStatus.RESOLVED, CaseStatus.CLOSED})
 WAITING_ON_US = frozenset({CaseStatus.NEW, CaseStatus.OPEN, CaseStatus.PENDING})
+# The SLA clock runs while the case is with us: `pending` waits on the customer and stops it.
+CLOCK_RUNS = frozenset({CaseStatus.NEW, CaseStatus.OPEN})
 
 
 class Direction(StrEnum):
@@ -129,6 +131,7 @@ class EventKind(StrEnum):
     # scheduled reports
     REPORT_QUEUED = "report-queued"  # a slot's report mail queued, by which instance
     REPORT_MISSED = "report-missed"  # slots past their grace while no instance ran: never sent
+    REPORT_REPLIED = "report-replied"  # a recipient answered a report mail: kept, no case
     # the outbox
     MAIL_SENT = "mail-sent"
     MAIL_SENT_UNCONFIRMED = "mail-sent-unconfirmed"

@@ -1,8 +1,8 @@
 """The dashboard in a real browser: customers' mail through Postfix and Dovecot becomes cases, an
 agent answers and resolves from their mail client, and Debian's headless Chromium (selenium,
 /usr/bin/chromedriver) loads the department's page from the running daemon. Its figures are the
-ones `mailrouter report --format json` gives, its charts are drawn images, and screenshots of a
-wall screen and a phone are kept in tests/artifacts/."""
+ones `mailrouter report --format json` gives, its words the configured language's, its charts are
+drawn images, and screenshots of a wall screen and a phone are kept in tests/artifacts/."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from mailrouter.sla import duration_text
+from mailrouter.templates import Templates
 from tests.e2e.conftest import ROOT, Account, Daemon, send_mail
 from tests.e2e.test_agents import reply_as
 from tests.e2e.test_http import with_http
@@ -74,7 +75,7 @@ def test_the_dashboard_in_chromium_shows_what_mailrouter_report_counts(
     installation, mailstack: MailStack, customer: Account, browser: webdriver.Chrome
 ) -> None:
     daemon: Daemon = installation()
-    base = with_http(daemon)
+    base = with_http(daemon, language="no")
     it, agent = daemon.mailboxes["it"], daemon.agents["agent1"]
     daemon.start(wait=True)
     for subject in ("Skrivaren på plan 3", "Skjermen flimrer", "Ny mus"):
@@ -99,6 +100,13 @@ def test_the_dashboard_in_chromium_shows_what_mailrouter_report_counts(
 
     browser.get(f"{base}/dashboard/it")
     assert browser.title.startswith("IT Support")
+    # [http] language = "no": the report mail's Norwegian words.
+    words = Templates(ROOT / "templates").words("no")
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "no"
+    assert browser.find_element(By.CSS_SELECTOR, "#today h2").get_attribute("textContent") == words["today"]
+    assert (
+        browser.find_element(By.CSS_SELECTOR, "#backlog h2").get_attribute("textContent") == words["open_now"]
+    )
     figures = {
         element.get_attribute("data-figure"): element.text
         for element in browser.find_elements(By.CSS_SELECTOR, "[data-figure]")

@@ -1,6 +1,7 @@
 """A scheduled report on the real stack: a slot seconds ahead, two instances on PostgreSQL, and a
 lead's IMAP inbox. The report arrives once, with its four charts inline and the CSV attached;
-after the slot an instance restarted finds it taken and sends nothing more."""
+after the slot an instance restarted finds it taken and sends nothing more; the lead's reply to
+it is kept on record and opens no case."""
 
 from __future__ import annotations
 
@@ -84,6 +85,25 @@ def test_the_scheduled_report_reaches_the_lead_once_with_two_instances_and_a_res
             first.wait_idle()
             [event] = first.events("report-queued")
             assert event.data["slot"] == slot.isoformat() and event.data["report"] == "e2e"
+            assert len(mailstack.messages(lead.address, lead.password)) == 1
+
+            # The lead answers the report from their mail client: kept and on record, no case,
+            # no acknowledgement (it would be queued with the event, in the same transaction).
+            send_mail(
+                mailstack,
+                f"Lea <{lead.address}>",
+                it.address,
+                f"Re: {mail['Subject']}",
+                "Varför växer kön? Vi tar det på måndag.",
+                In_Reply_To=mail["Message-ID"],
+                References=mail["Message-ID"],
+            )
+            first.wait_until(lambda: bool(first.events("report-replied")), "the reply on record", 30)
+            [replied] = first.events("report-replied")
+            assert replied.data["message_id_header"] == mail["Message-ID"]
+            assert len(first.cases()) == 1  # the customer's
+            assert [o for o in first.outbox() if lead.address in o.rcpt_to and o.kind != "report"] == []
+            first.wait_idle()
             assert len(mailstack.messages(lead.address, lead.password)) == 1
             assert first.stop() == 0
             assert second.stop() == 0

@@ -4,6 +4,7 @@ their SLA without a subject or customer, the charts as PNGs, and the endpoint's 
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
-from mailrouter import kpi
+from mailrouter import charts, kpi
 from mailrouter.config import HttpSettings
 from mailrouter.daemon import load
 from mailrouter.db import open_database
@@ -21,7 +22,7 @@ from mailrouter.health import Health
 from mailrouter.http import Endpoint
 from mailrouter.intake import Intake
 from mailrouter.models import Case
-from tests.unit.test_agent_flow import CUSTOMER, deliver
+from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver, outbox
 from tests.unit.test_sla import with_sla
 
 TOKEN = "dashboard-test-token"
@@ -45,8 +46,12 @@ def desk(config_file, clock):
     return intake
 
 
-async def client_for(intake, token: SecretStr | None = None) -> TestClient[web.Request, web.Application]:
-    endpoint = Endpoint(HttpSettings(), token, Health({}), intake.engine, 60, intake.config)
+async def client_for(
+    intake, token: SecretStr | None = None, language: str = "en"
+) -> TestClient[web.Request, web.Application]:
+    settings = HttpSettings.model_validate({"language": language})
+    templates = intake.casework.notices.templates
+    endpoint = Endpoint(settings, token, Health({}), intake.engine, 60, intake.config, templates)
     client = TestClient(TestServer(endpoint.app))
     await client.start_server()
     return client
@@ -77,15 +82,38 @@ async def test_the_board_shows_the_departments_figures_as_kpi_counts_them(desk):
     assert 'name="viewport"' in page
 
 
+async def test_the_board_counts_each_sla_target_met_missed_and_running_this_week(desk, clock):
+    """The late case answered past its 4h (missed), the new one within it (met), whose customer
+    then writes back (a next response running); the one due soon still waits (running)."""
+    late, new = notification_of(desk, "IT-1001"), notification_of(desk, "IT-1003")
+    clock.now = datetime.now(UTC)
+    agent_reply(desk, late, "Sorry for the wait: try the other tray.")
+    agent_reply(desk, new, "Try the other tray.")
+    deliver(desk, sender=CUSTOMER, subject="Re: [IT-1003] Skrivaren New", body="Still jammed.")
+    client = await client_for(desk)
+    try:
+        page = await (await client.get("/dashboard/it")).text()
+    finally:
+        await client.close()
+    shown = {
+        target: tuple(int(figure(page, f"sla.{target}.{o}")) for o in ("met", "missed", "running"))
+        for target in ("first-response", "next-response", "resolution")
+    }
+    assert shown == {"first-response": (1, 1, 1), "next-response": (0, 0, 1), "resolution": (0, 0, 3)}
+    assert figure(page, "sla.first-response") == "50 %" and figure(page, "sla.next-response") == "-"
+
+
+def notification_of(intake, number: str):
+    return next(m for m in outbox(intake, "notification") if m["Subject"].startswith(f"[{number}]"))
+
+
 async def test_the_cases_nearest_their_sla_come_first_and_show_nothing_a_customer_wrote(desk):
     client = await client_for(desk)
     try:
         page = await (await client.get("/dashboard/it")).text()
     finally:
         await client.close()
-    rows = re.findall(
-        r'<tr class="(late|soon|)" data-case="([A-Z]+-\d+)">\s*<td>[^<]*</td><td>([a-z-]+)</td>', page
-    )
+    rows = re.findall(r'<tr class="(late|soon|)" data-case="([A-Z]+-\d+)" data-target="([a-z-]+)">', page)
     assert rows[:3] == [
         ("late", "IT-1001", "first-response"),
         ("soon", "IT-1002", "first-response"),
@@ -151,3 +179,40 @@ async def test_a_sensitive_case_is_counted_and_never_listed(desk):
     assert 'data-case="IT-1002"' not in page and "IT-1002" not in page
     assert 'data-case="IT-1001"' in page
     assert figure(page, "sensitive") == "1" and figure(page, "backlog") == "3"
+
+
+async def test_the_dashboard_speaks_its_configured_language_in_the_report_mails_words(desk):
+    """[http] language = "no": the page, its overview and its charts take the words of the report
+    mail's Norwegian catalogue (one source), and no English one is left."""
+    words = desk.casework.notices.templates.words("no")
+    client = await client_for(desk, language="no")
+    try:
+        board = await (await client.get("/dashboard/it")).text()
+        overview = await (await client.get("/dashboard")).text()
+        backlog = await (await client.get("/dashboard/it/backlog.png")).read()
+    finally:
+        await client.close()
+    assert '<html lang="no">' in board and '<html lang="no">' in overview
+    for word in ("today", "this_week", "open_now", "created", "sla_first_response", "watch", "sla_week"):
+        assert f">{words[word]}<" in board, word
+    assert f"<td>{words['targets']['first-response']}</td>" in board  # "første svar"
+    assert f"<td>{html.escape(words['ages'][0])}</td>" in board  # "&lt; 1 dag"
+    for english in ("Today", "This week", "Open now", "new cases", "past their SLA", "first-response"):
+        assert f">{english}<" not in board, english
+    assert f">{words['desk']}<" in overview and f">{words['new_today']}<" in overview
+    norwegian = charts.backlog(words["ages"], [3, 0, 0, 0, 0], charts.Words.of(words))
+    english_words = charts.Words.of(desk.casework.notices.templates.words("en"))
+    assert backlog == norwegian != charts.backlog(english_words.ages, [3, 0, 0, 0, 0], english_words)
+
+
+@pytest.mark.parametrize("language", ["en", "sv", "no", "da", "fi"])
+async def test_every_language_has_every_word_of_the_dashboard(desk, language):
+    """The pages render with StrictUndefined: a word missing from a catalogue fails here."""
+    catalogue = desk.casework.notices.templates
+    assert set(catalogue.words(language)) == set(catalogue.words("en"))
+    client = await client_for(desk, language=language)
+    try:
+        board, overview = await client.get("/dashboard/it"), await client.get("/dashboard")
+    finally:
+        await client.close()
+    assert (board.status, overview.status) == (200, 200)

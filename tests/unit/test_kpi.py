@@ -7,9 +7,9 @@ from email.message import Message
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from mailrouter import kpi
+from mailrouter import charts, kpi, pictures
 from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import open_database
@@ -148,10 +148,57 @@ def test_answer_and_resolution_times_in_calendar_and_business_time(november):
 
 
 def test_sla_compliance_per_target(november):
+    """Met and missed as settled in November; running: E, C and D, open at its end and never
+    answered. B's next response (the answer two hours after "Third floor.") was met; A's
+    clock, started by the reopening message, ended with "#resolve", which answers nothing."""
     kpis = figures(november, now=at(3, 12, month=12)).total.kpis
-    assert kpis.sla_first_response == kpi.Compliance(met=2, missed=1)
-    assert kpis.sla_resolution == kpi.Compliance(met=3, missed=0)
+    assert kpis.sla_first_response == kpi.Compliance(met=2, missed=1, running=3)
+    assert kpis.sla_resolution == kpi.Compliance(met=3, missed=0, running=3)
+    assert kpis.sla_next_response == kpi.Compliance(met=1, missed=0, running=0)
     assert kpis.sla_first_response.rate == pytest.approx(2 / 3)
+
+
+def test_a_running_target_is_settled_by_the_periods_end_or_not(november):
+    """At the end of 2 November A is resolved, B answered (first response met, resolution
+    running); E's targets run since 1 November."""
+    kpis = figures(november, kpi.Period(date(2026, 11, 1), date(2026, 11, 2), "two days")).total.kpis
+    assert kpis.sla_first_response == kpi.Compliance(met=1, missed=0, running=2)
+    assert kpis.sla_resolution == kpi.Compliance(met=1, missed=0, running=2)
+
+
+def next_response_due(intake, number: str) -> datetime | None:
+    with Session(intake.engine) as session:
+        return session.exec(select(Case).where(Case.number == number)).one().next_response_due
+
+
+def test_next_responses_met_missed_and_running_per_period(desk, clock):
+    """One case in late November; next response 8h of business time (Oslo, 08-16, UTC+1)."""
+    g, g_mail = open_case(desk, clock, at(16, 8), "G")  # Monday 09:00
+    answer(desk, clock, at(16, 9), g_mail, "Looking at it.")
+    writes(desk, clock, at(16, 10), g)  # clock 1, due Tuesday 11:00 (10:00 UTC)
+    writes(desk, clock, at(16, 12), g, "Any news?")  # counted from the older message: no move
+    assert next_response_due(desk, g) == at(17, 10)
+    answer(desk, clock, at(17, 11), g_mail, "Ordered a part.")  # an hour late: missed
+    writes(desk, clock, at(18, 8), g)  # clock 2
+    answer(desk, clock, at(18, 9), g_mail, "It is on its way.")  # met
+    writes(desk, clock, at(19, 8), g)  # clock 3
+    answer(desk, clock, at(19, 9), g_mail, "#pending")  # no answer: the clock ends, uncounted
+    assert next_response_due(desk, g) is None
+    writes(desk, clock, at(20, 8), g, "Here is the serial number.")  # clock 4, out of pending
+    answer(desk, clock, at(30, 8), g_mail, "Thanks, noted.")  # a week on: missed
+    writes(desk, clock, at(30, 14, 30), g)  # clock 5, Monday 15:30: still running at midnight
+    answer(desk, clock, at(1, 8, month=12), g_mail, "Fixed now.")  # 1.5h: met, in December
+    november = figures(desk, now=at(3, 12, month=12)).total.kpis.sla_next_response
+    assert november == kpi.Compliance(met=1, missed=2, running=1)
+    assert november.rate == pytest.approx(1 / 3)
+    december = kpi.Period(date(2026, 12, 1), date(2026, 12, 31), "this-month")
+    assert figures(desk, december, now=at(3, 12, month=12)).total.kpis.sla_next_response == kpi.Compliance(
+        met=1, missed=0, running=0
+    )
+    third_week = kpi.Period(date(2026, 11, 16), date(2026, 11, 22), "week")
+    assert figures(desk, third_week, now=at(3, 12, month=12)).total.kpis.sla_next_response == kpi.Compliance(
+        met=1, missed=1, running=1
+    )
 
 
 def test_first_contact_resolution_and_replies_per_case(november):
@@ -208,6 +255,47 @@ def test_the_hour_of_arrival_is_local_on_either_side_of_a_clock_change(intake, c
     arrivals = figures(intake, kpi.Period(date(2026, 10, 25), date(2026, 10, 25), "day")).arrivals
     sunday = 6
     assert arrivals[sunday][2] == 2 and sum(map(sum, arrivals)) == 2
+
+
+def test_each_department_counts_arrivals_on_its_own_clock_across_the_spring_clock_change(engine):
+    """29 March: Oslo goes from 02:00 to 03:00 and Helsinki from 03:00 to 04:00, both at 01:00
+    UTC. IT (Oslo) has cases from 00:30 and 01:30 UTC: 01:30 and 03:30, none at 2 o'clock, which
+    did not exist. HR (Helsinki) has one from 22:30 UTC the evening before, Sunday 00:30 there
+    (Saturday 23:30 in Oslo), and one from 01:30 UTC: 04:30. On SQLite and PostgreSQL."""
+    arrived = (
+        (at(28, 22, 30, month=3), "hr"),
+        (at(29, 0, 30, month=3), "it"),
+        (at(29, 1, 30, month=3), "it"),
+        (at(29, 1, 30, month=3), "hr"),
+    )
+    with Session(engine) as session:
+        for number, (moment, department) in enumerate(arrived, 1):
+            session.add(Case(number=f"X-{number}", department=department, subject="", created_at=moment))
+        session.commit()
+    sunday = kpi.Period(date(2026, 3, 29), date(2026, 3, 29), "day")
+    zones = {"it": OSLO, "hr": ZoneInfo("Europe/Helsinki")}
+    both = kpi.figures(engine, sunday, zones, now=at(30, 12, month=3)).arrivals
+    assert {(day, hour): n for day, hours in enumerate(both) for hour, n in enumerate(hours) if n} == {
+        (6, 0): 1,
+        (6, 1): 1,
+        (6, 3): 1,
+        (6, 4): 1,
+    }
+    it_only = kpi.figures(engine, sunday, {"it": OSLO}, now=at(30, 12, month=3)).arrivals
+    assert [hour for hour, n in enumerate(it_only[6]) if n] == [1, 3]
+    weekend = kpi.Period(date(2026, 3, 28), date(2026, 3, 29), "weekend")
+    assert kpi.daily_created(engine, weekend, zones) == (0, 4)  # HR's evening case is Sunday's
+
+
+def test_the_busiest_hours_chart_of_the_mail_draws_these_arrivals(november):
+    """The report mail's heat map (pictures.draw_all, which the dashboard's chart shares) is the
+    drawing of kpi's arrivals on the departments' clocks, not of some other count."""
+    result = figures(november, now=at(3, 12, month=12))
+    words = charts.Words.of(november.casework.notices.templates.words("no"))
+    drawn = pictures.draw_all(november.engine, november.config, result, words)[pictures.Chart.BUSIEST_HOURS]
+    assert drawn == charts.busiest_hours(result.arrivals, words)
+    in_utc = kpi.figures(november.engine, NOVEMBER, {"it": ZoneInfo("UTC")}, now=at(3, 12, month=12))
+    assert drawn != charts.busiest_hours(in_utc.arrivals, words)
 
 
 def test_cases_created_per_local_day_for_the_volume_chart(november):

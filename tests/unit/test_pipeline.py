@@ -1,6 +1,8 @@
 """The whole intake against a real SQLite database: no IMAP, no SMTP."""
 
 import email
+import hashlib
+import random
 from datetime import timedelta
 from email.policy import default
 
@@ -11,7 +13,7 @@ from sqlmodel import Session, select
 from mailrouter import store
 from mailrouter.models import Case, Customer, Event, Message, OutboxMessage, RawMessage, utcnow
 from mailrouter.parse import parse_degraded
-from mailrouter.plan import Origin, OutcomeKind
+from mailrouter.plan import Origin, OutcomeKind, Raw
 from mailrouter.store import checkpoint
 from mailrouter.vocabulary import EventKind
 from tests.messages import make_mail, plain_text
@@ -223,3 +225,25 @@ def test_mail_that_arrived_long_before_it_is_read_opens_its_case_unanswered(inta
     recent = Origin("it", 7, 2, received_at=utcnow() - timedelta(hours=1))
     intake.process(make_mail(message_id="<new@k>", subject="another"), recent)
     assert len(acknowledgements(intake)) == 1
+
+
+@pytest.mark.parametrize("size", [100, store.STREAMED_RAW + 1])
+def test_a_raw_message_is_kept_byte_for_byte_and_once(engine, size):
+    data = random.Random(size).randbytes(size)
+    raw = Raw(hashlib.sha256(data).hexdigest(), data)
+    for _ in range(2):  # the same bytes again (a retry, a duplicate): still one row
+        with Session(engine) as session:
+            store.keep_raw(session, raw)
+            session.commit()
+    with Session(engine) as session:
+        [kept] = session.exec(select(RawMessage)).all()
+    assert (kept.sha256, kept.size, kept.data) == (raw.sha256, size, data)
+
+
+def test_a_big_raw_message_whose_transaction_rolls_back_leaves_nothing(engine):
+    data = random.Random(1).randbytes(store.STREAMED_RAW + 1)
+    with Session(engine) as session:
+        store.keep_raw(session, Raw(hashlib.sha256(data).hexdigest(), data))
+        session.rollback()
+    with Session(engine) as session:
+        assert session.exec(select(RawMessage)).all() == []

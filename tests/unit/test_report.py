@@ -38,6 +38,12 @@ def test_json_gives_every_figure_by_its_column_name(nordic, capsysbinary):
     assert (total["created"], total["resolved"], total["reopened"], total["backlog"]) == (6, 3, 1, 3)
     assert total["first response business median"] == 3 * 3600
     assert total["sla first response"] == pytest.approx(2 / 3)
+    sla = {
+        target: [total[f"sla {target} {outcome}"] for outcome in ("met", "missed", "running")]
+        for target in ("first response", "next response", "resolution")
+    }
+    assert sla == {"first response": [2, 1, 3], "next response": [1, 0, 0], "resolution": [3, 0, 3]}
+    assert total["sla next response"] == 1.0
     assert document["period"] == {
         "first": "2026-11-01",
         "last": "2026-11-30",
@@ -56,6 +62,8 @@ def test_csv_opens_in_a_nordic_excel_bom_semicolons_and_letters_intact(nordic, c
     assert NORDIC in total[1]
     assert total[header.index("first response business median (hours)")] == "3,00"  # a decimal comma
     assert total[header.index("sla first response (%)")] == "66,67"
+    assert total[header.index("sla resolution running")] == "3"
+    assert total[header.index("sla next response (%)")] == "100,00"
     department = next(row for row in rows if row[:1] == ["department"])
     assert department[1] == NORDIC
     assert ["weekday", *(f"{h:02d}" for h in range(24))] in rows
@@ -70,6 +78,7 @@ def test_the_table_lists_every_figure_and_the_breakdowns(nordic, capsysbinary):
         if line.startswith("  ")
     }
     assert figures["sla first response"] == "67 %" and figures["created"] == "6"
+    assert (figures["sla first response running"], figures["sla next response met"]) == ("3", "1")
     assert figures["first response business median"] == "3h 00m"
     assert "by department" in text and "by customer" in text and "kari@kunde.example" in text
 
@@ -86,6 +95,8 @@ def test_html_is_a_page_with_the_figures(nordic, capsysbinary):
 
     Cells().feed(page)
     assert cells[cells.index("created") + 1] == "6" and "By department" in cells and NORDIC in cells
+    assert cells[cells.index("sla resolution running") + 1] == "3"
+    assert cells[cells.index("sla next response") + 1] == "100 %"
 
 
 def test_one_department_and_its_own_figures(nordic, capsysbinary):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from email.policy import default
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailrouter import store
 from mailrouter.config import load_config
@@ -19,10 +19,11 @@ from mailrouter.daemon import load
 from mailrouter.db import open_database
 from mailrouter.errors import ConfigError
 from mailrouter.intake import Intake
-from mailrouter.models import Event, OutboxMessage, ReportSlot
+from mailrouter.models import Case, Event, Message, OutboxMessage, ReportSlot
+from mailrouter.plan import Origin, OutcomeKind
 from mailrouter.reportmail import Reports, period_of
 from mailrouter.vocabulary import EventKind, OutboxKind
-from tests.messages import plain_text
+from tests.messages import make_mail, plain_text
 from tests.unit.test_agent_flow import agent_reply, new_case
 
 REPORT = """
@@ -91,6 +92,7 @@ def test_the_report_mail_shows_its_charts_inline_beside_a_text_part(reporting, c
     plain = text.get_content()
     assert re.search(r"^New cases: +1\r?$", plain, re.M)
     assert re.search(r"^First answer \(median / 90 %\): +2h 00m / 2h 00m\r?$", plain, re.M)
+    assert re.search(r"^Next answer within SLA: +-\r?$", plain, re.M)  # no SLA: nothing counted
 
 
 def test_the_report_speaks_its_configured_language(reporting, clock):
@@ -211,3 +213,49 @@ def test_check_renders_the_report_templates_and_shows_when_each_report_goes(repo
     out = capsys.readouterr().out
     assert "report weekly: mon 07:00 (Europe/Oslo), next " in out
     assert "last-week of IT Support, in no, to 2 recipient(s)" in out
+
+
+def lead_replies(intake: Intake, report: email.message.EmailMessage, sender: str = "lead@example.test"):
+    """The lead answers the report mail from their mail client, to the department's address."""
+    reply = make_mail(
+        sender=f"Lea Lead <{sender}>",
+        to="it-support@example.test",
+        subject=f"Re: {report['Subject']}",
+        body="Why did the backlog grow? Let us talk on Monday.",
+        message_id="<lead-reply@example.test>",
+        headers={"In-Reply-To": report["Message-ID"], "References": report["Message-ID"]},
+    )
+    return intake.process(reply, Origin("it", 1, 900))
+
+
+def kinds(intake: Intake) -> list[str]:
+    with Session(intake.engine) as session:
+        return [row.kind for row in session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id)))]
+
+
+def test_a_leads_reply_to_the_report_is_recorded_and_opens_no_case(reporting):
+    """Before: the reply became case IT-1001, and the lead got an acknowledgement."""
+    intake = reporting()
+    reports(intake).send_due(SLOT)
+    [report] = queued(intake)
+    assert report["Auto-Submitted"] == "auto-generated" and report["Message-ID"]
+    outcome = lead_replies(intake, report)
+    assert (outcome.kind, outcome.case_number) == (OutcomeKind.REPORT_REPLY, None)
+    assert kinds(intake) == [OutboxKind.REPORT]  # nobody acknowledged, nobody notified
+    with Session(intake.engine) as session:
+        assert session.exec(select(Case)).all() == []
+        [kept] = session.exec(select(Message)).all()
+        [event] = session.exec(select(Event).where(Event.kind == EventKind.REPORT_REPLIED)).all()
+    assert (kept.message_id, kept.case_id, event.message_id) == ("<lead-reply@example.test>", None, kept.id)
+    assert event.data["message_id_header"] == report["Message-ID"]
+    assert event.detail.startswith(f"lead@example.test answered the report mail {report['Message-ID']}")
+
+
+def test_someone_not_sent_the_report_who_answers_it_is_heard_as_anyone_is(reporting):
+    """A report forwarded to a customer, and their reply to it: a case like any mail."""
+    intake = reporting()
+    reports(intake).send_due(SLOT)
+    [report] = queued(intake)
+    outcome = lead_replies(intake, report, sender="kari@kunde.example")
+    assert outcome.kind == OutcomeKind.NEW_CASE
+    assert OutboxKind.ACKNOWLEDGEMENT in kinds(intake)
