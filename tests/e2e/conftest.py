@@ -34,6 +34,7 @@ from tests.messages import make_mail, new_message_id
 
 ROOT = Path(__file__).resolve().parents[2]
 Row = TypeVar("Row")
+_STARTED: list[Daemon] = []  # by Daemon.start, for no_daemon_outlives_its_test
 
 CONFIG = """
 database_url = "{database_url}"
@@ -116,6 +117,7 @@ class Daemon:
         assert self.process is None, "already running"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
+        _STARTED.append(self)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mailrouter", "--config", str(self.config_path), "run"],
             stdout=log,
@@ -354,34 +356,35 @@ def send_mail(stack: MailStack, sender: str, to: str, subject: str, body: str, *
     return message_id
 
 
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    """Every daemon the test started is killed when it ends, passed or failed: one left running
+    would go on reading its mailboxes and holding memory until the whole run ends."""
+    yield
+    while _STARTED:
+        _STARTED.pop().kill()
+
+
 @pytest.fixture
-def installation(mailstack: MailStack, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """make_daemon with all departments, a SQLite database of its own by default, and a kill at
-    the end of the test whatever happened."""
-    made: list[Daemon] = []
+def installation(mailstack: MailStack, tmp_path: Path) -> Callable[..., Daemon]:
+    """make_daemon with all departments and a SQLite database of its own by default."""
 
     def make(name: str = "mailrouter", database_url: str | None = None, **kwargs: Any) -> Daemon:
         url = database_url or f"sqlite:///{tmp_path}/{name}.db"
-        instance = make_daemon(mailstack, tmp_path / name, url, tuple(DEPARTMENTS), **kwargs)
-        made.append(instance)
-        return instance
+        return make_daemon(mailstack, tmp_path / name, url, tuple(DEPARTMENTS), **kwargs)
 
-    yield make
-    for instance in made:
-        instance.kill()
+    return make
 
 
 @pytest.fixture
-def daemon(mailstack: MailStack, tmp_path: Path) -> Iterator[Daemon]:
+def daemon(mailstack: MailStack, tmp_path: Path) -> Daemon:
     """A configured, not yet started installation with the it, hr and vaktmester departments."""
-    instance = make_daemon(
+    return make_daemon(
         mailstack,
         tmp_path / "mailrouter",
         f"sqlite:///{tmp_path}/mailrouter.db",
         tuple(DEPARTMENTS),
     )
-    yield instance
-    instance.kill()
 
 
 @pytest.fixture

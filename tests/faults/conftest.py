@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Account, Daemon, installation  # noqa: F401  (the fixture)
+from tests.e2e.conftest import Account, Daemon, installation, no_daemon_outlives_its_test  # noqa: F401 (fixtures)
 from tests.mailstack import MailStack
 from tests.messages import make_mail, new_message_id
 
