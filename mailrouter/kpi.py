@@ -40,9 +40,8 @@ from sqlalchemy import (
 from sqlalchemy import Integer as SqlInteger
 
 from mailrouter.errors import ReportError
-from mailrouter.plan import SENSITIVE_SUBJECT
-from mailrouter.store import CASE, CUSTOMER, NEXT_RESPONSE, STATUS_CHANGE
-from mailrouter.vocabulary import FINISHED, WAITING_ON_US, CaseStatus, PeriodName
+from mailrouter.models import CASE, CUSTOMER, NEXT_RESPONSE, STATUS_CHANGE
+from mailrouter.vocabulary import FINISHED, SENSITIVE_SUBJECT, WAITING_ON_US, CaseStatus, PeriodName
 
 PERCENTILES = (50, 90)
 TOP_CUSTOMERS = 10

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy.schema import Table
 from sqlmodel import Field, SQLModel
 
 from mailrouter.vocabulary import (
@@ -283,3 +284,19 @@ class ReportSlot(SQLModel, table=True):
     slot_at: datetime = Field(primary_key=True)
     claimed_by: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# The tables, for Core statements (store's writes, kpi's aggregates).
+# SQLModel's classes do not declare the `__table__` SQLAlchemy gives every table class.
+MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
+ATTACHMENT: Table = Attachment.__table__  # type: ignore[attr-defined]
+RAW_MESSAGE: Table = RawMessage.__table__  # type: ignore[attr-defined]
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+EVENT: Table = Event.__table__  # type: ignore[attr-defined]
+CASE: Table = Case.__table__  # type: ignore[attr-defined]
+CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
+MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
+MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
+REPORT_SLOT: Table = ReportSlot.__table__  # type: ignore[attr-defined]
+STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
+NEXT_RESPONSE: Table = NextResponse.__table__  # type: ignore[attr-defined]
