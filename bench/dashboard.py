@@ -8,6 +8,7 @@ department's page (today's and this week's figures, the backlog, the SLA list) a
 page's four charts, and the page with its charts as a browser loads them (one after another).
 
     .venv/bin/python -m bench.dashboard [--cases N] [--messages N] [--postgres URL | --postgres ""]
+                                        [--keep DIR]
 
 Target (issue 18): a dashboard page in < 1 s on the 2-core dev machine.
 """
@@ -22,8 +23,8 @@ from sqlalchemy import Engine, func, text, update
 from bench.report import END, on_each_database, parser, prepared, say, timed
 from mailrouter import dashboard
 from mailrouter.config import load_config
+from mailrouter.models import CASE
 from mailrouter.pictures import Chart
-from mailrouter.store import CASE
 from mailrouter.templates import Templates
 from mailrouter.vocabulary import CaseStatus
 
@@ -74,4 +75,4 @@ def measure(label: str, url: str, directory: Path) -> None:
 if __name__ == "__main__":
     parser.description = __doc__
     ARGS = parser.parse_args()
-    on_each_database(measure, ARGS.postgres)
+    on_each_database(measure, ARGS.postgres, ARGS.keep)

@@ -4,9 +4,15 @@ Generates a realistic history (by default 100,000 cases and 400,000 messages ove
 four departments: arrivals weighted to office hours and weekdays, lognormal answer and
 resolution times, pending pauses, reopenings, closings, surveys), bulk-inserted through the
 migrated schema, then times the figures of a week, a month and a year: kpi.figures in the
-process (the database's share) and the whole `mailrouter report` command (with its start-up).
+process (the database's share) and the whole `mailrouter report` command (with its start-up),
+each the median of three runs.
 
     .venv/bin/python -m bench.report [--cases N] [--messages N] [--postgres URL | --postgres ""]
+                                     [--keep DIR]
+
+Generating the history takes minutes; with `--keep DIR` it is generated once into DIR (the
+SQLite file) and a PostgreSQL database named after DIR, kept, and reused by the next run with
+the same DIR (upgraded to the current schema first); drop the database with `--drop`.
 
 Targets (issue 18): a month in < 2 s, a year in < 5 s, on the 2-core dev machine.
 """
@@ -24,15 +30,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Connection, Engine, create_engine, insert, text
 
 from mailrouter import kpi
 from mailrouter.db import create_schema, make_engine
-from mailrouter.store import CASE, CUSTOMER, MESSAGE, STATUS_CHANGE
+from mailrouter.models import CASE, CUSTOMER, MESSAGE, STATUS_CHANGE
 
 ROOT = Path(__file__).resolve().parents[1]
 END = datetime(2026, 12, 3, 6, 0, tzinfo=UTC)  # "now": the history's last moment
@@ -313,11 +320,18 @@ def prepared(label: str, url: str, directory: Path, cases: int, messages: int) -
     """The migrated database at `url` with the generated history, analysed, and a config.toml
     for it in `directory` (bench/dashboard.py's history too)."""
     engine = make_engine(url)
+    with engine.connect() as connection:
+        kept = engine.dialect.has_table(connection, "case")
     create_schema(engine)
-    start = time.perf_counter()
-    counted = fill(engine, cases, messages)
-    rows = ", ".join(f"{n} {table}" for table, n in counted.items())
-    say(f"{label}: generated {rows} in {time.perf_counter() - start:.1f} s")
+    if kept:
+        with engine.connect() as connection:
+            found = connection.execute(text('SELECT count(*) FROM "case"')).scalar()
+        say(f"{label}: reusing the kept history ({found} cases), upgraded to the current schema")
+    else:
+        start = time.perf_counter()
+        counted = fill(engine, cases, messages)
+        rows = ", ".join(f"{n} {table}" for table, n in counted.items())
+        say(f"{label}: generated {rows} in {time.perf_counter() - start:.1f} s")
     with engine.connect() as connection:
         connection.execute(text("ANALYZE"))  # what a database that has lived two years knows
         connection.commit()
@@ -348,37 +362,80 @@ def measure(label: str, url: str, directory: Path) -> None:
             "--format",
             "json",
         ]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, check=False)
-        whole = time.perf_counter() - start
-        if done.returncode != 0:
-            say(done.stderr.decode()[-2000:])
+        whole = timed(lambda c=command: _run(c))
         say(f"{label}: {name:<5} kpi.figures {in_process:6.2f} s   `mailrouter report` {whole:6.2f} s")
     startup = timed(lambda: subprocess.run([sys.executable, "-c", "import mailrouter.cli"], check=True), 1)
     say(f"{label}: importing mailrouter.cli alone takes {startup:.2f} s")
     engine.dispose()
 
 
-def on_each_database(measure: Callable[[str, str, Path], None], postgres: str) -> None:
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, check=False)
+    if done.returncode != 0:
+        say(done.stderr.decode()[-2000:])
+
+
+def on_each_database(
+    measure: Callable[[str, str, Path], None], postgres: str, keep: Path | None = None
+) -> None:
     """`measure(label, url, directory)` on a new SQLite file, then (unless `postgres` is "") on a
-    new PostgreSQL database on that server, dropped afterwards."""
+    new PostgreSQL database on that server, dropped afterwards; with `keep`, on the history kept
+    there (made on the first run) instead, and nothing is dropped."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        measure("SQLite", f"sqlite:///{keep.resolve()}/report.db", keep)
+        if postgres:
+            name = kept_database(keep)
+            with _admin(postgres) as connection:
+                if (
+                    connection.execute(
+                        text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                    ).first()
+                    is None
+                ):
+                    connection.execute(text(f'CREATE DATABASE "{name}"'))
+            measure("PostgreSQL", f"{postgres}/{name}", keep)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-report-") as directory:
         measure("SQLite", f"sqlite:///{directory}/report.db", Path(directory))
         if postgres:
             name = f"bench_report_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
-            with admin.connect() as connection:
+            with _admin(postgres) as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
             try:
                 measure("PostgreSQL", f"{postgres}/{name}", Path(directory))
             finally:
-                with admin.connect() as connection:
-                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                admin.dispose()
+                drop(postgres, name)
+
+
+def kept_database(keep: Path) -> str:
+    """The PostgreSQL database that holds the history kept in `keep`."""
+    return "bench_report_" + "".join(c if c.isalnum() else "_" for c in keep.resolve().name).lower()
+
+
+@contextmanager
+def _admin(postgres: str) -> Iterator[Connection]:
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            yield connection
+    finally:
+        admin.dispose()
+
+
+def drop(postgres: str, name: str) -> None:
+    with _admin(postgres) as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def main() -> None:
-    on_each_database(measure, ARGS.postgres)
+    if ARGS.drop:
+        if ARGS.keep is None or not ARGS.postgres:
+            raise SystemExit("--drop needs --keep DIR and a --postgres server")
+        drop(ARGS.postgres, kept_database(ARGS.keep))
+        say(f"dropped {kept_database(ARGS.keep)}")
+        return
+    on_each_database(measure, ARGS.postgres, ARGS.keep)
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,6 +446,8 @@ parser.add_argument(
     default=os.environ.get("MAILROUTER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432"),
     help='a server URL without database; "" skips PostgreSQL',
 )
+parser.add_argument("--keep", type=Path, help="generate the history once into DIR and reuse it")
+parser.add_argument("--drop", action="store_true", help="drop the PostgreSQL database kept for --keep")
 ARGS = parser.parse_args() if __name__ == "__main__" else parser.parse_args([])
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from datetime import date
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from mailrouter.parse import Inbound
-
 if TYPE_CHECKING:
     from mailrouter.config import Config
+    from mailrouter.parse import Inbound
 
 # it-support+it-1042.<agent tag>.<key id><mac>@example.test
 _DETAIL = re.compile(

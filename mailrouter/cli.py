@@ -7,9 +7,6 @@ import json
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -17,9 +14,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 
-from mailrouter import __version__, kpi, logs, outbox, sla, store
+from mailrouter import __version__, logs
 from mailrouter.config import RELAY, Age, Config, load_config
 from mailrouter.db import open_database, open_reader
 from mailrouter.errors import (
@@ -31,11 +27,11 @@ from mailrouter.errors import (
     SchemaMismatch,
 )
 from mailrouter.models import utcnow
-from mailrouter.vocabulary import CaseStatus, OutboxState
+from mailrouter.vocabulary import CaseStatus, OutboxState, PeriodName
 
 # Each command imports what only it needs: the daemon's wiring, the intake, the OAuth libraries,
-# the report mail and alembic's migration context cost a second of start-up that `report`,
-# `show` or `status` should not wait for.
+# the report mail, the storage layer and alembic's migration context cost a second of start-up
+# that `report`, `show` or `status` should not wait for.
 if TYPE_CHECKING:
     from mailrouter.models import Case
     from mailrouter.parse import Inbound
@@ -208,6 +204,8 @@ def _when(moment: datetime | None) -> str:
 
 
 def _sla_explained(config: Config, decision: Decision) -> str:
+    from mailrouter import sla
+
     choice = sla.choose(config, decision.sla, decision.department, decision.priority)
     policy = sla.policy(config, choice.policy)
     if policy is None:
@@ -220,6 +218,10 @@ def _sla_explained(config: Config, decision: Decision) -> str:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from mailrouter import store
+
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     with Session(engine) as session:
         rows = store.list_cases(
@@ -245,6 +247,9 @@ def cmd_cases(args: argparse.Namespace) -> int:
 def _readyz(config: Config) -> dict[str, object] | str | None:
     """The running daemon's own /readyz answer, when [http] is configured: its live facts, or
     why it did not answer."""
+    import urllib.error
+    import urllib.request
+
     settings = config.file.http
     if settings is None:
         return None
@@ -270,6 +275,9 @@ def _readyz(config: Config) -> dict[str, object] | str | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What a person at a terminal wants to know: mailboxes, outbox, quarantine, the scheduler."""
+    from sqlmodel import Session
+
+    from mailrouter import outbox, store
     from mailrouter.facts import read_facts
     from mailrouter.review import set_aside
 
@@ -334,6 +342,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from mailrouter import outbox
+
     engine = open_reader(load_config(_config_path(args), resolve_secrets=False))
     rows = outbox.listed(engine, [args.state] if args.state else sorted(outbox.RETRYABLE), args.limit)
     if args.json:
@@ -352,6 +362,8 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 def cmd_outbox_retry(args: argparse.Namespace) -> int:
     """A failed or bounced letter back to the queue; the running sender picks it up."""
+    from mailrouter import outbox
+
     engine = open_database(load_config(_config_path(args), resolve_secrets=False), upgrade=False)
     for row_id in args.ids:
         row = outbox.requeue(engine, row_id)
@@ -360,6 +372,10 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from mailrouter import store
+
     config = load_config(_config_path(args), resolve_secrets=False)
     engine = open_reader(config)
     with Session(engine) as session:
@@ -395,6 +411,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _print_sla(config: Config, case: Case) -> None:
     """Each target's due time and how it stands, in the department's business time."""
+    from mailrouter import sla
+
     if not case.sla:
         return
     paused = (
@@ -466,6 +484,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def cmd_privacy_export(args: argparse.Namespace) -> int:
     """Everything held about a person (access request): a zip of export.json and the raw mails."""
+    import zipfile
+
     from mailrouter import privacy
 
     config = load_config(_config_path(args), resolve_secrets=False)
@@ -484,6 +504,8 @@ def cmd_privacy_export(args: argparse.Namespace) -> int:
 
 def cmd_privacy_erase(args: argparse.Namespace) -> int:
     """Everything about a person deleted or anonymised (erasure request), in one transaction."""
+    from sqlmodel import Session
+
     from mailrouter import privacy
 
     config = load_config(_config_path(args), resolve_secrets=False)
@@ -558,6 +580,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     the daemon's own intake. The exit status is what the MTA acts on (sysexits): 0 once the
     message is ours (registered, screened, quarantined, refused but kept), EX_TEMPFAIL when it
     is not yet (the MTA keeps it and tries again), so mail we kept is never bounced."""
+    from mailrouter import store
     from mailrouter.daemon import load
     from mailrouter.intake import Intake
     from mailrouter.plan import DELIVERED, Origin
@@ -608,7 +631,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The figures of a period, for one department or all, in local dates of the departments."""
-    from mailrouter import report
+    from mailrouter import kpi, report
 
     config = load_config(_config_path(args), resolve_secrets=False)
     if args.department and args.department not in config.mailboxes:
@@ -777,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     figures = commands.add_parser(
         "report", help="the desk's figures over a period (README: Reports defines each one)"
     )
-    figures.add_argument("--period", choices=kpi.PERIODS, default="last-week")
+    figures.add_argument("--period", choices=tuple(PeriodName), default="last-week")
     figures.add_argument("--from", dest="start", type=_date, metavar="DATE", help="first day, YYYY-MM-DD")
     figures.add_argument("--to", dest="end", type=_date, metavar="DATE", help="last day, included")
     figures.add_argument("--department", help="one department (default: all of them)")

@@ -46,7 +46,6 @@ from mailrouter.templates import Templates
 log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # mallopt(3)
-M_ARENA_MAX = -8
 BIG_BUFFER = 1024 * 1024
 
 
@@ -98,32 +97,9 @@ def return_big_buffers_to_the_system() -> None:
     mallopt(M_MMAP_THRESHOLD, BIG_BUFFER)
 
 
-def one_heap_for_every_thread() -> None:
-    """One malloc arena for the whole process. glibc gives each new thread that allocates an
-    arena of its own, up to eight per core, and an arena keeps the space freed in it for that
-    thread: lingua loads its models in threads of its own, and their scratch space stayed
-    resident beside the models (bench/RESULTS.md). Our threads take turns for the GIL anyway."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:  # not glibc
-        return
-    mallopt(M_ARENA_MAX, 1)
-
-
-def give_back_free_memory() -> None:
-    """Return the free pages of the heap to the system: after a one-off load (the language
-    models) that left its scratch space freed but resident."""
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except AttributeError:  # not glibc
-        return
-    malloc_trim(0)
-
-
 def run(loaded: Loaded) -> None:
     """`mailrouter run`: one process per SQLite database, as many as wanted on PostgreSQL."""
     return_big_buffers_to_the_system()
-    one_heap_for_every_thread()
     path = sqlite_path(loaded.config.database_url)
     instance_lock = InstanceLock(path) if path is not None else None
     if instance_lock is not None:
@@ -145,7 +121,6 @@ async def serve(loaded: Loaded) -> None:
     # Before any mailbox is read: a try that took the models' load along was easily cut short by
     # a restart, and three such counted as a message that kills the process.
     await asyncio.to_thread(language.prepare)
-    give_back_free_memory()
     intake = Intake(config, loaded.rules, loaded.templates, engine, loaded.agents)
     instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     wake_sender = asyncio.Event()  # set when mail is queued: the sender looks at once

@@ -94,7 +94,7 @@ class Row:
 def _line(engine: Engine, config: Config, department: str, name: str, now: datetime) -> kpi.Figures:
     zone = config.calendar(department).zone
     period = kpi.named_period(name, now.astimezone(zone).date())
-    return kpi.figures(engine, period, {department: zone}, dimensions=())
+    return kpi.figures(engine, period, {department: zone}, dimensions=(), now=now)
 
 
 def _watch_row(watched: store.Watched, now: datetime) -> WatchRow:

@@ -12,7 +12,7 @@ from datetime import UTC
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
-from mailrouter import store
+from mailrouter import models
 from mailrouter.models import Event, utcnow
 from mailrouter.vocabulary import EventKind, OutboxState
 
@@ -34,12 +34,12 @@ class DatabaseFacts:
 
 def queued_mail(engine: Engine) -> int:
     with engine.connect() as connection:
-        statement = select(func.count()).where(store.OUTBOX.c.state == OutboxState.QUEUED)
+        statement = select(func.count()).where(models.OUTBOX.c.state == OutboxState.QUEUED)
         return connection.execute(statement).scalar_one()
 
 
 def read_facts(engine: Engine) -> DatabaseFacts:
-    outbox = store.OUTBOX.c
+    outbox = models.OUTBOX.c
     with engine.connect() as connection:
         states: dict[str, int] = dict(
             connection.execute(select(outbox.state, func.count()).group_by(outbox.state)).all()

@@ -185,16 +185,40 @@ class DaemonCollector(Collector):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# A browser on a wall screen or a phone cannot send a header: it opens a dashboard page once
+# with ?token=<token> and gets a cookie in its place. The cookie holds an HMAC of the token, not
+# the token (a new token ends every such login), is sent to the dashboard's pages and charts only,
+# and the token is taken out of the address at once by a redirect, into no history or bookmark.
+DASHBOARD_COOKIE = "mailrouter_dashboard"
+_DASHBOARD_LOGIN_DAYS = 365
+
+
 def _token_check(token: SecretStr | None) -> Middleware:
-    expected = f"Bearer {token.get_secret_value()}".encode() if token is not None else None
+    secret = token.get_secret_value().encode() if token is not None else b""
+    bearer = b"Bearer " + secret
+    remembered = hmac.new(secret, b"mailrouter dashboard login", "sha256").hexdigest().encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return web.json_response({"error": "a valid bearer token is required"}, status=401)
-        return await handler(request)
+        if token is None or hmac.compare_digest(request.headers.get("Authorization", "").encode(), bearer):
+            return await handler(request)
+        if request.path == "/dashboard" or request.path.startswith("/dashboard/"):
+            if hmac.compare_digest(request.cookies.get(DASHBOARD_COOKIE, "").encode(), remembered):
+                return await handler(request)
+            if hmac.compare_digest(request.query.get("token", "").encode(), secret):
+                rest = {key: value for key, value in request.query.items() if key != "token"}
+                login = web.HTTPSeeOther(location=str(request.rel_url.with_query(rest)))
+                login.set_cookie(
+                    DASHBOARD_COOKIE,
+                    remembered.decode(),
+                    max_age=_DASHBOARD_LOGIN_DAYS * 86400,
+                    path="/dashboard",
+                    httponly=True,
+                    samesite="Strict",
+                    secure=request.secure,
+                )
+                return login
+        return web.json_response({"error": "a valid bearer token is required"}, status=401)
 
     return check
 

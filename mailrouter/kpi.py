@@ -2,8 +2,8 @@
 database.
 
 Every figure is an SQL aggregate over the case history (the cases' never-cleared report columns
-and the status changes): counts and sums per group, medians and 90th percentiles by window
-functions, so no case row is loaded into Python however long the history. The result is plain,
+and the status changes): counts and sums per group, medians and 90th percentiles by percentile
+aggregates, so no case row is loaded into Python however long the history. The result is plain,
 frozen data that the `report` command, the report mail and the dashboard all render.
 
 A period is a span of local dates; each department's share of it runs from midnight to midnight
@@ -40,9 +40,8 @@ from sqlalchemy import (
 from sqlalchemy import Integer as SqlInteger
 
 from mailrouter.errors import ReportError
-from mailrouter.plan import SENSITIVE_SUBJECT
-from mailrouter.store import CASE, CUSTOMER, NEXT_RESPONSE, STATUS_CHANGE
-from mailrouter.vocabulary import FINISHED, WAITING_ON_US, CaseStatus, PeriodName
+from mailrouter.models import CASE, CUSTOMER, NEXT_RESPONSE, STATUS_CHANGE
+from mailrouter.vocabulary import FINISHED, SENSITIVE_SUBJECT, WAITING_ON_US, CaseStatus, PeriodName
 
 PERCENTILES = (50, 90)
 TOP_CUSTOMERS = 10
@@ -370,9 +369,7 @@ class _Scope:
     ) -> tuple[ColumnElement[bool], ...]:
         """The condition for each department's own bounds: none when all share the same (the
         span says it all), else one OR over the sets of departments that share bounds."""
-        sharing: dict[tuple[datetime, datetime], list[str]] = {}
-        for department, span in bounds.items():
-            sharing.setdefault(span, []).append(department)
+        sharing = _sharing(bounds)
         if len(sharing) == 1:
             return (CASE.c.department.in_(next(iter(sharing.values()))),)
         return (
@@ -395,21 +392,37 @@ class _Scope:
         return case(*((CASE.c.department == d, value) for d, value in values.items()))
 
 
+def _sharing(bounds: Mapping[str, tuple[datetime, datetime]]) -> dict[tuple[datetime, datetime], list[str]]:
+    """The departments by the bounds they share."""
+    sharing: dict[tuple[datetime, datetime], list[str]] = {}
+    for department, span in bounds.items():
+        sharing.setdefault(span, []).append(department)
+    return sharing
+
+
 _EMPTY_DURATIONS = Durations(0, None, None)
 # The status changes and durations the figures count.
 _TO_FINISHED = and_(
     STATUS_CHANGE.c.to_status.in_(list(FINISHED)), STATUS_CHANGE.c.from_status.not_in(list(FINISHED))
 )
 _REOPENED = and_(
-    STATUS_CHANGE.c.from_status.in_(list(FINISHED)), STATUS_CHANGE.c.to_status.not_in(list(FINISHED))
+    STATUS_CHANGE.c.from_status.in_(list(FINISHED)), STATUS_CHANGE.c.to_status.in_(list(WAITING_ON_US))
 )
 # The durations, each counted for the cases whose anchor (the first answer, the first
-# resolution) falls in the period: (name, anchor flag in `touched`, column).
+# resolution) falls in the period: (name, anchor, column).
 _MEASURES = (
     ("fr_calendar", "answered", CASE.c.first_response_seconds),
     ("fr_business", "answered", CASE.c.first_response_business_seconds),
     ("res_calendar", "resolved", CASE.c.resolution_seconds),
     ("res_business", "resolved", CASE.c.resolution_business_seconds),
+)
+# What puts a case among the period's: one of these moments in it.
+_ANCHORS = (
+    CASE.c.created_at,
+    CASE.c.first_response_at,
+    CASE.c.first_resolved_at,
+    CASE.c.survey_sent_at,
+    CASE.c.survey_answered_at,
 )
 _TOTAL = "total"  # the whole period, beside the dimensions
 
@@ -439,40 +452,39 @@ def _per_key(source: Any, names: Sequence[str], columns: Callable[[Any], list[Co
     return union_all(*parts)
 
 
-def _key(scope: _Scope, dimension: Dimension) -> ColumnElement[Any]:
+def _key(connection: Connection, scope: _Scope, dimension: Dimension) -> ColumnElement[Any]:
     """What a dimension groups by; for customers only the top ones (most cases created in the
     period, ties to the first on record), the others NULL: thousands of customers' groups
-    would cost more than all the rest of the report."""
+    would cost more than all the rest of the report. The top ones are found once, not in each
+    statement that groups by them."""
     if dimension != Dimension.CUSTOMER:
         return _KEYS[dimension]
-    top = (
+    top = connection.scalars(
         select(CASE.c.customer_id)
         .where(scope.within(CASE.c.created_at), CASE.c.customer_id.is_not(None))
         .group_by(CASE.c.customer_id)
         .order_by(func.count().desc(), CASE.c.customer_id)
         .limit(TOP_CUSTOMERS)
-    )
+    ).all()
     return case((CASE.c.customer_id.in_(top), _KEYS[dimension]), else_=None)
 
 
 def _breakdowns(
     connection: Connection, scope: _Scope, dimensions: Sequence[Dimension]
 ) -> dict[str, dict[str, Group]]:
-    """Every figure of the whole (under _TOTAL) and per value of each dimension, in three
-    statements: the cases that count in the period, the status changes in it and the
-    next-response clocks, each a common table read once and aggregated per dimension."""
+    """Every figure of the whole (under _TOTAL) and per value of each dimension, in four
+    statements: the cases that count in the period, those open at its end, the status changes
+    in it and the next-response clocks, each a common table read once and aggregated per
+    dimension."""
     names = [d.value for d in dimensions]
-    keys = [_key(scope, d).label(f"k{index}") for index, d in enumerate(dimensions)]
     rows: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in (_TOTAL, *names)}
     _nearest_rank_on(connection)
     if connection.dialect.name == "postgresql":
         # Compiling these wide statements just in time took PostgreSQL 7 s, running them 0.3 s.
         connection.execute(text("SET LOCAL jit = off"))
-    for statement in (
-        _case_figures(scope, keys, names),
-        _transitions(scope, keys, names),
-        _next_responses(scope, keys, names),
-    ):
+    keys = [_key(connection, scope, d).label(f"k{index}") for index, d in enumerate(dimensions)]
+    for make in (_period_cases, _backlog, _transitions, _next_responses):
+        statement = make(scope, keys, names)
         for row in connection.execute(statement):
             rows[row.dimension].setdefault(row.key, {}).update(row._mapping)
 
@@ -489,38 +501,96 @@ def _breakdowns(
     }
 
 
-def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequence[str]) -> Any:
+def _period_cases(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequence[str]) -> Any:
     """Per key: the cases created, first answered and first resolved (with their SLA outcome
-    and first-contact resolution), surveyed and rated in the period, and open at its end by
-    age band. A case never finished before the end is open at it; one finished before it is
-    open only if reopened since, which its last status change before the end tells (reopened
-    cases are few: only theirs are looked up). The candidates are found by plain ranges of
-    indexed columns; each case's flags say exactly what it counts for."""
-    ends = scope.ends
-    # No DISTINCT: IN needs none, and with it SQLite read every status change in case order.
-    reopened_before_end = select(STATUS_CHANGE.c.case_id).where(
-        _REOPENED, STATUS_CHANGE.c.at < max(ends.values())
-    )
-    last_change = STATUS_CHANGE.alias("last_change")
-    status_at_end = (
-        select(last_change.c.to_status)
-        .where(
-            last_change.c.case_id == CASE.c.id,
-            scope.per_department({d: last_change.c.at < end for d, end in ends.items()}),
+    and first-contact resolution), surveyed and rated in the period. The candidates are found by
+    plain ranges of indexed columns; each case's flags and durations are worked out once, so
+    that each key's sums add up plain columns."""
+    anchored = {
+        "created": scope.within(CASE.c.created_at),
+        "answered": scope.within(CASE.c.first_response_at),
+        "resolved": scope.within(CASE.c.first_resolved_at),
+        "surveyed": scope.within(CASE.c.survey_sent_at),
+        "rated": scope.within(CASE.c.survey_answered_at),
+    }
+    answered, resolved, surveyed = anchored["answered"], anchored["resolved"], anchored["surveyed"]
+    counted = {
+        "created": anchored["created"],
+        "fr_met": and_(answered, CASE.c.first_response_met == true()),
+        "fr_missed": and_(answered, CASE.c.first_response_met == false()),
+        "first_resolutions": resolved,
+        "res_met": and_(resolved, CASE.c.resolution_met == true()),
+        "res_missed": and_(resolved, CASE.c.resolution_met == false()),
+        "fcr": and_(resolved, CASE.c.first_contact_resolution == true()),
+        "surveys_sent": surveyed,
+        "surveys_answered": and_(surveyed, CASE.c.satisfaction_score.is_not(None)),
+    }
+    touched = (
+        select(
+            *keys,
+            *(_flag(condition).label(name) for name, condition in counted.items()),
+            case((resolved, CASE.c.resolution_replies), else_=0).label("replies"),
+            case((anchored["rated"], CASE.c.satisfaction_score), else_=None).label("score"),
+            *(case((anchored[anchor], column), else_=None).label(m) for m, anchor, column in _MEASURES),
         )
-        .order_by(last_change.c.at.desc(), last_change.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
+        .select_from(_SOURCE)
+        .where(
+            or_(*(scope.span(column) for column in _ANCHORS)),
+            CASE.c.department.in_(list(scope.bounds)),
+        )
+        .cte("touched")
     )
+
+    def columns(source: Any) -> list[ColumnElement[Any]]:
+        return [
+            *(func.sum(source.c[name]).label(name) for name in (*counted, "replies")),
+            *(_count_of(source.c.score == score).label(f"score{score}") for score in SCORES),
+            *(func.count(source.c[measure]).label(f"{measure}_n") for measure, _, _ in _MEASURES),
+            *(
+                _spread(scope.dialect, source.c[measure]).label(f"{measure}_spread")
+                for measure, _, _ in _MEASURES
+            ),
+        ]
+
+    return _per_key(touched, names, columns)
+
+
+def _backlog(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequence[str]) -> Any:
+    """Per key: the cases open at the period's end, by age band, and the SLA targets they had
+    not settled by then (running). A case never finished before the end is open at it; one
+    finished before it is open only if reopened since, which its last status change before the
+    end tells (reopened cases are few: only theirs are looked up). A period still running counts
+    its backlog now (`now` being the present: the history holds nothing after it): the cases
+    whose status is open, which the status index finds without reading their histories (the
+    dashboard's today and this week). The candidates are named by their ids: as conditions
+    beside the range of creation times, SQLite read every case created before the end."""
+    ends = scope.ends
     unfinished = or_(CASE.c.first_resolved_at.is_(None), ~scope.before_end(CASE.c.first_resolved_at))
-    open_again = and_(CASE.c.id.in_(reopened_before_end), status_at_end.in_(list(WAITING_ON_US)))
-    in_backlog = and_(scope.before_end(CASE.c.created_at), or_(unfinished, open_again))
-    # A period still running counts its backlog now (`now` being the present: the history holds
-    # nothing after it): the cases whose status is open, which the status index finds without
-    # reading their histories (the dashboard's today and this week).
-    live = all(end == scope.now for end in ends.values())
-    if live:
-        in_backlog = and_(CASE.c.status.in_(list(WAITING_ON_US)), scope.before_end(CASE.c.created_at))
+    if all(end == scope.now for end in ends.values()):
+        open_at_end: ColumnElement[bool] = CASE.c.id.in_(
+            select(CASE.c.id).where(CASE.c.status.in_(list(WAITING_ON_US)))
+        )
+    else:
+        # No DISTINCT: IN needs none, and with it SQLite read every status change in case order.
+        reopened = select(STATUS_CHANGE.c.case_id).where(_REOPENED, STATUS_CHANGE.c.at < max(ends.values()))
+        last_change = STATUS_CHANGE.alias("last_change")
+        status_at_end = (
+            select(last_change.c.to_status)
+            .where(
+                last_change.c.case_id == CASE.c.id,
+                scope.per_department({d: last_change.c.at < end for d, end in ends.items()}),
+            )
+            .order_by(last_change.c.at.desc(), last_change.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        open_again = and_(CASE.c.id.in_(reopened), status_at_end.in_(list(WAITING_ON_US)))
+        candidates = union_all(
+            select(CASE.c.id).where(CASE.c.first_resolved_at.is_(None)),
+            select(CASE.c.id).where(CASE.c.first_resolved_at >= min(ends.values())),
+            reopened,
+        )
+        open_at_end = and_(CASE.c.id.in_(candidates), or_(unfinished, open_again))
     # The bands' bounds: at most a day old is band 0, older than 30 days the last.
     band = scope.per_department(
         {
@@ -531,108 +601,79 @@ def _case_figures(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequ
             for d, end in ends.items()
         }
     )
-    anchors = {
-        "created": CASE.c.created_at,
-        "answered": CASE.c.first_response_at,
-        "resolved": CASE.c.first_resolved_at,
-        "surveyed": CASE.c.survey_sent_at,
-        "rated": CASE.c.survey_answered_at,
-    }
-    candidates = or_(
-        *(scope.span(column) for column in anchors.values()),
-        *(
-            (in_backlog,)
-            if live
-            else (
-                CASE.c.first_resolved_at.is_(None),
-                CASE.c.first_resolved_at >= min(ends.values()),
-                CASE.c.id.in_(reopened_before_end),
-            )
-        ),
+    # The targets a case open at the end had and had not settled by then.
+    fr_unsettled = and_(
+        CASE.c.first_response_due.is_not(None),
+        or_(CASE.c.first_response_at.is_(None), ~scope.before_end(CASE.c.first_response_at)),
     )
-    touched = (
+    res_unsettled = and_(CASE.c.resolution_due.is_not(None), unfinished)
+    open_cases = (
         select(
             *keys,
-            *(_flag(scope.within(column)).label(name) for name, column in anchors.items()),
-            CASE.c.first_response_met,
-            CASE.c.resolution_met,
-            # Targets a case open at the end had and had not settled by then (with `band`).
-            _flag(
-                and_(
-                    CASE.c.first_response_due.is_not(None),
-                    or_(CASE.c.first_response_at.is_(None), ~scope.before_end(CASE.c.first_response_at)),
-                )
-            ).label("fr_unsettled"),
-            _flag(and_(CASE.c.resolution_due.is_not(None), unfinished)).label("res_unsettled"),
-            CASE.c.first_contact_resolution,
-            CASE.c.resolution_replies,
-            CASE.c.satisfaction_score,
-            case((in_backlog, band), else_=None).label("band"),
-            *(column.label(measure) for measure, _, column in _MEASURES),
+            band.label("band"),
+            _flag(fr_unsettled).label("fr_running"),
+            _flag(res_unsettled).label("res_running"),
         )
         .select_from(_SOURCE)
-        .where(candidates, CASE.c.department.in_(list(scope.bounds)))
-        .cte("touched")
+        .where(open_at_end, scope.before_end(CASE.c.created_at), CASE.c.department.in_(list(scope.bounds)))
+        .cte("open_cases")
     )
 
     def columns(source: Any) -> list[ColumnElement[Any]]:
-        answered, resolved = source.c.answered == 1, source.c.resolved == 1
-        surveyed, rated = source.c.surveyed == 1, source.c.rated == 1
-        counted = {
-            "created": source.c.created == 1,
-            "fr_met": and_(answered, source.c.first_response_met == true()),
-            "fr_missed": and_(answered, source.c.first_response_met == false()),
-            "fr_running": and_(source.c.band.is_not(None), source.c.fr_unsettled == 1),
-            "first_resolutions": resolved,
-            "res_met": and_(resolved, source.c.resolution_met == true()),
-            "res_missed": and_(resolved, source.c.resolution_met == false()),
-            "res_running": and_(source.c.band.is_not(None), source.c.res_unsettled == 1),
-            "fcr": and_(resolved, source.c.first_contact_resolution == true()),
-            "surveys_sent": surveyed,
-            "surveys_answered": and_(surveyed, source.c.satisfaction_score.is_not(None)),
-            **{f"band{i}": source.c.band == i for i in range(len(AGE_BANDS))},
-            **{f"score{score}": and_(rated, source.c.satisfaction_score == score) for score in SCORES},
-        }
-        replies = func.coalesce(func.sum(case((resolved, source.c.resolution_replies), else_=0)), 0)
-        timed = {m: case((source.c[anchor] == 1, source.c[m]), else_=None) for m, anchor, _ in _MEASURES}
         return [
-            *(_count_of(condition).label(name) for name, condition in counted.items()),
-            replies.label("replies"),
-            *(func.count(value).label(f"{measure}_n") for measure, value in timed.items()),
-            *(_spread(scope.dialect, value).label(f"{measure}_spread") for measure, value in timed.items()),
+            *(_count_of(source.c.band == i).label(f"band{i}") for i in range(len(AGE_BANDS))),
+            *(func.sum(source.c[name]).label(name) for name in ("fr_running", "res_running")),
         ]
 
-    return _per_key(touched, names, columns)
+    return _per_key(open_cases, names, columns)
 
 
 def _transitions(scope: _Scope, keys: Sequence[ColumnElement[Any]], names: Sequence[str]) -> Any:
     """Per key: the cases resolved (from an unfinished status), closed, and reopened in the
-    period: the status changes in it reduced to one row per case first, then keyed."""
-    within = scope.within(STATUS_CHANGE.c.at)
+    period. The status changes that can count, in the span (by the indexes of their kinds),
+    are reduced to one row per case first, with each kind's flag per set of departments that
+    share a period: the case's own department picks its flag once the case is joined, so no
+    status change is looked up in the cases."""
+    change = STATUS_CHANGE.c
+    kinds = {
+        "resolved": _TO_FINISHED,
+        "closed": change.to_status == CaseStatus.CLOSED,
+        "reopened": _REOPENED,
+    }
+    sharing = list(_sharing(scope.bounds).items())
     per_case = (
         select(
-            STATUS_CHANGE.c.case_id,
-            func.max(_flag(and_(within, _TO_FINISHED))).label("to_finished"),
-            func.max(_flag(and_(within, STATUS_CHANGE.c.to_status == CaseStatus.CLOSED))).label("to_closed"),
-            func.max(_flag(and_(within, _REOPENED))).label("reopening"),
+            change.case_id,
+            *(
+                func.max(_flag(and_(change.at >= start, change.at < end, condition))).label(f"{kind}{i}")
+                for i, ((start, end), _) in enumerate(sharing)
+                for kind, condition in kinds.items()
+            ),
         )
-        .select_from(STATUS_CHANGE.join(CASE, CASE.c.id == STATUS_CHANGE.c.case_id))
-        .where(scope.span(STATUS_CHANGE.c.at))
-        .group_by(STATUS_CHANGE.c.case_id)
+        .where(
+            or_(*(and_(scope.span(change.at), c) for c in (change.to_status.in_(list(FINISHED)), _REOPENED)))
+        )
+        .group_by(change.case_id)
         .subquery()
     )
+
+    def flag(kind: str) -> ColumnElement[Any]:
+        return case(
+            *(
+                (CASE.c.department.in_(departments), per_case.c[f"{kind}{i}"])
+                for i, (_, departments) in enumerate(sharing)
+            )
+        )
+
     moved = (
-        select(*keys, per_case.c.to_finished, per_case.c.to_closed, per_case.c.reopening)
+        select(*keys, *(flag(kind).label(kind) for kind in kinds))
         .select_from(per_case.join(_SOURCE, CASE.c.id == per_case.c.case_id))
+        .where(CASE.c.department.in_(list(scope.bounds)))
         .cte("moved")
     )
 
     def columns(source: Any) -> list[ColumnElement[Any]]:
-        return [
-            func.coalesce(func.sum(source.c.to_finished), 0).label("resolved"),
-            func.coalesce(func.sum(source.c.to_closed), 0).label("closed"),
-            func.coalesce(func.sum(source.c.reopening), 0).label("reopened"),
-        ]
+        return [func.sum(source.c[kind]).label(kind) for kind in kinds]
 
     return _per_key(moved, names, columns)
 
@@ -683,7 +724,8 @@ def _spread(dialect: str, value: ColumnElement[Any]) -> ColumnElement[Any]:
     SQLite (which has none); NULL when the group has no value."""
     if dialect == "postgresql":
         return func.percentile_disc(literal_column("ARRAY[0.5, 0.9]")).within_group(value)
-    return func.mailrouter_nearest_rank(value)
+    # FILTER: no call into Python for a case without a value (not answered in the period).
+    return func.mailrouter_nearest_rank(value).filter(value.is_not(None))
 
 
 def _spread_of(found: Any) -> tuple[float | None, float | None]:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy.schema import Table
 from sqlmodel import Field, SQLModel
 
 from mailrouter.vocabulary import (
@@ -138,8 +139,13 @@ class StatusChange(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_statuschange_case_id_at", "case_id", "at"),
-        Index("ix_statuschange_to_status_at", "to_status", "at"),
-        Index("ix_statuschange_from_status_at", "from_status", "at"),
+        # The reports' kinds of change, with what they read of them (migration 0014).
+        Index(
+            "ix_statuschange_from_status_to_status_at_case_id", "from_status", "to_status", "at", "case_id"
+        ),
+        Index(
+            "ix_statuschange_to_status_at_from_status_case_id", "to_status", "at", "from_status", "case_id"
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -283,3 +289,19 @@ class ReportSlot(SQLModel, table=True):
     slot_at: datetime = Field(primary_key=True)
     claimed_by: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# The tables, for Core statements (store's writes, kpi's aggregates).
+# SQLModel's classes do not declare the `__table__` SQLAlchemy gives every table class.
+MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
+ATTACHMENT: Table = Attachment.__table__  # type: ignore[attr-defined]
+RAW_MESSAGE: Table = RawMessage.__table__  # type: ignore[attr-defined]
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+EVENT: Table = Event.__table__  # type: ignore[attr-defined]
+CASE: Table = Case.__table__  # type: ignore[attr-defined]
+CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
+MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
+MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
+REPORT_SLOT: Table = ReportSlot.__table__  # type: ignore[attr-defined]
+STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
+NEXT_RESPONSE: Table = NextResponse.__table__  # type: ignore[attr-defined]

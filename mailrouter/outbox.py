@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, Update, bindparam, func, insert, or_, select, text, update
 from sqlmodel import Session
 
-from mailrouter import store
+from mailrouter import models, store
 from mailrouter.errors import OutboxError
 from mailrouter.models import utcnow
 from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 20
 
-_O = store.OUTBOX.c
-_R = store.RAW_MESSAGE.c
+_O = models.OUTBOX.c
+_R = models.RAW_MESSAGE.c
 # A batch is bounded by bytes as well as rows: notifications attach the customer's whole mail.
 # The due rows' sizes come first (length() reads a value's stored size, not its bytes, in SQLite
 # and PostgreSQL alike; an attached original's is the raw store's), and only the letters that
@@ -45,7 +45,7 @@ _DUE = (
 )
 _DUE_SKIPPING_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: passes over rows being claimed
 _CLAIM = (
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.id.in_(bindparam("rows", expanding=True)))
     .values(claimed_by=bindparam("instance"), claimed_until=bindparam("lease_until"))
     .returning(
@@ -55,7 +55,7 @@ _CLAIM = (
 )
 _ORIGINALS = select(_R.sha256, _R.data).where(_R.sha256.in_(bindparam("shas", expanding=True)))
 _MARK_SENDING = (  # compare-and-set, only while the claim is still ours
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.id == bindparam("row"))
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.claimed_by == bindparam("instance"))
@@ -65,7 +65,7 @@ _MARK_SENDING = (  # compare-and-set, only while the claim is still ours
 _MARK_SENDING_TO = _MARK_SENDING.values(rcpt_to=bindparam("rcpt_to", type_=_O.rcpt_to.type))
 # ...and those it refused for now go on in a row of their own, the letter copied in the database.
 _SPLIT_OFF = (
-    insert(store.OUTBOX)
+    insert(models.OUTBOX)
     .from_select(
         [
             *("case_id", "kind", "mail_from", "message_id", "data", "created_at"),
@@ -86,7 +86,7 @@ _SPLIT_OFF = (
     .returning(_O.id)
 )
 _MARK_SENT = (
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.id == bindparam("row"))
     .where(_O.state == OutboxState.SENDING)  # a bounce may have come first
     .values(
@@ -100,7 +100,7 @@ _MARK_SENT = (
 )
 # A failed attempt is recorded only while the row is still ours: another instance has it otherwise.
 _ATTEMPTED = (
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.id == bindparam("row"))
     .where(_O.claimed_by == bindparam("instance"))
     .where(_O.state.in_([OutboxState.QUEUED, OutboxState.SENDING]))
@@ -129,13 +129,13 @@ _UNCONFIRMED = _ATTEMPTED.values(
     claimed_until=None,
 )
 _UNCLAIM = (
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.claimed_by == bindparam("instance"))
     .values(claimed_by="", claimed_until=None)
 )
 _UNCLAIM_ALL = (
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.claimed_by != "")
     .values(claimed_by="", claimed_until=None)
@@ -152,7 +152,7 @@ _LEFT_SENDING_SKIPPING_LOCKED = {
     exclusive: left.with_for_update(skip_locked=True) for exclusive, left in _LEFT_SENDING.items()
 }
 _COUNTED_SENT = (
-    update(store.OUTBOX)
+    update(models.OUTBOX)
     .where(_O.id.in_(bindparam("rows", expanding=True)))
     .where(_O.state == OutboxState.SENDING)
     .values(
@@ -433,7 +433,7 @@ class OutboxRow:
     next_attempt_at: datetime
 
 
-_C = store.CASE.c
+_C = models.CASE.c
 _LISTED = select(
     _O.id,
     _C.number,
@@ -444,7 +444,7 @@ _LISTED = select(
     _O.last_error,
     _O.created_at,
     _O.next_attempt_at,
-).join(store.CASE, _C.id == _O.case_id, isouter=True)
+).join(models.CASE, _C.id == _O.case_id, isouter=True)
 
 
 def _row(row: Row[*tuple[Any, ...]]) -> OutboxRow:
@@ -489,7 +489,7 @@ def requeue(engine: Engine, row_id: int) -> OutboxRow:
             )
         now = utcnow()
         session.connection().execute(
-            update(store.OUTBOX)
+            update(models.OUTBOX)
             .where(_O.id == row_id, _O.state.in_(list(RETRYABLE)))
             .values(
                 state=OutboxState.QUEUED,

@@ -15,7 +15,7 @@ from typing import Any
 
 from mailrouter.compose import Outgoing
 from mailrouter.parse import Address, Inbound
-from mailrouter.vocabulary import AuthorRole, CaseStatus, EventKind, OutboxKind
+from mailrouter.vocabulary import SENSITIVE_SUBJECT, AuthorRole, CaseStatus, EventKind, OutboxKind
 
 
 class OutcomeKind(StrEnum):
@@ -144,10 +144,6 @@ class ShownMessage:
     subject: str
     text: str
     attachments: tuple[str, ...]
-
-
-# What stands for a sensitive case's subject wherever it is shown beyond the case itself.
-SENSITIVE_SUBJECT = "(sensitive)"
 
 
 def discreet(case: CaseView) -> CaseView:

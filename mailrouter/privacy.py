@@ -48,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Session, SQLModel
 
-from mailrouter import store
+from mailrouter import models, store
 from mailrouter.config import Config
 from mailrouter.errors import PrivacyError
 from mailrouter.models import utcnow
@@ -56,8 +56,8 @@ from mailrouter.vocabulary import FINISHED, SET_ASIDE, CaseStatus, EventKind, Ou
 
 log = logging.getLogger(__name__)
 
-_C, _M, _A, _E = store.CASE.c, store.MESSAGE.c, store.ATTACHMENT.c, store.EVENT.c
-_O, _R, _P = store.OUTBOX.c, store.RAW_MESSAGE.c, store.CUSTOMER.c
+_C, _M, _A, _E = models.CASE.c, models.MESSAGE.c, models.ATTACHMENT.c, models.EVENT.c
+_O, _R, _P = models.OUTBOX.c, models.RAW_MESSAGE.c, models.CUSTOMER.c
 ANONYMISED = "(anonymised)"
 # The daily run's slot, in the scheduled reports' table: no report can be named so.
 RETENTION_SLOT = "(retention)"
@@ -195,7 +195,7 @@ def anonymise_cases(session: Session, case_ids: Collection[int], now: datetime) 
     )
     claimed = list(
         connection.execute(
-            update(store.CASE)
+            update(models.CASE)
             .where(_C.id.in_(list(case_ids)), _C.anonymised_at.is_(None))
             .values(
                 anonymised_at=now,
@@ -211,12 +211,14 @@ def anonymise_cases(session: Session, case_ids: Collection[int], now: datetime) 
         return Counts()
     messages = select(_M.id).where(_M.case_id.in_(claimed))
     shas = _raw_of(connection, claimed)
-    connection.execute(update(store.ATTACHMENT).where(_A.message_id.in_(messages)).values(filename=""))
-    anonymised = connection.execute(update(store.MESSAGE).where(_M.case_id.in_(claimed)).values(**_NO_PERSON))
-    connection.execute(update(store.EVENT).where(_E.case_id.in_(claimed)).values(detail=ANONYMISED, data={}))
-    letters = connection.execute(delete(store.OUTBOX).where(_O.case_id.in_(claimed)))
+    connection.execute(update(models.ATTACHMENT).where(_A.message_id.in_(messages)).values(filename=""))
+    anonymised = connection.execute(
+        update(models.MESSAGE).where(_M.case_id.in_(claimed)).values(**_NO_PERSON)
+    )
+    connection.execute(update(models.EVENT).where(_E.case_id.in_(claimed)).values(detail=ANONYMISED, data={}))
+    letters = connection.execute(delete(models.OUTBOX).where(_O.case_id.in_(claimed)))
     connection.execute(
-        delete(store.CUSTOMER).where(_P.id.in_(customers), ~exists().where(_C.customer_id == _P.id))
+        delete(models.CUSTOMER).where(_P.id.in_(customers), ~exists().where(_C.customer_id == _P.id))
     )
     return Counts(
         cases=len(claimed),
@@ -270,7 +272,7 @@ def _delete_unreferenced_raw(connection: Connection, shas: Collection[str]) -> i
             or connection.execute(kept_for_retry.limit(1)).first()
         )
         if not referenced:
-            deleted += connection.execute(delete(store.RAW_MESSAGE).where(_R.sha256 == sha)).rowcount
+            deleted += connection.execute(delete(models.RAW_MESSAGE).where(_R.sha256 == sha)).rowcount
     return deleted
 
 
@@ -285,9 +287,9 @@ def _delete_caseless(connection: Connection, message_ids: list[int]) -> Counts:
             select(_M.raw_sha256).where(_M.id.in_(message_ids), _M.raw_sha256.is_not(None))
         ).scalars()
     )
-    connection.execute(delete(store.EVENT).where(_E.message_id.in_(message_ids)))
-    connection.execute(delete(store.ATTACHMENT).where(_A.message_id.in_(message_ids)))
-    deleted = connection.execute(delete(store.MESSAGE).where(_M.id.in_(message_ids))).rowcount
+    connection.execute(delete(models.EVENT).where(_E.message_id.in_(message_ids)))
+    connection.execute(delete(models.ATTACHMENT).where(_A.message_id.in_(message_ids)))
+    deleted = connection.execute(delete(models.MESSAGE).where(_M.id.in_(message_ids))).rowcount
     return Counts(screened=deleted, raw=_delete_unreferenced_raw(connection, shas))
 
 
@@ -297,14 +299,14 @@ def _forget_set_aside(session: Session, rows: list[Any]) -> Counts:
     connection = session.connection()
     for row in rows:
         data = {key: value for key, value in row.data.items() if key in ("uid", "uidvalidity")}
-        connection.execute(update(store.EVENT).where(_E.id == row.id).values(detail=ANONYMISED, data=data))
+        connection.execute(update(models.EVENT).where(_E.id == row.id).values(detail=ANONYMISED, data=data))
     shas = {str(row.data["raw_sha256"]) for row in rows if row.data.get("raw_sha256")}
     return Counts(set_aside=len(rows), raw=_delete_unreferenced_raw(connection, shas))
 
 
 def _empty_sent(session: Session, rows: list[Any]) -> Counts:
     emptied = session.connection().execute(
-        update(store.OUTBOX)
+        update(models.OUTBOX)
         .where(_O.id.in_([row.id for row in rows]))
         .values(data=b"", original_sha256=None, original_at=None)
     )
@@ -508,9 +510,9 @@ def export(connection: Connection, address: str) -> tuple[dict[str, Any], dict[s
     """Everything held about the address, as a JSON-ready document and the raw mails by file
     name (`mail/<n>.eml`, byte for byte as received); the document names each message's file."""
     held = holdings(connection, address)
-    customer = connection.execute(select(store.CUSTOMER).where(_P.id == held.customer_id)).mappings().first()
+    customer = connection.execute(select(models.CUSTOMER).where(_P.id == held.customer_id)).mappings().first()
     case_ids = [*held.own_cases, *held.other_cases]
-    shown_messages = select(store.MESSAGE).where(
+    shown_messages = select(models.MESSAGE).where(
         _M.case_id.in_(list(held.own_cases)) | _M.id.in_(list(held.messages))
     )
     files: dict[str, bytes] = {}
@@ -544,18 +546,20 @@ def export(connection: Connection, address: str) -> tuple[dict[str, Any], dict[s
                 "events": [
                     _plain(e)
                     for e in connection.execute(
-                        select(store.EVENT).where(_E.case_id == case_row["id"]).order_by(_E.id)
+                        select(models.EVENT).where(_E.case_id == case_row["id"]).order_by(_E.id)
                     ).mappings()
                 ],
             }
             for case_row in connection.execute(
-                select(store.CASE).where(_C.id.in_(case_ids)).order_by(_C.id)
+                select(models.CASE).where(_C.id.in_(case_ids)).order_by(_C.id)
             ).mappings()
         ],
         "messages": messages,
         "set_aside": [
             _plain(e)
-            for e in connection.execute(select(store.EVENT).where(_E.id.in_(list(held.set_aside)))).mappings()
+            for e in connection.execute(
+                select(models.EVENT).where(_E.id.in_(list(held.set_aside)))
+            ).mappings()
         ],
         "mail_files": {name: sha for sha, name in by_sha.items()},
     }
@@ -593,10 +597,10 @@ def erase(session: Session, address: str, salt: str, *, force: bool = False) -> 
     counts = anonymise_cases(session, held.own_cases, utcnow())
     theirs = [m for m in held.messages if m not in held.caseless]
     written = select(_M.id).where(_M.id.in_(theirs), func.lower(_M.from_addr) == held.address)
-    connection.execute(update(store.ATTACHMENT).where(_A.message_id.in_(written)).values(filename=""))
+    connection.execute(update(models.ATTACHMENT).where(_A.message_id.in_(written)).values(filename=""))
     counts += Counts(
         messages=connection.execute(
-            update(store.MESSAGE).where(_M.id.in_(written)).values(**_NO_PERSON)
+            update(models.MESSAGE).where(_M.id.in_(written)).values(**_NO_PERSON)
         ).rowcount
     )
     if held.caseless:
@@ -608,7 +612,7 @@ def erase(session: Session, address: str, salt: str, *, force: bool = False) -> 
     counts += _drop_raw(connection, {*held.raw, *quoting})
     counts += Counts(letters=_scrub_everywhere(connection, [held.address, *texts]))
     if held.customer_id is not None:
-        connection.execute(delete(store.CUSTOMER).where(_P.id == held.customer_id))
+        connection.execute(delete(models.CUSTOMER).where(_P.id == held.customer_id))
     store.record(
         session,
         EventKind.ERASED,
@@ -637,8 +641,8 @@ def _drop_raw(connection: Connection, shas: Collection[str]) -> Counts:
     (scrubbed), letters attaching it go."""
     if not shas:
         return Counts()
-    connection.execute(update(store.MESSAGE).where(_M.raw_sha256.in_(list(shas))).values(raw_sha256=None))
-    letters = connection.execute(delete(store.OUTBOX).where(_O.original_sha256.in_(list(shas)))).rowcount
+    connection.execute(update(models.MESSAGE).where(_M.raw_sha256.in_(list(shas))).values(raw_sha256=None))
+    letters = connection.execute(delete(models.OUTBOX).where(_O.original_sha256.in_(list(shas)))).rowcount
     return Counts(letters=letters, raw=_delete_unreferenced_raw(connection, shas))
 
 
@@ -658,7 +662,7 @@ def _scrub_everywhere(connection: Connection, needles: list[str]) -> int:
             kind = column.type  # through a TypeDecorator (sqlmodel's AutoString) to what it stores
             kind = kind.impl_instance if isinstance(kind, TypeDecorator) else kind
             if isinstance(kind, LargeBinary):
-                if table is store.OUTBOX:
+                if table is models.OUTBOX:
                     letters += _delete_letters_naming(connection, pattern)
                 continue  # the raw store: _drop_raw
             if not isinstance(kind, (String, JSON)):
@@ -685,7 +689,7 @@ def _delete_letters_naming(connection: Connection, pattern: re.Pattern[str]) -> 
     deleted = 0
     for row in connection.execute(select(_O.id, _O.data)).all():
         if pattern.search(_read(row.data)):
-            deleted += connection.execute(delete(store.OUTBOX).where(_O.id == row.id)).rowcount
+            deleted += connection.execute(delete(models.OUTBOX).where(_O.id == row.id)).rowcount
     return deleted
 
 

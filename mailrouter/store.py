@@ -34,7 +34,6 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction
-from sqlalchemy.schema import Table
 from sqlmodel import Session, col
 from sqlmodel import select as sql_select
 
@@ -42,25 +41,31 @@ from mailrouter.casework import OtherCase, SentMail, SentReport
 from mailrouter.compose import original_part
 from mailrouter.lease import lock_key
 from mailrouter.models import (
-    Attachment,
+    ATTACHMENT,
+    CASE,
+    CUSTOMER,
+    EVENT,
+    MAILBOX_STATE,
+    MESSAGE,
+    MESSAGE_ATTEMPT,
+    NEXT_RESPONSE,
+    OUTBOX,
+    RAW_MESSAGE,
+    REPORT_SLOT,
+    STATUS_CHANGE,
     Case,
     CaseCounter,
-    Customer,
     Event,
     MailboxState,
     Message,
     MessageAttempt,
-    NextResponse,
     OutboxMessage,
     RawMessage,
-    ReportSlot,
-    StatusChange,
     utcnow,
 )
 from mailrouter.parse import Address, Inbound
 from mailrouter.plan import (
     DELIVERED,
-    SENSITIVE_SUBJECT,
     CaseView,
     ClockStarted,
     CustomerView,
@@ -76,6 +81,7 @@ from mailrouter.sla import Stage, Target
 from mailrouter.thread import CaseRef
 from mailrouter.vocabulary import (
     CLOCK_RUNS,
+    SENSITIVE_SUBJECT,
     SET_ASIDE,
     WAITING_ON_US,
     AuthorRole,
@@ -87,21 +93,8 @@ from mailrouter.vocabulary import (
 )
 
 # Append-only rows are written with Core inserts: building and flushing an ORM object for each
-# cost more than all the rest of a message's registration (bench/RESULTS.md).
-# SQLModel's classes do not declare the `__table__` SQLAlchemy gives every table class.
-MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
-ATTACHMENT: Table = Attachment.__table__  # type: ignore[attr-defined]
-RAW_MESSAGE: Table = RawMessage.__table__  # type: ignore[attr-defined]
-OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
-EVENT: Table = Event.__table__  # type: ignore[attr-defined]
-CASE: Table = Case.__table__  # type: ignore[attr-defined]
-CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
-MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
-MESSAGE_ATTEMPT: Table = MessageAttempt.__table__  # type: ignore[attr-defined]
-REPORT_SLOT: Table = ReportSlot.__table__  # type: ignore[attr-defined]
-STATUS_CHANGE: Table = StatusChange.__table__  # type: ignore[attr-defined]
-NEXT_RESPONSE: Table = NextResponse.__table__  # type: ignore[attr-defined]
-
+# cost more than all the rest of a message's registration (bench/RESULTS.md); the tables are
+# models.py's.
 # The statements every message runs are built once, with bound parameters: composing a statement
 # costs SQLAlchemy more than SQLite takes to run it (bench/RESULTS.md). They run on the session's
 # connection, in its transaction: Session.execute would add ORM bookkeeping that Core rows don't

@@ -154,6 +154,9 @@ class EventKind(StrEnum):
 
 SET_ASIDE = frozenset({EventKind.QUARANTINED, EventKind.REFUSED})
 
+# What stands for a sensitive case's subject wherever it is shown beyond the case itself.
+SENSITIVE_SUBJECT = "(sensitive)"
+
 
 class PeriodName(StrEnum):
     """The periods a report may name (`--period`, `[[reports]] period`): kpi.named_period."""

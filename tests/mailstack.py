@@ -101,6 +101,15 @@ class MailStack:
     def start(self) -> None:
         self._run("start")
 
+    def running(self) -> bool:
+        """Whether Postfix and Dovecot of this stack are up (`scripts/mailstack status`)."""
+        return (
+            subprocess.run(
+                [str(SCRIPT), "status"], env={**os.environ, **self.env()}, capture_output=True
+            ).returncode
+            == 0
+        )
+
     def stop(self) -> None:
         self._run("stop")
 
@@ -215,15 +224,38 @@ class MailStack:
     def messages(self, address: str, password: str, folder: str = "INBOX") -> list[EmailMessage]:
         return [_parse(raw) for raw in self.raw_messages(address, password, folder)]
 
+    def unmarked(self, address: str, password: str, folder: str = "INBOX") -> list[int]:
+        """UIDs of the folder's messages mailrouter has not marked registered or quarantined."""
+        with self.imap(address, password) as conn:
+            _ok(conn.select(_quote(folder), readonly=True), f"SELECT {folder}")
+            [found] = _ok(
+                conn.uid("SEARCH", "UNKEYWORD", "$Registered", "UNKEYWORD", "$Quarantined"), "SEARCH"
+            )
+            return [int(uid) for uid in found.split()]
+
+    def highest_uid(self, address: str, password: str, folder: str = "INBOX") -> int:
+        """The UID the folder's newest message has or had (UIDNEXT - 1)."""
+        with self.imap(address, password) as conn:
+            [status] = _ok(conn.status(_quote(folder), "(UIDNEXT)"), f"STATUS {folder}")
+            return int(status.decode().rsplit("UIDNEXT", 1)[1].strip(" )")) - 1
+
+    def relay_queue(self) -> list[Path]:
+        """The mails Postfix holds: accepted and not yet delivered, bounced or dropped."""
+        spool = self.dir / "postfix" / "spool"
+        queues = ("maildrop", "incoming", "active", "deferred", "hold")
+        return [path for queue in queues for path in (spool / queue).rglob("*") if path.is_file()]
+
     def wait_for_messages(
         self,
         address: str,
         password: str,
         count: int,
         folder: str = "INBOX",
-        timeout: float = 15.0,
+        timeout: float = 60.0,
     ) -> list[EmailMessage]:
-        """Poll until the folder holds at least `count` messages (it may not exist yet)."""
+        """Poll until the folder holds at least `count` messages (it may not exist yet). The
+        timeout is a ceiling for a machine busy with other test workers: mail that comes returns
+        at once."""
         deadline = time.monotonic() + timeout
         seen: list[bytes] = []
         problem = ""
@@ -277,6 +309,27 @@ def stack_from_env() -> MailStack:
         submission_port=int(env.get("MAILSTACK_SUBMISSION_PORT", smtp_port + 62)),
         smtps_port=int(env.get("MAILSTACK_SMTPS_PORT", smtp_port - 60)),
     )
+
+
+# A pytest-xdist worker's stack: worker N listens on 20000 + 100 N + these (below the kernel's
+# ephemeral ports, where the tests' own servers bind port 0), its state beside the default one.
+_WORKER_PORT_OFFSETS = {
+    "MAILSTACK_LMTP_PORT": 24,
+    "MAILSTACK_SMTP_PORT": 25,
+    "MAILSTACK_IMAP_PORT": 43,
+    "MAILSTACK_SMTPS_PORT": 65,
+    "MAILSTACK_SUBMISSION_PORT": 87,
+    "MAILSTACK_IMAPS_PORT": 93,
+    "MAILSTACK_OAUTH_PORT": 94,
+}
+
+
+def worker_environment(base: MailStack, worker: str) -> dict[str, str]:
+    """The MAILSTACK_* variables of pytest-xdist worker `worker` ("gw0", "gw1" …): a stack of
+    its own, so that a test stopping Dovecot or Postfix never takes another worker's mail away."""
+    number = int(worker.removeprefix("gw"))
+    ports = {name: str(20000 + 100 * number + offset) for name, offset in _WORKER_PORT_OFFSETS.items()}
+    return {"MAILSTACK_DIR": f"{base.dir}-{worker}", **ports}
 
 
 class _FolderMissing(Exception):

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from tests.messages import make_mail, new_message_id
 
 ROOT = Path(__file__).resolve().parents[2]
 Row = TypeVar("Row")
+_STARTED: list[Daemon] = []  # by Daemon.start, for no_daemon_outlives_its_test
 
 CONFIG = """
 database_url = "{database_url}"
@@ -115,6 +117,7 @@ class Daemon:
         assert self.process is None, "already running"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
+        _STARTED.append(self)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mailrouter", "--config", str(self.config_path), "run"],
             stdout=log,
@@ -123,7 +126,7 @@ class Daemon:
             cwd=self.directory,
         )
         if wait:
-            self.wait_until(lambda: "mailrouter running" in self.log()[offset:], "mailrouter to start", 30)
+            self.wait_until(lambda: "mailrouter running" in self.log()[offset:], "mailrouter to start", 60)
 
     def stop(self, timeout: float = 30) -> int:
         assert self.process is not None, "not running"
@@ -181,7 +184,9 @@ class Daemon:
         finally:
             engine.dispose()
 
-    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        """Poll until condition holds; the timeout is a ceiling for a machine busy with other
+        test workers (a daemon's start, models and all, takes seconds there)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OperationalError):  # the daemon has not created its tables yet
@@ -197,9 +202,45 @@ class Daemon:
     def wait_idle(self) -> None:
         """Until every queued message has been handed to the relay, including rows a dead
         instance left half-sent (they are settled when their claim expires)."""
-        unsettled = (OutboxState.QUEUED, OutboxState.SENDING)
+        self.wait_until(self._outbox_drained, "the outbox to drain")
+
+    def settle(self) -> None:
+        """Until nothing more can come of the mail so far, observed, not slept on: the relay
+        holds no mail, every message in the watched folders is marked (or moved on), the outbox
+        has handed every letter to the relay and the relay has delivered them. A letter the
+        daemon (wrongly) queued twice is in its recipient's folder when this returns."""
+
+        def quiet() -> bool:
+            return (
+                not self.stack.relay_queue()
+                and self._all_marked()
+                and self._outbox_drained()
+                and not self.stack.relay_queue()
+                and self._all_marked()
+            )
+
+        self.wait_until(quiet, "the daemon and the relay to settle")
+
+    def wait_delivered(self) -> None:
+        """Until the outbox has handed every letter to the relay and the relay has delivered
+        them: what the daemon sent, (wrongly) twice or not, is in its recipients' folders."""
         self.wait_until(
-            lambda: all(o.state not in unsettled for o in self.outbox()), "the outbox to drain", 60
+            lambda: self._outbox_drained() and not self.stack.relay_queue(), "the relay to deliver"
+        )
+
+    def folders(self) -> dict[str, str]:
+        """The folder each mailbox watches, by mailbox name."""
+        mailboxes = tomllib.loads(self.config_path.read_text())["mailboxes"]
+        return {name: mailboxes[name].get("folder", "INBOX") for name in self.mailboxes}
+
+    def _outbox_drained(self) -> bool:
+        unsettled = (OutboxState.QUEUED, OutboxState.SENDING)
+        return all(o.state not in unsettled for o in self.outbox())
+
+    def _all_marked(self) -> bool:
+        return not any(
+            self.stack.unmarked(self.mailboxes[name].address, self.mailboxes[name].password, folder)
+            for name, folder in self.folders().items()
         )
 
 
@@ -315,34 +356,35 @@ def send_mail(stack: MailStack, sender: str, to: str, subject: str, body: str, *
     return message_id
 
 
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    """Every daemon the test started is killed when it ends, passed or failed: one left running
+    would go on reading its mailboxes and holding memory until the whole run ends."""
+    yield
+    while _STARTED:
+        _STARTED.pop().kill()
+
+
 @pytest.fixture
-def installation(mailstack: MailStack, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """make_daemon with all departments, a SQLite database of its own by default, and a kill at
-    the end of the test whatever happened."""
-    made: list[Daemon] = []
+def installation(mailstack: MailStack, tmp_path: Path) -> Callable[..., Daemon]:
+    """make_daemon with all departments and a SQLite database of its own by default."""
 
     def make(name: str = "mailrouter", database_url: str | None = None, **kwargs: Any) -> Daemon:
         url = database_url or f"sqlite:///{tmp_path}/{name}.db"
-        instance = make_daemon(mailstack, tmp_path / name, url, tuple(DEPARTMENTS), **kwargs)
-        made.append(instance)
-        return instance
+        return make_daemon(mailstack, tmp_path / name, url, tuple(DEPARTMENTS), **kwargs)
 
-    yield make
-    for instance in made:
-        instance.kill()
+    return make
 
 
 @pytest.fixture
-def daemon(mailstack: MailStack, tmp_path: Path) -> Iterator[Daemon]:
+def daemon(mailstack: MailStack, tmp_path: Path) -> Daemon:
     """A configured, not yet started installation with the it, hr and vaktmester departments."""
-    instance = make_daemon(
+    return make_daemon(
         mailstack,
         tmp_path / "mailrouter",
         f"sqlite:///{tmp_path}/mailrouter.db",
         tuple(DEPARTMENTS),
     )
-    yield instance
-    instance.kill()
 
 
 @pytest.fixture

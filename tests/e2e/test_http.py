@@ -3,18 +3,22 @@ the mailbox when Dovecot is away and when its worker was killed, and goes green 
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailrouter.faultinjection import ENV as FAULTS
+from mailrouter.http import DASHBOARD_COOKIE
 from mailrouter.vocabulary import OutboxState
 from tests.e2e.conftest import Daemon
 from tests.e2e.conftest import send_mail as send
@@ -134,6 +138,40 @@ def test_readyz_is_red_while_a_killed_worker_waits_for_its_restart(installation)
     assert any(cause.startswith("task mailbox-it: restarting") for cause in body["causes"])
     body = wait_ready(daemon, base, lambda status, _: status == 200, "/readyz to be green again")
     assert body["tasks"]["mailbox-it"]["restarts"] == 1
+    assert daemon.stop() == 0
+
+
+def answer(base: str, path: str, cookie: str = "") -> http.client.HTTPResponse:
+    """One GET as a browser sends it, redirects not followed."""
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=10)
+    connection.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_a_browser_logs_in_to_the_dashboard_by_a_link_once_and_a_cookie_keeps_it_to_the_dashboard(
+    installation,
+):
+    daemon = installation()
+    daemon.env["E2E_HTTP_TOKEN"] = "s3cret-token"
+    base = with_http(daemon, token_env="E2E_HTTP_TOKEN")
+    daemon.start(wait=True)
+    daemon.wait_until(lambda: get(base + "/healthz")[0] != 0, "the endpoint to listen")
+    assert answer(base, "/dashboard/it").status == 401
+    assert answer(base, "/dashboard/it?token=wrong").status == 401
+
+    login = answer(base, "/dashboard/it?token=s3cret-token&view=wall")
+    assert login.status == 303 and login.getheader("Location") == "/dashboard/it?view=wall"
+    cookie = SimpleCookie(login.getheader("Set-Cookie"))[DASHBOARD_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/dashboard"
+    assert "s3cret-token" not in cookie.value
+    remembered = f"{DASHBOARD_COOKIE}={cookie.value}"
+    assert answer(base, "/dashboard/it?view=wall", remembered).status == 200
+    assert answer(base, "/dashboard/it/volume.png", remembered).status == 200
+    assert answer(base, "/dashboard", f"{DASHBOARD_COOKIE}=forged").status == 401
+    assert answer(base, "/metrics", remembered).status == 401  # the cookie is the dashboard's only
     assert daemon.stop() == 0
 
 

@@ -45,8 +45,7 @@ def test_uidvalidity_change_is_recorded_and_registers_nothing_twice(installation
         mailstack.append(it.address, it.password, raw, folder="Cases")
     daemon.start(wait=True)
     daemon.wait_until(lambda: len(daemon.cases()) == 3, "the new message's case")
-    time.sleep(1.5)
-    daemon.wait_idle()
+    daemon.settle()
     assert sorted(c.subject for c in daemon.cases()) == ["One", "Three", "Two"]
     [event] = daemon._select(select(Event).where(Event.kind == "uidvalidity-changed"))
     assert event.mailbox == "it" and "reading the folder again" in event.detail

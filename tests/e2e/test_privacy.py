@@ -134,6 +134,7 @@ def test_a_case_closed_two_years_ago_loses_its_mail_and_personal_data_at_the_nex
     reply_as(mailstack, agent1, notification, "Prøv en annen kabel.")
     reply_as(mailstack, agent1, notification, "#close")
     daemon.wait_until(lambda: daemon.cases()[0].status == "closed", "the case closed")
+    daemon.wait_until(lambda: daemon.events("retention-run") != [], "today's retention run")
     daemon.wait_idle()
     assert daemon.stop() == 0
     [case] = daemon.cases()

@@ -84,7 +84,7 @@ def test_a_relayed_answer_carries_none_of_the_notifications_internal_block(daemo
         "Apple Mail": "Hi Kari, the printer is fixed.\n\nSent from my iPhone",
         "Outlook HTML (de)": "Hallo Kari, bitte neu starten.",
     }
-    received = mailstack.wait_for_messages(customer.address, customer.password, 2 + len(answers), timeout=30)
+    received = mailstack.wait_for_messages(customer.address, customer.password, 2 + len(answers), timeout=60)
     relayed = [_plain(m).strip() for m in received if m["Auto-Submitted"] is None]  # not the acks
     assert sorted(relayed) == sorted(answers.values()), relayed
     for body in relayed:

@@ -51,7 +51,7 @@ def test_the_scheduled_report_reaches_the_lead_once_with_two_instances_and_a_res
     installation, mailstack: MailStack, customer: Account
 ) -> None:
     lead = Account(*mailstack.new_account("lead"))
-    slot = (datetime.now(UTC) + timedelta(seconds=25)).replace(microsecond=0)
+    slot = (datetime.now(UTC) + timedelta(seconds=45)).replace(microsecond=0)
     report = REPORT.format(slot=slot, lead=lead.address)
     with temporary_database() as url:
         first = reporting_installation(installation, url, report)

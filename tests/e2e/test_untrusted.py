@@ -13,7 +13,6 @@ import pytest
 from mailrouter.vocabulary import OutboxState
 from tests.e2e.conftest import ROOT, Account, Daemon, make_daemon
 from tests.e2e.conftest import send_mail as send
-from tests.e2e.test_core_loop import settle
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +41,8 @@ def test_two_help_desks_that_acknowledge_each_other_stop_after_one_answer_each(m
                 return len(desk.events("screened")) == 1
 
             desk.wait_until(answered, "the other desk's answer")
-        settle(a, 3)
-        settle(b)
+        a.settle()
+        b.settle()
         for desk in (a, b):
             assert len(desk.cases()) == 1
             [row] = desk.outbox("acknowledgement")
@@ -78,7 +77,7 @@ def test_out_of_office_replies_get_no_answer_and_open_no_case(daemon, customer, 
     # vacation-style: no threading headers, no tag, only X-Autoreply
     send(mailstack, customer.address, it.address, "Away", "On holiday.", X_Autoreply="yes")
     daemon.wait_until(lambda: len(daemon.events("screened")) == 2, "both auto-replies screened")
-    settle(daemon)
+    daemon.settle()
     assert [c.number for c in daemon.cases()] == [case.number]
     assert len(daemon.incoming(case.id)) == 2  # the question and the threaded out-of-office
     assert len(mailstack.messages(customer.address, customer.password)) == 1
@@ -97,7 +96,7 @@ def test_a_bounced_acknowledgement_is_attached_to_its_case_and_opens_none(daemon
         lambda: [o.state for o in daemon.outbox("acknowledgement")] == [OutboxState.BOUNCED],
         "the real DSN to arrive",
     )
-    settle(daemon)
+    daemon.settle()
     [case] = daemon.cases()
     [row] = daemon.outbox("acknowledgement")
     assert "5.1.1" in row.last_error
@@ -117,7 +116,7 @@ def test_a_flood_from_one_sender_opens_every_case_and_is_answered_at_most_n_time
     for n in range(50):
         send(mailstack, customer.address, it.address, f"Flood {n}", "again")
     daemon.wait_until(lambda: len(daemon.cases()) == 50, "50 cases", timeout=40)
-    settle(daemon)
+    daemon.settle()
     assert len(daemon.outbox("acknowledgement")) == 5  # the default: 5 per sender per hour
     assert len(mailstack.messages(customer.address, customer.password)) == 5
     limited = [e for e in daemon.events("not-acknowledged") if e.data.get("rate_limited")]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Account, Daemon, installation  # noqa: F401  (the fixture)
+from tests.e2e.conftest import Account, Daemon, installation, no_daemon_outlives_its_test  # noqa: F401 (fixtures)
 from tests.mailstack import MailStack
 from tests.messages import make_mail, new_message_id
 
@@ -181,7 +181,7 @@ def assert_acknowledged_exactly_once(
         and time.monotonic() < deadline
     ):
         time.sleep(0.5)
-    time.sleep(2)  # anything more (wrongly) on its way arrives now
+    daemon.wait_delivered()  # anything more (wrongly) on its way has arrived now
     acks = acknowledgements(stack, customers)
     tags = Counter(str(a["Subject"]).split("]")[0].lstrip("[") for a in acks)
     doubled = {tag: n for tag, n in tags.items() if n > 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
+from datetime import datetime
 
 import pytest
 from sqlmodel import select
@@ -25,10 +25,15 @@ from tests.faults.conftest import (
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 
-def stop_timed(daemon) -> tuple[int, float]:
-    started = time.monotonic()
-    code = daemon.stop(timeout=30)
-    return code, time.monotonic() - started
+def shutdown_seconds(daemon) -> float:
+    """From the daemon's first "stopping" to its "stopped", by the timestamps of its own log:
+    what it decided, not how long a busy machine took to run the process's exit."""
+    stamps: dict[str, datetime] = {}
+    for line in daemon.log().splitlines():
+        for kind in ("stopping:", "stopped"):
+            if f"mailrouter.daemon: {kind}" in line:
+                stamps.setdefault(kind, datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+    return (stamps["stopped"] - stamps["stopping:"]).total_seconds()
 
 
 def test_sigterm_mid_stream_finishes_the_work_in_hand_and_exits_0(installation, mailstack, customers):
@@ -45,9 +50,8 @@ def test_sigterm_mid_stream_finishes_the_work_in_hand_and_exits_0(installation, 
     preload(mailstack, it, [customer_mail(customer, it, f"Busy {n}")[1] for n in range(backlog)])
     daemon.start(wait=True)
     daemon.wait_until(lambda: len(daemon.cases()) >= 5, "work under way")
-    code, took = stop_timed(daemon)
-    assert code == 0
-    assert took < FAST_DAEMON["shutdown_timeout"], f"took {took:.1f}s"
+    assert daemon.stop() == 0
+    assert shutdown_seconds(daemon) < FAST_DAEMON["shutdown_timeout"]
     log = daemon.log()
     assert "stopping: finishing the work in hand" in log and "did not finish in time" not in log
 
@@ -81,9 +85,8 @@ def test_sigterm_with_a_hung_relay_exits_0_within_the_shutdown_timeout(installat
         daemon.start(wait=True)
         preload(mailstack, it, [customer_mail(customer, it, "Relay hangs")[1]])
         daemon.wait_until(lambda: any(o.claimed_by for o in daemon.outbox()), "the sender to be stuck")
-        code, took = stop_timed(daemon)
-        assert code == 0
-        assert took < 2 + 2, f"took {took:.1f}s"
+        assert daemon.stop() == 0  # long before the relay's 60 s timeout
+        assert 2 <= shutdown_seconds(daemon) < 2 + 2
         assert "sender did not finish in time, cancelling it" in daemon.log()
         # nothing reached DATA: all of it (acknowledgement, agents' notification) is for the next run
         assert [row.state for row in daemon.outbox()] == [OutboxState.QUEUED] * 2

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
-from mailrouter import charts, kpi
+from mailrouter import charts, dashboard, kpi
 from mailrouter.config import HttpSettings
 from mailrouter.daemon import load
 from mailrouter.db import open_database
@@ -216,3 +216,12 @@ async def test_every_language_has_every_word_of_the_dashboard(desk, language):
     finally:
         await client.close()
     assert (board.status, overview.status) == (200, 200)
+
+
+def test_a_boards_figures_are_read_at_the_boards_moment(intake, clock):
+    """A case from 10:00 on Monday, the board read at 09:00 on Tuesday (UTC): open for 23
+    hours then, not for the 38 it will have been open by the end of Tuesday in Oslo."""
+    clock.now = datetime(2026, 11, 9, 10, tzinfo=UTC)
+    deliver(intake, sender=CUSTOMER, subject="Skrivaren")
+    board = dashboard.board(intake.engine, intake.config, "it", datetime(2026, 11, 10, 9, tzinfo=UTC))
+    assert board.backlog == (1, 0, 0, 0, 0)  # kpi.AGE_BANDS: "< 1 day" first

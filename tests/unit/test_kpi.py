@@ -14,7 +14,8 @@ from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import open_database
 from mailrouter.intake import Intake
-from mailrouter.models import Case
+from mailrouter.models import Case, StatusChange
+from mailrouter.vocabulary import CaseStatus
 from tests.postgres import temporary_database
 from tests.unit.test_agent_flow import CUSTOMER, agent_reply, deliver, new_case, outbox
 from tests.unit.test_history import customer_writes
@@ -336,6 +337,45 @@ def test_the_nearest_rank_percentiles_are_the_same_on_sqlite_and_postgresql(engi
         session.commit()
     timing = kpi.figures(engine, NOVEMBER, {"it": OSLO}, dimensions=()).total.kpis.first_response
     assert timing.calendar == kpi.Durations(2, 100.0, 200.0)
+
+
+def test_a_departments_groups_are_those_with_something_to_count_in_the_period(engine):
+    """IT's November: Ann's case resolved in it. Not listed: HR and Bob (another department's
+    case), Cid (reopened and resolved again in September), Dan (a case from after November)."""
+    resolved, reopened = (CaseStatus.OPEN, CaseStatus.RESOLVED), (CaseStatus.RESOLVED, CaseStatus.OPEN)
+    cases: list[tuple[str, str, str, datetime, list[tuple[datetime, tuple[CaseStatus, CaseStatus]]]]] = [
+        ("IT-1", "it", "ann", at(10, 9), [(at(11, 9), resolved)]),
+        ("HR-1", "hr", "bob", at(10, 9), [(at(12, 9), resolved)]),
+        (
+            "IT-2",
+            "it",
+            "cid",
+            at(1, 9, month=9),
+            [(at(2, 9, month=9), resolved), (at(5, 9, month=9), reopened), (at(6, 9, month=9), resolved)],
+        ),
+        ("IT-3", "it", "dan", at(2, 9, month=12), []),
+    ]
+    with Session(engine) as session:
+        for number, department, assignee, created, changes in cases:
+            case = Case(
+                number=number, department=department, subject="", assignee=assignee, created_at=created
+            )
+            if changes:
+                case.first_resolved_at = changes[0][0]
+            session.add(case)
+            session.flush()
+            assert case.id is not None
+            for moment, (before, after) in changes:
+                session.add(StatusChange(case_id=case.id, at=moment, from_status=before, to_status=after))
+        session.commit()
+    result = kpi.figures(engine, NOVEMBER, {"it": OSLO}, now=at(3, 12, month=12))
+    assert [g.key for g in result.breakdown(kpi.Dimension.DEPARTMENT).groups] == ["it"]
+    assert [g.key for g in result.breakdown(kpi.Dimension.ASSIGNEE).groups] == ["ann"]
+    assert (result.total.kpis.created, result.total.kpis.resolved, result.total.kpis.backlog_total) == (
+        1,
+        1,
+        0,
+    )
 
 
 def test_postgresql_gives_november_the_same_figures(config_file, november, clock):

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from mailrouter import store
+from mailrouter import models, store
 from mailrouter.cli import main
 from mailrouter.config import SmtpSettings
 from mailrouter.errors import PermanentDeliveryError
@@ -137,7 +137,7 @@ def test_a_database_error_is_logged_with_its_statement_but_without_its_parameter
         if plan.outcome.kind == OutcomeKind.QUARANTINED:
             return apply(session, plan)
         for _ in range(2):
-            session.connection().execute(insert(store.CUSTOMER), {"address": SENDER, "name": NAME})
+            session.connection().execute(insert(models.CUSTOMER), {"address": SENDER, "name": NAME})
         raise AssertionError("the second insert violates the unique address")
 
     monkeypatch.setattr(store, "apply", clashing)

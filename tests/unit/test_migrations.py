@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
-from mailrouter.db import alembic_config, create_schema, make_engine
+from mailrouter.db import alembic_config, create_schema, make_engine, schema_revisions
 from tests.postgres import temporary_database
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -41,6 +41,11 @@ def test_migrations_match_the_models(database_url):
     engine.dispose()
     assert differences == []
     assert version == HEAD
+
+
+def test_the_revisions_read_from_the_scripts_are_alembics():
+    script = ScriptDirectory.from_config(alembic_config())
+    assert schema_revisions() == (HEAD, frozenset(r.revision for r in script.walk_revisions()))
 
 
 def test_upgrade_is_idempotent_and_downgrade_works(database_url):

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from mailrouter import privacy, store
+from mailrouter import models, privacy
 from mailrouter.cli import main
 from mailrouter.config import load_config
 from mailrouter.daemon import load
@@ -80,7 +80,7 @@ def desk(database):
 def close_all(intake, when: datetime) -> None:
     """Back-dated: every case closed and untouched since `when`."""
     with Session(intake.engine) as session:
-        session.connection().execute(update(store.CASE).values(status=CaseStatus.CLOSED, updated_at=when))
+        session.connection().execute(update(models.CASE).values(status=CaseStatus.CLOSED, updated_at=when))
         session.commit()
 
 
@@ -119,7 +119,7 @@ def test_a_case_closed_more_recently_or_in_a_department_without_retention_is_kep
     not_yet = privacy.policy(november.config, datetime(2028, 11, 19, tzinfo=UTC))
     assert privacy.run(november.engine, not_yet, batch=10).cases == 0
     with Session(november.engine) as session:
-        session.connection().execute(update(store.CASE).values(department="hr"))
+        session.connection().execute(update(models.CASE).values(department="hr"))
         session.commit()
     assert privacy.run(november.engine, privacy.policy(november.config, LATER), batch=10).cases == 0
 
@@ -168,7 +168,7 @@ def test_screened_and_quarantined_mail_and_sent_bodies_have_shorter_lives(intake
     )
     intake.process(make_mail(message_id="<live@kunde.example>"), Origin("it", 7, 3))
     with Session(intake.engine) as session:
-        session.connection().execute(update(store.OUTBOX).values(state=OutboxState.SENT, sent_at=now))
+        session.connection().execute(update(models.OUTBOX).values(state=OutboxState.SENT, sent_at=now))
         session.commit()
     soon = now + timedelta(days=8)  # past sent_body_days (7), before screened_days (30)
     counts = privacy.run(intake.engine, privacy.policy(intake.config, soon), batch=10, now=soon)
@@ -185,7 +185,7 @@ def test_screened_and_quarantined_mail_and_sent_bodies_have_shorter_lives(intake
 def test_the_command_line_dry_run_counts_and_changes_nothing(november, config_file, capsys):
     close_all(november, at(20, 12))
     with Session(november.engine) as session:  # retention is measured from now: two years on
-        session.connection().execute(update(store.CASE).values(updated_at=datetime(2024, 1, 1, tzinfo=UTC)))
+        session.connection().execute(update(models.CASE).values(updated_at=datetime(2024, 1, 1, tzinfo=UTC)))
         session.commit()
     assert main(["--config", str(config_file), "retention", "--dry-run"]) == 0
     assert "the next retention run would remove: cases 6, messages " in capsys.readouterr().out

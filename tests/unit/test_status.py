@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from mailrouter import store
+from mailrouter import models
 from mailrouter.cli import main
 from mailrouter.config import HttpSettings
 from mailrouter.errors import ImapError
@@ -41,13 +41,13 @@ def desk(intake):
     )
     with intake.engine.begin() as connection:
         connection.execute(
-            update(store.CASE)
-            .where(store.CASE.c.number == "IT-1001")
+            update(models.CASE)
+            .where(models.CASE.c.number == "IT-1001")
             .values(created_at=utcnow() - timedelta(days=3))
         )
         connection.execute(
-            update(store.CASE)
-            .where(store.CASE.c.number == "IT-1002")
+            update(models.CASE)
+            .where(models.CASE.c.number == "IT-1002")
             .values(status="pending", assignee="agent1@example.test")
         )
     return intake
