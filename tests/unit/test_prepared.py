@@ -8,8 +8,8 @@ from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from mailrouter.errors import DatabaseUnavailable
+from mailrouter.models import CASE, MESSAGE, OUTBOX
 from mailrouter.prepared import Prepared
-from mailrouter.store import CASE, MESSAGE, OUTBOX
 from mailrouter.vocabulary import AuthorRole, Direction, OutboxKind
 
 AT = datetime(2026, 12, 4, 9, 30, 15, 123456, tzinfo=UTC)
