@@ -16,9 +16,8 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, bindparam, event, inspect, text, update
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.schema import Table
 from sqlmodel import Session, create_engine, select
 
 from mailrouter.errors import DatabaseUnavailable, SchemaMismatch
@@ -387,22 +386,6 @@ def ensure_counters(engine: Engine, prefixes: list[str], start: int) -> None:
             if prefix not in existing:
                 session.add(CaseCounter(prefix=prefix, last_number=start - 1))
         session.commit()
-
-
-_COUNTER: Table = CaseCounter.__table__  # type: ignore[attr-defined]  # not declared by SQLModel
-# Core, not the ORM's bulk UPDATE (that evaluates the WHERE against the session); built once.
-_NEXT_NUMBER = (
-    update(_COUNTER)
-    .where(_COUNTER.c.prefix == bindparam("for_prefix"))
-    .values(last_number=_COUNTER.c.last_number + 1)
-    .returning(_COUNTER.c.last_number)
-)
-
-
-def next_case_number(session: Session, prefix: str) -> str:
-    """The next number for the prefix, unique and never reused: it rolls back with its case."""
-    number = session.connection().execute(_NEXT_NUMBER, {"for_prefix": prefix}).scalar_one()
-    return f"{prefix}-{number}"
 
 
 def open_database(config: Config, *, upgrade: bool = True) -> Engine:

@@ -18,7 +18,6 @@ from mailrouter import store
 from mailrouter.agents import AgentDirectory
 from mailrouter.casework import Casework
 from mailrouter.config import Config
-from mailrouter.db import next_case_number
 from mailrouter.errors import ParseError
 from mailrouter.models import utcnow
 from mailrouter.notices import Notices
@@ -133,7 +132,7 @@ class Intake:
                 self.rules,
                 regex_chars=self.config.limits.regex_text_chars,
             )
-            number = next_case_number(session, self.config.mailboxes[decision.department].prefix)
+            number = store.next_case_number(session, self.config.mailboxes[decision.department].prefix)
             addressee = answer_address(inbound, self.own_addresses)
             customer = facts.customer(addressee) if addressee else None
             plan = casework.new_case(

@@ -11,14 +11,14 @@ path. A driver error is translated as `db.unavailable` decides, like every other
 from __future__ import annotations
 
 import sqlite3
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Delete, Insert, Select, Update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import ColumnDefault
-from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -26,6 +26,7 @@ from mailrouter.db import unavailable
 from mailrouter.errors import DatabaseUnavailable
 
 Params = Mapping[str, Any]
+Statement = Select[Any] | Insert | Update | Delete
 
 # What a positional parameter's value comes from: the caller's parameters (by name, processed),
 # a value fixed in the statement or a scalar column default (processed once, at compile time),
@@ -33,10 +34,14 @@ Params = Mapping[str, Any]
 _GIVEN, _FIXED, _CALLED = 0, 1, 2
 
 
+def _record(names: list[str]) -> Any:
+    return namedtuple("Record", names, rename=True)  # the columns are known only at run time
+
+
 class _Form:
     """The statement compiled for one set of parameter names."""
 
-    __slots__ = ("columns", "slots", "sql")
+    __slots__ = ("columns", "record", "slots", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, names: tuple[str, ...]) -> None:
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(names)))
@@ -66,10 +71,12 @@ class _Form:
         unused = given - set(compiled.binds)
         assert not unused, f"parameters the statement does not take: {sorted(unused)}"
         self.slots = tuple(slots)
+        columns = getattr(statement, "exported_columns", None)
         self.columns = tuple(
-            column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in getattr(statement, "exported_columns", ())
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns or ()
         )
+        # Rows read by column name, as SQLAlchemy's rows are: `row.id`, `row._asdict()`.
+        self.record: Any = _record(list(columns.keys()) if columns else [])
 
     def bind(self, params: Params) -> list[Any]:
         values = []
@@ -81,8 +88,8 @@ class _Form:
             values.append(value if process is None else process(value))
         return values
 
-    def row(self, values: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(
+    def row(self, values: Sequence[Any]) -> Any:
+        return self.record._make(
             process(value) if process is not None else value
             for process, value in zip(self.columns, values, strict=True)
         )
@@ -95,7 +102,7 @@ class Prepared:
 
     __slots__ = ("_forms", "statement")
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: Statement) -> None:
         self.statement = statement
         self._forms: dict[tuple[str, ...], _Form] = {}
 
@@ -103,7 +110,6 @@ class Prepared:
         names = tuple(params)
         form = self._forms.get(names)
         if form is None:
-            assert isinstance(self.statement, ClauseElement)
             form = self._forms[names] = _Form(self.statement, connection.dialect, names)
         return form
 
@@ -141,16 +147,23 @@ class Prepared:
         form = self._form(connection, rows[0])
         self._run(connection, form, [form.bind(row) for row in rows], many=True)
 
-    def first(self, connection: Connection, params: Params) -> tuple[Any, ...] | None:
-        """The first row it returns (a select, or RETURNING), or None."""
+    def first(self, connection: Connection, params: Params) -> Any:
+        """The first row it returns (a select, or RETURNING), or None. A row is a tuple whose
+        columns are also read by name, as SQLAlchemy's are."""
         if connection.dialect.name != "sqlite":
-            row = connection.execute(self.statement, dict(params)).first()
-            return None if row is None else tuple(row)
+            return connection.execute(self.statement, dict(params)).first()
         form = self._form(connection, params)
         cursor = self._run(connection, form, form.bind(params))
         values = cursor.fetchone()
         cursor.close()  # RETURNING: SQLite finishes the statement only when its rows are read
         return None if values is None else form.row(values)
+
+    def all(self, connection: Connection, params: Params) -> list[Any]:
+        """Every row it returns."""
+        if connection.dialect.name != "sqlite":
+            return list(connection.execute(self.statement, dict(params)).all())
+        form = self._form(connection, params)
+        return [form.row(values) for values in self._run(connection, form, form.bind(params)).fetchall()]
 
     def scalar(self, connection: Connection, params: Params) -> Any:
         """The first column of the one row it returns (an id by RETURNING, a count)."""

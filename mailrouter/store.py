@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    Row,
     and_,
     bindparam,
     case,
@@ -43,6 +42,7 @@ from mailrouter.lease import lock_key
 from mailrouter.models import (
     ATTACHMENT,
     CASE,
+    CASE_COUNTER,
     CUSTOMER,
     EVENT,
     MAILBOX_STATE,
@@ -115,9 +115,9 @@ _SETTLE_CLOCK = Prepared(
     .values(settled_at=bindparam("at"), met=bindparam("met"))
 )
 _EVENTS = "mailrouter.events"  # a session's events not yet written (Session.info)
-_REGISTERED = select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key"))
+_REGISTERED = Prepared(select(MESSAGE.c.id).where(MESSAGE.c.dedupe_key == bindparam("key")))
 # One look for both questions: registered already, or another message under its Message-ID?
-_SAME_MESSAGE_ID = (
+_SAME_MESSAGE_ID = Prepared(
     select(MESSAGE.c.id, MESSAGE.c.dedupe_key)
     .where(
         MESSAGE.c.message_id == bindparam("message_id"),
@@ -149,7 +149,7 @@ _CLAIM_REPORT_SLOT = {
 _REPORT_SLOT = select(REPORT_SLOT.c.claimed_by).where(
     REPORT_SLOT.c.report == bindparam("report"), REPORT_SLOT.c.slot_at == bindparam("slot_at")
 )
-_CUSTOMER_BY_ADDRESS = select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address"))
+_CUSTOMER_BY_ADDRESS = Prepared(select(CUSTOMER).where(CUSTOMER.c.address == bindparam("address")))
 _INSERT_CUSTOMER_RETURNING_ID = Prepared(insert(CUSTOMER).returning(CUSTOMER.c.id))
 _ADVANCE_CHECKPOINT = Prepared(  # same UIDVALIDITY: the UID only ever grows
     update(MAILBOX_STATE)
@@ -171,10 +171,12 @@ _CUSTOMER_COLUMNS = (
 )
 _CASE_WITH_CUSTOMER = CASE.outerjoin(CUSTOMER, CUSTOMER.c.id == CASE.c.customer_id)
 _CASE_VIEW = (*CASE.columns, *_CUSTOMER_COLUMNS)
-_CASE_BY_NUMBER = (
+_CASE_BY_NUMBER = Prepared(
     select(*_CASE_VIEW).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.number == bindparam("number"))
 )
-_CASE_BY_ID = select(*_CASE_VIEW).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.id == bindparam("case_id"))
+_CASE_BY_ID = Prepared(
+    select(*_CASE_VIEW).select_from(_CASE_WITH_CUSTOMER).where(CASE.c.id == bindparam("case_id"))
+)
 _CASES_BY_MESSAGE_IDS = (
     select(MESSAGE.c.message_id.label("named_message_id"), *_CASE_VIEW)
     .select_from(MESSAGE.join(_CASE_WITH_CUSTOMER, CASE.c.id == MESSAGE.c.case_id))
@@ -183,21 +185,23 @@ _CASES_BY_MESSAGE_IDS = (
 # Acknowledgements are queued only as their case is created, so the cases created since then are
 # the only ones to look at: ix_case_customer_id_created_at finds them, however long the sender's
 # history (joining all of a sender's cases made a frequent sender's every new case slower).
-_ACKNOWLEDGEMENTS_SINCE = select(func.count()).select_from(
-    select(OUTBOX.c.id)
-    .join(CASE, CASE.c.id == OUTBOX.c.case_id)
-    .where(
-        CASE.c.customer_id
-        == select(CUSTOMER.c.id).where(CUSTOMER.c.address == bindparam("address")).scalar_subquery(),
-        CASE.c.created_at >= bindparam("since"),
-        OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT,
-        OUTBOX.c.created_at >= bindparam("since"),
+_ACKNOWLEDGEMENTS_SINCE = Prepared(
+    select(func.count()).select_from(
+        select(OUTBOX.c.id)
+        .join(CASE, CASE.c.id == OUTBOX.c.case_id)
+        .where(
+            CASE.c.customer_id
+            == select(CUSTOMER.c.id).where(CUSTOMER.c.address == bindparam("address")).scalar_subquery(),
+            CASE.c.created_at >= bindparam("since"),
+            OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT,
+            OUTBOX.c.created_at >= bindparam("since"),
+        )
+        .limit(bindparam("at_most"))
+        .subquery()
     )
-    .limit(bindparam("at_most"))
-    .subquery()
 )
 # A case not yet inserted has no id: 0 leaves nothing out (ids start at 1).
-_OTHER_CASES = (
+_OTHER_CASES = Prepared(
     select(
         CASE.c.number,
         CASE.c.status,
@@ -208,13 +212,13 @@ _OTHER_CASES = (
     .order_by(CASE.c.id.desc())
     .limit(10)
 )
-_CONVERSATION = (
+_CONVERSATION = Prepared(
     select(*(MESSAGE.c[name] for name in ("id", "received_at", "author_role", "from_addr", "from_name")))
     .add_columns(MESSAGE.c.subject, MESSAGE.c.text)
     .where(MESSAGE.c.case_id == bindparam("case_id"), MESSAGE.c.direction == Direction.IN)
     .order_by(MESSAGE.c.id)
 )
-_CONVERSATION_ATTACHMENTS = (
+_CONVERSATION_ATTACHMENTS = Prepared(
     select(ATTACHMENT.c.message_id, ATTACHMENT.c.filename)
     .join(MESSAGE, MESSAGE.c.id == ATTACHMENT.c.message_id)
     .where(MESSAGE.c.case_id == bindparam("case_id"))
@@ -222,41 +226,49 @@ _CONVERSATION_ATTACHMENTS = (
 )
 # From the open cases, not from the organisation's customers: those have every case they ever
 # opened, and the open ones are what is counted (the correlated EXISTS keeps SQLite to that order).
-_ORGANISATION_OPEN_CASES = select(func.count()).select_from(
-    select(CASE.c.id)
-    .where(or_(*(CASE.c.status == status for status in WAITING_ON_US)))
-    .where(CASE.c.id != bindparam("case_id"))
-    .where(
-        exists().where(
-            CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("organisation")
+_ORGANISATION_OPEN_CASES = Prepared(
+    select(func.count()).select_from(
+        select(CASE.c.id)
+        .where(or_(*(CASE.c.status == status for status in WAITING_ON_US)))
+        .where(CASE.c.id != bindparam("case_id"))
+        .where(
+            exists().where(
+                CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("organisation")
+            )
         )
+        .limit(bindparam("at_most"))
+        .subquery()
     )
-    .limit(bindparam("at_most"))
-    .subquery()
 )
 # Budgets against forged senders: the cases created within the window (ix_case_created_at), each
 # asked whether it was acknowledged (ix_outboxmessage_case_id). Driven from the outbox, or from
 # an organisation's customers, the count read the whole outbox or every customer a company has.
 _ACKNOWLEDGED = exists().where(OUTBOX.c.case_id == CASE.c.id, OUTBOX.c.kind == OutboxKind.ACKNOWLEDGEMENT)
-_ACKNOWLEDGEMENTS_IN_ALL = select(func.count()).select_from(
-    select(CASE.c.id)
-    .where(CASE.c.created_at >= bindparam("since"), _ACKNOWLEDGED)
-    .limit(bindparam("at_most"))
-    .subquery()
-)
-_ACKNOWLEDGEMENTS_TO_DOMAIN = select(func.count()).select_from(
-    select(CASE.c.id)
-    .where(
-        CASE.c.created_at >= bindparam("since"),
-        exists().where(CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("domain")),
-        _ACKNOWLEDGED,
+_ACKNOWLEDGEMENTS_IN_ALL = Prepared(
+    select(func.count()).select_from(
+        select(CASE.c.id)
+        .where(CASE.c.created_at >= bindparam("since"), _ACKNOWLEDGED)
+        .limit(bindparam("at_most"))
+        .subquery()
     )
-    .limit(bindparam("at_most"))
-    .subquery()
+)
+_ACKNOWLEDGEMENTS_TO_DOMAIN = Prepared(
+    select(func.count()).select_from(
+        select(CASE.c.id)
+        .where(
+            CASE.c.created_at >= bindparam("since"),
+            exists().where(
+                CUSTOMER.c.id == CASE.c.customer_id, CUSTOMER.c.organisation == bindparam("domain")
+            ),
+            _ACKNOWLEDGED,
+        )
+        .limit(bindparam("at_most"))
+        .subquery()
+    )
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ON_CASE = (
+_ON_CASE = Prepared(
     select(MESSAGE.c.id)
     .where(
         MESSAGE.c.case_id == bindparam("case_id"),
@@ -266,25 +278,32 @@ _ON_CASE = (
     .limit(1)
 )
 # Strangers' and forged agents' mail is on the case too, and makes nobody part of it.
-_ADDRESSES_ON_CASE = select(MESSAGE.c.from_addr, MESSAGE.c.to_addrs, MESSAGE.c.cc_addrs).where(
-    MESSAGE.c.case_id == bindparam("case_id"),
-    MESSAGE.c.author_role.not_in([AuthorRole.STRANGER, AuthorRole.EXTERNAL]),
-)
-_MESSAGES_FROM = select(func.count()).select_from(
-    select(MESSAGE.c.id)
-    .where(
+_ADDRESSES_ON_CASE = Prepared(
+    select(MESSAGE.c.from_addr, MESSAGE.c.to_addrs, MESSAGE.c.cc_addrs).where(
         MESSAGE.c.case_id == bindparam("case_id"),
-        MESSAGE.c.from_addr == bindparam("address"),
-        MESSAGE.c.direction == Direction.IN,
-        MESSAGE.c.received_at >= bindparam("since"),
+        MESSAGE.c.author_role != AuthorRole.STRANGER,  # two comparisons, not NOT IN: no list
+        MESSAGE.c.author_role != AuthorRole.EXTERNAL,  # to expand, so it can be prepared
     )
-    .limit(bindparam("at_most"))
-    .subquery()
 )
-_REMOVED_PARTICIPANTS = select(EVENT.c.data).where(
-    EVENT.c.case_id == bindparam("case_id"), EVENT.c.kind == EventKind.PARTICIPANT_REMOVED
+_MESSAGES_FROM = Prepared(
+    select(func.count()).select_from(
+        select(MESSAGE.c.id)
+        .where(
+            MESSAGE.c.case_id == bindparam("case_id"),
+            MESSAGE.c.from_addr == bindparam("address"),
+            MESSAGE.c.direction == Direction.IN,
+            MESSAGE.c.received_at >= bindparam("since"),
+        )
+        .limit(bindparam("at_most"))
+        .subquery()
+    )
 )
-_LAST_CUSTOMER_MESSAGE = (
+_REMOVED_PARTICIPANTS = Prepared(
+    select(EVENT.c.data).where(
+        EVENT.c.case_id == bindparam("case_id"), EVENT.c.kind == EventKind.PARTICIPANT_REMOVED
+    )
+)
+_LAST_CUSTOMER_MESSAGE = Prepared(
     select(MESSAGE.c.message_id, MESSAGE.c.references, MESSAGE.c.to_addrs, MESSAGE.c.cc_addrs)
     .where(
         MESSAGE.c.case_id == bindparam("case_id"),
@@ -310,6 +329,13 @@ _MARK_BOUNCED = Prepared(
     update(OUTBOX)
     .where(OUTBOX.c.id == bindparam("row"))
     .values(state=OutboxState.BOUNCED, last_error=bindparam("error"))
+)
+# Core, not the ORM's bulk UPDATE (that evaluates the WHERE against the session).
+_NEXT_NUMBER = Prepared(
+    update(CASE_COUNTER)
+    .where(CASE_COUNTER.c.prefix == bindparam("for_prefix"))
+    .values(last_number=CASE_COUNTER.c.last_number + 1)
+    .returning(CASE_COUNTER.c.last_number)
 )
 _FILL_CUSTOMER_NAME = Prepared(
     update(CUSTOMER)
@@ -393,8 +419,8 @@ def _earlier_keys(mailbox: str, inbound: Inbound) -> list[str]:
     return keys
 
 
-def _case_view(row: Row[Any]) -> CaseView:
-    values = row._mapping
+def _case_view(row: Any) -> CaseView:
+    values = row._asdict()
     customer = None
     if values["customer_id_"] is not None:
         customer = CustomerView(
@@ -445,7 +471,7 @@ class SqlFacts:
         self.connection = session.connection()
         self._cases: dict[int, CaseView] = {}
 
-    def _keep(self, row: Row[Any] | None) -> CaseView | None:
+    def _keep(self, row: Any) -> CaseView | None:
         if row is None:
             return None
         view = self._cases[row.id] = _case_view(row)
@@ -453,7 +479,7 @@ class SqlFacts:
 
     # thread.CaseLookup
     def case_by_number(self, number: str) -> CaseRef | None:
-        view = self._keep(self.connection.execute(_CASE_BY_NUMBER, {"number": number}).first())
+        view = self._keep(_CASE_BY_NUMBER.first(self.connection, {"number": number}))
         return _case_ref(view) if view else None
 
     def case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
@@ -469,24 +495,27 @@ class SqlFacts:
     # for the intake
     def case(self, case_id: int) -> CaseView:
         if case_id not in self._cases:
-            self._keep(self.connection.execute(_CASE_BY_ID, {"case_id": case_id}).one())
+            row = _CASE_BY_ID.first(self.connection, {"case_id": case_id})
+            assert row is not None, "the case a message was threaded to"
+            self._keep(row)
         return self._cases[case_id]
 
     def identity(self, mailbox: str, inbound: Inbound) -> tuple[int | None, int | None]:
         """(the id of this message if the mailbox registered it already, the id of another
         message the mailbox registered under the same Message-ID)."""
         if not inbound.message_id:
-            return self.connection.execute(_REGISTERED, {"key": dedupe_key(mailbox, inbound)}).scalar(), None
+            row = _REGISTERED.first(self.connection, {"key": dedupe_key(mailbox, inbound)})
+            return None if row is None else row.id, None
         keys = _earlier_keys(mailbox, inbound)
         params = {"message_id": inbound.message_id, "mailbox": mailbox}
-        rows = self.connection.execute(_SAME_MESSAGE_ID, params).all()
+        rows = _SAME_MESSAGE_ID.all(self.connection, params)
         registered = next((row.id for row in rows if row.dedupe_key in keys), None)
         return registered, None if registered is not None or not rows else rows[0].id
 
     def customer(self, sender: Address) -> CustomerView:
         """The sender as a customer: on record, or as their first mail will record them (a name
         they give later fills an empty one)."""
-        row = self.connection.execute(_CUSTOMER_BY_ADDRESS, {"address": sender.address}).first()
+        row = _CUSTOMER_BY_ADDRESS.first(self.connection, {"address": sender.address})
         if row is None:
             return CustomerView(None, sender.address, sender.name, sender.domain)
         return CustomerView(row.id, row.address, row.name or sender.name, row.organisation)
@@ -506,15 +535,15 @@ class SqlFacts:
     # casework.CaseFacts
     def other_cases(self, customer_id: int, case_id: int | None, since: datetime) -> list[OtherCase]:
         params = {"customer_id": customer_id, "case_id": case_id or 0, "recent": since}
-        return [OtherCase(*row) for row in self.connection.execute(_OTHER_CASES, params)]
+        return [OtherCase(*row) for row in _OTHER_CASES.all(self.connection, params)]
 
     def organisation_open_cases(self, organisation: str, case_id: int | None, at_most: int) -> int:
         params = {"case_id": case_id or 0, "organisation": organisation, "at_most": at_most}
-        return self.connection.execute(_ORGANISATION_OPEN_CASES, params).scalar_one()
+        return int(_ORGANISATION_OPEN_CASES.scalar(self.connection, params))
 
     def conversation(self, case_id: int) -> list[ShownMessage]:
         attachments: dict[int, list[str]] = {}
-        for message_id, filename in self.connection.execute(_CONVERSATION_ATTACHMENTS, {"case_id": case_id}):
+        for message_id, filename in _CONVERSATION_ATTACHMENTS.all(self.connection, {"case_id": case_id}):
             attachments.setdefault(message_id, []).append(filename)
         return [
             ShownMessage(
@@ -526,39 +555,37 @@ class SqlFacts:
                 row.text,
                 tuple(attachments.get(row.id, ())),
             )
-            for row in self.connection.execute(_CONVERSATION, {"case_id": case_id})
+            for row in _CONVERSATION.all(self.connection, {"case_id": case_id})
         ]
 
     def last_customer_message(self, case_id: int) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
-        row = self.connection.execute(_LAST_CUSTOMER_MESSAGE, {"case_id": case_id}).first()
+        row = _LAST_CUSTOMER_MESSAGE.first(self.connection, {"case_id": case_id})
         if row is None:
             return None
         return row.message_id, tuple(row.references), (*row.to_addrs, *row.cc_addrs)
 
     def removed_participants(self, case_id: int) -> frozenset[str]:
-        rows = self.connection.execute(_REMOVED_PARTICIPANTS, {"case_id": case_id})
+        rows = _REMOVED_PARTICIPANTS.all(self.connection, {"case_id": case_id})
         return frozenset(str(data.get("address", "")) for (data,) in rows)
 
     def acknowledgements_to_domain(self, domain: str, since: datetime, at_most: int) -> int:
         params = {"domain": domain, "since": since, "at_most": at_most}
-        return self.connection.execute(_ACKNOWLEDGEMENTS_TO_DOMAIN, params).scalar_one()
+        return int(_ACKNOWLEDGEMENTS_TO_DOMAIN.scalar(self.connection, params))
 
     def acknowledgements_since(self, since: datetime, at_most: int) -> int:
-        return self.connection.execute(
-            _ACKNOWLEDGEMENTS_IN_ALL, {"since": since, "at_most": at_most}
-        ).scalar_one()
+        return int(_ACKNOWLEDGEMENTS_IN_ALL.scalar(self.connection, {"since": since, "at_most": at_most}))
 
     def already_on_case(self, case_id: int, message_id: str) -> bool:
         """An incoming message with this Message-ID is on the case (through any mailbox)."""
         if not message_id:
             return False
         params = {"case_id": case_id, "message_id": message_id}
-        return self.connection.execute(_ON_CASE, params).first() is not None
+        return _ON_CASE.first(self.connection, params) is not None
 
     def addresses_on_case(self, case_id: int) -> frozenset[str]:
         """Everyone a message of the case came from or went to: who may take part in it."""
         found: set[str] = set()
-        for row in self.connection.execute(_ADDRESSES_ON_CASE, {"case_id": case_id}):
+        for row in _ADDRESSES_ON_CASE.all(self.connection, {"case_id": case_id}):
             found.add(row.from_addr)
             found.update(row.to_addrs)
             found.update(row.cc_addrs)
@@ -567,13 +594,18 @@ class SqlFacts:
     def messages_from(self, case_id: int, address: str, since: datetime | None, at_most: int) -> int:
         """This sender's incoming messages on the case (since then), counted up to `at_most`."""
         params = {"case_id": case_id, "address": address, "since": since or _EPOCH, "at_most": at_most}
-        return self.connection.execute(_MESSAGES_FROM, params).scalar_one()
+        return int(_MESSAGES_FROM.scalar(self.connection, params))
 
     def acknowledgements_to(self, address: str, since: datetime, at_most: int) -> int:
         """Acknowledgements queued since then for this sender's cases, counted up to `at_most`: a
         sender over its limit costs no more to check than one under it."""
         params = {"address": address, "since": since, "at_most": at_most}
-        return self.connection.execute(_ACKNOWLEDGEMENTS_SINCE, params).scalar_one()
+        return int(_ACKNOWLEDGEMENTS_SINCE.scalar(self.connection, params))
+
+
+def next_case_number(session: Session, prefix: str) -> str:
+    """The next number for the prefix, unique and never reused: it rolls back with its case."""
+    return f"{prefix}-{_NEXT_NUMBER.scalar(session.connection(), {'for_prefix': prefix})}"
 
 
 def apply(session: Session, plan: Plan) -> None:

@@ -275,7 +275,7 @@ def test_the_organisations_open_cases_are_counted_to_fifty(intake):
 
 def test_the_organisations_open_cases_are_found_from_the_open_cases(intake):
     """Not from the organisation's customers: they have every case they ever opened."""
-    statement = _ORGANISATION_OPEN_CASES.compile(dialect=intake.engine.dialect)
+    statement = _ORGANISATION_OPEN_CASES.statement.compile(dialect=intake.engine.dialect)
     assert statement.positiontup is not None  # SQLite's parameters are positional
     unbound = (None,) * len(statement.positiontup)
     with intake.engine.connect() as connection:

@@ -72,11 +72,20 @@ def test_a_sender_is_one_customer_whose_name_is_learnt_once(intake):
     assert [c.customer_id for c in cases] == [kari.id, kari.id, kari.id, ola.id]
 
 
+def run_by_sqlite(engine):
+    """The statements SQLite runs on the engine's connections from now on, as SQLite sees them
+    (one for each row of a statement run for several): what reaches the database, whichever
+    path in mailrouter sent it."""
+    statements: list[str] = []
+    engine.dispose()
+    event.listen(engine, "connect", lambda connection, _: connection.set_trace_callback(statements.append))
+    return statements
+
+
 def test_a_new_case_reads_its_customer_once(intake):
     """The acknowledgement finds the customer in the session, not by a query of its own."""
     intake.process(make_mail(message_id="<r1@k>"), Origin("it", 7, 1))
-    statements = []
-    event.listen(intake.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    statements = run_by_sqlite(intake.engine)
     intake.process(make_mail(message_id="<r2@k>"), Origin("it", 7, 2))
     assert len([s for s in statements if s.startswith("SELECT customer.")]) == 1
     assert len(acknowledgements(intake)) == 2
@@ -88,16 +97,6 @@ def test_a_new_case_was_last_updated_when_it_was_created(intake):
     [customer] = rows(intake, Customer)
     assert case.created_at == case.updated_at
     assert customer.created_at <= case.created_at
-
-
-def run_by_sqlite(engine):
-    """The statements SQLite runs on the engine's connections from now on, as SQLite sees them
-    (one for each row of a statement run for several): what reaches the database, whichever
-    path in mailrouter sent it."""
-    statements: list[str] = []
-    engine.dispose()
-    event.listen(engine, "connect", lambda connection, _: connection.set_trace_callback(statements.append))
-    return statements
 
 
 def test_a_messages_events_are_written_together_as_it_commits(intake):

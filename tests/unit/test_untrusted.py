@@ -145,7 +145,7 @@ def test_flood_from_one_sender_opens_every_case_but_answers_at_most_the_limit(co
 
 def test_the_limit_looks_only_at_the_senders_recent_cases(intake):
     """A frequent sender's history (years of cases) must not be read for each new case of theirs."""
-    statement = store._ACKNOWLEDGEMENTS_SINCE.compile(dialect=intake.engine.dialect)
+    statement = store._ACKNOWLEDGEMENTS_SINCE.statement.compile(dialect=intake.engine.dialect)
     assert statement.positiontup is not None  # SQLite's parameters are positional
     unbound = (None,) * len(statement.positiontup)  # the plan does not depend on the values
     with intake.engine.connect() as connection:
@@ -373,7 +373,7 @@ def test_authenticated_senders_spend_only_their_own_budget(config_file):
 @pytest.mark.parametrize("budget", ["_ACKNOWLEDGEMENTS_IN_ALL", "_ACKNOWLEDGEMENTS_TO_DOMAIN"])
 def test_a_budget_reads_the_windows_cases_not_the_outbox_or_an_organisations_customers(intake, budget):
     """Checked for every new case: it must cost what the window holds, not the desk's history."""
-    statement = getattr(store, budget).compile(dialect=intake.engine.dialect)
+    statement = getattr(store, budget).statement.compile(dialect=intake.engine.dialect)
     unbound = (None,) * len(statement.positiontup)
     with intake.engine.connect() as connection:
         plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", unbound)]
