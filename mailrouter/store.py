@@ -1188,9 +1188,10 @@ def _count_attempt_statement(dialect: str) -> Prepared:
 _COUNT_ATTEMPT = {dialect: _count_attempt_statement(dialect) for dialect in ("sqlite", "postgresql")}
 
 
-def count_attempt(session: Session, origin: Origin, more: int = 1) -> int:
+def count_attempt(connection: Connection, origin: Origin, more: int = 1) -> int:
     """A try of this message begins: `more` is 1, or 0 where the previous one does not count;
-    returns how many tries have begun, this one included."""
+    returns how many tries have begun, this one included. On a bare connection: it commits on
+    its own before every message, where a session's bookkeeping cost more than the statement."""
     params = {
         "mailbox": origin.mailbox,
         "uidvalidity": origin.uidvalidity,
@@ -1198,8 +1199,7 @@ def count_attempt(session: Session, origin: Origin, more: int = 1) -> int:
         "more": more,
         "now": utcnow(),
     }
-    statement = _COUNT_ATTEMPT[session.get_bind().dialect.name]
-    attempts: int = statement.scalar(session.connection(), params)
+    attempts: int = _COUNT_ATTEMPT[connection.dialect.name].scalar(connection, params)
     return attempts
 
 
