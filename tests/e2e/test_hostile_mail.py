@@ -1,14 +1,14 @@
 """Mail built to be slow, through the real mail stack and the real `mailrouter run`: a mailbox
 with a pathological HTML mail, a huge References list and a ReDoS-bait subject in the same batch
-as a customer's mail answers the customer within seconds, and registers the rest."""
+as a customer's mail answers the customer, and registers the rest read whole and routed. How long
+the customer waits beside such mail, bench/hostile.py measures."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
 from mailrouter.plan import OutcomeKind
+from mailrouter.vocabulary import EventKind
 from tests.e2e.conftest import Account, make_daemon
 from tests.messages import make_mail
 
@@ -30,7 +30,13 @@ def html_only(sender: str, to: str, markup: str, message_id: str) -> bytes:
     ).encode() + markup.encode()
 
 
-def test_hostile_mail_in_the_same_batch_never_holds_up_a_customers_mail(mailstack, tmp_path, customer):
+def test_hostile_mail_in_the_same_batch_is_registered_whole_and_the_customer_answered(
+    mailstack, tmp_path, customer
+):
+    """The customer's mail is the batch's last, so its answer comes only once the hostile mail is
+    through: a backtracking rule would take a day on the bait's subject and html.parser a quarter
+    of an hour on the HTML, against the minute waited here. A parse past its time limit would have
+    been read degraded: none is."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "10-redos.toml").write_text(REDOS_RULE)
@@ -59,19 +65,19 @@ def test_hostile_mail_in_the_same_batch_never_holds_up_a_customers_mail(mailstac
         mailstack.append(it.address, it.password, raw)
     try:
         daemon.start(wait=True)
-        started = time.monotonic()
-        [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1, timeout=30)
-        assert time.monotonic() - started < 10
+        [ack] = mailstack.wait_for_messages(customer.address, customer.password, 1, timeout=60)
         assert "Skjermen er svart" in str(ack["Subject"])
 
         def settled():
             return len(daemon.cases()) + len(daemon.events(OutcomeKind.REFUSED.value)) == 4
 
-        daemon.wait_until(settled, "every message registered or set aside", 30)
-        subjects = sorted(case.subject for case in daemon.cases())
-        assert subjects == sorted(
+        daemon.wait_until(settled, "every message registered or set aside", 60)
+        tags = {case.subject: case.tags for case in daemon.cases()}
+        assert sorted(tags) == sorted(
             ["Nyhetsbrev", "Printer on floor 3 is broken", "a" * 40 + "!", "Skjermen er svart"]
         )
+        assert "words" not in tags["a" * 40 + "!"] and "words" in tags["Skjermen er svart"]  # the rule ran
+        assert daemon.events(EventKind.PARSED_DEGRADED.value) == []
         assert daemon.stop() == 0
     finally:
         daemon.kill()

@@ -5,8 +5,6 @@ and look up in one statement; whatever is cut is named in Inbound.defects."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlmodel import Session, select
 
@@ -22,6 +20,7 @@ from mailrouter.parse import (
     parse_degraded,
 )
 from mailrouter.plan import Origin, OutcomeKind
+from tests.hangguard import without_hanging
 from tests.messages import make_mail
 
 # Each builds about n characters of markup that html.parser (or lxml, or lexbor) reads in
@@ -39,21 +38,11 @@ PATHOLOGICAL = {
 }
 
 
-def cpu_seconds(html: str) -> float:
-    start = time.process_time()
-    html_to_text(html)
-    return time.process_time() - start
-
-
 @pytest.mark.parametrize("name", PATHOLOGICAL)
-def test_html_to_text_is_linear_on_pathological_markup(name):
-    build = PATHOLOGICAL[name]
-    # 30 KB of unclosed tags took html.parser 12 s; this fails fast on a quadratic conversion.
-    assert cpu_seconds(build(30_000)) < 1.0
-    small, large = cpu_seconds(build(100_000)), cpu_seconds(build(1_000_000))
-    assert large < 5.0
-    # Ten times the markup costs about ten times the work (a quadratic one would cost 100 times).
-    assert large < 30 * max(small, 0.002)
+def test_html_to_text_does_not_hang_on_pathological_markup(name):
+    """2 MB of each: html.parser, quadratic on those left open (12 s on 30 KB of unclosed tags),
+    would take hours on them, and so would any conversion quadratic at a nanosecond a step."""
+    assert isinstance(without_hanging(html_to_text, PATHOLOGICAL[name](2_000_000)), str)
 
 
 def test_html_to_text_reads_markup_as_a_browser_would():
@@ -78,10 +67,9 @@ def test_only_the_first_html_to_text_chars_of_html_are_converted():
     assert len(inbound.html) == 200_010  # the HTML itself is kept whole for a person to read
 
 
-def test_a_megabyte_of_unclosed_tags_parses_in_well_under_a_second():
-    start = time.process_time()
-    inbound = parse(html_mail("<div " * 200_000))
-    assert time.process_time() - start < 2.0
+def test_a_megabyte_of_unclosed_tags_parses_without_hanging():
+    """With html.parser this took hours, in the one parse worker every mailbox shares."""
+    inbound = without_hanging(parse, html_mail("<div " * 200_000))
     assert inbound.subject == "Nyhetsbrev" and inbound.text == ""
 
 

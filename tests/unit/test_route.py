@@ -1,4 +1,3 @@
-import time
 from dataclasses import replace
 
 import pytest
@@ -7,6 +6,7 @@ from mailrouter.errors import RuleError
 from mailrouter.language import detect_language
 from mailrouter.parse import parse
 from mailrouter.route import load_rules, route
+from tests.hangguard import without_hanging
 from tests.messages import make_mail
 
 DEPARTMENTS = frozenset({"it", "hr"})
@@ -218,14 +218,12 @@ def test_detect_language(text, language):
     assert detect_language(text, default="no") == language
 
 
-def test_a_redos_pattern_routes_a_hostile_subject_in_linear_time(tmp_path, mailboxes):
-    """^(\\w+\\s?)*$ backtracks exponentially in re: 2.7 s on this subject, twice that per letter more."""
+def test_a_redos_pattern_routes_a_hostile_subject_without_hanging(tmp_path, mailboxes):
+    """^(\\w+\\s?)*$ backtracks exponentially in re: 2.7 s on 24 letters and a "!", twice that per
+    letter more, so some 10^15 years on these 100. RE2 reads the subject once."""
     rules = rules_from(tmp_path, "[[rule]]\nname = \"words\"\nwhen.subject_regex = '^(\\w+\\s?)*$'\n")
-    inbound = parse(make_mail(subject="a" * 24 + "!"))
-    start = time.monotonic()
-    decision = route(inbound, "it", mailboxes, rules)
-    assert time.monotonic() - start < 0.5
-    assert decision.matched_rules == ()
+    hostile = parse(make_mail(subject="a" * 100 + "!"))
+    assert without_hanging(route, hostile, "it", mailboxes, rules).matched_rules == ()
     assert route(parse(make_mail(subject="just words")), "it", mailboxes, rules).matched_rules == ("words",)
 
 
