@@ -751,7 +751,7 @@ class Casework:
         limits = self.config.limits
         window = limits.acknowledgement_window
         since = now - timedelta(seconds=window)
-        domain = customer.address.rpartition("@")[2]
+        domain = customer.domain
         if customer.id is not None and (
             facts.acknowledgements_to(customer.address, since, limits.acknowledgements_per_sender)
             >= limits.acknowledgements_per_sender

@@ -473,9 +473,8 @@ class MailboxWorker:
         return {uid: n for uid, n in tried.items() if n >= MAX_ATTEMPTS}
 
     def _count_attempt(self, origin: Origin) -> int:
-        with Session(self.intake.engine) as session:
-            attempts = store.count_attempt(session, origin, 0 if origin in self._uncounted else 1)
-            session.commit()
+        with self.intake.engine.begin() as connection:
+            attempts = store.count_attempt(connection, origin, 0 if origin in self._uncounted else 1)
         self._uncounted.discard(origin)
         return attempts
 

@@ -233,6 +233,13 @@ class Event(SQLModel, table=True):
 class OutboxMessage(SQLModel, table=True):
     """Rendered mail waiting for the relay; written in the same transaction that caused it."""
 
+    # The acknowledgement budgets count the window's acknowledgements, in all and to a domain,
+    # from these indexes alone: their cost is a range of index entries, not a row per case.
+    __table_args__ = (
+        Index("ix_outboxmessage_created_at_kind", "created_at", "kind"),
+        Index("ix_outboxmessage_domain_created_at_kind", "domain", "created_at", "kind"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
     kind: OutboxKind = Field(sa_column=Column(Vocabulary(OutboxKind), nullable=False))
@@ -245,6 +252,9 @@ class OutboxMessage(SQLModel, table=True):
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     original_sha256: str | None = Field(default=None, foreign_key="rawmessage.sha256")
     original_at: int | None = None
+    # An acknowledgement's customer's mail domain, which that domain's budget counts; None on
+    # other mail.
+    domain: str | None = None
     state: OutboxState = Field(
         default=OutboxState.QUEUED,
         sa_column=Column(Vocabulary(OutboxState), nullable=False, index=True, default=OutboxState.QUEUED),

@@ -22,6 +22,7 @@ from sqlmodel import Session
 from mailrouter import models, store
 from mailrouter.errors import OutboxError
 from mailrouter.models import utcnow
+from mailrouter.prepared import Prepared
 from mailrouter.vocabulary import EventKind, OutboxKind, OutboxState
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,16 @@ _CLAIM = (
     )
 )
 _ORIGINALS = select(_R.sha256, _R.data).where(_R.sha256.in_(bindparam("shas", expanding=True)))
-_MARK_SENDING = (  # compare-and-set, only while the claim is still ours
+_SENDING = (  # compare-and-set, only while the claim is still ours
     update(models.OUTBOX)
     .where(_O.id == bindparam("row"))
     .where(_O.state == OutboxState.QUEUED)
     .where(_O.claimed_by == bindparam("instance"))
     .values(state=OutboxState.SENDING, claimed_until=bindparam("lease_until"))
 )
+_MARK_SENDING = Prepared(_SENDING)  # committed on the event loop before every letter's final dot
 # Some recipients refused at RCPT: the row keeps those the relay took, in the same compare-and-set.
-_MARK_SENDING_TO = _MARK_SENDING.values(rcpt_to=bindparam("rcpt_to", type_=_O.rcpt_to.type))
+_MARK_SENDING_TO = _SENDING.values(rcpt_to=bindparam("rcpt_to", type_=_O.rcpt_to.type))
 # ...and those it refused for now go on in a row of their own, the letter copied in the database.
 _SPLIT_OFF = (
     insert(models.OUTBOX)
@@ -85,7 +87,7 @@ _SPLIT_OFF = (
     )
     .returning(_O.id)
 )
-_MARK_SENT = (
+_MARK_SENT = Prepared(
     update(models.OUTBOX)
     .where(_O.id == bindparam("row"))
     .where(_O.state == OutboxState.SENDING)  # a bounce may have come first
@@ -259,10 +261,8 @@ def mark_sending(engine: Engine, letter_id: int, instance: str, lease: float) ->
     lease_until = utcnow() + timedelta(seconds=lease)
     with engine.begin() as connection:
         _bound_on_the_loop(connection)
-        result = connection.execute(
-            _MARK_SENDING, {"row": letter_id, "instance": instance, "lease_until": lease_until}
-        )
-    return result.rowcount == 1
+        params = {"row": letter_id, "instance": instance, "lease_until": lease_until}
+        return _MARK_SENDING.rowcount(connection, params) == 1
 
 
 def mark_sending_to_some(
@@ -322,7 +322,7 @@ def mark_sent(engine: Engine, accepted: Sequence[tuple[Letter, str]]) -> None:
     with Session(engine) as session:
         connection = session.connection()
         for letter, reply in accepted:
-            connection.execute(_MARK_SENT, {"row": letter.id, "now": now})
+            _MARK_SENT.rowcount(connection, {"row": letter.id, "now": now})
             store.record(
                 session,
                 EventKind.MAIL_SENT,

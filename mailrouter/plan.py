@@ -72,6 +72,11 @@ class CustomerView:
     name: str = ""
     organisation: str = ""
 
+    @property
+    def domain(self) -> str:
+        """The customer's mail domain, which a domain's acknowledgement budget counts by."""
+        return self.address.rpartition("@")[2]
+
 
 @dataclass(frozen=True)
 class CaseView:
