@@ -24,7 +24,7 @@ from mailrouter import language
 from mailrouter.agents import AgentDirectory, directory_from, reply_keys
 from mailrouter.alerts import TokenAlerts
 from mailrouter.config import RELAY, Config
-from mailrouter.db import open_database, sqlite_path
+from mailrouter.db import keep_checkpointing, open_database, sqlite_path
 from mailrouter.facts import queued_mail
 from mailrouter.faultinjection import ENV as FAULTS_ENV
 from mailrouter.faultinjection import FaultInjection
@@ -117,7 +117,8 @@ async def serve(loaded: Loaded) -> None:
     faults = FaultInjection.from_env(os.environ)
     if faults is not None:
         log.warning("%s is set: TEST-ONLY faults will be injected; never use it in production", FAULTS_ENV)
-    engine = open_database(config)
+    on_sqlite = sqlite_path(config.database_url) is not None
+    engine = open_database(config, checkpoints_apart=on_sqlite)
     # Before any mailbox is read: a try that took the models' load along was easily cut short by
     # a restart, and three such counted as a message that kills the process.
     await asyncio.to_thread(language.prepare)
@@ -132,7 +133,7 @@ async def serve(loaded: Loaded) -> None:
         relay,
         instance=instance,
         lease=config.daemon.outbox_lease,
-        exclusive=sqlite_path(config.database_url) is not None,
+        exclusive=on_sqlite,
         wake=wake_sender,
     )
     stop = asyncio.Event()
@@ -172,6 +173,8 @@ async def serve(loaded: Loaded) -> None:
         "sender": lambda: sender.run(stop, config.daemon.send_interval),
         "scheduler": lambda: scheduler().run(stop),
     }
+    if on_sqlite:  # commits leave the write-ahead log to this task (db.make_engine)
+        starts["checkpoints"] = lambda: keep_checkpointing(engine, stop)
     for worker in workers:
         starts[f"mailbox-{worker.name}"] = partial(worker.run, stop)
     supervisor = Supervisor(

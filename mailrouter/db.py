@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import threading
 import weakref
@@ -28,7 +30,11 @@ if TYPE_CHECKING:
 
     from mailrouter.config import Config
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_SECONDS = 30
+# The daemon's checkpoints: a second of the intake at full speed is a few hundred pages of log.
+CHECKPOINT_INTERVAL = 1.0
 
 
 class WriteTurns:
@@ -201,10 +207,16 @@ def _postgresql_bounds(connect_timeout: float, statement_timeout: float) -> dict
 
 
 def make_engine(
-    url: str, *, connect_timeout: float = CONNECT_TIMEOUT, statement_timeout: float = STATEMENT_TIMEOUT
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    statement_timeout: float = STATEMENT_TIMEOUT,
+    checkpoints_apart: bool = False,
 ) -> Engine:
     """hide_parameters everywhere: a statement's parameters are customer mail, and SQLAlchemy
-    would otherwise put them into every error message that reaches a log."""
+    would otherwise put them into every error message that reaches a log. `checkpoints_apart`
+    (SQLite): commits never copy the write-ahead log into the database; whoever asks for it must
+    call `checkpoint` regularly, as the daemon does."""
     if not url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -241,6 +253,10 @@ def make_engine(
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
+        if checkpoints_apart:
+            # The commit that passed 1000 pages of log ran the checkpoint and its fsyncs, and the
+            # intake, whose commits come one after another, waited for them (bench/RESULTS.md).
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -388,9 +404,32 @@ def ensure_counters(engine: Engine, prefixes: list[str], start: int) -> None:
         session.commit()
 
 
-def open_database(config: Config, *, upgrade: bool = True) -> Engine:
+def checkpoint(engine: Engine) -> None:
+    """Copy the write-ahead log into the database file, as far as no reader still needs it
+    (PASSIVE: neither writers nor readers wait); the log starts over once all of it is copied."""
+    connection = engine.raw_connection()
+    try:
+        connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+    finally:
+        connection.close()
+
+
+async def keep_checkpointing(engine: Engine, stop: asyncio.Event) -> None:
+    """Checkpoint every CHECKPOINT_INTERVAL in a thread of its own, for an engine made with
+    `checkpoints_apart`, until `stop`; a checkpoint that fails is logged and tried again."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(checkpoint, engine)
+        except sqlite3.Error as exc:
+            log.warning("checkpoint of the write-ahead log failed, tried again shortly: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CHECKPOINT_INTERVAL)
+
+
+def open_database(config: Config, *, upgrade: bool = True, checkpoints_apart: bool = False) -> Engine:
     """The database, upgraded to this version's schema; without `upgrade`, refused unless it is
-    at that schema already (commands other than `run` and `migrate` never change a schema)."""
+    at that schema already (commands other than `run` and `migrate` never change a schema).
+    `checkpoints_apart`: see make_engine."""
     if not upgrade:
         reader = open_reader(config)
         reader.dispose()
@@ -399,6 +438,7 @@ def open_database(config: Config, *, upgrade: bool = True) -> Engine:
         config.database_url,
         connect_timeout=bounds.connect_timeout,
         statement_timeout=bounds.statement_timeout,
+        checkpoints_apart=checkpoints_apart,
     )
     if upgrade:
         create_schema(engine)

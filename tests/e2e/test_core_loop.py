@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import sqlite3
 import time
 from email.message import EmailMessage
 
 import pytest
 from sqlmodel import Session, select
 
+from mailrouter.db import sqlite_path
 from mailrouter.models import Attachment, RawMessage
 from mailrouter.parse import SLIM_ABOVE, _read_slim
 from mailrouter.vocabulary import OutboxState
@@ -43,6 +45,30 @@ def test_new_mail_becomes_one_case_with_one_acknowledgement(daemon, customer, ma
     [row] = daemon.outbox("acknowledgement")
     assert row.state == OutboxState.SENT and row.message_id == ack["Message-ID"]
     # flag mode: the message stays in INBOX, marked as registered
+    assert daemon.stop() == 0
+
+
+def _cases_in_database_file(url: str) -> int:
+    """Cases as the database file alone holds them (immutable: its write-ahead log unread)."""
+    path = sqlite_path(url)
+    reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(reader.execute('SELECT count(*) FROM "case"').fetchone()[0])
+    except sqlite3.OperationalError:  # not even the schema has been copied in yet
+        return 0
+    finally:
+        reader.close()
+
+
+def test_the_daemon_copies_its_write_ahead_log_into_the_database_while_it_runs(daemon, customer, mailstack):
+    """Its commits leave checkpoints to a task of its own, which must not leave them undone: a
+    case, a few pages, is far below the 1000 pages at which a commit would checkpoint."""
+    daemon.start()
+    send(mailstack, customer.address, daemon.mailboxes["it"].address, "Printer broken", "It jams.")
+    daemon.wait_until(lambda: len(daemon.cases()) == 1, "the case")
+    daemon.wait_until(
+        lambda: _cases_in_database_file(daemon.database_url) == 1, "the case in the database file"
+    )
     assert daemon.stop() == 0
 
 

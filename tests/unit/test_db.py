@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from mailrouter.db import WriteTurns, make_engine, write_turns
+from mailrouter.db import WriteTurns, checkpoint, keep_checkpointing, make_engine, write_turns
 from mailrouter.errors import DatabaseUnavailable
 from tests.postgres import temporary_database
 
@@ -191,3 +192,55 @@ def test_a_postgresql_connection_killed_by_the_server_is_an_outage_and_an_overlo
             with pytest.raises(DatabaseUnavailable):
                 victim.execute(text("SELECT 1"))
         engine.dispose()
+
+
+def _rows_in_database_file(path) -> int:
+    """Rows of t as the database file alone holds them (immutable: its write-ahead log unread)."""
+    reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(reader.execute("SELECT count(*) FROM t").fetchone()[0])
+    except sqlite3.OperationalError:  # not even the table has been copied in yet
+        return 0
+    finally:
+        reader.close()
+
+
+def _commit_pages(engine, commits: int) -> None:
+    for n in range(commits):
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t (writer) VALUES (:page)"), {"page": f"{n}" * 4000})
+
+
+def test_with_checkpoints_apart_commits_leave_the_log_to_checkpoint(tmp_path):
+    """The daemon's intake commits without stopping for a checkpoint's fsyncs: 1200 commits of a
+    page each pass SQLite's 1000-page mark, where a commit runs the checkpoint itself (usual)."""
+    usual, apart = tmp_path / "usual.sqlite", tmp_path / "apart.sqlite"
+    engines = {}
+    for path in (usual, apart):
+        engines[path] = make_engine(f"sqlite:///{path}", checkpoints_apart=path == apart)
+        _table(engines[path])
+        _commit_pages(engines[path], 1200)
+    assert _rows_in_database_file(usual) > 0
+    assert _rows_in_database_file(apart) == 0
+    checkpoint(engines[apart])
+    assert _rows_in_database_file(apart) == 1200
+
+
+def test_the_checkpoint_task_checkpoints_until_stopped(tmp_path):
+    path = tmp_path / "db.sqlite"
+    engine = make_engine(f"sqlite:///{path}", checkpoints_apart=True)
+    _table(engine)
+    _commit_pages(engine, 3)
+
+    async def copied() -> None:
+        while await asyncio.to_thread(_rows_in_database_file, path) < 3:
+            await asyncio.sleep(0.05)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(keep_checkpointing(engine, stop))
+        await asyncio.wait_for(copied(), 30)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(run())

@@ -93,6 +93,14 @@ def test_text_that_says_nothing_gets_the_mailboxs_language(text):
     assert detect_language(text, "no") == "no"
 
 
+def test_a_text_of_more_letters_no_model_has_than_codes_for_them_gets_an_answer():
+    """Such letters get a code each, above the models' alphabet; past the 118 codes there are
+    (here 143 letters of Latin Extended Additional and -C), the later ones share the last."""
+    strange = "".join(map(chr, [*range(0x1E00, 0x1F00), *range(0x2C60, 0x2C80)]))
+    text = f"Hei, jeg får ikke logget inn på kontoen min. Kan dere hjelpe meg? {strange}"
+    assert detect_language(text, "?") == "no"
+
+
 def test_a_danish_customer_is_acknowledged_in_danish(intake):
     mail = make_mail(
         subject="Printeren virker ikke", body="Hej, printeren sidder fast igen. Kan nogen hjælpe?"
