@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import sqlite3
 import time
 from email.message import EmailMessage
+from functools import partial
 
 import pytest
 from sqlmodel import Session, select
@@ -20,6 +20,7 @@ from mailrouter.vocabulary import OutboxState
 from tests.e2e.conftest import Account
 from tests.e2e.conftest import send_mail as send
 from tests.mailstack import MailStack
+from tests.sqlite_file import rows_in_database_file
 
 pytestmark = pytest.mark.e2e
 
@@ -48,27 +49,16 @@ def test_new_mail_becomes_one_case_with_one_acknowledgement(daemon, customer, ma
     assert daemon.stop() == 0
 
 
-def _cases_in_database_file(url: str) -> int:
-    """Cases as the database file alone holds them (immutable: its write-ahead log unread)."""
-    path = sqlite_path(url)
-    reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-    try:
-        return int(reader.execute('SELECT count(*) FROM "case"').fetchone()[0])
-    except sqlite3.OperationalError:  # not even the schema has been copied in yet
-        return 0
-    finally:
-        reader.close()
-
-
 def test_the_daemon_copies_its_write_ahead_log_into_the_database_while_it_runs(daemon, customer, mailstack):
     """Its commits leave checkpoints to a task of its own, which must not leave them undone: a
     case, a few pages, is far below the 1000 pages at which a commit would checkpoint."""
     daemon.start()
     send(mailstack, customer.address, daemon.mailboxes["it"].address, "Printer broken", "It jams.")
     daemon.wait_until(lambda: len(daemon.cases()) == 1, "the case")
-    daemon.wait_until(
-        lambda: _cases_in_database_file(daemon.database_url) == 1, "the case in the database file"
-    )
+    database = sqlite_path(daemon.database_url)
+    assert database is not None
+    copied = partial(rows_in_database_file, database, "case")
+    daemon.wait_until(lambda: copied() == 1, "the case in the database file")
     assert daemon.stop() == 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import threading
 import time
 
@@ -16,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from mailrouter.db import WriteTurns, checkpoint, keep_checkpointing, make_engine, write_turns
 from mailrouter.errors import DatabaseUnavailable
 from tests.postgres import temporary_database
+from tests.sqlite_file import rows_in_database_file
 
 
 def _table(engine) -> None:
@@ -194,17 +194,6 @@ def test_a_postgresql_connection_killed_by_the_server_is_an_outage_and_an_overlo
         engine.dispose()
 
 
-def _rows_in_database_file(path) -> int:
-    """Rows of t as the database file alone holds them (immutable: its write-ahead log unread)."""
-    reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-    try:
-        return int(reader.execute("SELECT count(*) FROM t").fetchone()[0])
-    except sqlite3.OperationalError:  # not even the table has been copied in yet
-        return 0
-    finally:
-        reader.close()
-
-
 def _commit_pages(engine, commits: int) -> None:
     for n in range(commits):
         with engine.begin() as connection:
@@ -220,10 +209,10 @@ def test_with_checkpoints_apart_commits_leave_the_log_to_checkpoint(tmp_path):
         engines[path] = make_engine(f"sqlite:///{path}", checkpoints_apart=path == apart)
         _table(engines[path])
         _commit_pages(engines[path], 1200)
-    assert _rows_in_database_file(usual) > 0
-    assert _rows_in_database_file(apart) == 0
+    assert rows_in_database_file(usual, "t") > 0
+    assert rows_in_database_file(apart, "t") == 0
     checkpoint(engines[apart])
-    assert _rows_in_database_file(apart) == 1200
+    assert rows_in_database_file(apart, "t") == 1200
 
 
 def test_the_checkpoint_task_checkpoints_until_stopped(tmp_path):
@@ -233,7 +222,7 @@ def test_the_checkpoint_task_checkpoints_until_stopped(tmp_path):
     _commit_pages(engine, 3)
 
     async def copied() -> None:
-        while await asyncio.to_thread(_rows_in_database_file, path) < 3:
+        while await asyncio.to_thread(rows_in_database_file, path, "t") < 3:
             await asyncio.sleep(0.05)
 
     async def run() -> None:
