@@ -158,3 +158,54 @@ def test_0009_moves_an_attached_original_out_of_the_letter_and_back_byte_for_byt
     with Session(engine) as session:
         assert session.exec(select(OutboxMessage)).one().original_sha256 == "a" * 64
     engine.dispose()
+
+
+def test_0015_gives_earlier_acknowledgements_the_domain_their_budget_counts(database_url):
+    from datetime import timedelta
+
+    from sqlalchemy import insert, select
+    from sqlmodel import Session
+
+    from mailrouter.models import CASE, CUSTOMER, OUTBOX, utcnow
+    from mailrouter.store import SqlFacts
+    from mailrouter.vocabulary import OutboxKind
+
+    engine = make_engine(database_url)
+    create_schema(engine)
+    with engine.begin() as connection:
+        customer = connection.execute(
+            insert(CUSTOMER)
+            .values(address="kari@kunde.example", organisation="kunde.example")
+            .returning(CUSTOMER.c.id)
+        ).scalar_one()
+        case = connection.execute(
+            insert(CASE)
+            .values(number="IT-1001", department="it", subject="Printer", customer_id=customer, tags=[])
+            .returning(CASE.c.id)
+        ).scalar_one()
+        for kind in (OutboxKind.ACKNOWLEDGEMENT, OutboxKind.NOTIFICATION):
+            connection.execute(
+                insert(OUTBOX).values(
+                    case_id=case,
+                    kind=kind,
+                    mail_from="it@desk.example",
+                    rcpt_to=[],
+                    message_id=f"<{kind}>",
+                    data=b"",
+                )
+            )
+    with engine.connect() as connection:
+        command.downgrade(alembic_config(connection), "0014")
+        connection.commit()
+    create_schema(engine)
+    with engine.connect() as connection:
+        domains = {
+            kind: domain for kind, domain in connection.execute(select(OUTBOX.c.kind, OUTBOX.c.domain))
+        }
+    with Session(engine) as session:
+        counted = SqlFacts(session).acknowledgements_to_domain(
+            "kunde.example", utcnow() - timedelta(hours=1), 10
+        )
+    engine.dispose()
+    assert domains == {OutboxKind.ACKNOWLEDGEMENT: "kunde.example", OutboxKind.NOTIFICATION: None}
+    assert counted == 1
