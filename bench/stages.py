@@ -17,7 +17,7 @@ import aioimaplib
 from sqlmodel import Session, col, func, select
 
 from mailrouter import intake as intake_module
-from mailrouter import notices, store
+from mailrouter import language, notices, store
 from mailrouter.config import load_config
 from mailrouter.daemon import load
 from mailrouter.db import create_schema, ensure_counters, make_engine
@@ -86,6 +86,7 @@ def run_stages(
     create_schema(engine)
     ensure_counters(engine, [m.prefix for m in loaded.config.mailboxes.values()], 1001)
     intake = intake_module.Intake(loaded.config, loaded.rules, loaded.templates, engine, loaded.agents)
+    language.prepare()  # as the daemon does at start: the models' load is not a message's cost
 
     timings: Timings = defaultdict(float)
     originals = {name: getattr(intake_module, name) for name in ("parse", "screen", "thread", "route")}
