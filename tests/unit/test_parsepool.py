@@ -46,6 +46,7 @@ def parse_one(parsers, raw):
 
 
 def test_a_batch_goes_to_the_workers_in_tasks_of_a_few_and_comes_back_in_order():
+    """The first task carries one message, so the intake's first wait is for one parse."""
     mails = [make_mail(subject=f"Sak {n}", message_id=f"<m{n}@kunde.example>") for n in range(CHUNK * 2 + 3)]
     batch = [*mails[:5], None, *mails[5:], make_mail(body="x" * (LARGEST_SENT_TO_WORKER + 1))]
     parsers = ParsePool(1)
@@ -56,7 +57,8 @@ def test_a_batch_goes_to_the_workers_in_tasks_of_a_few_and_comes_back_in_order()
         parsers.shutdown()
     assert results == [*map(parse, mails[:5]), None, *map(parse, mails[5:]), None]
     assert parsings[5] is None and parsings[-1] is None  # none to send; too big to send
-    assert len({id(parsing.task) for parsing in parsings if parsing}) == 3  # 19 messages, 8 a task
+    tasks = list({id(parsing.task): parsing.task for parsing in parsings if parsing}.values())
+    assert [len(task.raws) for task in tasks] == [1, 2, 4, CHUNK, 19 - 7 - CHUNK]
 
 
 def test_a_message_that_breaks_the_parser_is_handed_back_to_the_intake_alone():
